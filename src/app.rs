@@ -1,0 +1,124 @@
+//! Wiring: connect, set up streams and tables, start the claim and commit loops, the
+//! scheduler and the job tasks; shut down in order on a signal.
+
+use crate::config::Config;
+use crate::job::Priority;
+use crate::providers::Providers;
+use crate::queue::publish::Publisher;
+use crate::queue::scheduler::Scheduler;
+use crate::queue::{streams, Names};
+use crate::ratelimit::Limiters;
+use crate::router::Router;
+use crate::store::{self, Claimer, Writer};
+use crate::worker::{Ctx, JobDispatch};
+use anyhow::Context as _;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Connect to NATS with the options a long-running worker wants.
+pub async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .name("switchyard")
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .client_capacity(65_536)
+        .subscription_capacity(65_536)
+        .connect(url)
+        .await
+        .with_context(|| format!("connecting to NATS at {}", redact_url(url)))
+}
+
+/// The URL without a password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<unparseable url>".into(),
+    }
+}
+
+/// Run a worker until `shutdown` is cancelled, then drain: stop pulling, let in-flight
+/// jobs finish within `worker.shutdown_grace_s`, hand the rest back, flush, return.
+pub async fn run_worker(
+    cfg: Config,
+    providers: Providers,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg);
+    let client = connect_nats(&cfg.nats.url).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let consumers = streams::ensure(&js, &cfg).await?;
+    let pool = store::connect(&cfg.postgres.url, cfg.postgres.max_connections)
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to Postgres at {}",
+                redact_url(&cfg.postgres.url)
+            )
+        })?;
+    store::migrate(&pool).await?;
+
+    let linger = Duration::from_millis(cfg.worker.commit_linger_ms);
+    let (claimer, claim_loop) = Claimer::start(pool.clone(), cfg.worker.commit_batch, linger);
+    let (writer, commit_loop) = Writer::start(pool.clone(), cfg.worker.commit_batch, linger);
+    let abort = CancellationToken::new();
+    let ctx = Arc::new(Ctx {
+        rules: cfg.parse_rules(),
+        router: Router::new(&cfg),
+        limiters: Limiters::new(&cfg),
+        providers,
+        claimer,
+        writer,
+        publisher: Publisher {
+            client: client.clone(),
+            js,
+            names: Names::new(&cfg.nats.prefix),
+        },
+        abort: abort.clone(),
+        cfg: cfg.clone(),
+    });
+    let tracker = TaskTracker::new();
+    let scheduler = Scheduler {
+        consumers,
+        weights: cfg.worker.priority_weights,
+        slots: Arc::new(Semaphore::new(cfg.worker.max_in_flight)),
+        dispatch: Arc::new(JobDispatch {
+            ctx: ctx.clone(),
+            tracker: tracker.clone(),
+        }),
+    };
+    tracing::info!(prefix = %cfg.nats.prefix, max_in_flight = cfg.worker.max_in_flight,
+        priorities = ?Priority::ALL, "worker started");
+    scheduler.run(shutdown.clone()).await;
+
+    // Draining: nothing new is pulled; give in-flight jobs the grace period.
+    tracker.close();
+    let in_flight = tracker.len();
+    tracing::info!(
+        in_flight,
+        grace_s = cfg.worker.shutdown_grace_s,
+        "stopping: draining in-flight jobs"
+    );
+    let grace = Duration::from_secs(cfg.worker.shutdown_grace_s);
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            left = tracker.len(),
+            "grace period over: handing the rest back"
+        );
+        abort.cancel();
+        tracker.wait().await;
+    }
+    drop(ctx);
+    let _ = claim_loop.await;
+    let _ = commit_loop.await;
+    client.flush().await.context("flushing NATS")?;
+    pool.close().await;
+    tracing::info!("worker stopped");
+    Ok(())
+}

@@ -1,0 +1,303 @@
+//! Configuration: one TOML file, every key overridable from the environment.
+//!
+//! `SWITCHYARD_<SECTION>__<KEY>=value` overrides `[section] key` (e.g.
+//! `SWITCHYARD_WORKER__MAX_IN_FLIGHT=500`); `SWITCHYARD_PROVIDERS__<NAME>__<KEY>` and
+//! `SWITCHYARD_MODELS__<NAME>__<KEY>` override one provider's or model's key. `NATS_URL`
+//! and `DATABASE_URL` override the URLs. A bad file fails at start naming the field.
+
+mod sections;
+
+pub use sections::*;
+
+use crate::job::names::is_valid_prefix;
+use crate::job::ParseRules;
+use rust_decimal::Decimal;
+use std::collections::HashSet;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("config: {field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+pub type Config = FileConfig;
+
+impl FileConfig {
+    /// Read `path` (or start from the defaults when `None`), apply the environment, check.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.display().to_string(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        let name = path.map_or("<defaults>".to_string(), |p| p.display().to_string());
+        Self::from_toml_with_env(&text, &name, &vars)
+    }
+
+    pub fn from_toml_with_env(
+        text: &str,
+        name: &str,
+        vars: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut doc: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: name.to_string(),
+                    message: e.to_string(),
+                })?;
+        apply_env(&mut doc, vars)?;
+        let cfg: FileConfig =
+            serde_path_to_error::deserialize(toml::Value::Table(doc)).map_err(|e| {
+                ConfigError::Parse {
+                    path: name.to_string(),
+                    message: format!("{}: {}", e.path(), e.inner()),
+                }
+            })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !is_valid_prefix(&self.nats.prefix) {
+            return Err(invalid(
+                "nats.prefix",
+                format!(
+                    "{:?} does not match ^[a-z][a-z0-9_-]{{0,31}}$",
+                    self.nats.prefix
+                ),
+            ));
+        }
+        let w = &self.worker;
+        for (field, v) in [
+            ("worker.max_in_flight", w.max_in_flight as u64),
+            ("worker.max_deliveries", w.max_deliveries as u64),
+            ("worker.ack_wait_s", w.ack_wait_s),
+            ("worker.commit_batch", w.commit_batch as u64),
+            (
+                "limits.max_payload_bytes",
+                self.limits.max_payload_bytes as u64,
+            ),
+            ("limits.max_messages", self.limits.max_messages as u64),
+            ("limits.max_tokens_cap", self.limits.max_tokens_cap as u64),
+            (
+                "limits.default_max_tokens",
+                self.limits.default_max_tokens as u64,
+            ),
+            ("nats.replicas", self.nats.replicas as u64),
+        ] {
+            if v == 0 {
+                return Err(invalid(field, "must be greater than 0"));
+            }
+        }
+        if w.priority_weights.contains(&0) {
+            return Err(invalid(
+                "worker.priority_weights",
+                "every weight must be at least 1 (a 0 would starve that priority)",
+            ));
+        }
+        if self.limits.default_max_tokens > self.limits.max_tokens_cap {
+            return Err(invalid(
+                "limits.default_max_tokens",
+                "must not exceed limits.max_tokens_cap",
+            ));
+        }
+        let mut names = HashSet::new();
+        for (i, p) in self.providers.iter().enumerate() {
+            let f = |k: &str| format!("providers[{i}].{k}");
+            if p.name.is_empty()
+                || p.name.contains('/')
+                || !p.name.bytes().all(|c| c.is_ascii_graphic())
+            {
+                return Err(invalid(
+                    f("name"),
+                    format!("{:?} is not a usable name", p.name),
+                ));
+            }
+            if !names.insert(p.name.as_str()) {
+                return Err(invalid(f("name"), format!("{:?} is listed twice", p.name)));
+            }
+            match reqwest::Url::parse(&p.base_url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                _ => {
+                    return Err(invalid(
+                        f("base_url"),
+                        format!("{:?} is not an http(s) URL", p.base_url),
+                    ))
+                }
+            }
+            if p.api_key_env.is_none() && p.kind != ProviderKind::OpenaiCompatible {
+                return Err(invalid(
+                    f("api_key_env"),
+                    "required (the name of the variable that holds the key)",
+                ));
+            }
+            if p.rpm == Some(0) || p.tpm == Some(0) {
+                return Err(invalid(f("rpm"), "rpm and tpm must be greater than 0"));
+            }
+            if p.timeout_s == 0 || p.connect_timeout_s == 0 {
+                return Err(invalid(f("timeout_s"), "timeouts must be greater than 0"));
+            }
+        }
+        let mut model_names = HashSet::new();
+        for (i, m) in self.models.iter().enumerate() {
+            let f = |k: &str| format!("models[{i}].{k}");
+            if m.name.is_empty() || m.name.contains('/') || Tier::parse(&m.name).is_some() {
+                return Err(invalid(
+                    f("name"),
+                    format!(
+                        "{:?} is not usable (empty, holds '/', or is a tier)",
+                        m.name
+                    ),
+                ));
+            }
+            for n in std::iter::once(&m.name).chain(&m.aliases) {
+                if !model_names.insert(n.as_str()) || n == "auto" {
+                    return Err(invalid(
+                        f("name"),
+                        format!("{n:?} is used twice or reserved"),
+                    ));
+                }
+            }
+            if !names.contains(m.provider.as_str()) {
+                return Err(invalid(
+                    f("provider"),
+                    format!("{:?} is not a configured provider", m.provider),
+                ));
+            }
+            if m.upstream.is_empty() {
+                return Err(invalid(f("upstream"), "must not be empty"));
+            }
+            if m.context_window == 0 {
+                return Err(invalid(f("context_window"), "must be greater than 0"));
+            }
+            for (k, v) in [
+                ("input_per_mtok", Some(m.input_per_mtok)),
+                ("output_per_mtok", Some(m.output_per_mtok)),
+                ("cached_input_per_mtok", m.cached_input_per_mtok),
+            ] {
+                if v.is_some_and(|v| v < Decimal::ZERO) {
+                    return Err(invalid(f(k), "prices must not be negative"));
+                }
+            }
+        }
+        for (i, t) in self.routing.auto_tiers.iter().enumerate() {
+            if Tier::parse(t).is_none() {
+                return Err(invalid(
+                    format!("routing.auto_tiers[{i}]"),
+                    format!("{t:?} is not one of fast, cheap, balanced, premium"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn provider(&self, name: &str) -> Option<&ProviderConfig> {
+        self.providers.iter().find(|p| p.name == name)
+    }
+
+    pub fn parse_rules(&self) -> ParseRules {
+        ParseRules {
+            prefix: self.nats.prefix.clone(),
+            max_payload_bytes: self.limits.max_payload_bytes,
+            max_messages: self.limits.max_messages,
+            max_tokens_cap: self.limits.max_tokens_cap,
+            providers: self.providers.iter().map(|p| p.name.clone()).collect(),
+        }
+    }
+}
+
+/// Overlay `SWITCHYARD_*`, `NATS_URL` and `DATABASE_URL` on the parsed file.
+fn apply_env(doc: &mut toml::Table, vars: &[(String, String)]) -> Result<(), ConfigError> {
+    for (var, value) in vars {
+        let path: Vec<String> = match var.as_str() {
+            "NATS_URL" => vec!["nats".into(), "url".into()],
+            "DATABASE_URL" => vec!["postgres".into(), "url".into()],
+            "SWITCHYARD_CONFIG" | "SWITCHYARD_LOG" | "SWITCHYARD_LOG_FORMAT" => continue,
+            v => match v.strip_prefix("SWITCHYARD_") {
+                Some(rest) => rest.split("__").map(str::to_ascii_lowercase).collect(),
+                None => continue,
+            },
+        };
+        let env_err = |message: String| ConfigError::Env {
+            var: var.clone(),
+            message,
+        };
+        let scalar = env_scalar(value);
+        match path.as_slice() {
+            [section, key] => {
+                let table = doc
+                    .entry(section.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                let table = table
+                    .as_table_mut()
+                    .ok_or_else(|| env_err(format!("[{section}] is not a table")))?;
+                table.insert(key.clone(), scalar);
+            }
+            [list, name, key] if list == "providers" || list == "models" => {
+                let items = doc
+                    .get_mut(list.as_str())
+                    .and_then(|v| v.as_array_mut())
+                    .ok_or_else(|| env_err(format!("no [[{list}]] in the config")))?;
+                let item = items
+                    .iter_mut()
+                    .filter_map(|v| v.as_table_mut())
+                    .find(|t| {
+                        t.get("name")
+                            .and_then(|n| n.as_str())
+                            .is_some_and(|n| n.eq_ignore_ascii_case(name))
+                    })
+                    .ok_or_else(|| env_err(format!("no {list} entry named {name:?}")))?;
+                item.insert(key.clone(), scalar);
+            }
+            _ => {
+                return Err(env_err(
+                    "expected SWITCHYARD_<SECTION>__<KEY> or SWITCHYARD_PROVIDERS__<NAME>__<KEY>"
+                        .into(),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An environment value as TOML: an integer, boolean or array when it parses as one,
+/// else a string (prices are decimal strings, so no floats).
+fn env_scalar(v: &str) -> toml::Value {
+    if let Ok(i) = v.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    if let Ok(b) = v.parse::<bool>() {
+        return toml::Value::Boolean(b);
+    }
+    if v.starts_with('[') {
+        if let Ok(t) = format!("x = {v}").parse::<toml::Table>() {
+            if let Some(x) = t.get("x") {
+                return x.clone();
+            }
+        }
+    }
+    toml::Value::String(v.to_string())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,254 @@
+//! The TOML file's sections as serde structs. Unknown keys are refused, so a typo fails
+//! at start instead of being silently ignored.
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub nats: NatsConfig,
+    #[serde(default)]
+    pub postgres: PostgresConfig,
+    #[serde(default)]
+    pub worker: WorkerConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    #[serde(default)]
+    pub providers: Vec<ProviderConfig>,
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// `NATS_URL` overrides.
+    pub url: String,
+    /// Subjects `<prefix>.*`, streams `<PREFIX>_*`.
+    pub prefix: String,
+    pub results_max_age_days: u32,
+    /// Stream replicas (1 for a single server; 3 in a cluster).
+    pub replicas: usize,
+    /// JetStream duplicate window for `Nats-Msg-Id` on the jobs stream.
+    pub duplicate_window_s: u64,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: "nats://127.0.0.1:4222".into(),
+            prefix: "llm".into(),
+            results_max_age_days: 7,
+            replicas: 1,
+            duplicate_window_s: 120,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// `DATABASE_URL` overrides.
+    pub url: String,
+    pub max_connections: u32,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            url: "postgres://root@127.0.0.1/switchyard".into(),
+            max_connections: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Jobs held at once by one worker (pulled only into free slots).
+    pub max_in_flight: usize,
+    /// Deliveries of one job before it fails as `providers_exhausted`.
+    pub max_deliveries: u32,
+    pub shutdown_grace_s: u64,
+    /// JetStream ack wait; long calls send in-progress acks well before it runs out.
+    pub ack_wait_s: u64,
+    /// Share of free slots offered to each priority per round (high, normal, low).
+    pub priority_weights: [u32; 3],
+    /// Redelivery delay after every candidate failed: exponential from this base …
+    pub retry_base_ms: u64,
+    /// … up to this cap, with jitter; never below a provider's Retry-After.
+    pub retry_max_ms: u64,
+    /// Jobs per group commit, and how long a commit waits to fill up.
+    pub commit_batch: usize,
+    pub commit_linger_ms: u64,
+    /// Longest wait for a provider's rate limit before trying the next candidate.
+    pub max_limiter_wait_ms: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            max_in_flight: 2000,
+            max_deliveries: 5,
+            shutdown_grace_s: 30,
+            ack_wait_s: 30,
+            priority_weights: [8, 3, 1],
+            retry_base_ms: 1000,
+            retry_max_ms: 60_000,
+            commit_batch: 256,
+            commit_linger_ms: 2,
+            max_limiter_wait_ms: 2000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_payload_bytes: usize,
+    pub max_messages: usize,
+    pub max_tokens_cap: u32,
+    /// `max_tokens` sent when a job gives none.
+    pub default_max_tokens: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_payload_bytes: 1_048_576,
+            max_messages: 1000,
+            max_tokens_cap: 32_768,
+            default_max_tokens: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `/metrics`, `/healthz`, `/readyz`; empty to disable.
+    pub addr: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            addr: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Tiers tried, in order, for `model: "auto"`.
+    pub auto_tiers: Vec<String>,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            auto_tiers: vec!["fast".into(), "cheap".into(), "balanced".into()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    Openai,
+    Anthropic,
+    Gemini,
+    OpenaiCompatible,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base_url: String,
+    /// The name of the environment variable that holds the key, never the key.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Requests in any 60 s.
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    /// Tokens (input estimate + max output) in any 60 s.
+    #[serde(default)]
+    pub tpm: Option<u32>,
+    #[serde(default = "default_timeout_s")]
+    pub timeout_s: u64,
+    #[serde(default = "default_connect_timeout_s")]
+    pub connect_timeout_s: u64,
+    /// Speak HTTP/2 without TLS negotiation (h2c), for self-hosted servers that offer it.
+    #[serde(default)]
+    pub http2_prior_knowledge: bool,
+}
+
+fn default_timeout_s() -> u64 {
+    120
+}
+fn default_connect_timeout_s() -> u64 {
+    5
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    Fast,
+    Cheap,
+    Balanced,
+    Premium,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Fast => "fast",
+            Tier::Cheap => "cheap",
+            Tier::Balanced => "balanced",
+            Tier::Premium => "premium",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Tier> {
+        match s {
+            "fast" => Some(Tier::Fast),
+            "cheap" => Some(Tier::Cheap),
+            "balanced" => Some(Tier::Balanced),
+            "premium" => Some(Tier::Premium),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub name: String,
+    pub provider: String,
+    pub upstream: String,
+    pub tier: Tier,
+    pub context_window: u64,
+    /// USD per million tokens, decimal strings.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub input_per_mtok: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub output_per_mtok: Decimal,
+    #[serde(default, with = "rust_decimal::serde::str_option")]
+    pub cached_input_per_mtok: Option<Decimal>,
+    /// Other names jobs may use for this model.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Largest `max_tokens` the model accepts (jobs asking more are clamped).
+    #[serde(default)]
+    pub max_output_tokens: Option<u32>,
+}

@@ -1,0 +1,107 @@
+use super::*;
+
+const BASE: &str = r#"
+[nats]
+prefix = "llm"
+[[providers]]
+name = "openai"
+kind = "openai"
+base_url = "https://api.openai.com/v1"
+api_key_env = "OPENAI_API_KEY"
+rpm = 500
+[[models]]
+name = "gpt-4o-mini"
+provider = "openai"
+upstream = "gpt-4o-mini-2024-07-18"
+tier = "fast"
+context_window = 128000
+input_per_mtok = "0.15"
+output_per_mtok = "0.60"
+cached_input_per_mtok = "0.075"
+"#;
+
+fn load(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let vars: Vec<(String, String)> = vars
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    FileConfig::from_toml_with_env(text, "test.toml", &vars)
+}
+
+#[test]
+fn loads_and_keeps_exact_prices() {
+    let c = load(BASE, &[]).unwrap();
+    assert_eq!(c.models[0].input_per_mtok, Decimal::new(15, 2));
+    assert_eq!(c.models[0].cached_input_per_mtok, Some(Decimal::new(75, 3)));
+    assert_eq!(c.worker.max_in_flight, 2000);
+}
+
+#[test]
+fn environment_overrides() {
+    let c = load(
+        BASE,
+        &[
+            ("NATS_URL", "nats://10.0.0.1:4222"),
+            ("DATABASE_URL", "postgres://x@y/z"),
+            ("SWITCHYARD_WORKER__MAX_IN_FLIGHT", "77"),
+            ("SWITCHYARD_NATS__PREFIX", "t1"),
+            (
+                "SWITCHYARD_PROVIDERS__OPENAI__BASE_URL",
+                "http://127.0.0.1:9/v1",
+            ),
+            ("SWITCHYARD_MODELS__GPT-4O-MINI__INPUT_PER_MTOK", "0.2"),
+            ("SWITCHYARD_WORKER__PRIORITY_WEIGHTS", "[4,2,1]"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.nats.url, "nats://10.0.0.1:4222");
+    assert_eq!(c.postgres.url, "postgres://x@y/z");
+    assert_eq!(c.worker.max_in_flight, 77);
+    assert_eq!(c.nats.prefix, "t1");
+    assert_eq!(c.providers[0].base_url, "http://127.0.0.1:9/v1");
+    assert_eq!(c.models[0].input_per_mtok, Decimal::new(2, 1));
+    assert_eq!(c.worker.priority_weights, [4, 2, 1]);
+}
+
+#[test]
+fn bad_configs_name_the_field() {
+    let cases: Vec<(String, &str)> = vec![
+        (
+            format!("{BASE}\n[worker]\nmax_in_flite = 3\n"),
+            "max_in_flite",
+        ),
+        (
+            BASE.replace("prefix = \"llm\"", "prefix = \"LLM\""),
+            "nats.prefix",
+        ),
+        (
+            BASE.replace("kind = \"openai\"", "kind = \"azure\""),
+            "providers[0].kind",
+        ),
+        (
+            BASE.replace("\"0.15\"", "\"cheap\""),
+            "models[0].input_per_mtok",
+        ),
+        (
+            BASE.replace("provider = \"openai\"", "provider = \"nobody\""),
+            "models[0].provider",
+        ),
+        (
+            BASE.replace("https://api.openai.com/v1", "ftp://x"),
+            "providers[0].base_url",
+        ),
+        (BASE.replace("rpm = 500", "rpm = 0"), "providers[0].rpm"),
+        (
+            BASE.replace("tier = \"fast\"", "tier = \"turbo\""),
+            "models[0].tier",
+        ),
+    ];
+    for (text, field) in cases {
+        let e = load(&text, &[]).unwrap_err().to_string();
+        assert!(e.contains(field), "{e:?} should name {field}");
+    }
+    let e = load(BASE, &[("SWITCHYARD_PROVIDERS__NOPE__RPM", "1")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("SWITCHYARD_PROVIDERS__NOPE__RPM"), "{e}");
+}

@@ -1,0 +1,174 @@
+use super::*;
+
+fn rules() -> ParseRules {
+    ParseRules {
+        prefix: "llm".into(),
+        max_payload_bytes: 4096,
+        max_messages: 4,
+        max_tokens_cap: 1000,
+        providers: vec!["openai".into(), "anthropic".into()],
+    }
+}
+
+const SUBJ: &str = "llm.jobs.normal.acme";
+
+fn ok(payload: &str) -> ParsedJob {
+    parse_job(payload.as_bytes(), SUBJ, 7, &rules()).unwrap()
+}
+
+fn err(payload: &[u8], subject: &str) -> ParseFailure {
+    *parse_job(payload, subject, 7, &rules()).unwrap_err()
+}
+
+fn job_with(extra: &str) -> String {
+    format!(
+        r#"{{"id":"j-1","tenant":"acme","messages":[{{"role":"user","content":"hi"}}]{extra}}}"#
+    )
+}
+
+#[test]
+fn minimal_job_parses_with_defaults() {
+    let p = ok(&job_with(""));
+    assert_eq!(p.job.id, "j-1");
+    assert_eq!(p.job.model, "auto");
+    assert_eq!(p.envelope.tenant, "acme");
+    assert_eq!(p.envelope.priority, Some(Priority::Normal));
+}
+
+#[test]
+fn full_job_parses() {
+    let p = ok(&job_with(
+        r#","feature":"f","user":"u","task":"extraction","model":"fast","max_tokens":10,
+        "temperature":0.2,"stop":"\n\n","response_format":{"type":"json_object"},
+        "tools":[{"type":"function","function":{"name":"get","parameters":{"type":"object"}}}],
+        "tool_choice":{"type":"function","function":{"name":"get"}},"max_cost_usd":0.05,
+        "deadline":"2026-11-22T18:00:00Z","providers":{"allow":["openai"],"deny":[]},
+        "region":"eu","cache":"bypass","reply_to":"_INBOX.x9f.1","metadata":{"b":1,"a":[2]}"#,
+    ));
+    assert_eq!(p.job.max_cost_usd, Some(Decimal::new(5, 2)));
+    assert_eq!(p.job.stop, Some(vec!["\n\n".to_string()]));
+    assert_eq!(p.envelope.reply_to.as_deref(), Some("_INBOX.x9f.1"));
+    // metadata keeps its key order
+    assert_eq!(
+        serde_json::to_string(&p.job.metadata).unwrap(),
+        r#"{"b":1,"a":[2]}"#
+    );
+}
+
+#[test]
+fn malformed_payloads() {
+    let cases: &[&[u8]] = &[
+        b"not json",
+        b"[1,2]",
+        b"42",
+        b"{\"id\":\"a\"} trailing",
+        b"{\"id\":\"a\",\"id\":\"b\"}",
+        b"{\"id\":\"a\",\"metadata\":{\"x\":1,\"x\":2}}",
+        b"\xff\xfe{}",
+        b"",
+    ];
+    for c in cases {
+        let f = err(c, SUBJ);
+        assert_eq!(
+            f.error.kind,
+            ErrorKind::MalformedJob,
+            "{:?}",
+            String::from_utf8_lossy(c)
+        );
+        assert_eq!(f.envelope.id, "_seq7");
+        assert_eq!(f.envelope.tenant, "acme");
+        assert!(f.job_json.is_none());
+    }
+}
+
+#[test]
+fn invalid_jobs_name_the_field() {
+    let cases = [
+        (job_with(r#","max_tokens":0"#), "max_tokens"),
+        (job_with(r#","max_tokens":1001"#), "max_tokens"),
+        (job_with(r#","temperature":2.5"#), "temperature"),
+        (job_with(r#","stop":["a","b","c","d","e"]"#), "stop"),
+        (job_with(r#","max_cost_usd":0"#), "max_cost_usd"),
+        (job_with(r#","deadline":"tomorrow""#), "deadline"),
+        (job_with(r#","modle":"x""#), "modle"),
+        (job_with(r#","task":"poetry""#), "task"),
+        (job_with(r#","reply_to":"llm.results.x""#), "reply_to"),
+        (job_with(r#","reply_to":"a.*""#), "reply_to"),
+        (job_with(r#","providers":{"allow":["mistral"]}"#), "providers.allow[0]"),
+        (job_with(r#","user":"a\u0000b""#), "user"),
+        (
+            r#"{"id":"j-1","tenant":"acme","messages":[{"role":"user","content":"a"},{"role":"bot","content":"b"}]}"#.into(),
+            "messages[1].role",
+        ),
+        (r#"{"id":"j-1","tenant":"acme","messages":[]}"#.into(), "messages"),
+        (r#"{"id":"j 1","tenant":"acme","messages":[{"role":"user","content":"a"}]}"#.into(), "id"),
+        (r#"{"id":"j-1","tenant":"other","messages":[{"role":"user","content":"a"}]}"#.into(), "tenant"),
+        (r#"{"id":"j-1","tenant":"acme"}"#.into(), "messages"),
+        (
+            r#"{"id":"j-1","tenant":"acme","messages":[{"role":"tool","content":"a"}]}"#.into(),
+            "messages[0].tool_call_id",
+        ),
+        (
+            r#"{"id":"j-1","tenant":"acme","messages":[{"role":"user","content":[{"type":"video"}]}]}"#.into(),
+            "messages[0].content[0]",
+        ),
+    ];
+    for (payload, field) in cases {
+        let f = err(payload.as_bytes(), SUBJ);
+        assert_eq!(f.error.kind, ErrorKind::InvalidJob, "{payload}");
+        assert!(
+            f.error.message.contains(field),
+            "{payload}: {:?} should name {field}",
+            f.error.message
+        );
+        assert!(f.job_json.is_some());
+    }
+}
+
+#[test]
+fn too_many_messages_and_oversized_payload() {
+    let msgs = vec![r#"{"role":"user","content":"a"}"#; 5].join(",");
+    let f = err(
+        format!(r#"{{"id":"j-1","tenant":"acme","messages":[{msgs}]}}"#).as_bytes(),
+        SUBJ,
+    );
+    assert!(f.error.message.contains("limits.max_messages"));
+    let big = job_with(&format!(r#","metadata":"{}""#, "x".repeat(5000)));
+    let f = err(big.as_bytes(), SUBJ);
+    assert_eq!(f.error.kind, ErrorKind::InvalidJob);
+    assert!(
+        f.error.message.contains("max_payload_bytes"),
+        "{}",
+        f.error.message
+    );
+    assert_eq!(f.envelope.id, "j-1");
+}
+
+#[test]
+fn subjects() {
+    let p = job_with("");
+    let f = err(p.as_bytes(), "llm.jobs.normal.acme.extra");
+    assert_eq!(f.error.kind, ErrorKind::InvalidJob);
+    assert_eq!(f.envelope.tenant, "acme");
+    assert_eq!(f.envelope.id, "j-1");
+    let f = err(p.as_bytes(), "llm.jobs.normal.ACME");
+    assert_eq!(f.envelope.tenant, "_unknown");
+    assert_eq!(f.error.kind, ErrorKind::InvalidJob);
+    let info = SubjectInfo::parse("llm.jobs.high.acme", "llm");
+    assert!(info.exact);
+    assert_eq!(info.priority, Some(Priority::High));
+}
+
+#[test]
+fn envelope_keeps_only_valid_reply_to() {
+    let f = err(
+        job_with(r#","reply_to":"ok.subject","temperature":9"#).as_bytes(),
+        SUBJ,
+    );
+    assert_eq!(f.envelope.reply_to.as_deref(), Some("ok.subject"));
+    let f = err(
+        job_with(r#","reply_to":"$JS.API.x","temperature":9"#).as_bytes(),
+        SUBJ,
+    );
+    assert_eq!(f.envelope.reply_to, None);
+}

@@ -1,0 +1,101 @@
+//! The terminal result of a job, as published to `reply_to` and the results stream.
+
+use super::ErrorBody;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Succeeded,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+/// The model's answer, normalised across providers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Output {
+    pub content: Option<String>,
+    pub tool_calls: Vec<super::ToolCall>,
+    /// `stop` | `length` | `tool_calls` | `content_filter`
+    pub finish_reason: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Usage {
+    /// Every input token, cached ones included.
+    pub input_tokens: u64,
+    /// The part of `input_tokens` read from the provider's prompt cache.
+    pub cached_input_tokens: u64,
+    /// Every billed output token, reasoning tokens included.
+    pub output_tokens: u64,
+    pub reasoning_tokens: u64,
+}
+
+impl Usage {
+    pub fn add(&mut self, o: &Usage) {
+        self.input_tokens += o.input_tokens;
+        self.cached_input_tokens += o.cached_input_tokens;
+        self.output_tokens += o.output_tokens;
+        self.reasoning_tokens += o.reasoning_tokens;
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub task: String,
+    pub tier: Option<String>,
+    pub reason: String,
+}
+
+/// One provider call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attempt {
+    /// 1-based, unique per job across every delivery (the `cost_rows.attempt`).
+    pub attempt: u32,
+    pub provider: String,
+    pub model: String,
+    /// `succeeded`, or the failure class (`rate_limited`, `server_error`, `timeout` …).
+    pub outcome: String,
+    pub latency_ms: u64,
+    pub cost_usd: Decimal,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A job's terminal result. Every field is always present (null when not applicable).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobResult {
+    pub id: String,
+    pub tenant: String,
+    pub feature: Option<String>,
+    pub status: Status,
+    pub output: Option<Output>,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub usage: Usage,
+    /// Exact decimal string.
+    pub cost_usd: Decimal,
+    pub route: Option<Route>,
+    pub attempts: Vec<Attempt>,
+    pub cache_hit: bool,
+    pub queued_ms: u64,
+    pub latency_ms: u64,
+    pub error: Option<ErrorBody>,
+    pub metadata: Option<serde_json::Value>,
+}

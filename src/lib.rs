@@ -1,0 +1,20 @@
+//! switchyard: an event-driven queue worker for batch and async LLM completion jobs.
+//!
+//! Producers publish jobs to NATS JetStream (`<prefix>.jobs.<priority>.<tenant>`); workers
+//! pull them by priority, route each to a provider, call it, commit the result and one cost
+//! row per provider call to Postgres, then publish the result and acknowledge the message.
+//! See `DESIGN.md` (Part 1 is the contract) and `README.md`.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod cost;
+pub mod job;
+pub mod providers;
+pub mod queue;
+pub mod ratelimit;
+pub mod router;
+pub mod store;
+pub mod telemetry;
+pub mod tokens;
+pub mod worker;

@@ -1,0 +1,310 @@
+//! OpenAI chat completions, and every OpenAI-compatible server (vLLM, Ollama, Groq,
+//! Together, Mistral …): `POST {base_url}/chat/completions`.
+
+use super::http::{clip, parse_go_duration, retry_after, transport_error};
+use super::{ChatRequest, ChatResponse, FailureClass, Provider, ProviderError};
+use crate::config::{ProviderConfig, ProviderKind};
+use crate::job::{Message, Output, ResponseFormat, Tool, ToolCall, Usage};
+use futures::future::BoxFuture;
+use reqwest::header::HeaderMap;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+pub struct OpenAi {
+    url: String,
+    key: Option<SecretString>,
+    client: reqwest::Client,
+    /// OpenAI proper takes `max_completion_tokens`; compatible servers `max_tokens`.
+    compatible: bool,
+}
+
+impl OpenAi {
+    pub fn new(p: &ProviderConfig, key: Option<SecretString>, client: reqwest::Client) -> Self {
+        OpenAi {
+            url: format!("{}/chat/completions", p.base_url.trim_end_matches('/')),
+            key,
+            client,
+            compatible: p.kind == ProviderKind::OpenaiCompatible,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct WireRequest<'a> {
+    model: &'a str,
+    messages: &'a [Message],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_completion_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<&'a ResponseFormat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<&'a [Tool]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<&'a serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct WireResponse {
+    choices: Vec<WireChoice>,
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct WireChoice {
+    message: WireMessage,
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireMessage {
+    content: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<ToolCall>>,
+    #[serde(default)]
+    refusal: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireUsage {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    completion_tokens_details: Option<CompletionDetails>,
+}
+
+#[derive(Deserialize)]
+struct PromptDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct CompletionDetails {
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct WireError {
+    error: WireErrorBody,
+}
+
+#[derive(Deserialize)]
+struct WireErrorBody {
+    #[serde(default)]
+    message: String,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    code: Option<serde_json::Value>,
+}
+
+impl Provider for OpenAi {
+    fn chat<'a>(
+        &'a self,
+        req: ChatRequest<'a>,
+    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
+        Box::pin(async move {
+            let body = WireRequest {
+                model: req.model,
+                messages: req.messages,
+                max_completion_tokens: (!self.compatible).then_some(req.max_tokens),
+                max_tokens: self.compatible.then_some(req.max_tokens),
+                temperature: req.temperature,
+                stop: req.stop,
+                response_format: req.response_format,
+                tools: req.tools.filter(|t| !t.is_empty()),
+                tool_choice: req
+                    .tool_choice
+                    .filter(|_| req.tools.is_some_and(|t| !t.is_empty())),
+            };
+            let mut http = self.client.post(&self.url).json(&body);
+            if let Some(key) = &self.key {
+                http = http.bearer_auth(key.expose_secret());
+            }
+            let resp = http.send().await.map_err(transport_error)?;
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let bytes = resp.bytes().await.map_err(transport_error)?;
+            if !status.is_success() {
+                return Err(classify(status.as_u16(), &headers, &bytes));
+            }
+            parse_success(&bytes)
+        })
+    }
+}
+
+fn parse_success(bytes: &[u8]) -> Result<ChatResponse, ProviderError> {
+    let wire: WireResponse = serde_json::from_slice(bytes).map_err(|e| {
+        ProviderError::new(
+            FailureClass::ServerError,
+            Some(200),
+            format!("unreadable chat completion: {e}"),
+        )
+    })?;
+    let Some(choice) = wire.choices.into_iter().next() else {
+        return Err(ProviderError::new(
+            FailureClass::ServerError,
+            Some(200),
+            "chat completion without choices",
+        ));
+    };
+    let finish = choice.finish_reason.unwrap_or_else(|| "stop".into());
+    if choice.message.refusal.is_some() && choice.message.content.is_none() {
+        let msg = choice.message.refusal.unwrap_or_default();
+        return Err(ProviderError::new(
+            FailureClass::ContentFiltered,
+            Some(200),
+            format!("refused: {}", clip(&msg)),
+        ));
+    }
+    let usage = wire.usage.map_or_else(Usage::default, |u| Usage {
+        input_tokens: u.prompt_tokens,
+        cached_input_tokens: u
+            .prompt_tokens_details
+            .and_then(|d| d.cached_tokens)
+            .unwrap_or(0)
+            .min(u.prompt_tokens),
+        output_tokens: u.completion_tokens,
+        reasoning_tokens: u
+            .completion_tokens_details
+            .and_then(|d| d.reasoning_tokens)
+            .unwrap_or(0),
+    });
+    Ok(ChatResponse {
+        output: Output {
+            content: choice.message.content,
+            tool_calls: choice.message.tool_calls.unwrap_or_default(),
+            finish_reason: normalise_finish(&finish).to_string(),
+        },
+        usage,
+    })
+}
+
+fn normalise_finish(f: &str) -> &'static str {
+    match f {
+        "length" => "length",
+        "tool_calls" | "function_call" => "tool_calls",
+        "content_filter" => "content_filter",
+        _ => "stop",
+    }
+}
+
+/// Classify a non-2xx answer from its status, error code and headers.
+pub(crate) fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError {
+    let parsed: Option<WireErrorBody> = serde_json::from_slice::<WireError>(body)
+        .ok()
+        .map(|e| e.error);
+    let code = parsed
+        .as_ref()
+        .and_then(|e| e.code.as_ref())
+        .and_then(|c| c.as_str())
+        .unwrap_or("");
+    let kind = parsed
+        .as_ref()
+        .and_then(|e| e.kind.as_deref())
+        .unwrap_or("");
+    let message = match &parsed {
+        Some(e) if !e.message.is_empty() => clip(&e.message),
+        _ => clip(&String::from_utf8_lossy(body)),
+    };
+    let class = match status {
+        429 if code == "insufficient_quota" || kind == "insufficient_quota" => {
+            FailureClass::QuotaExhausted
+        }
+        429 => FailureClass::RateLimited,
+        401 | 403 => FailureClass::Auth,
+        400 if code == "context_length_exceeded" => FailureClass::ContextTooLong,
+        400 if code == "content_filter" || code == "content_policy_violation" => {
+            FailureClass::ContentFiltered
+        }
+        408 => FailureClass::Timeout,
+        503 => FailureClass::Overloaded,
+        s if s >= 500 => FailureClass::ServerError,
+        _ => FailureClass::InvalidRequest,
+    };
+    let mut err = ProviderError::new(class, Some(status), message);
+    if class == FailureClass::RateLimited {
+        err.retry_after = retry_after(headers).or_else(|| ratelimit_reset(headers));
+    } else if class.is_transient() {
+        err.retry_after = retry_after(headers);
+    }
+    err
+}
+
+/// The longer of OpenAI's `x-ratelimit-reset-requests` / `-tokens` when exhausted.
+fn ratelimit_reset(headers: &HeaderMap) -> Option<Duration> {
+    let get = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
+    let exhausted = |k: &str| get(k).and_then(|v| v.parse::<u64>().ok()) == Some(0);
+    let mut best: Option<Duration> = None;
+    for (remaining, reset) in [
+        (
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
+        ),
+        ("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
+    ] {
+        if exhausted(remaining) {
+            if let Some(d) = get(reset).and_then(parse_go_duration) {
+                best = Some(best.map_or(d, |b| b.max(d)));
+            }
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_recorded_completion() {
+        let body = br#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o-mini-2024-07-18",
+          "choices":[{"index":0,"message":{"role":"assistant","content":"Hi","refusal":null},"logprobs":null,"finish_reason":"stop"}],
+          "usage":{"prompt_tokens":812,"completion_tokens":96,"total_tokens":908,
+            "prompt_tokens_details":{"cached_tokens":512,"audio_tokens":0},
+            "completion_tokens_details":{"reasoning_tokens":10,"audio_tokens":0}}}"#;
+        let r = parse_success(body).unwrap();
+        assert_eq!(r.output.content.as_deref(), Some("Hi"));
+        assert_eq!(
+            r.usage,
+            Usage {
+                input_tokens: 812,
+                cached_input_tokens: 512,
+                output_tokens: 96,
+                reasoning_tokens: 10
+            }
+        );
+    }
+
+    #[test]
+    fn classifies_errors() {
+        let h = HeaderMap::new();
+        let e = classify(429, &h, br#"{"error":{"message":"quota","type":"insufficient_quota","code":"insufficient_quota"}}"#);
+        assert_eq!(e.class, FailureClass::QuotaExhausted);
+        let e = classify(400, &h, br#"{"error":{"message":"too long","type":"invalid_request_error","code":"context_length_exceeded"}}"#);
+        assert_eq!(e.class, FailureClass::ContextTooLong);
+        let e = classify(500, &h, b"oops");
+        assert_eq!(e.class, FailureClass::ServerError);
+        assert_eq!(e.message, "oops");
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-remaining-requests", "0".parse().unwrap());
+        h.insert("x-ratelimit-reset-requests", "2s".parse().unwrap());
+        let e = classify(
+            429,
+            &h,
+            br#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#,
+        );
+        assert_eq!(e.class, FailureClass::RateLimited);
+        assert_eq!(e.retry_after, Some(Duration::from_secs(2)));
+    }
+}

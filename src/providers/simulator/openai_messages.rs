@@ -1,0 +1,235 @@
+//! OpenAI chat-completions checks of `messages`: roles, content parts, tool calls and
+//! the pairing of assistant `tool_calls` with `tool` answers.
+
+use serde_json::Value;
+
+use super::openai_validate::{
+    empty_array, invalid_type, invalid_value, missing, OaError, Tally, R,
+};
+
+const MESSAGE_KEYS: &[&str] = &[
+    "role",
+    "content",
+    "name",
+    "tool_calls",
+    "tool_call_id",
+    "function_call",
+    "refusal",
+    "audio",
+];
+const ROLES: &str = "'system', 'assistant', 'user', 'tool', and 'developer'";
+
+pub(super) fn check_message(i: usize, m: &Value, tally: &mut Tally) -> R<()> {
+    let p = format!("messages[{i}]");
+    let Some(obj) = m.as_object() else {
+        return Err(invalid_type(&p, "an object", m));
+    };
+    if let Some(k) = obj.keys().find(|k| !MESSAGE_KEYS.contains(&k.as_str())) {
+        return Err(OaError::invalid(
+            format!(
+                "Additional properties are not allowed ('{k}' was unexpected) - 'messages.{i}'"
+            ),
+            Some(p),
+            None,
+        ));
+    }
+    let role = match obj.get("role") {
+        None | Some(Value::Null) => return Err(missing(&format!("{p}.role"))),
+        Some(Value::String(r)) => r.as_str(),
+        Some(v) => return Err(invalid_type(&format!("{p}.role"), "a string", v)),
+    };
+    if !["system", "developer", "user", "assistant", "tool"].contains(&role) {
+        return Err(invalid_value(&format!("{p}.role"), role, ROLES));
+    }
+    if let Some(name) = obj.get("name") {
+        if !name.is_string() {
+            return Err(invalid_type(&format!("{p}.name"), "a string", name));
+        }
+    }
+    let has_tool_calls = obj.get("tool_calls").is_some_and(|t| !t.is_null());
+    match obj.get("content") {
+        None | Some(Value::Null) if role == "assistant" && has_tool_calls => {}
+        None | Some(Value::Null) if role == "assistant" && obj.contains_key("function_call") => {}
+        None | Some(Value::Null) => return Err(missing(&format!("{p}.content"))),
+        Some(Value::String(s)) => tally.chars += s.chars().count(),
+        Some(Value::Array(parts)) => {
+            if parts.is_empty() {
+                return Err(empty_array(&format!("{p}.content")));
+            }
+            for (j, part) in parts.iter().enumerate() {
+                check_part(&format!("{p}.content[{j}]"), role, part, tally)?;
+            }
+        }
+        Some(v) => {
+            return Err(invalid_type(
+                &format!("{p}.content"),
+                "one of a string or array of objects",
+                v,
+            ))
+        }
+    }
+    if role == "tool" {
+        match obj.get("tool_call_id") {
+            None | Some(Value::Null) => return Err(missing(&format!("{p}.tool_call_id"))),
+            Some(Value::String(_)) => {}
+            Some(v) => return Err(invalid_type(&format!("{p}.tool_call_id"), "a string", v)),
+        }
+    }
+    if let Some(calls) = obj.get("tool_calls").filter(|t| !t.is_null()) {
+        if role != "assistant" {
+            return Err(OaError::invalid(
+                format!("Invalid parameter: only messages with role 'assistant' can have 'tool_calls' ('{p}' has role '{role}')."),
+                Some(format!("{p}.tool_calls")),
+                None,
+            ));
+        }
+        check_tool_calls(&p, calls, tally)?;
+    }
+    Ok(())
+}
+
+fn check_part(p: &str, role: &str, part: &Value, tally: &mut Tally) -> R<()> {
+    let Some(obj) = part.as_object() else {
+        return Err(invalid_type(p, "an object", part));
+    };
+    let ty = match obj.get("type") {
+        None | Some(Value::Null) => return Err(missing(&format!("{p}.type"))),
+        Some(Value::String(t)) => t.as_str(),
+        Some(v) => return Err(invalid_type(&format!("{p}.type"), "a string", v)),
+    };
+    let supported = "'text', 'image_url', 'input_audio', 'refusal', and 'file'";
+    match ty {
+        "text" => match obj.get("text") {
+            Some(Value::String(s)) => tally.chars += s.chars().count(),
+            None | Some(Value::Null) => return Err(missing(&format!("{p}.text"))),
+            Some(v) => return Err(invalid_type(&format!("{p}.text"), "a string", v)),
+        },
+        "image_url" | "input_audio" | "file" if role != "user" => {
+            return Err(OaError::invalid(
+                format!("Invalid '{p}.type': '{ty}' content parts are only allowed for messages with role 'user', but this message has role '{role}'."),
+                Some(format!("{p}.type")),
+                Some("invalid_value"),
+            ))
+        }
+        "image_url" => {
+            let url = obj.get("image_url").and_then(|u| u.get("url"));
+            match url {
+                Some(Value::String(_)) => tally.images += 1,
+                None | Some(Value::Null) => return Err(missing(&format!("{p}.image_url.url"))),
+                Some(v) => return Err(invalid_type(&format!("{p}.image_url.url"), "a string", v)),
+            }
+        }
+        "input_audio" | "file" => tally.images += 1,
+        "refusal" if role == "assistant" => {}
+        _ => return Err(invalid_value(&format!("{p}.type"), ty, supported)),
+    }
+    Ok(())
+}
+
+fn check_tool_calls(p: &str, calls: &Value, tally: &mut Tally) -> R<()> {
+    let Some(list) = calls.as_array() else {
+        return Err(invalid_type(
+            &format!("{p}.tool_calls"),
+            "an array of objects",
+            calls,
+        ));
+    };
+    for (k, call) in list.iter().enumerate() {
+        let cp = format!("{p}.tool_calls[{k}]");
+        match call.get("id") {
+            Some(Value::String(_)) => {}
+            None | Some(Value::Null) => return Err(missing(&format!("{cp}.id"))),
+            Some(v) => return Err(invalid_type(&format!("{cp}.id"), "a string", v)),
+        }
+        match call.get("type") {
+            Some(Value::String(t)) if t == "function" => {}
+            None | Some(Value::Null) => return Err(missing(&format!("{cp}.type"))),
+            Some(Value::String(t)) => {
+                return Err(invalid_value(&format!("{cp}.type"), t, "'function'"))
+            }
+            Some(v) => return Err(invalid_type(&format!("{cp}.type"), "a string", v)),
+        }
+        let Some(f) = call.get("function").filter(|f| !f.is_null()) else {
+            return Err(missing(&format!("{cp}.function")));
+        };
+        match f.get("name") {
+            Some(Value::String(n)) => tally.chars += n.chars().count(),
+            None | Some(Value::Null) => return Err(missing(&format!("{cp}.function.name"))),
+            Some(v) => return Err(invalid_type(&format!("{cp}.function.name"), "a string", v)),
+        }
+        match f.get("arguments") {
+            Some(Value::String(a)) => tally.chars += a.chars().count(),
+            None | Some(Value::Null) => return Err(missing(&format!("{cp}.function.arguments"))),
+            Some(v) => {
+                return Err(invalid_type(
+                    &format!("{cp}.function.arguments"),
+                    "a string",
+                    v,
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Tool messages must answer the preceding assistant `tool_calls`, and every tool call
+/// must be answered before the conversation goes on.
+pub(super) fn check_tool_sequence(messages: &[Value]) -> R<()> {
+    let role = |m: &Value| {
+        m.get("role")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    let mut open: Option<(usize, Vec<String>)> = None;
+    for (i, m) in messages.iter().enumerate() {
+        let r = role(m);
+        if r == "tool" {
+            let id = m.get("tool_call_id").and_then(Value::as_str).unwrap_or("");
+            let answered = match open.as_mut() {
+                Some((_, ids)) => match ids.iter().position(|x| x == id) {
+                    Some(pos) => {
+                        ids.remove(pos);
+                        true
+                    }
+                    None => false,
+                },
+                None => false,
+            };
+            if !answered {
+                return Err(OaError::invalid(
+                    "Invalid parameter: messages with role 'tool' must be a response to a preceeding message with 'tool_calls'.".into(),
+                    Some(format!("messages.[{i}].role")),
+                    None,
+                ));
+            }
+            continue;
+        }
+        if let Some((at, ids)) = open.take() {
+            if !ids.is_empty() {
+                return Err(unanswered(at, &ids));
+            }
+        }
+        if r == "assistant" {
+            if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
+                let ids = calls
+                    .iter()
+                    .filter_map(|c| c.get("id").and_then(Value::as_str).map(str::to_owned))
+                    .collect();
+                open = Some((i, ids));
+            }
+        }
+    }
+    match open {
+        Some((at, ids)) if !ids.is_empty() => Err(unanswered(at, &ids)),
+        _ => Ok(()),
+    }
+}
+
+fn unanswered(at: usize, ids: &[String]) -> OaError {
+    OaError::invalid(
+        format!("An assistant message with 'tool_calls' must be followed by tool messages responding to each 'tool_call_id'. The following tool_call_ids did not have response messages: {}", ids.join(", ")),
+        Some(format!("messages.[{at}].role")),
+        None,
+    )
+}

@@ -1,0 +1,9 @@
+//! NATS JetStream: streams and consumers ([`streams`]), the priority scheduler that pulls
+//! only into free slots ([`scheduler`]), and publishing results and dead letters
+//! ([`publish`]).
+
+pub mod publish;
+pub mod scheduler;
+pub mod streams;
+
+pub use streams::Names;

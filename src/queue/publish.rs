@@ -1,0 +1,141 @@
+//! Publishing a job's terminal result (reply subject and results stream) and its dead
+//! letter. JetStream publishes are awaited (each job task awaits its own ack, and jobs in
+//! flight are bounded), so a job is acked only once its result is stored in NATS too.
+
+use super::Names;
+use crate::job::{Attempt, ErrorBody, JobResult};
+use async_nats::jetstream;
+use base64::Engine;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("publish to {subject}: {message}")]
+    Nats { subject: String, message: String },
+    #[error("encode: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+fn nats_err(subject: &str, e: impl std::fmt::Display) -> PublishError {
+    PublishError::Nats {
+        subject: subject.to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// A dead letter, as on `<prefix>.dlq.<tenant>.<id>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DlqEntry {
+    pub job: Option<serde_json::Value>,
+    pub payload_b64: Option<String>,
+    pub subject: String,
+    pub error: ErrorBody,
+    pub attempts: Vec<Attempt>,
+    pub deliveries: u64,
+    pub failed_at: chrono::DateTime<chrono::Utc>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+const TRUNCATED_KEEP: usize = 256 * 1024;
+
+impl DlqEntry {
+    /// Encode, falling back to the truncated form when the entry would not fit in one
+    /// NATS message.
+    pub fn encode(&self, raw: &[u8], max_payload: usize) -> Result<Vec<u8>, PublishError> {
+        let full = serde_json::to_vec(self)?;
+        if full.len() <= max_payload {
+            return Ok(full);
+        }
+        let keep = &raw[..raw.len().min(TRUNCATED_KEEP)];
+        let small = DlqEntry {
+            job: None,
+            payload_b64: Some(base64::engine::general_purpose::STANDARD.encode(keep)),
+            attempts: self.attempts.iter().rev().take(50).rev().cloned().collect(),
+            truncated: true,
+            ..self.clone()
+        };
+        Ok(serde_json::to_vec(&small)?)
+    }
+}
+
+pub struct Publisher {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub names: Names,
+}
+
+impl Publisher {
+    /// Result to the results stream (awaiting its ack) and to `reply_to` when given.
+    pub async fn result(
+        &self,
+        result: &JobResult,
+        reply_to: Option<&str>,
+    ) -> Result<(), PublishError> {
+        let body = Bytes::from(serde_json::to_vec(result)?);
+        let subject = self.names.result_subject(&result.tenant, &result.id);
+        let ack = self
+            .js
+            .publish(subject.clone(), body.clone())
+            .await
+            .map_err(|e| nats_err(&subject, e))?;
+        if let Some(r) = reply_to {
+            self.client
+                .publish(r.to_string(), body)
+                .await
+                .map_err(|e| nats_err(r, e))?;
+        }
+        ack.await.map_err(|e| nats_err(&subject, e))?;
+        Ok(())
+    }
+
+    pub async fn dead_letter(
+        &self,
+        tenant: &str,
+        id: &str,
+        entry: &DlqEntry,
+        raw: &[u8],
+    ) -> Result<(), PublishError> {
+        let max = self.client.server_info().max_payload.max(1024);
+        let body = entry.encode(raw, max)?;
+        let subject = self.names.dlq_subject(tenant, id);
+        self.js
+            .publish(subject.clone(), Bytes::from(body))
+            .await
+            .map_err(|e| nats_err(&subject, e))?
+            .await
+            .map_err(|e| nats_err(&subject, e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::ErrorKind;
+
+    #[test]
+    fn oversized_entries_are_truncated() {
+        let raw = vec![b'x'; 600 * 1024];
+        let e = DlqEntry {
+            job: Some(serde_json::json!({"big": String::from_utf8(raw.clone()).unwrap()})),
+            payload_b64: Some(base64::engine::general_purpose::STANDARD.encode(&raw)),
+            subject: "llm.jobs.low.acme".into(),
+            error: ErrorBody::new(ErrorKind::InvalidJob, "too big"),
+            attempts: vec![],
+            deliveries: 1,
+            failed_at: chrono::Utc::now(),
+            truncated: false,
+        };
+        let out = e.encode(&raw, 1024 * 1024).unwrap();
+        assert!(out.len() <= 1024 * 1024);
+        let back: DlqEntry = serde_json::from_slice(&out).unwrap();
+        assert!(back.truncated);
+        assert!(back.job.is_none());
+        let kept = base64::engine::general_purpose::STANDARD
+            .decode(back.payload_b64.unwrap())
+            .unwrap();
+        assert_eq!(kept.len(), 256 * 1024);
+    }
+}

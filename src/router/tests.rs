@@ -1,0 +1,88 @@
+use super::*;
+use crate::config::FileConfig;
+use crate::job::parse_job;
+
+fn router() -> (Router, Config) {
+    let text = include_str!("../../config/demo.toml");
+    let cfg = FileConfig::from_toml_with_env(text, "demo.toml", &[]).unwrap();
+    (Router::new(&cfg), cfg)
+}
+
+fn job(extra: &str) -> Job {
+    let (_, cfg) = router();
+    let payload = format!(
+        r#"{{"id":"j","tenant":"acme","messages":[{{"role":"user","content":"hello"}}]{extra}}}"#
+    );
+    parse_job(
+        payload.as_bytes(),
+        "llm.jobs.normal.acme",
+        1,
+        &cfg.parse_rules(),
+    )
+    .unwrap()
+    .job
+}
+
+fn chain(p: &Plan) -> Vec<String> {
+    p.candidates.iter().map(|c| c.model.name.clone()).collect()
+}
+
+#[test]
+fn auto_walks_the_configured_tiers() {
+    let (r, _) = router();
+    let p = r.plan(&job(""), 10).unwrap();
+    assert_eq!(
+        chain(&p),
+        ["gpt-4o-mini", "llama-3.1-8b", "gpt-4.1-nano", "gpt-4o"]
+    );
+    assert_eq!(p.route.tier.as_deref(), Some("fast"));
+}
+
+#[test]
+fn names_aliases_and_pins() {
+    let (r, _) = router();
+    let p = r.plan(&job(r#","model":"llama""#), 10).unwrap();
+    assert_eq!(chain(&p), ["llama-3.1-8b", "gpt-4o-mini"]);
+    let p = r.plan(&job(r#","model":"openai/gpt-4o""#), 10).unwrap();
+    assert_eq!(chain(&p), ["gpt-4o"]);
+    let e = r.plan(&job(r#","model":"local/gpt-4o""#), 10).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::UnknownModel);
+    let e = r.plan(&job(r#","model":"gpt-9""#), 10).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::UnknownModel);
+}
+
+#[test]
+fn filters() {
+    let (r, _) = router();
+    let p = r
+        .plan(&job(r#","providers":{"deny":["openai"]}"#), 10)
+        .unwrap();
+    assert_eq!(chain(&p), ["llama-3.1-8b"]);
+    let p = r.plan(&job(r#","region":"eu""#), 10).unwrap();
+    assert_eq!(chain(&p), ["llama-3.1-8b"]);
+    let e = r.plan(&job(r#","region":"ap""#), 10).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NoRoute);
+    let e = r.plan(&job(r#","model":"balanced""#), 200_000).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::ContextTooLong);
+    // 1000 in + 1024 out on gpt-4o ≈ 0.01274: a 0.001 cap leaves only the cheap models.
+    let p = r
+        .plan(&job(r#","max_cost_usd":0.001,"max_tokens":1024"#), 1000)
+        .unwrap();
+    assert!(!chain(&p).contains(&"gpt-4o".to_string()));
+    let e = r
+        .plan(
+            &job(r#","model":"openai/gpt-4o","max_cost_usd":0.001"#),
+            1000,
+        )
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::CostCapExceeded);
+}
+
+#[test]
+fn classification() {
+    assert_eq!(
+        classify(&job(r#","response_format":{"type":"json_object"}"#)),
+        Task::Extraction
+    );
+    assert_eq!(classify(&job(r#","task":"code""#)), Task::Code);
+}

@@ -1,0 +1,121 @@
+//! The worker: one task per pulled job, bounded by the slot semaphore. Each task keeps its
+//! message alive with in-progress acks while it works, and ends in exactly one of: ack
+//! (the result is committed and published) or nak with a delay (try again later).
+
+mod calls;
+mod process;
+
+use crate::config::Config;
+use crate::job::{ParseRules, Priority};
+use crate::providers::Providers;
+use crate::queue::publish::Publisher;
+use crate::queue::scheduler::Dispatch;
+use crate::ratelimit::Limiters;
+use crate::router::Router;
+use crate::store::{Claimer, Writer};
+use async_nats::jetstream::{AckKind, Message};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Everything a job task needs, shared.
+pub struct Ctx {
+    pub cfg: Arc<Config>,
+    pub rules: ParseRules,
+    pub router: Router,
+    pub providers: Providers,
+    pub limiters: Limiters,
+    pub claimer: Claimer,
+    pub writer: Writer,
+    pub publisher: Publisher,
+    /// Cancelled when the shutdown grace period is over: unfinished jobs are handed back.
+    pub abort: CancellationToken,
+}
+
+/// What happens to the message at the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    Ack,
+    /// Redeliver after this delay.
+    Retry(Duration),
+}
+
+/// Spawns one task per message on the tracker.
+pub struct JobDispatch {
+    pub ctx: Arc<Ctx>,
+    pub tracker: TaskTracker,
+}
+
+impl Dispatch for JobDispatch {
+    fn dispatch(&self, priority: Priority, msg: Message, slot: OwnedSemaphorePermit) {
+        let ctx = self.ctx.clone();
+        self.tracker.spawn(async move {
+            handle(ctx, priority, msg).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Where a message came from, read off its ack subject before the message is split.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery {
+    pub priority: Priority,
+    pub stream_seq: u64,
+    /// 1 on the first delivery.
+    pub delivered: u64,
+    /// How long it waited in the stream before this worker took it.
+    pub queued: Duration,
+    pub received: Instant,
+}
+
+async fn handle(ctx: Arc<Ctx>, priority: Priority, msg: Message) {
+    let received = Instant::now();
+    let delivery = match msg.info() {
+        Ok(info) => {
+            let published_ns = info.published.unix_timestamp_nanos();
+            let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0) as i128;
+            let queued_ns = (now_ns - published_ns).clamp(0, i128::from(u64::MAX)) as u64;
+            Delivery {
+                priority,
+                stream_seq: info.stream_sequence,
+                delivered: info.delivered.max(1) as u64,
+                queued: Duration::from_nanos(queued_ns),
+                received,
+            }
+        }
+        Err(e) => {
+            // Not a JetStream delivery: nothing to ack, nothing to file it under.
+            tracing::error!(error = %e, subject = %msg.subject, "message without JetStream metadata");
+            return;
+        }
+    };
+    let (message, acker) = msg.split();
+    let period = Duration::from_secs(ctx.cfg.worker.ack_wait_s)
+        .div_f64(3.0)
+        .max(Duration::from_millis(500));
+    let work = process::process(&ctx, delivery, &message);
+    tokio::pin!(work);
+    let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let disposition = loop {
+        tokio::select! {
+            d = &mut work => break d,
+            _ = keepalive.tick() => {
+                if let Err(e) = acker.ack_with(AckKind::Progress).await {
+                    tracing::warn!(error = %e, "in-progress ack failed");
+                }
+            }
+            _ = ctx.abort.cancelled() => break Disposition::Retry(Duration::ZERO),
+        }
+    };
+    let sent = match disposition {
+        Disposition::Ack => acker.ack().await,
+        Disposition::Retry(d) => acker.ack_with(AckKind::Nak(Some(d))).await,
+    };
+    if let Err(e) = sent {
+        // The message will be redelivered after the ack wait; a committed result is then
+        // published again without a new provider call.
+        tracing::warn!(error = %e, ?disposition, "ack failed");
+    }
+}
