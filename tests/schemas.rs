@@ -1134,6 +1134,19 @@ fn documented_disagreements() {
             false,
             true,
         ),
+        // chrono reads a relaxed RFC 3339; the schema's date-time is strict RFC 3339.
+        (
+            "deadline with a space for the T",
+            job_with(json!({"deadline": "2030-01-01 18:00:00Z"})),
+            false,
+            true,
+        ),
+        (
+            "deadline with a signed year",
+            job_with(json!({"deadline": "+2030-01-01T18:00:00Z"})),
+            false,
+            true,
+        ),
         // The router fails it as unknown_model instead.
         (
             "an empty model",

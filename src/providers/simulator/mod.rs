@@ -7,9 +7,11 @@
 //! without internet access.
 //!
 //! # Endpoints (one port)
-//! - `POST /v1/chat/completions` and `POST /chat/completions` — OpenAI (`openai.rs`).
+//! - `POST /v1/chat/completions` and `POST /chat/completions` — OpenAI (`openai.rs`),
+//!   `"stream": true` included (server-sent events, one body).
 //! - `POST /v1/messages` — Anthropic (`anthropic.rs`).
-//! - `POST /v1beta/models/{model}:generateContent` (and `/v1/models/...`) — Gemini (`gemini.rs`).
+//! - `POST /v1beta/models/{model}:generateContent` (and `/v1/models/...`) — Gemini
+//!   (`gemini.rs`), plus `:streamGenerateContent` and `:countTokens`.
 //! - `GET /_sim/stats` — [`Stats`] as JSON; `GET|POST /_sim/profile` — read / replace the
 //!   [`FaultProfile`]; `POST /_sim/reset` — zero the counters.
 //!
@@ -27,8 +29,12 @@
 //! 7. `error_rate`: random injected `error_status`.
 //! 8. The deterministic answer (`text.rs`).
 //!
-//! Every answered request is counted once as `<api>/<model>/<status>` (model `-` when the
-//! body had none), 4xx validation failures included.
+//! Every request is counted once as `<api>/<model>/<status>` (model `-` when the body had
+//! none), 4xx validation failures included; a request held by `hang` is counted as
+//! `hang` when it arrives, one cut short by shutdown during its latency sleep as `503`.
+//!
+//! Unknown models: every id is accepted except those in `unknown_models` and ids
+//! starting with `no-such-`, which get the provider's "model not found" 404.
 
 mod anthropic;
 mod anthropic_validate;
@@ -65,6 +71,14 @@ pub struct Simulator {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Simulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Simulator")
+            .field("total", &self.inner.stats().total)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Fault-injection and behaviour knobs. Every field is optional in JSON.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -92,8 +106,9 @@ pub struct FaultProfile {
     /// Model ids answered with the provider's "model not found" 404 (besides any id
     /// starting with `no-such-`, which is always unknown).
     pub unknown_models: Vec<String>,
-    /// Accept any non-empty OpenAI key (by default it must start with `sk-`), for
-    /// `openai_compatible` demos whose servers take arbitrary keys.
+    /// OpenAI endpoint only: accept any key or none (by default a `Bearer sk-…` key is
+    /// required), like a vLLM / Ollama server started without an API key, for
+    /// `openai_compatible` providers that send no key or an arbitrary one.
     pub no_auth: bool,
     /// Overrides keyed by upstream model id; an override replaces every knob above
     /// for that model (its own `per_model` is ignored).

@@ -72,7 +72,10 @@ fn auth_error(message: &str, code: Option<&'static str>) -> OaError {
     }
 }
 
-fn check_auth(headers: &HeaderMap, accept_any: bool) -> Result<(), OaError> {
+fn check_auth(headers: &HeaderMap, no_auth: bool) -> Result<(), OaError> {
+    if no_auth {
+        return Ok(());
+    }
     let key = header_str(headers, "authorization")
         .and_then(|v| {
             v.strip_prefix("Bearer ")
@@ -85,7 +88,7 @@ fn check_auth(headers: &HeaderMap, accept_any: bool) -> Result<(), OaError> {
             "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with blank username) if you're accessing the API from your browser and are prompted for a username and password. You can obtain an API key from https://platform.openai.com/account/api-keys.",
             None,
         )),
-        Some(k) if !accept_any && !k.starts_with("sk-") => Err(auth_error(
+        Some(k) if !k.starts_with("sk-") => Err(auth_error(
             "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys.",
             Some("invalid_api_key"),
         )),

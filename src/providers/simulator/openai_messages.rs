@@ -233,3 +233,89 @@ fn unanswered(at: usize, ids: &[String]) -> OaError {
         None,
     )
 }
+
+#[cfg(test)]
+#[allow(clippy::expect_used, clippy::unwrap_used)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::super::openai_validate::validate;
+
+    fn err(messages: Value) -> (Option<String>, Option<&'static str>, String) {
+        let e = validate(&json!({"model": "m", "messages": messages})).expect_err("must fail");
+        (e.param, e.code, e.message)
+    }
+
+    fn call(id: &str, args: Value) -> Value {
+        json!({"id": id, "type": "function", "function": {"name": "f", "arguments": args}})
+    }
+
+    #[test]
+    fn tool_call_pairing() {
+        let user = json!({"role": "user", "content": "hi"});
+        let ok = json!([user, {"role": "assistant", "content": null, "tool_calls": [call("c1", json!("{}"))]},
+            {"role": "tool", "tool_call_id": "c1", "content": "done"}]);
+        assert!(validate(&json!({"model": "m", "messages": ok})).is_ok());
+
+        let (_, _, msg) = err(
+            json!([user, {"role": "assistant", "tool_calls": [call("c1", json!("{}")), call("c2", json!("{}"))]},
+            {"role": "tool", "tool_call_id": "c1", "content": "done"}, {"role": "user", "content": "and?"}]),
+        );
+        assert!(msg.ends_with("did not have response messages: c2"), "{msg}");
+        let (param, _, msg) =
+            err(json!([user, {"role": "tool", "tool_call_id": "c9", "content": "x"}]));
+        assert_eq!(param.as_deref(), Some("messages.[1].role"));
+        assert!(msg.contains("must be a response to a preceeding message with 'tool_calls'"));
+        let (param, code, _) = err(
+            json!([user, {"role": "assistant", "tool_calls": [call("c1", json!({"a": 1}))]},
+            {"role": "tool", "tool_call_id": "c1", "content": "x"}]),
+        );
+        assert_eq!(
+            param.as_deref(),
+            Some("messages[1].tool_calls[0].function.arguments")
+        );
+        assert_eq!(code, Some("invalid_type"));
+    }
+
+    #[test]
+    fn message_shapes() {
+        let (param, code, _) = err(json!([{"role": "user"}]));
+        assert_eq!(
+            (param.as_deref(), code),
+            (
+                Some("messages[0].content"),
+                Some("missing_required_parameter")
+            )
+        );
+        let (param, code, _) = err(json!([{"role": "user", "content": 5}]));
+        assert_eq!(
+            (param.as_deref(), code),
+            (Some("messages[0].content"), Some("invalid_type"))
+        );
+        let (param, code, _) = err(json!([{"role": "user", "content": []}]));
+        assert_eq!(
+            (param.as_deref(), code),
+            (Some("messages[0].content"), Some("empty_array"))
+        );
+        let (param, _, msg) = err(json!([{"role": "user", "content": "x", "foo": 1}]));
+        assert_eq!(param.as_deref(), Some("messages[0]"));
+        assert!(msg.contains("('foo' was unexpected)"));
+        let (param, code, _) = err(
+            json!([{"role": "system", "content": [{"type": "image_url", "image_url": {"url": "u"}}]}]),
+        );
+        assert_eq!(
+            (param.as_deref(), code),
+            (Some("messages[0].content[0].type"), Some("invalid_value"))
+        );
+        let (param, code, _) = err(json!([{"role": "user", "content": [{"type": "audio"}]}]));
+        assert_eq!(
+            (param.as_deref(), code),
+            (Some("messages[0].content[0].type"), Some("invalid_value"))
+        );
+        let ok = json!([{"role": "developer", "content": "d"},
+            {"role": "user", "content": [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "u"}}]}]);
+        let req = validate(&json!({"model": "m", "messages": ok})).expect("valid");
+        // "d" + "look" = 5 chars → 2, + 3 × 2 messages, + 85 for the image.
+        assert_eq!(req.prompt_tokens, 2 + 6 + 85);
+    }
+}

@@ -163,6 +163,8 @@ async fn auth_errors() {
     )
     .await;
     assert_eq!(status, 200);
+    let (status, _, _) = post_path(&r, "/v1/chat/completions", None, hello().to_string()).await;
+    assert_eq!(status, 200);
     r.shutdown.cancel();
 }
 
@@ -237,6 +239,13 @@ async fn validation_errors_have_the_real_shape() {
             None,
         ),
         (
+            json!({"model": "m", "messages": user, "response_format": {"type": "json_schema",
+                "json_schema": {"name": "x", "strict": true, "schema": {"type": "object", "properties": {}}}}}),
+            400,
+            Some("response_format"),
+            None,
+        ),
+        (
             json!({"model": "m", "messages": user, "max_tokens": 0}),
             400,
             Some("max_tokens"),
@@ -280,7 +289,7 @@ async fn validation_errors_have_the_real_shape() {
         .expect("m")
         .starts_with("We could not parse the JSON body"));
     let stats = r.sim.stats();
-    assert_eq!(stats.count("openai", "m", 400), 11);
+    assert_eq!(stats.count("openai", "m", 400), 12);
     assert_eq!(stats.count("openai", "-", 400), 2);
     assert_eq!(stats.count("openai", "no-such-model", 404), 2);
     r.shutdown.cancel();

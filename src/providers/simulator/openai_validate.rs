@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use serde_json::Value;
 
 use super::openai_messages::{check_message, check_tool_sequence};
-use super::text;
+use super::{schema, text};
 
 /// An OpenAI error answer.
 #[derive(Debug, Clone)]
@@ -464,6 +464,16 @@ fn check_format(rf: Option<&Value>, messages: &[Value], tally: &mut Tally) -> R<
                 }
             }
             let schema = js.get("schema").cloned().unwrap_or(Value::Null);
+            if js.get("strict") == Some(&Value::Bool(true)) {
+                if let Some(problem) = schema::strict_problem(&schema) {
+                    let name = js.get("name").and_then(Value::as_str).unwrap_or("");
+                    return Err(OaError::invalid(
+                        format!("Invalid schema for response_format '{name}': {problem}"),
+                        Some("response_format".into()),
+                        None,
+                    ));
+                }
+            }
             if !schema.is_null() && !schema.is_object() {
                 return Err(invalid_type(
                     "response_format.json_schema.schema",
@@ -527,6 +537,14 @@ fn check_tools(tools: Option<&Value>, tally: &mut Tally) -> R<Vec<(String, Optio
         }
         let params = f.get("parameters").filter(|v| !v.is_null()).cloned();
         if let Some(ps) = &params {
+            let strict = f.get("strict") == Some(&Value::Bool(true));
+            if let Some(problem) = strict.then(|| schema::strict_problem(ps)).flatten() {
+                return Err(OaError::invalid(
+                    format!("Invalid schema for function '{name}': {problem}"),
+                    Some(format!("{p}.function.parameters")),
+                    Some("invalid_function_parameters"),
+                ));
+            }
             if !ps.is_object() {
                 return Err(invalid_type(
                     &format!("{p}.function.parameters"),

@@ -195,6 +195,84 @@ pub(crate) fn tool_args(schema: Option<&Value>, seed: u64) -> Value {
     }
 }
 
+/// OpenAI structured-outputs rule for `strict: true` schemas: every object must set
+/// `additionalProperties: false` and list every property in `required`. Returns the
+/// first violation in OpenAI's words (`In context=('properties', 'x'), ...`).
+pub(crate) fn strict_problem(schema: &Value) -> Option<String> {
+    let mut ctx = Vec::new();
+    strict_walk(schema, &mut ctx)
+}
+
+fn context(ctx: &[String]) -> String {
+    let quoted: Vec<String> = ctx.iter().map(|c| format!("'{c}'")).collect();
+    match quoted.len() {
+        0 => "()".to_owned(),
+        1 => format!("({},)", quoted.join("")),
+        _ => format!("({})", quoted.join(", ")),
+    }
+}
+
+fn strict_walk(s: &Value, ctx: &mut Vec<String>) -> Option<String> {
+    let obj = s.as_object()?;
+    let is_object = match obj.get("type") {
+        Some(Value::String(t)) => t == "object",
+        Some(Value::Array(ts)) => ts.iter().any(|t| t == "object"),
+        _ => obj.contains_key("properties"),
+    };
+    let mut children: Vec<(Vec<String>, &Value)> = Vec::new();
+    if is_object {
+        if obj.get("additionalProperties") != Some(&Value::Bool(false)) {
+            return Some(format!(
+                "In context={}, 'additionalProperties' is required to be supplied and to be false.",
+                context(ctx)
+            ));
+        }
+        if let Some(props) = obj.get("properties").and_then(Value::as_object) {
+            let required: Vec<&str> = obj
+                .get("required")
+                .and_then(Value::as_array)
+                .map(|r| r.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            if let Some(missing) = props.keys().find(|k| !required.contains(&k.as_str())) {
+                return Some(format!(
+                    "In context={}, 'required' is required to be supplied and to be an array including every key in properties. Missing '{missing}'.",
+                    context(ctx)
+                ));
+            }
+            for (k, sub) in props {
+                children.push((vec!["properties".into(), k.clone()], sub));
+            }
+        }
+    }
+    if let Some(items) = obj.get("items") {
+        children.push((vec!["items".into()], items));
+    }
+    for key in ["anyOf", "$defs", "definitions"] {
+        match obj.get(key) {
+            Some(Value::Array(list)) => {
+                for (i, sub) in list.iter().enumerate() {
+                    children.push((vec![key.into(), i.to_string()], sub));
+                }
+            }
+            Some(Value::Object(defs)) => {
+                for (name, sub) in defs {
+                    children.push((vec![key.into(), name.clone()], sub));
+                }
+            }
+            _ => {}
+        }
+    }
+    for (path, sub) in children {
+        let n = path.len();
+        ctx.extend(path);
+        if let Some(p) = strict_walk(sub, ctx) {
+            return Some(p);
+        }
+        ctx.truncate(ctx.len() - n);
+    }
+    None
+}
+
 #[cfg(test)]
 #[allow(clippy::expect_used, clippy::unwrap_used)]
 mod tests {
@@ -228,5 +306,27 @@ mod tests {
         assert!(v["opt"].is_string());
         assert!(v.get("ignored").is_none());
         assert_eq!(value_for_schema(&schema, 1), v);
+    }
+
+    #[test]
+    fn strict_mode_rules() {
+        let ok = json!({"type": "object", "additionalProperties": false, "required": ["a"],
+            "properties": {"a": {"type": "object", "additionalProperties": false, "required": [], "properties": {}}}});
+        assert_eq!(strict_problem(&ok), None);
+        let open = json!({"type": "object", "properties": {}});
+        assert_eq!(
+            strict_problem(&open).as_deref(),
+            Some(
+                "In context=(), 'additionalProperties' is required to be supplied and to be false."
+            )
+        );
+        let nested = json!({"type": "object", "additionalProperties": false, "required": ["a"],
+            "properties": {"a": {"type": "object", "additionalProperties": false, "properties": {"b": {"type": "string"}}}}});
+        let p = strict_problem(&nested).expect("problem");
+        assert!(
+            p.starts_with("In context=('properties', 'a'), 'required'"),
+            "{p}"
+        );
+        assert!(p.ends_with("Missing 'b'."), "{p}");
     }
 }

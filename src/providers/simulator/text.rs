@@ -4,9 +4,10 @@
 //! Token approximation (all APIs): `prompt_tokens = ceil(chars / 4) + 3 × messages`, where
 //! `chars` counts the characters (not bytes) of every text the model reads: message text
 //! (strings and text parts/blocks), the system prompt, tool-call names and arguments,
-//! tool results, and the JSON of tool definitions and response schemas; each image adds
-//! a flat 85 tokens. A generated text answer costs one token per word; a JSON answer or
-//! tool-call arguments cost `ceil(chars / 4)`.
+//! tool results, and the JSON of tool definitions and response schemas; each image (or
+//! other media part) adds a flat 85 tokens (258 at Gemini). A generated text answer costs
+//! one token per word; a JSON answer or tool-call arguments cost `ceil(chars / 4)`.
+//! Reasoning models add their reasoning/thinking tokens to the output.
 
 use serde_json::{json, Value};
 

@@ -1,0 +1,272 @@
+//! Test harness: real NATS and real Postgres, each test isolated by its own subject prefix
+//! (so its own streams) and its own database, both removed when the test ends (even when it
+//! fails). The provider simulator runs in-process on a free port, so tests read its counters.
+#![allow(dead_code)]
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use sqlx::PgPool;
+use std::time::Duration;
+use switchyard::config::{Config, FileConfig};
+use switchyard::job::{JobResult, Priority};
+use switchyard::providers::simulator::{FaultProfile, Simulator};
+use switchyard::providers::Providers;
+use switchyard::queue::publish::DlqEntry;
+use switchyard::queue::{streams, Names};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+pub fn admin_db_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// `DATABASE_URL` with another database name.
+pub fn db_url(name: &str) -> String {
+    let base = admin_db_url();
+    let mut u = reqwest::Url::parse(&base).expect("DATABASE_URL is a URL");
+    u.set_path(&format!("/{name}"));
+    u.to_string()
+}
+
+pub struct TestEnv {
+    pub prefix: String,
+    pub db_name: String,
+    pub config: Config,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub pool: PgPool,
+    pub sim: Simulator,
+    pub sim_addr: std::net::SocketAddr,
+    sim_stop: CancellationToken,
+}
+
+impl TestEnv {
+    /// A fresh prefix, database and simulator. `tweak` edits the config before use.
+    pub async fn new(tweak: impl FnOnce(&mut Config)) -> TestEnv {
+        let tag = format!("t{:x}{:x}", std::process::id(), rand::random::<u32>());
+        let prefix = tag.clone();
+        let db_name = format!("sy_{tag}");
+        let admin = PgPool::connect(&admin_db_url())
+            .await
+            .expect("admin Postgres");
+        sqlx::query(&format!("CREATE DATABASE {db_name}"))
+            .execute(&admin)
+            .await
+            .expect("create test database");
+        admin.close().await;
+
+        let sim = Simulator::new(FaultProfile::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sim_addr = listener.local_addr().unwrap();
+        let sim_stop = CancellationToken::new();
+        {
+            let sim = sim.clone();
+            let stop = sim_stop.clone();
+            tokio::spawn(async move { sim.serve(listener, stop).await });
+        }
+
+        // Keys the simulator accepts; the same value in every test, so setting it races harmlessly.
+        std::env::set_var("SY_TEST_OPENAI_KEY", "sk-test-openai");
+        std::env::set_var("SY_TEST_LOCAL_KEY", "sk-test-local");
+        let text = include_str!("../../config/demo.toml");
+        let mut config =
+            FileConfig::from_toml_with_env(text, "demo.toml", &[]).expect("demo config");
+        config.nats.url = nats_url();
+        config.nats.prefix = prefix.clone();
+        config.postgres.url = db_url(&db_name);
+        config.metrics.addr = String::new();
+        config.worker.max_in_flight = 64;
+        config.worker.retry_base_ms = 100;
+        config.worker.retry_max_ms = 500;
+        config.worker.shutdown_grace_s = 10;
+        for p in &mut config.providers {
+            p.base_url = format!("http://{sim_addr}/v1");
+            p.api_key_env = Some(
+                if p.name == "openai" {
+                    "SY_TEST_OPENAI_KEY"
+                } else {
+                    "SY_TEST_LOCAL_KEY"
+                }
+                .into(),
+            );
+            p.timeout_s = 30;
+        }
+        tweak(&mut config);
+
+        let client = async_nats::connect(&config.nats.url).await.expect("NATS");
+        let js = jetstream::new(client.clone());
+        let pool = PgPool::connect(&config.postgres.url)
+            .await
+            .expect("test database");
+        switchyard::store::migrate(&pool).await.expect("migrations");
+        TestEnv {
+            prefix,
+            db_name,
+            config,
+            client,
+            js,
+            pool,
+            sim,
+            sim_addr,
+            sim_stop,
+        }
+    }
+
+    pub fn names(&self) -> Names {
+        Names::new(&self.prefix)
+    }
+
+    /// Start an in-process worker; stop it with the returned token.
+    pub async fn start_worker(&self) -> (CancellationToken, JoinHandle<anyhow::Result<()>>) {
+        let providers = Providers::from_config(&self.config).expect("providers");
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(switchyard::app::run_worker(
+            self.config.clone(),
+            providers,
+            stop.clone(),
+        ));
+        self.wait_for_consumers().await;
+        (stop, handle)
+    }
+
+    /// Create the streams without a worker (to build a backlog first).
+    pub async fn ensure_streams(&self) {
+        streams::ensure(&self.js, &self.config)
+            .await
+            .expect("streams");
+    }
+
+    async fn wait_for_consumers(&self) {
+        let name = self.names().jobs_stream();
+        for _ in 0..100 {
+            if let Ok(mut s) = self.js.get_stream(&name).await {
+                if s.info()
+                    .await
+                    .map(|i| i.state.consumer_count == 3)
+                    .unwrap_or(false)
+                {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("worker did not create its consumers");
+    }
+
+    pub async fn publish(&self, p: Priority, tenant: &str, payload: impl Into<Vec<u8>>) -> u64 {
+        let subject = self.names().jobs_subject(p, tenant);
+        self.publish_raw(&subject, payload).await
+    }
+
+    pub async fn publish_raw(&self, subject: &str, payload: impl Into<Vec<u8>>) -> u64 {
+        let ack = self
+            .js
+            .publish(subject.to_string(), payload.into().into())
+            .await
+            .expect("publish")
+            .await
+            .expect("publish ack");
+        ack.sequence
+    }
+
+    /// The stored result at `<prefix>.results.<tenant>.<id>`, waiting up to `secs`.
+    pub async fn result(&self, tenant: &str, id: &str, secs: u64) -> JobResult {
+        let stream = self
+            .js
+            .get_stream(self.names().results_stream())
+            .await
+            .expect("results stream");
+        let subject = self.names().result_subject(tenant, id);
+        for _ in 0..secs * 20 {
+            if let Ok(m) = stream.get_last_raw_message_by_subject(&subject).await {
+                return serde_json::from_slice(&m.payload).expect("result JSON");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no result for {tenant}/{id} within {secs}s");
+    }
+
+    pub async fn dlq(&self, tenant: &str, id: &str) -> Option<DlqEntry> {
+        let stream = self.js.get_stream(self.names().dlq_stream()).await.ok()?;
+        let m = stream
+            .get_last_raw_message_by_subject(&self.names().dlq_subject(tenant, id))
+            .await
+            .ok()?;
+        Some(serde_json::from_slice(&m.payload).expect("DLQ JSON"))
+    }
+
+    /// Messages still in the jobs stream.
+    pub async fn jobs_left(&self) -> u64 {
+        let mut s = self
+            .js
+            .get_stream(self.names().jobs_stream())
+            .await
+            .expect("jobs stream");
+        s.info().await.expect("stream info").state.messages
+    }
+
+    pub async fn subscribe(&self, subject: &str) -> async_nats::Subscriber {
+        let sub = self
+            .client
+            .subscribe(subject.to_string())
+            .await
+            .expect("subscribe");
+        self.client.flush().await.expect("flush");
+        sub
+    }
+
+    pub async fn cleanup(self) {
+        // Drop runs the cleanup.
+    }
+}
+
+/// Wait for the next message on `sub`, at most `secs`.
+pub async fn next_json(sub: &mut async_nats::Subscriber, secs: u64) -> serde_json::Value {
+    let m = tokio::time::timeout(Duration::from_secs(secs), sub.next())
+        .await
+        .expect("reply in time")
+        .expect("subscription open");
+    serde_json::from_slice(&m.payload).expect("reply JSON")
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        self.sim_stop.cancel();
+        let prefix = self.prefix.clone();
+        let db = self.db_name.clone();
+        let url = nats_url();
+        // Async cleanup from Drop (also on panic): on its own thread and runtime.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(client) = async_nats::connect(&url).await {
+                    let js = jetstream::new(client);
+                    streams::delete_all(&js, &prefix).await;
+                }
+                if let Ok(admin) = PgPool::connect(&admin_db_url()).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+                        .execute(&admin)
+                        .await;
+                    admin.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub fn job(id: &str, tenant: &str, extra: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","tenant":"{tenant}","feature":"test","messages":[{{"role":"user","content":"Say something about {id}"}}]{extra}}}"#
+    )
+}

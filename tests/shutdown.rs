@@ -1,0 +1,123 @@
+//! SIGTERM: the worker binary stops pulling, finishes what it holds, exits 0, and loses
+//! nothing: another worker completes the rest, with no job called twice.
+
+mod common;
+
+use common::{job, TestEnv};
+use std::process::Stdio;
+use std::time::Duration;
+use switchyard::job::Priority;
+use switchyard::providers::simulator::FaultProfile;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_jobs_and_loses_nothing() {
+    let env = TestEnv::new(|c| {
+        c.worker.max_in_flight = 8;
+    })
+    .await;
+    env.sim.set_profile(FaultProfile {
+        latency_ms: 700,
+        ..Default::default()
+    });
+    env.ensure_streams().await;
+    const N: usize = 40;
+    for i in 0..N {
+        env.publish(
+            Priority::Normal,
+            "acme",
+            job(&format!("s{i}"), "acme", r#","model":"openai/gpt-4o-mini""#),
+        )
+        .await;
+    }
+    let sim = format!("http://{}/v1", env.sim_addr);
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("worker")
+        .env(
+            "SWITCHYARD_CONFIG",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml"),
+        )
+        .env("NATS_URL", &env.config.nats.url)
+        .env("DATABASE_URL", &env.config.postgres.url)
+        .env("SWITCHYARD_NATS__PREFIX", &env.prefix)
+        .env("SWITCHYARD_WORKER__MAX_IN_FLIGHT", "8")
+        .env("SWITCHYARD_WORKER__SHUTDOWN_GRACE_S", "20")
+        .env("SWITCHYARD_METRICS__ADDR", "")
+        .env("SWITCHYARD_PROVIDERS__OPENAI__BASE_URL", &sim)
+        .env("SWITCHYARD_PROVIDERS__LOCAL__BASE_URL", &sim)
+        .env("OPENAI_API_KEY", "sk-test-openai")
+        .env("LOCAL_API_KEY", "sk-test-local")
+        .env("SWITCHYARD_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("worker binary starts");
+    // Let it take work: wait until some calls are under way.
+    for _ in 0..200 {
+        if env.sim.stats().total >= 8 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        env.sim.stats().total >= 8,
+        "the worker binary started working"
+    );
+    let pid = child.id().expect("pid").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("worker exits within the grace period")
+        .unwrap();
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use tokio::io::AsyncReadExt;
+        let _ = e.read_to_string(&mut stderr).await;
+    }
+    assert!(status.success(), "exit status {status:?}\n{stderr}");
+    assert!(stderr.contains("draining"), "{stderr}");
+
+    let done: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status='succeeded'")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    let running: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status='running'")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(
+        done >= 8,
+        "in-flight jobs were finished, not dropped ({done})"
+    );
+    assert_eq!(running, 0, "nothing left half-done");
+    assert_eq!(
+        env.jobs_left().await,
+        N as u64 - done as u64,
+        "the rest is still queued"
+    );
+
+    // A second worker finishes the rest; nothing was lost, nothing called twice.
+    let (stop, worker) = env.start_worker().await;
+    for _ in 0..400 {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status='succeeded'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+        if n == N as i64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 0..N {
+        let r = env.result("acme", &format!("s{i}"), 5).await;
+        assert_eq!(r.attempts.len(), 1, "s{i}");
+    }
+    assert_eq!(env.sim.stats().total, N as u64, "one provider call per job");
+    assert_eq!(env.jobs_left().await, 0);
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+}
