@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The core pipeline end to end, against real NATS JetStream and real Postgres.
 
 mod common;
@@ -121,6 +122,16 @@ async fn high_priority_is_served_first_under_a_backlog_and_low_still_progresses(
     worker.await.unwrap().unwrap();
 }
 
+/// (subject, payload, tenant, id (None: `_seq<N>`), kind, what the message must name)
+type BadCase<'a> = (
+    String,
+    Vec<u8>,
+    &'a str,
+    Option<&'a str>,
+    ErrorKind,
+    &'a str,
+);
+
 /// Every bad input fails at once with the right kind, a result filed under the right key,
 /// a DLQ entry and a failed row — and the worker goes on serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,7 +145,7 @@ async fn bad_inputs_fail_cleanly_and_the_worker_keeps_serving() {
     let normal = format!("{p}.jobs.normal.acme");
     let msgs = r#"[{"role":"user","content":"hi"}]"#;
     // (subject, payload, tenant, id (None: _seq<N>), kind, field named in the message)
-    let cases: Vec<(String, Vec<u8>, &str, Option<&str>, ErrorKind, &str)> = vec![
+    let cases: Vec<BadCase> = vec![
         (normal.clone(), b"not json".to_vec(), "acme", None, ErrorKind::MalformedJob, "JSON"),
         (normal.clone(), b"[1,2,3]".to_vec(), "acme", None, ErrorKind::MalformedJob, "array"),
         (normal.clone(), b"\xff\xfe\x00".to_vec(), "acme", None, ErrorKind::MalformedJob, "UTF-8"),

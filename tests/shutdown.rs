@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! SIGTERM: the worker binary stops pulling, finishes what it holds, exits 0, and loses
 //! nothing: another worker completes the rest, with no job called twice.
 

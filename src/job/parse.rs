@@ -303,13 +303,12 @@ fn check_rules(job: &Job, subj: &SubjectInfo, rules: &ParseRules) -> Result<(), 
 
 fn check_message(i: usize, m: &Message) -> Result<(), String> {
     match m.role {
-        Role::Tool => {
-            if m.tool_call_id.as_deref().is_none_or(str::is_empty) {
-                return Err(format!(
-                    "messages[{i}].tool_call_id: required for role tool"
-                ));
-            }
+        Role::Tool if m.tool_call_id.as_deref().is_none_or(str::is_empty) => {
+            return Err(format!(
+                "messages[{i}].tool_call_id: required for role tool"
+            ));
         }
+        Role::Tool => {}
         _ if m.tool_call_id.is_some() => {
             return Err(format!(
                 "messages[{i}].tool_call_id: only allowed for role tool"

@@ -90,7 +90,7 @@ impl<D: Dispatch> Scheduler<D> {
         let mut quotas = [0usize; 3];
         for p in Priority::ALL {
             let share = total * self.weights[p.index()] as usize / sum.max(1) as usize;
-            quotas[p.index()] = share.max(1).min(MAX_FETCH);
+            quotas[p.index()] = share.clamp(1, MAX_FETCH);
         }
         let mut got = [0usize; 3];
         for p in Priority::ALL {

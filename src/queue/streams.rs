@@ -153,7 +153,7 @@ pub async fn ensure(
                 }
             }
         }
-        let c = made.ok_or_else(|| SetupError::Consumer {
+        let c = made.ok_or(SetupError::Consumer {
             consumer: name,
             message: last,
         })?;

@@ -110,6 +110,15 @@ async fn run(
     }
 }
 
+/// tenant, id, status, stored result, earlier attempts
+type ClaimRow = (
+    String,
+    String,
+    String,
+    Option<serde_json::Value>,
+    Option<serde_json::Value>,
+);
+
 type Found = std::collections::HashMap<(String, String), Result<ClaimOutcome, StoreError>>;
 
 const CLAIM_SQL: &str = r#"
@@ -146,13 +155,7 @@ SELECT p.tenant, p.id, p.status, p.result,
 "#;
 
 async fn claim_batch(pool: &PgPool, reqs: &[&ClaimRequest]) -> Result<Found, StoreError> {
-    let rows: Vec<(
-        String,
-        String,
-        String,
-        Option<serde_json::Value>,
-        Option<serde_json::Value>,
-    )> = sqlx::query_as(CLAIM_SQL)
+    let rows: Vec<ClaimRow> = sqlx::query_as(CLAIM_SQL)
         .bind(sqlx::types::Json(reqs))
         .fetch_all(pool)
         .await?;

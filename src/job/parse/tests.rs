@@ -127,7 +127,7 @@ fn invalid_jobs_name_the_field() {
 
 #[test]
 fn too_many_messages_and_oversized_payload() {
-    let msgs = vec![r#"{"role":"user","content":"a"}"#; 5].join(",");
+    let msgs = [r#"{"role":"user","content":"a"}"#; 5].join(",");
     let f = err(
         format!(r#"{{"id":"j-1","tenant":"acme","messages":[{msgs}]}}"#).as_bytes(),
         SUBJ,

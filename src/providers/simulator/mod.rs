@@ -182,6 +182,7 @@ impl Simulator {
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
         let inner = Arc::clone(&self.inner);
+        inner.arm();
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "provider simulator listening");
         }

@@ -164,10 +164,18 @@ impl Inner {
         lock(&self.release).clone()
     }
 
-    /// Release every held request; later requests are held by a fresh token.
+    /// Release every held request. The token stays cancelled (later requests are not
+    /// held either) until the next [`Inner::arm`].
     pub(super) fn release_held(&self) {
-        let old = std::mem::replace(&mut *lock(&self.release), CancellationToken::new());
-        old.cancel();
+        lock(&self.release).cancel();
+    }
+
+    /// Hold requests again (a new `serve` after an earlier shutdown).
+    pub(super) fn arm(&self) {
+        let mut token = lock(&self.release);
+        if token.is_cancelled() {
+            *token = CancellationToken::new();
+        }
     }
 
     pub(super) fn peek(&self, key: &str, knobs: &Knobs) -> RateSnapshot {

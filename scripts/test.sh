@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit and integration tests against real NATS
+# JetStream and Postgres. Uses the services at NATS_URL / DATABASE_URL when they answer,
+# otherwise starts throwaway ones (installing Debian's nats-server / postgresql if needed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/services.sh
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/switchyard-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+if ! command -v cargo >/dev/null 2>&1; then
+  sy_log "cargo is not installed: install Rust (rustup) first"
+  exit 1
+fi
+
+sy_log "format check"
+cargo fmt --all -- --check
+
+sy_log "clippy"
+cargo clippy --all-targets --locked -- -D warnings
+
+sy_services_up
+sy_log "NATS at ${NATS_URL}, Postgres at ${DATABASE_URL%%\?*}"
+sy_ensure_ulimit 8192
+
+sy_log "tests"
+# Each integration test makes its own stream prefix and database and removes them.
+cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-4}"
