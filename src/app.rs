@@ -10,6 +10,7 @@ use crate::queue::{streams, Names};
 use crate::ratelimit::Limiters;
 use crate::router::Router;
 use crate::store::{self, Claimer, Writer};
+use crate::telemetry::metrics::{serve as serve_metrics, Metrics};
 use crate::worker::{Ctx, JobDispatch};
 use anyhow::Context as _;
 use std::sync::Arc;
@@ -68,7 +69,24 @@ pub async fn run_worker(
     let (claimer, claim_loop) = Claimer::start(pool.clone(), cfg.worker.commit_batch, linger);
     let (writer, commit_loop) = Writer::start(pool.clone(), cfg.worker.commit_batch, linger);
     let abort = CancellationToken::new();
+    let metrics = Arc::new(Metrics::default());
+    let metrics_stop = CancellationToken::new();
+    let metrics_task = if cfg.metrics.addr.is_empty() {
+        None
+    } else {
+        let (addr, m, stop) = (
+            cfg.metrics.addr.clone(),
+            metrics.clone(),
+            metrics_stop.clone(),
+        );
+        Some(tokio::spawn(async move {
+            if let Err(e) = serve_metrics(&addr, m, stop).await {
+                tracing::error!(addr = %addr, error = %e, "metrics endpoint failed");
+            }
+        }))
+    };
     let ctx = Arc::new(Ctx {
+        metrics: metrics.clone(),
         rules: cfg.parse_rules(),
         router: Router::new(&cfg),
         limiters: Limiters::new(&cfg),
@@ -95,7 +113,13 @@ pub async fn run_worker(
     };
     tracing::info!(prefix = %cfg.nats.prefix, max_in_flight = cfg.worker.max_in_flight,
         priorities = ?Priority::ALL, "worker started");
+    metrics
+        .ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     scheduler.run(shutdown.clone()).await;
+    metrics
+        .ready
+        .store(false, std::sync::atomic::Ordering::Relaxed);
 
     // Draining: nothing new is pulled; give in-flight jobs the grace period.
     tracker.close();
@@ -119,6 +143,10 @@ pub async fn run_worker(
     let _ = commit_loop.await;
     client.flush().await.context("flushing NATS")?;
     pool.close().await;
+    metrics_stop.cancel();
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
     tracing::info!("worker stopped");
     Ok(())
 }

@@ -11,7 +11,12 @@ use switchyard::providers::simulator::FaultProfile;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn happy_path_on_every_priority() {
-    let env = TestEnv::new(|_| {}).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let env = TestEnv::new(|c| c.metrics.addr = format!("127.0.0.1:{port}")).await;
     let (stop, worker) = env.start_worker().await;
     let mut replies = env.subscribe("_INBOX.happy.>").await;
     for (i, p) in Priority::ALL.iter().enumerate() {
@@ -67,6 +72,23 @@ async fn happy_path_on_every_priority() {
     }
     assert_eq!(env.sim.stats().calls("openai", "gpt-4o-mini-2024-07-18"), 3);
     assert_eq!(env.jobs_left().await, 0, "every job acked");
+    let ready = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for p in ["high", "normal", "low"] {
+        let line = format!(
+            r#"switchyard_jobs_total{{priority="{p}",status="succeeded",error_kind=""}} 1"#
+        );
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+    assert!(metrics.contains(r#"switchyard_provider_calls_total{provider="openai",model="gpt-4o-mini",outcome="succeeded"} 3"#));
     stop.cancel();
     worker.await.unwrap().unwrap();
 }

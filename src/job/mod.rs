@@ -16,6 +16,7 @@ pub use message::{
     ResponseFormat, Role, Tool, ToolCall,
 };
 pub use parse::{parse_job, Envelope, ParseFailure, ParseRules, ParsedJob, SubjectInfo};
+pub use message::FunctionType;
 pub use result::{Attempt, JobResult, Output, Route, Status, Usage};
 
 use chrono::{DateTime, Utc};

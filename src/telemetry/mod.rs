@@ -1,6 +1,8 @@
 //! Logging: `tracing` to stderr, filtered by `SWITCHYARD_LOG` (or `RUST_LOG`), plain text
 //! or JSON lines (`SWITCHYARD_LOG_FORMAT=json`). Spans carry tenant, job id and priority.
 
+pub mod metrics;
+
 use tracing_subscriber::EnvFilter;
 
 pub fn init(default_level: &str) {

@@ -9,6 +9,7 @@ use crate::providers::{ChatRequest, ChatResponse, FailureClass};
 use crate::ratelimit::Admission;
 use crate::router::Plan;
 use crate::store::CostRow;
+use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -99,6 +100,12 @@ pub async fn run_chain(
                 row.output_tokens = resp.usage.output_tokens;
                 row.reasoning_tokens = resp.usage.reasoning_tokens;
                 row.cost_usd = cost;
+                let nano = (cost * Decimal::from(1_000_000_000u64))
+                    .trunc()
+                    .to_u64()
+                    .unwrap_or(0);
+                ctx.metrics
+                    .call(&m.provider, &m.name, "succeeded", started.elapsed(), nano);
                 out.attempts.push(attempt_of(&row));
                 out.costs.push(row);
                 out.all_context_too_long = false;
@@ -108,6 +115,8 @@ pub async fn run_chain(
             Err(e) => {
                 tracing::info!(provider = %m.provider, model = %m.name, outcome = e.class.as_str(),
                     status = e.status, latency_ms, "provider call failed");
+                ctx.metrics
+                    .call(&m.provider, &m.name, e.class.as_str(), started.elapsed(), 0);
                 row.outcome = e.class.as_str().to_string();
                 row.status_code = e.status;
                 row.message = Some(e.message.clone());

@@ -30,6 +30,7 @@ pub struct Ctx {
     pub claimer: Claimer,
     pub writer: Writer,
     pub publisher: Publisher,
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     /// Cancelled when the shutdown grace period is over: unfinished jobs are handed back.
     pub abort: CancellationToken,
 }
@@ -51,8 +52,14 @@ pub struct JobDispatch {
 impl Dispatch for JobDispatch {
     fn dispatch(&self, priority: Priority, msg: Message, slot: OwnedSemaphorePermit) {
         let ctx = self.ctx.clone();
+        ctx.metrics
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.tracker.spawn(async move {
-            handle(ctx, priority, msg).await;
+            handle(ctx.clone(), priority, msg).await;
+            ctx.metrics
+                .in_flight
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             drop(slot);
         });
     }
@@ -111,7 +118,10 @@ async fn handle(ctx: Arc<Ctx>, priority: Priority, msg: Message) {
     };
     let sent = match disposition {
         Disposition::Ack => acker.ack().await,
-        Disposition::Retry(d) => acker.ack_with(AckKind::Nak(Some(d))).await,
+        Disposition::Retry(d) => {
+            ctx.metrics.retried();
+            acker.ack_with(AckKind::Nak(Some(d))).await
+        }
     };
     if let Err(e) = sent {
         // The message will be redelivered after the ack wait; a committed result is then

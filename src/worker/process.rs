@@ -54,6 +54,7 @@ async fn run(
         Ok(ClaimOutcome::Succeeded(stored)) => {
             // Already done: publish the stored result again (to this message's reply_to).
             tracing::info!("already succeeded; publishing the stored result again");
+            ctx.metrics.republished();
             return match ctx.publisher.result(&stored, job.reply_to.as_deref()).await {
                 Ok(()) => Disposition::Ack,
                 Err(e) => {
@@ -347,6 +348,12 @@ async fn finish(
         return retry();
     }
     tracing::debug!(status = result.status.as_str(), cost_usd = %result.cost_usd, "job done");
+    ctx.metrics.job_finished(
+        d.priority.as_str(),
+        result.status.as_str(),
+        result.error.as_ref().map_or("", |e| e.kind.as_str()),
+        d.received.elapsed(),
+    );
     Disposition::Ack
 }
 
