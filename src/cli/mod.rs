@@ -1,6 +1,8 @@
 //! The command line: `switchyard <command>`. Every command takes `--config FILE` (or
 //! `SWITCHYARD_CONFIG`); `NATS_URL` and `DATABASE_URL` override the file.
 
+mod dlq;
+mod report;
 mod simulate;
 mod status;
 mod submit;
@@ -39,6 +41,12 @@ pub enum Command {
     Submit(submit::SubmitArgs),
     /// Show a job's state and result.
     Status(status::StatusArgs),
+    /// Dead letters: list, show, replay.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
+    /// Reports from Postgres (costs).
+    #[command(subcommand)]
+    Report(report::ReportCommand),
     /// Apply the Postgres migrations.
     Migrate,
     /// Run the provider simulator (OpenAI, Anthropic and Gemini wire formats).
@@ -95,6 +103,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate(args) => simulate::run(args).await,
+        Command::Dlq(cmd) => dlq::run(load_config(&cli.config)?, cmd).await,
+        Command::Report(cmd) => report::run(load_config(&cli.config)?, cmd).await,
     }
 }
 

@@ -11,12 +11,12 @@ mod parse;
 mod result;
 
 pub use error::{ErrorBody, ErrorKind};
+pub use message::FunctionType;
 pub use message::{
     Content, ContentPart, FunctionCall, FunctionDef, ImageUrl, JsonSchemaFormat, Message,
     ResponseFormat, Role, Tool, ToolCall,
 };
 pub use parse::{parse_job, Envelope, ParseFailure, ParseRules, ParsedJob, SubjectInfo};
-pub use message::FunctionType;
 pub use result::{Attempt, JobResult, Output, Route, Status, Usage};
 
 use chrono::{DateTime, Utc};

@@ -270,3 +270,32 @@ pub fn job(id: &str, tenant: &str, extra: &str) -> String {
         r#"{{"id":"{id}","tenant":"{tenant}","feature":"test","messages":[{{"role":"user","content":"Say something about {id}"}}]{extra}}}"#
     )
 }
+
+impl TestEnv {
+    /// Run the `switchyard` binary against this test's prefix, database and simulator.
+    pub async fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let sim = format!("http://{}/v1", self.sim_addr);
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(args)
+            .env(
+                "SWITCHYARD_CONFIG",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml"),
+            )
+            .env("NATS_URL", &self.config.nats.url)
+            .env("DATABASE_URL", &self.config.postgres.url)
+            .env("SWITCHYARD_NATS__PREFIX", &self.prefix)
+            .env("SWITCHYARD_METRICS__ADDR", "")
+            .env("SWITCHYARD_PROVIDERS__OPENAI__BASE_URL", &sim)
+            .env("SWITCHYARD_PROVIDERS__LOCAL__BASE_URL", &sim)
+            .env("OPENAI_API_KEY", "sk-test-openai")
+            .env("LOCAL_API_KEY", "sk-test-local")
+            .output()
+            .await
+            .expect("run switchyard");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}

@@ -1,0 +1,231 @@
+//! `switchyard report costs [--by tenant,feature,model,day] [--since …] [--format …]`:
+//! spend from `cost_rows` (one row per provider call, failed calls included), exact.
+
+use crate::config::Config;
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use sqlx::Row;
+use std::process::ExitCode;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ReportCommand {
+    /// Spend grouped by the given dimensions.
+    Costs(CostArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CostArgs {
+    /// Comma-separated: tenant, feature, user, provider, model, outcome, day, month.
+    #[arg(long, default_value = "tenant,feature,model")]
+    pub by: String,
+    /// From this time on: RFC 3339, a date (2026-11-01), or a span back from now (24h, 7d).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Before this time (same forms as --since).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only this tenant.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    #[arg(long, default_value = "table", value_parser = ["table", "json", "csv"])]
+    pub format: String,
+}
+
+const DIMENSIONS: [(&str, &str); 8] = [
+    ("tenant", "tenant"),
+    ("feature", "coalesce(feature, '')"),
+    ("user", "coalesce(user_id, '')"),
+    ("provider", "provider"),
+    ("model", "model"),
+    ("outcome", "outcome"),
+    (
+        "day",
+        "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+    ),
+    ("month", "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM')"),
+];
+
+pub async fn run(cfg: Config, cmd: ReportCommand) -> anyhow::Result<ExitCode> {
+    let ReportCommand::Costs(args) = cmd;
+    let mut dims = Vec::new();
+    for d in args.by.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let Some((name, expr)) = DIMENSIONS.iter().find(|(n, _)| *n == d) else {
+            let all: Vec<&str> = DIMENSIONS.iter().map(|(n, _)| *n).collect();
+            anyhow::bail!("--by: {d:?} is not one of {}", all.join(", "));
+        };
+        dims.push((*name, *expr));
+    }
+    let since = args.since.as_deref().map(parse_time).transpose()?;
+    let until = args.until.as_deref().map(parse_time).transpose()?;
+    let select: Vec<String> = dims
+        .iter()
+        .map(|(n, e)| format!("{e} AS \"{n}\""))
+        .collect();
+    let group: Vec<String> = (1..=dims.len()).map(|i| i.to_string()).collect();
+    let sql = format!(
+        "SELECT {}{} count(*) AS calls, count(*) FILTER (WHERE outcome <> 'succeeded') AS failed_calls,
+                sum(input_tokens)::bigint AS input_tokens, sum(cached_input_tokens)::bigint AS cached_input_tokens,
+                sum(output_tokens)::bigint AS output_tokens, sum(cost_usd) AS cost_usd
+           FROM cost_rows
+          WHERE ($1::timestamptz IS NULL OR created_at >= $1) AND ($2::timestamptz IS NULL OR created_at < $2)
+            AND ($3::text IS NULL OR tenant = $3)
+          {} ORDER BY {}",
+        select.join(", "),
+        if dims.is_empty() { "" } else { "," },
+        if dims.is_empty() { String::new() } else { format!("GROUP BY {}", group.join(", ")) },
+        if dims.is_empty() { "cost_usd DESC".to_string() } else { group.join(", ") },
+    );
+    let pool = crate::store::connect(&cfg.postgres.url, 1).await?;
+    let rows = sqlx::query(&sql)
+        .bind(since)
+        .bind(until)
+        .bind(args.tenant.as_deref())
+        .fetch_all(&pool)
+        .await?;
+    let mut header: Vec<&str> = dims.iter().map(|(n, _)| *n).collect();
+    header.extend([
+        "calls",
+        "failed_calls",
+        "input_tokens",
+        "cached_input_tokens",
+        "output_tokens",
+        "cost_usd",
+    ]);
+    let mut table: Vec<Vec<String>> = Vec::with_capacity(rows.len());
+    let mut total = Decimal::ZERO;
+    for r in &rows {
+        let mut line: Vec<String> = Vec::with_capacity(header.len());
+        for (n, _) in &dims {
+            line.push(r.try_get::<String, _>(*n)?);
+        }
+        for n in [
+            "calls",
+            "failed_calls",
+            "input_tokens",
+            "cached_input_tokens",
+            "output_tokens",
+        ] {
+            line.push(r.try_get::<Option<i64>, _>(n)?.unwrap_or(0).to_string());
+        }
+        let cost: Decimal = r
+            .try_get::<Option<Decimal>, _>("cost_usd")?
+            .unwrap_or_default();
+        total += cost;
+        line.push(cost.normalize().to_string());
+        table.push(line);
+    }
+    match args.format.as_str() {
+        "json" => {
+            for line in &table {
+                let obj: serde_json::Map<String, serde_json::Value> = header
+                    .iter()
+                    .zip(line)
+                    .map(|(h, v)| {
+                        let value = match *h {
+                            "calls"
+                            | "failed_calls"
+                            | "input_tokens"
+                            | "cached_input_tokens"
+                            | "output_tokens" => v
+                                .parse::<i64>()
+                                .map(serde_json::Value::from)
+                                .unwrap_or_default(),
+                            _ => serde_json::Value::String(v.clone()),
+                        };
+                        (h.to_string(), value)
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Object(obj));
+            }
+        }
+        "csv" => {
+            println!("{}", header.join(","));
+            for line in &table {
+                let cells: Vec<String> = line.iter().map(|c| csv_cell(c)).collect();
+                println!("{}", cells.join(","));
+            }
+        }
+        _ => {
+            let widths: Vec<usize> = (0..header.len())
+                .map(|i| {
+                    table
+                        .iter()
+                        .map(|l| l[i].len())
+                        .chain([header[i].len()])
+                        .max()
+                        .unwrap_or(0)
+                })
+                .collect();
+            let fmt = |cells: &[String]| {
+                cells
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        if i < dims.len() {
+                            format!("{c:<w$}", w = widths[i])
+                        } else {
+                            format!("{c:>w$}", w = widths[i])
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("  ")
+            };
+            let head: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+            println!("{}", fmt(&head));
+            for line in &table {
+                println!("{}", fmt(line));
+            }
+            println!("total cost_usd {}", total.normalize());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn csv_cell(c: &str) -> String {
+    if c.contains([',', '"', '\n']) {
+        format!("\"{}\"", c.replace('"', "\"\""))
+    } else {
+        c.to_string()
+    }
+}
+
+/// RFC 3339, a date, or a span back from now (`90m`, `24h`, `7d`).
+pub fn parse_time(s: &str) -> anyhow::Result<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        if let Some(t) = d.and_hms_opt(0, 0, 0) {
+            return Ok(t.and_utc());
+        }
+    }
+    let (num, unit) = s.split_at(s.trim_end_matches(|c: char| c.is_ascii_alphabetic()).len());
+    let n: i64 = num
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{s:?} is not a time (RFC 3339, YYYY-MM-DD, or 24h / 7d)"))?;
+    let span = match unit {
+        "m" => chrono::Duration::minutes(n),
+        "h" => chrono::Duration::hours(n),
+        "d" => chrono::Duration::days(n),
+        _ => anyhow::bail!("{s:?}: the unit must be m, h or d"),
+    };
+    Ok(Utc::now() - span)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times() {
+        assert_eq!(
+            parse_time("2026-11-01").unwrap().to_rfc3339(),
+            "2026-11-01T00:00:00+00:00"
+        );
+        assert!(parse_time("2026-11-01T10:00:00Z").is_ok());
+        let t = parse_time("7d").unwrap();
+        assert!((Utc::now() - t).num_days() == 7);
+        assert!(parse_time("soon").is_err());
+        assert!(parse_time("7w").is_err());
+    }
+}
