@@ -14,12 +14,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// (provider, model, outcome) → (calls, microseconds)
+type CallKey = (String, String, String);
+
 #[derive(Default)]
 pub struct Metrics {
     /// (priority, status, error_kind)
     jobs: Mutex<BTreeMap<(&'static str, &'static str, &'static str), u64>>,
     /// (provider, model, outcome)
-    calls: Mutex<BTreeMap<(String, String, String), (u64, u64)>>,
+    calls: Mutex<BTreeMap<CallKey, (u64, u64)>>,
     /// (provider, model) → nano-dollars, for dashboards (cost_rows is the ledger)
     cost_nanousd: Mutex<BTreeMap<(String, String), u64>>,
     job_seconds_sum_us: AtomicU64,

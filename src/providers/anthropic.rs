@@ -1,0 +1,860 @@
+//! Anthropic Messages API: `POST {base_url}/v1/messages`.
+//!
+//! The canonical (OpenAI chat) request becomes a top-level `system` string and
+//! alternating `user` / `assistant` messages of content blocks: assistant tool calls are
+//! `tool_use` blocks, tool messages `tool_result` blocks in a user message. Anthropic has
+//! no JSON mode, so a JSON `response_format` is an instruction appended to the system
+//! prompt (with the schema when one is given).
+
+use super::http::{clip, retry_after, transport_error};
+use super::tools::{self, Choice};
+use super::{ChatRequest, ChatResponse, FailureClass, Provider, ProviderError};
+use crate::config::ProviderConfig;
+use crate::job::{
+    Content, ContentPart, FunctionCall, FunctionType, Message, Output, ResponseFormat, Role,
+    ToolCall, Usage,
+};
+use futures::future::BoxFuture;
+use reqwest::header::{HeaderMap, HeaderValue};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::time::Duration;
+
+/// The API version every request names.
+const VERSION: &str = "2023-06-01";
+
+/// Appended to the system prompt when JSON is asked for.
+const JSON_INSTRUCTION: &str = "Respond with a single JSON object only: no prose before or after it, no Markdown code fences.";
+
+pub struct Anthropic {
+    url: String,
+    key: Option<SecretString>,
+    client: reqwest::Client,
+}
+
+impl Anthropic {
+    pub fn new(p: &ProviderConfig, key: Option<SecretString>, client: reqwest::Client) -> Self {
+        Anthropic {
+            url: format!("{}/v1/messages", p.base_url.trim_end_matches('/')),
+            key,
+            client,
+        }
+    }
+}
+
+impl Provider for Anthropic {
+    fn chat<'a>(
+        &'a self,
+        req: ChatRequest<'a>,
+    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
+        Box::pin(async move {
+            let body = build_body(&req)?;
+            let mut http = self
+                .client
+                .post(&self.url)
+                .header("anthropic-version", VERSION)
+                .json(&body);
+            if let Some(key) = &self.key {
+                http = http.header("x-api-key", key_header(key)?);
+            }
+            let resp = http.send().await.map_err(transport_error)?;
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let bytes = resp.bytes().await.map_err(transport_error)?;
+            if !status.is_success() {
+                return Err(classify(status.as_u16(), &headers, &bytes));
+            }
+            let json = wants_json(req.response_format);
+            parse_success(&bytes, json).and_then(|r| tools::checked(req.tools, r))
+        })
+    }
+}
+
+/// The key as a header value that is never printed (`Debug` shows `Sensitive`).
+fn key_header(key: &SecretString) -> Result<HeaderValue, ProviderError> {
+    let mut v = HeaderValue::from_str(key.expose_secret()).map_err(|_| {
+        ProviderError::new(
+            FailureClass::Auth,
+            None,
+            "the API key holds characters that cannot be sent in a header",
+        )
+    })?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+fn wants_json(f: Option<&ResponseFormat>) -> bool {
+    matches!(
+        f,
+        Some(ResponseFormat::JsonObject | ResponseFormat::JsonSchema { .. })
+    )
+}
+
+fn invalid(message: String) -> ProviderError {
+    ProviderError::new(FailureClass::InvalidRequest, None, message)
+}
+
+/// The Messages API body for a canonical request.
+pub(crate) fn build_body(req: &ChatRequest<'_>) -> Result<Value, ProviderError> {
+    let mut system: Vec<String> = Vec::new();
+    let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
+    for (i, m) in req.messages.iter().enumerate() {
+        let (role, blocks) = match m.role {
+            Role::System => {
+                let t = m.text();
+                if !t.is_empty() {
+                    system.push(t);
+                }
+                continue;
+            }
+            Role::User => ("user", content_blocks(m, i)?),
+            Role::Assistant => {
+                let mut blocks = content_blocks(m, i)?;
+                for (j, c) in m.tool_calls.iter().flatten().enumerate() {
+                    let input = tools::arguments_object(&c.function.arguments).ok_or_else(|| {
+                        invalid(format!(
+                            "messages[{i}].tool_calls[{j}].function.arguments: not a JSON object"
+                        ))
+                    })?;
+                    blocks.push(json!({"type": "tool_use", "id": c.id,
+                        "name": c.function.name, "input": input}));
+                }
+                ("assistant", blocks)
+            }
+            Role::Tool => {
+                let id = m.tool_call_id.as_deref().ok_or_else(|| {
+                    invalid(format!("messages[{i}].tool_call_id: required for a tool message"))
+                })?;
+                let mut block = json!({"type": "tool_result", "tool_use_id": id});
+                let text = m.text();
+                if !text.is_empty() {
+                    block["content"] = Value::String(text);
+                }
+                ("user", vec![block])
+            }
+        };
+        if blocks.is_empty() {
+            continue;
+        }
+        match turns.last_mut() {
+            Some((r, b)) if *r == role => b.extend(blocks),
+            _ => turns.push((role, blocks)),
+        }
+    }
+    match req.response_format {
+        Some(ResponseFormat::JsonObject) => system.push(JSON_INSTRUCTION.to_string()),
+        Some(ResponseFormat::JsonSchema { json_schema }) => {
+            let mut s = JSON_INSTRUCTION.to_string();
+            if let Some(schema) = &json_schema.schema {
+                s.push_str(" It must conform to this JSON schema:\n");
+                s.push_str(&schema.to_string());
+            }
+            system.push(s);
+        }
+        Some(ResponseFormat::Text) | None => {}
+    }
+
+    let mut body = Map::new();
+    body.insert("model".into(), Value::from(req.model));
+    body.insert("max_tokens".into(), Value::from(req.max_tokens));
+    if !system.is_empty() {
+        body.insert("system".into(), Value::String(system.join("\n\n")));
+    }
+    let messages = turns
+        .into_iter()
+        .map(|(role, content)| json!({"role": role, "content": content}))
+        .collect();
+    body.insert("messages".into(), Value::Array(messages));
+    if let Some(t) = req.temperature {
+        body.insert("temperature".into(), Value::from(t.clamp(0.0, 1.0)));
+    }
+    if let Some(stop) = req.stop.filter(|s| !s.is_empty()) {
+        body.insert("stop_sequences".into(), json!(stop));
+    }
+    if let Some(list) = req.tools.filter(|t| !t.is_empty()) {
+        let defs: Vec<Value> = list
+            .iter()
+            .map(|t| {
+                let mut schema = t
+                    .function
+                    .parameters
+                    .clone()
+                    .filter(Value::is_object)
+                    .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+                if let Some(o) = schema.as_object_mut() {
+                    o.entry("type").or_insert_with(|| Value::from("object"));
+                }
+                let mut def = json!({"name": t.function.name});
+                if let Some(d) = &t.function.description {
+                    def["description"] = Value::from(d.as_str());
+                }
+                def["input_schema"] = schema;
+                def
+            })
+            .collect();
+        body.insert("tools".into(), Value::Array(defs));
+        let choice = match tools::choice(req.tool_choice) {
+            Some(Choice::Auto) => Some(json!({"type": "auto"})),
+            Some(Choice::Required) => Some(json!({"type": "any"})),
+            Some(Choice::Named(name)) => Some(json!({"type": "tool", "name": name})),
+            Some(Choice::None) => Some(json!({"type": "none"})),
+            None => None,
+        };
+        if let Some(c) = choice {
+            body.insert("tool_choice".into(), c);
+        }
+    }
+    Ok(Value::Object(body))
+}
+
+/// A message's content as text and image blocks (empty texts dropped: Anthropic
+/// refuses them).
+fn content_blocks(m: &Message, i: usize) -> Result<Vec<Value>, ProviderError> {
+    match &m.content {
+        None => Ok(Vec::new()),
+        Some(Content::Text(t)) if t.is_empty() => Ok(Vec::new()),
+        Some(Content::Text(t)) => Ok(vec![json!({"type": "text", "text": t})]),
+        Some(Content::Parts(parts)) => {
+            let mut out = Vec::with_capacity(parts.len());
+            for (j, p) in parts.iter().enumerate() {
+                match p {
+                    ContentPart::Text { text } if text.is_empty() => {}
+                    ContentPart::Text { text } => out.push(json!({"type": "text", "text": text})),
+                    ContentPart::ImageUrl { image_url } => {
+                        out.push(image_block(&image_url.url).ok_or_else(|| {
+                            invalid(format!(
+                                "messages[{i}].content[{j}].image_url.url: Anthropic takes base64 data: URLs and http(s) URLs only"
+                            ))
+                        })?)
+                    }
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
+fn image_block(url: &str) -> Option<Value> {
+    if let Some((media_type, data)) = tools::data_url(url) {
+        return Some(json!({"type": "image", "source":
+            {"type": "base64", "media_type": media_type, "data": data}}));
+    }
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    (lower.starts_with("http://") || lower.starts_with("https://"))
+        .then(|| json!({"type": "image", "source": {"type": "url", "url": url}}))
+}
+
+#[derive(Deserialize)]
+struct WireResponse {
+    #[serde(default)]
+    content: Vec<WireBlock>,
+    #[serde(default)]
+    stop_reason: Option<String>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WireBlock {
+    Text {
+        text: String,
+    },
+    ToolUse {
+        id: String,
+        name: String,
+        #[serde(default)]
+        input: Value,
+    },
+    /// `thinking`, `redacted_thinking`, server tool blocks …: not part of the answer.
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    input_tokens: u64,
+    #[serde(default)]
+    output_tokens: u64,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+}
+
+fn parse_success(bytes: &[u8], json_requested: bool) -> Result<ChatResponse, ProviderError> {
+    let wire: WireResponse = serde_json::from_slice(bytes).map_err(|e| {
+        ProviderError::new(
+            FailureClass::ServerError,
+            Some(200),
+            format!("unreadable message: {e}"),
+        )
+    })?;
+    let mut text: Option<String> = None;
+    let mut calls = Vec::new();
+    for block in wire.content {
+        match block {
+            WireBlock::Text { text: t } => text.get_or_insert_with(String::new).push_str(&t),
+            WireBlock::ToolUse { id, name, input } => {
+                let input = if input.is_null() { json!({}) } else { input };
+                calls.push(ToolCall {
+                    id,
+                    kind: FunctionType::Function,
+                    function: FunctionCall {
+                        name,
+                        arguments: input.to_string(),
+                    },
+                });
+            }
+            WireBlock::Other => {}
+        }
+    }
+    let stop = wire.stop_reason.unwrap_or_default();
+    if stop == "refusal" && text.as_deref().is_none_or(|t| t.trim().is_empty()) && calls.is_empty()
+    {
+        return Err(ProviderError::new(
+            FailureClass::ContentFiltered,
+            Some(200),
+            "the model refused to answer (stop_reason: refusal)",
+        ));
+    }
+    if json_requested {
+        text = text.map(|t| strip_code_fence(&t));
+    }
+    let usage = wire.usage.map_or_else(Usage::default, |u| {
+        let read = u.cache_read_input_tokens.unwrap_or(0);
+        let written = u.cache_creation_input_tokens.unwrap_or(0);
+        Usage {
+            // Anthropic's `input_tokens` leaves out cache reads and writes.
+            input_tokens: u.input_tokens + read + written,
+            cached_input_tokens: read,
+            output_tokens: u.output_tokens,
+            reasoning_tokens: 0,
+        }
+    });
+    Ok(ChatResponse {
+        output: Output {
+            content: text,
+            tool_calls: calls,
+            finish_reason: normalise_finish(&stop).to_string(),
+        },
+        usage,
+    })
+}
+
+fn normalise_finish(stop: &str) -> &'static str {
+    match stop {
+        "max_tokens" | "model_context_window_exceeded" => "length",
+        "tool_use" => "tool_calls",
+        "refusal" => "content_filter",
+        _ => "stop",
+    }
+}
+
+/// A reply wrapped in a Markdown code fence despite the instruction, unwrapped.
+fn strip_code_fence(t: &str) -> String {
+    let s = t.trim();
+    let inner = s
+        .strip_prefix("```")
+        .and_then(|r| r.strip_suffix("```"))
+        .map(|r| r.split_once('\n').map_or(r, |(lang, body)| {
+            if lang.trim().chars().all(|c| c.is_ascii_alphanumeric()) {
+                body
+            } else {
+                r
+            }
+        }));
+    match inner {
+        Some(body) => body.trim().to_string(),
+        None => t.to_string(),
+    }
+}
+
+#[derive(Deserialize)]
+struct WireError {
+    error: WireErrorBody,
+}
+
+#[derive(Deserialize)]
+struct WireErrorBody {
+    #[serde(default, rename = "type")]
+    kind: String,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    details: Option<Value>,
+}
+
+/// Classify a non-2xx answer from its status, error type, message and headers.
+pub(crate) fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError {
+    let parsed = serde_json::from_slice::<WireError>(body).ok().map(|e| e.error);
+    let kind = parsed.as_ref().map_or("", |e| e.kind.as_str());
+    let message = match &parsed {
+        Some(e) if !e.message.is_empty() => clip(&e.message),
+        _ => clip(&String::from_utf8_lossy(body)),
+    };
+    let lower = message.to_ascii_lowercase();
+    let error_code = parsed
+        .as_ref()
+        .and_then(|e| e.details.as_ref())
+        .and_then(|d| d.get("error_code"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let spend_limit = error_code == "enforced_spend_limit_reached"
+        || lower.contains("credit balance")
+        || lower.contains("spend limit")
+        || lower.contains("usage limits");
+    let too_long = lower.contains("prompt is too long")
+        || lower.contains("exceed context limit")
+        || lower.contains("context window");
+    let class = match status {
+        529 | 503 => FailureClass::Overloaded,
+        _ if kind == "overloaded_error" => FailureClass::Overloaded,
+        429 if spend_limit => FailureClass::QuotaExhausted,
+        429 => FailureClass::RateLimited,
+        401 | 403 => FailureClass::Auth,
+        402 => FailureClass::QuotaExhausted,
+        413 => FailureClass::ContextTooLong,
+        400 if too_long => FailureClass::ContextTooLong,
+        400 if spend_limit => FailureClass::QuotaExhausted,
+        408 | 504 => FailureClass::Timeout,
+        s if s >= 500 => FailureClass::ServerError,
+        _ => match kind {
+            "authentication_error" | "permission_error" => FailureClass::Auth,
+            "billing_error" => FailureClass::QuotaExhausted,
+            "request_too_large" => FailureClass::ContextTooLong,
+            _ => FailureClass::InvalidRequest,
+        },
+    };
+    let mut err = ProviderError::new(class, Some(status), message);
+    if class == FailureClass::RateLimited {
+        err.retry_after = retry_after(headers).or_else(|| ratelimit_reset(headers));
+    } else if class.is_transient() {
+        err.retry_after = retry_after(headers);
+    }
+    err
+}
+
+/// When the exhausted limits (`anthropic-ratelimit-*-remaining: 0`) are back: the latest
+/// of their `-reset` times (RFC 3339), since the request needs every one of them.
+fn ratelimit_reset(headers: &HeaderMap) -> Option<Duration> {
+    let get = |k: String| {
+        headers
+            .get(k.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let now = chrono::Utc::now();
+    let mut best: Option<Duration> = None;
+    for limit in ["requests", "tokens", "input-tokens", "output-tokens"] {
+        let remaining = get(format!("anthropic-ratelimit-{limit}-remaining"));
+        if remaining.and_then(|r| r.parse::<u64>().ok()) != Some(0) {
+            continue;
+        }
+        let Some(reset) = get(format!("anthropic-ratelimit-{limit}-reset"))
+            .and_then(|r| chrono::DateTime::parse_from_rfc3339(r).ok())
+        else {
+            continue;
+        };
+        let wait = reset
+            .signed_duration_since(now)
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        best = Some(best.map_or(wait, |b| b.max(wait)));
+    }
+    best
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::job::{FunctionDef, ImageUrl, JsonSchemaFormat, Tool};
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!(
+            "{}/tests/fixtures/anthropic/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn msg(role: Role, content: Option<Content>) -> Message {
+        Message {
+            role,
+            content,
+            name: None,
+            tool_calls: None,
+            tool_call_id: None,
+        }
+    }
+
+    fn text(role: Role, t: &str) -> Message {
+        msg(role, Some(Content::Text(t.into())))
+    }
+
+    fn weather_tool() -> Tool {
+        Tool {
+            kind: FunctionType::Function,
+            function: FunctionDef {
+                name: "get_weather".into(),
+                description: Some("Current weather for a city".into()),
+                parameters: Some(json!({"type": "object",
+                    "properties": {"city": {"type": "string"}}, "required": ["city"]})),
+                strict: None,
+            },
+        }
+    }
+
+    fn ping_tool() -> Tool {
+        Tool {
+            kind: FunctionType::Function,
+            function: FunctionDef {
+                name: "ping".into(),
+                description: None,
+                parameters: None,
+                strict: None,
+            },
+        }
+    }
+
+    fn conversation() -> Vec<Message> {
+        let mut assistant = text(Role::Assistant, "Let me check.");
+        assistant.tool_calls = Some(vec![ToolCall {
+            id: "toolu_01A".into(),
+            kind: FunctionType::Function,
+            function: FunctionCall {
+                name: "get_weather".into(),
+                arguments: r#"{"city":"Paris"}"#.into(),
+            },
+        }]);
+        let mut tool = text(Role::Tool, r#"{"temp_c":21}"#);
+        tool.tool_call_id = Some("toolu_01A".into());
+        vec![
+            text(Role::System, "You are terse."),
+            text(Role::System, "Answer in English."),
+            msg(
+                Role::User,
+                Some(Content::Parts(vec![
+                    ContentPart::Text {
+                        text: "What is in these pictures, and the weather in Paris?".into(),
+                    },
+                    ContentPart::ImageUrl {
+                        image_url: ImageUrl {
+                            url: "data:image/png;base64,iVBORw0KGgo=".into(),
+                            detail: Some("low".into()),
+                        },
+                    },
+                    ContentPart::ImageUrl {
+                        image_url: ImageUrl {
+                            url: "https://example.com/cat.jpg".into(),
+                            detail: None,
+                        },
+                    },
+                ])),
+            ),
+            assistant,
+            tool,
+            text(Role::User, "Thanks. Summarise as JSON."),
+        ]
+    }
+
+    #[test]
+    fn builds_a_multi_turn_tool_conversation() {
+        let messages = conversation();
+        let tools = [weather_tool(), ping_tool()];
+        let stop = ["END".to_string()];
+        let format = ResponseFormat::JsonSchema {
+            json_schema: JsonSchemaFormat {
+                name: "summary".into(),
+                description: None,
+                schema: Some(json!({"type": "object", "properties": {"summary": {"type": "string"}},
+                    "required": ["summary"], "additionalProperties": false})),
+                strict: Some(true),
+            },
+        };
+        let choice = json!({"type": "function", "function": {"name": "get_weather"}});
+        let req = ChatRequest {
+            model: "claude-sonnet-4-20250514",
+            messages: &messages,
+            max_tokens: 512,
+            temperature: Some(1.4),
+            stop: Some(&stop),
+            response_format: Some(&format),
+            tools: Some(&tools),
+            tool_choice: Some(&choice),
+        };
+        let body = build_body(&req).unwrap();
+        let expected = json!({
+            "model": "claude-sonnet-4-20250514",
+            "max_tokens": 512,
+            "system": "You are terse.\n\nAnswer in English.\n\nRespond with a single JSON object only: no prose before or after it, no Markdown code fences. It must conform to this JSON schema:\n{\"type\":\"object\",\"properties\":{\"summary\":{\"type\":\"string\"}},\"required\":[\"summary\"],\"additionalProperties\":false}",
+            "messages": [
+                {"role": "user", "content": [
+                    {"type": "text", "text": "What is in these pictures, and the weather in Paris?"},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+                    {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}}
+                ]},
+                {"role": "assistant", "content": [
+                    {"type": "text", "text": "Let me check."},
+                    {"type": "tool_use", "id": "toolu_01A", "name": "get_weather", "input": {"city": "Paris"}}
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_01A", "content": "{\"temp_c\":21}"},
+                    {"type": "text", "text": "Thanks. Summarise as JSON."}
+                ]}
+            ],
+            "temperature": 1.0,
+            "stop_sequences": ["END"],
+            "tools": [
+                {"name": "get_weather", "description": "Current weather for a city",
+                 "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}},
+                {"name": "ping", "input_schema": {"type": "object", "properties": {}}}
+            ],
+            "tool_choice": {"type": "tool", "name": "get_weather"}
+        });
+        assert_eq!(body, expected);
+    }
+
+    #[test]
+    fn tool_choices_and_plain_requests() {
+        let messages = vec![text(Role::User, "hi")];
+        let tools = [ping_tool()];
+        let mut req = ChatRequest {
+            model: "m",
+            messages: &messages,
+            max_tokens: 16,
+            temperature: None,
+            stop: None,
+            response_format: None,
+            tools: None,
+            tool_choice: None,
+        };
+        assert_eq!(
+            build_body(&req).unwrap(),
+            json!({"model": "m", "max_tokens": 16,
+                "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]})
+        );
+        req.tools = Some(&tools);
+        for (canonical, wire) in [
+            (json!("auto"), json!({"type": "auto"})),
+            (json!("required"), json!({"type": "any"})),
+            (json!("none"), json!({"type": "none"})),
+        ] {
+            let body = build_body(&ChatRequest {
+                tool_choice: Some(&canonical),
+                ..req
+            })
+            .unwrap();
+            assert_eq!(body["tool_choice"], wire);
+        }
+        // A tool choice without tools is not sent.
+        let auto = json!("auto");
+        let body = build_body(&ChatRequest {
+            tools: None,
+            tool_choice: Some(&auto),
+            ..req
+        })
+        .unwrap();
+        assert!(body.get("tool_choice").is_none());
+        // json_object: only the instruction.
+        let body = build_body(&ChatRequest {
+            response_format: Some(&ResponseFormat::JsonObject),
+            ..req
+        })
+        .unwrap();
+        assert_eq!(body["system"], JSON_INSTRUCTION);
+    }
+
+    #[test]
+    fn refuses_what_anthropic_cannot_take() {
+        let messages = vec![msg(
+            Role::User,
+            Some(Content::Parts(vec![ContentPart::ImageUrl {
+                image_url: ImageUrl {
+                    url: "ftp://example.com/a.png".into(),
+                    detail: None,
+                },
+            }])),
+        )];
+        let req = ChatRequest {
+            model: "m",
+            messages: &messages,
+            max_tokens: 16,
+            temperature: None,
+            stop: None,
+            response_format: None,
+            tools: None,
+            tool_choice: None,
+        };
+        let e = build_body(&req).unwrap_err();
+        assert_eq!(e.class, FailureClass::InvalidRequest);
+        assert!(e.message.contains("messages[0].content[0]"), "{}", e.message);
+    }
+
+    #[test]
+    fn parses_a_text_answer() {
+        let r = parse_success(&fixture("text.json"), false).unwrap();
+        assert_eq!(
+            r.output,
+            Output {
+                content: Some("Paris is the capital of France.".into()),
+                tool_calls: vec![],
+                finish_reason: "stop".into()
+            }
+        );
+        assert_eq!(
+            r.usage,
+            Usage {
+                input_tokens: 21,
+                cached_input_tokens: 0,
+                output_tokens: 10,
+                reasoning_tokens: 0
+            }
+        );
+    }
+
+    #[test]
+    fn parses_a_tool_call() {
+        let r = parse_success(&fixture("tool_use.json"), false).unwrap();
+        assert_eq!(r.output.finish_reason, "tool_calls");
+        assert_eq!(
+            r.output.content.as_deref(),
+            Some("I'll check the current weather in Paris for you.")
+        );
+        assert_eq!(
+            r.output.tool_calls,
+            vec![ToolCall {
+                id: "toolu_01A09q90qw90lq917835lq9".into(),
+                kind: FunctionType::Function,
+                function: FunctionCall {
+                    name: "get_weather".into(),
+                    arguments: r#"{"city":"Paris","unit":"celsius"}"#.into()
+                }
+            }]
+        );
+        assert!(tools::check_tool_calls(&[weather_tool()], &r.output.tool_calls).is_ok());
+    }
+
+    #[test]
+    fn parses_a_max_tokens_stop_and_cache_usage() {
+        let r = parse_success(&fixture("max_tokens.json"), false).unwrap();
+        assert_eq!(r.output.finish_reason, "length");
+        let r = parse_success(&fixture("cache_usage.json"), false).unwrap();
+        assert_eq!(
+            r.usage,
+            Usage {
+                input_tokens: 12 + 2048 + 248,
+                cached_input_tokens: 2048,
+                output_tokens: 57,
+                reasoning_tokens: 0
+            }
+        );
+    }
+
+    #[test]
+    fn refusal_without_content_is_content_filtered() {
+        let e = parse_success(&fixture("refusal.json"), false).unwrap_err();
+        assert_eq!(e.class, FailureClass::ContentFiltered);
+    }
+
+    #[test]
+    fn json_answers_lose_code_fences() {
+        let body = json!({"content": [{"type": "text", "text": "```json\n{\"a\": 1}\n```"}],
+            "stop_reason": "end_turn", "usage": {"input_tokens": 1, "output_tokens": 1}});
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let r = parse_success(&bytes, true).unwrap();
+        assert_eq!(r.output.content.as_deref(), Some("{\"a\": 1}"));
+        let r = parse_success(&bytes, false).unwrap();
+        assert!(r.output.content.unwrap().starts_with("```"));
+    }
+
+    fn headers(pairs: &[(&str, String)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(
+                reqwest::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn rate_limit_with_retry_after() {
+        let h = headers(&[("retry-after", "17".into())]);
+        let e = classify(429, &h, &fixture("error_429.json"));
+        assert_eq!(e.class, FailureClass::RateLimited);
+        assert_eq!(e.status, Some(429));
+        assert_eq!(e.retry_after, Some(Duration::from_secs(17)));
+        assert!(e.message.contains("rate limit"), "{}", e.message);
+    }
+
+    #[test]
+    fn rate_limit_from_reset_headers() {
+        let at = |s: i64| {
+            (chrono::Utc::now() + chrono::Duration::seconds(s))
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        };
+        let h = headers(&[
+            ("anthropic-ratelimit-requests-remaining", "0".into()),
+            ("anthropic-ratelimit-requests-reset", at(20)),
+            ("anthropic-ratelimit-input-tokens-remaining", "0".into()),
+            ("anthropic-ratelimit-input-tokens-reset", at(40)),
+            // Not exhausted: its reset does not count.
+            ("anthropic-ratelimit-output-tokens-remaining", "900".into()),
+            ("anthropic-ratelimit-output-tokens-reset", at(600)),
+        ]);
+        let e = classify(429, &h, &fixture("error_429.json"));
+        assert_eq!(e.class, FailureClass::RateLimited);
+        let d = e.retry_after.unwrap();
+        assert!(d > Duration::from_secs(38) && d <= Duration::from_secs(40), "{d:?}");
+        // Nothing exhausted, no retry-after: no delay to report.
+        let e = classify(429, &HeaderMap::new(), &fixture("error_429.json"));
+        assert_eq!(e.retry_after, None);
+    }
+
+    #[test]
+    fn classifies_errors() {
+        let h = HeaderMap::new();
+        let cases = [
+            (529, "error_529.json", FailureClass::Overloaded),
+            (500, "error_500.json", FailureClass::ServerError),
+            (400, "error_context.json", FailureClass::ContextTooLong),
+            (400, "error_credit.json", FailureClass::QuotaExhausted),
+            (401, "error_401.json", FailureClass::Auth),
+            (403, "error_403.json", FailureClass::Auth),
+            (404, "error_404.json", FailureClass::InvalidRequest),
+            (413, "error_413.json", FailureClass::ContextTooLong),
+            (400, "error_400.json", FailureClass::InvalidRequest),
+            (429, "error_spend_limit.json", FailureClass::QuotaExhausted),
+        ];
+        for (status, file, class) in cases {
+            let e = classify(status, &h, &fixture(file));
+            assert_eq!(e.class, class, "{file}");
+            assert_eq!(e.status, Some(status));
+            assert!(!e.message.is_empty() && !e.message.starts_with('{'), "{file}: {}", e.message);
+        }
+        let e = classify(502, &h, b"<html>Bad Gateway</html>");
+        assert_eq!(e.class, FailureClass::ServerError);
+        assert_eq!(e.message, "<html>Bad Gateway</html>");
+        let e = classify(
+            529,
+            &headers(&[("retry-after", "3".into())]),
+            &fixture("error_529.json"),
+        );
+        assert_eq!(e.retry_after, Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn the_key_is_a_sensitive_header() {
+        let v = key_header(&SecretString::from("sk-ant-secret")).unwrap();
+        assert!(v.is_sensitive());
+        assert!(!format!("{v:?}").contains("secret"));
+        let e = key_header(&SecretString::from("bad\nkey-secret")).unwrap_err();
+        assert_eq!(e.class, FailureClass::Auth);
+        assert!(!e.message.contains("secret"));
+    }
+}
