@@ -90,6 +90,7 @@ pub async fn run_worker(
         rules: cfg.parse_rules(),
         router: Router::new(&cfg),
         limiters: Limiters::new(&cfg),
+        budgets: crate::budget::Budgets::new(pool.clone()),
         providers,
         claimer,
         writer,

@@ -6,6 +6,7 @@
 //! See `DESIGN.md` (Part 1 is the contract) and `README.md`.
 
 pub mod app;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod cost;

@@ -1,6 +1,7 @@
 //! The command line: `switchyard <command>`. Every command takes `--config FILE` (or
 //! `SWITCHYARD_CONFIG`); `NATS_URL` and `DATABASE_URL` override the file.
 
+mod budget;
 mod dlq;
 mod report;
 mod simulate;
@@ -47,6 +48,9 @@ pub enum Command {
     /// Reports from Postgres (costs).
     #[command(subcommand)]
     Report(report::ReportCommand),
+    /// Spend limits: set and show.
+    #[command(subcommand)]
+    Budget(budget::BudgetCommand),
     /// Apply the Postgres migrations.
     Migrate,
     /// Run the provider simulator (OpenAI, Anthropic and Gemini wire formats).
@@ -103,6 +107,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate(args) => simulate::run(args).await,
+        Command::Budget(cmd) => budget::run(load_config(&cli.config)?, cmd).await,
         Command::Dlq(cmd) => dlq::run(load_config(&cli.config)?, cmd).await,
         Command::Report(cmd) => report::run(load_config(&cli.config)?, cmd).await,
     }

@@ -59,6 +59,8 @@ pub struct CostRow {
 pub struct CommitRequest {
     pub job: Option<CommitJob>,
     pub costs: Vec<CostRow>,
+    /// Release the job's budget reservation and add what it actually cost.
+    pub settle: Option<crate::budget::Settlement>,
 }
 
 type Reply = oneshot::Sender<Result<(), StoreError>>;
@@ -153,11 +155,13 @@ ON CONFLICT (tenant, id) DO UPDATE
 
 async fn commit_batch(pool: &PgPool, reqs: Vec<CommitRequest>) -> Result<(), StoreError> {
     let mut costs = Vec::new();
+    let mut settles = Vec::new();
     // One final row per job per statement: the last one wins (a duplicate submission in the
     // same batch; both results are still published).
     let mut jobs: HashMap<(String, String), CommitJob> = HashMap::with_capacity(reqs.len());
     for r in reqs {
         costs.extend(r.costs);
+        settles.extend(r.settle);
         if let Some(j) = r.job {
             jobs.insert((j.tenant.clone(), j.id.clone()), j);
         }
@@ -173,6 +177,12 @@ async fn commit_batch(pool: &PgPool, reqs: Vec<CommitRequest>) -> Result<(), Sto
     if !jobs.is_empty() {
         sqlx::query(JOBS_SQL)
             .bind(sqlx::types::Json(&jobs))
+            .execute(&mut *tx)
+            .await?;
+    }
+    if !settles.is_empty() {
+        sqlx::query(crate::budget::SETTLE_SQL)
+            .bind(sqlx::types::Json(&settles))
             .execute(&mut *tx)
             .await?;
     }

@@ -27,6 +27,7 @@ pub struct Ctx {
     pub router: Router,
     pub providers: Providers,
     pub limiters: Limiters,
+    pub budgets: crate::budget::Budgets,
     pub claimer: Claimer,
     pub writer: Writer,
     pub publisher: Publisher,

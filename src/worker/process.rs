@@ -3,6 +3,7 @@
 
 use super::calls::{run_chain, ChainOutcome};
 use super::{Ctx, Delivery, Disposition};
+use crate::budget::{Denial, Reservation};
 use crate::job::{
     parse_job, Attempt, Envelope, ErrorBody, ErrorKind, Job, JobResult, ParseFailure, Route,
     Status, Usage,
@@ -81,6 +82,7 @@ async fn run(
             subject: msg.subject.as_str(),
             raw_in_entry: false,
         }),
+        reservation: None,
     };
     if let Some(deadline) = job.deadline {
         if chrono::Utc::now() > deadline {
@@ -99,8 +101,44 @@ async fn run(
         Ok(p) => p,
         Err(err) => return fail(ctx, base, err, Vec::new()).await,
     };
+    // Hold the worst case against the tenant's budgets before any call.
+    let worst = plan
+        .candidates
+        .iter()
+        .map(|c| crate::cost::worst_case(&c.model, estimate, c.max_tokens))
+        .max()
+        .unwrap_or_default();
+    let reservation = match ctx
+        .budgets
+        .reserve(&job.tenant, job.feature.as_deref(), worst)
+        .await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(Denial::Fail(msg))) => {
+            let base = Finish {
+                route: Some(plan.route.clone()),
+                ..base
+            };
+            return fail(
+                ctx,
+                base,
+                ErrorBody::new(ErrorKind::BudgetExceeded, msg),
+                Vec::new(),
+            )
+            .await;
+        }
+        Ok(Err(Denial::Defer(msg, delay))) => {
+            tracing::info!(delay_s = delay.as_secs(), reason = %msg, "budget reached; deferring");
+            return Disposition::Retry(delay);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "budget reservation failed; handing the job back");
+            return Disposition::Retry(retry_delay(ctx, d.delivered, None));
+        }
+    };
     let base = Finish {
         route: Some(plan.route.clone()),
+        reservation,
         ..base
     };
     let first_attempt = prior.iter().map(|a| a.attempt).max().unwrap_or(0) + 1;
@@ -149,8 +187,18 @@ async fn run(
         // Keep the calls made so far, then hand the job back for a later delivery.
         let delay = retry_delay(ctx, d.delivered, retry_after);
         tracing::info!(delay_ms = delay.as_millis() as u64, last = %last, "all candidates failed; retrying later");
-        if !costs.is_empty() {
-            if let Err(e) = ctx.writer.commit(CommitRequest { job: None, costs }).await {
+        let actual: Decimal = costs.iter().map(|c| c.cost_usd).sum();
+        let settle = base.reservation.clone().map(|r| r.settle(actual));
+        if !costs.is_empty() || settle.is_some() {
+            if let Err(e) = ctx
+                .writer
+                .commit(CommitRequest {
+                    job: None,
+                    costs,
+                    settle,
+                })
+                .await
+            {
                 tracing::warn!(error = %e, "committing cost rows before a retry failed");
             }
         }
@@ -205,6 +253,8 @@ struct Finish<'a> {
     route: Option<Route>,
     prior: &'a [Attempt],
     dlq: Option<DlqSource<'a>>,
+    /// Budget held for this job, settled by the commit.
+    reservation: Option<Reservation>,
 }
 
 async fn fail_unparsed(
@@ -226,6 +276,7 @@ async fn fail_unparsed(
             subject: msg.subject.as_str(),
             raw_in_entry: true,
         }),
+        reservation: None,
     };
     fail(ctx, base, f.error.clone(), Vec::new()).await
 }
@@ -300,14 +351,14 @@ async fn finish(
         output: result_json.get("output").filter(|o| !o.is_null()).cloned(),
         result: result_json,
     };
-    if let Err(e) = ctx
-        .writer
-        .commit(CommitRequest {
-            job: Some(row),
-            costs,
-        })
-        .await
-    {
+    let actual: Decimal = costs.iter().map(|c| c.cost_usd).sum();
+    let settle = base.reservation.clone().map(|r| r.settle(actual));
+    let commit = CommitRequest {
+        job: Some(row),
+        costs,
+        settle,
+    };
+    if let Err(e) = ctx.writer.commit(commit).await {
         tracing::warn!(error = %e, "commit failed; handing the job back");
         return retry();
     }

@@ -1,0 +1,139 @@
+//! `switchyard budget set | show`: spend limits per tenant (or tenant + feature), per UTC
+//! day or month. Workers reserve each job's worst-case cost against them before calling.
+
+use crate::budget::Period;
+use crate::config::Config;
+use crate::job::names::is_valid_tenant;
+use rust_decimal::Decimal;
+use std::process::ExitCode;
+use std::str::FromStr;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BudgetCommand {
+    /// Create or change a budget.
+    Set {
+        #[arg(long)]
+        tenant: String,
+        /// Limit one feature of the tenant; without it the budget covers the whole tenant.
+        #[arg(long)]
+        feature: Option<String>,
+        #[arg(long, value_parser = ["day", "month"])]
+        period: String,
+        /// Limit in USD (a decimal, e.g. 25 or 0.50).
+        #[arg(long)]
+        limit: String,
+        /// What a job that would overrun the budget does: fail (budget_exceeded) or defer
+        /// (waits for the next period).
+        #[arg(long, default_value = "fail", value_parser = ["fail", "defer"])]
+        policy: String,
+    },
+    /// List budgets with what is spent and held in the current period.
+    Show {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
+    },
+}
+
+/// tenant, feature, period, limit, spent, reserved, policy, period start
+type ShowRow = (
+    String,
+    Option<String>,
+    String,
+    Decimal,
+    Decimal,
+    Decimal,
+    String,
+    chrono::DateTime<chrono::Utc>,
+);
+
+pub async fn run(cfg: Config, cmd: BudgetCommand) -> anyhow::Result<ExitCode> {
+    let pool = crate::store::connect(&cfg.postgres.url, 1).await?;
+    crate::store::migrate(&pool).await?;
+    match cmd {
+        BudgetCommand::Set {
+            tenant,
+            feature,
+            period,
+            limit,
+            policy,
+        } => {
+            if !is_valid_tenant(&tenant) {
+                anyhow::bail!("--tenant {tenant:?} does not match ^[a-z0-9][a-z0-9_-]{{0,63}}$");
+            }
+            let limit = Decimal::from_str(&limit)
+                .map_err(|_| anyhow::anyhow!("--limit {limit:?} is not a decimal amount"))?;
+            if limit < Decimal::ZERO {
+                anyhow::bail!("--limit must not be negative");
+            }
+            let p = Period::parse(&period)
+                .ok_or_else(|| anyhow::anyhow!("--period must be day or month"))?;
+            let start = p.start(chrono::Utc::now());
+            sqlx::query(
+                "INSERT INTO budgets (tenant, feature, period, limit_usd, policy, period_start)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (tenant, coalesce(feature, ''), period)
+                 DO UPDATE SET limit_usd = EXCLUDED.limit_usd, policy = EXCLUDED.policy, updated_at = now()",
+            )
+            .bind(&tenant)
+            .bind(&feature)
+            .bind(&period)
+            .bind(limit)
+            .bind(&policy)
+            .bind(start)
+            .execute(&pool)
+            .await?;
+            let scope = feature.map_or(tenant.clone(), |f| format!("{tenant}/{f}"));
+            println!("budget {scope}: {limit} USD per {period}, policy {policy}");
+            Ok(ExitCode::SUCCESS)
+        }
+        BudgetCommand::Show { tenant, format } => {
+            let rows: Vec<ShowRow> =
+                sqlx::query_as(
+                    "SELECT tenant, feature, period, limit_usd, spent_usd, reserved_usd, policy, period_start
+                       FROM budgets WHERE ($1::text IS NULL OR tenant = $1)
+                      ORDER BY tenant, feature NULLS FIRST, period",
+                )
+                .bind(&tenant)
+                .fetch_all(&pool)
+                .await?;
+            let now = chrono::Utc::now();
+            if format == "table" {
+                println!(
+                    "{:<16} {:<22} {:<6} {:>12} {:>14} {:>12} {:<6}  period start",
+                    "tenant", "feature", "period", "limit_usd", "spent_usd", "held_usd", "policy"
+                );
+            }
+            for (t, f, period, limit, spent, reserved, policy, start) in rows {
+                // A budget whose period has turned over shows the new, empty period.
+                let current = Period::parse(&period)
+                    .map(|p| p.start(now))
+                    .unwrap_or(start);
+                let (spent, reserved, start) = if start < current {
+                    (Decimal::ZERO, Decimal::ZERO, current)
+                } else {
+                    (spent, reserved, start)
+                };
+                if format == "json" {
+                    println!(
+                        "{}",
+                        serde_json::json!({"tenant": t, "feature": f, "period": period, "limit_usd": limit.normalize().to_string(),
+                            "spent_usd": spent.normalize().to_string(), "reserved_usd": reserved.normalize().to_string(),
+                            "policy": policy, "period_start": start.to_rfc3339()})
+                    );
+                } else {
+                    println!(
+                        "{t:<16} {:<22} {period:<6} {:>12} {:>14} {:>12} {policy:<6}  {}",
+                        f.unwrap_or_else(|| "(all)".into()),
+                        limit.normalize(),
+                        spent.normalize(),
+                        reserved.normalize(),
+                        start.format("%Y-%m-%d")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

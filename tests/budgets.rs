@@ -1,0 +1,124 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Budgets: reserve before the call, settle at commit; fail or defer when one would be overrun.
+
+mod common;
+
+use common::{job, TestEnv};
+use rust_decimal::Decimal;
+use std::time::Duration;
+use switchyard::job::{ErrorKind, Priority, Status};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_fail_or_defer_jobs_and_track_spend_exactly() {
+    let env = TestEnv::new(|_| {}).await;
+    let (code, _, err) = env
+        .cli(&[
+            "budget", "set", "--tenant", "acme", "--period", "day", "--limit", "0.0001",
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let (stop, worker) = env.start_worker().await;
+    let pinned = r#","model":"openai/gpt-4o-mini","max_tokens":1000"#;
+
+    // Worst case ≈ 1000 × 0.60 / 1e6 = 0.0006 > 0.0001: refused before any call.
+    env.publish(Priority::Normal, "acme", job("over", "acme", pinned))
+        .await;
+    let r = env.result("acme", "over", 20).await;
+    assert_eq!(r.status, Status::Failed);
+    let e = r.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::BudgetExceeded);
+    assert!(e.message.contains("day budget of acme"), "{}", e.message);
+    assert_eq!(env.sim.stats().total, 0);
+    assert!(env.dlq("acme", "over").await.is_some());
+
+    // Raise it: jobs run, spend is settled exactly, nothing stays held.
+    let (code, _, _) = env
+        .cli(&[
+            "budget", "set", "--tenant", "acme", "--period", "day", "--limit", "1",
+        ])
+        .await;
+    assert_eq!(code, 0);
+    tokio::time::sleep(Duration::from_secs(6)).await; // the worker's budget-tenant cache refreshes every 5 s
+    for i in 0..5 {
+        env.publish(
+            Priority::Normal,
+            "acme",
+            job(&format!("ok{i}"), "acme", pinned),
+        )
+        .await;
+    }
+    for i in 0..5 {
+        assert_eq!(
+            env.result("acme", &format!("ok{i}"), 20).await.status,
+            Status::Succeeded
+        );
+    }
+    let (spent, held): (Decimal, Decimal) = sqlx::query_as(
+        "SELECT spent_usd, reserved_usd FROM budgets WHERE tenant='acme' AND feature IS NULL",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    let ledger: Decimal =
+        sqlx::query_scalar("SELECT sum(cost_usd) FROM cost_rows WHERE tenant='acme'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(spent, ledger);
+    assert!(spent > Decimal::ZERO);
+    assert_eq!(held, Decimal::ZERO);
+    let (code, out, _) = env
+        .cli(&["budget", "show", "--tenant", "acme", "--format", "json"])
+        .await;
+    assert_eq!(code, 0);
+    let shown: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        shown["spent_usd"]
+            .as_str()
+            .unwrap()
+            .parse::<Decimal>()
+            .unwrap(),
+        ledger
+    );
+
+    // A feature budget with policy defer: the job waits, no call, no failure.
+    let (code, _, _) = env
+        .cli(&[
+            "budget",
+            "set",
+            "--tenant",
+            "globex",
+            "--feature",
+            "test",
+            "--period",
+            "month",
+            "--limit",
+            "0",
+            "--policy",
+            "defer",
+        ])
+        .await;
+    assert_eq!(code, 0);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let calls = env.sim.stats().total;
+    env.publish(Priority::High, "globex", job("later", "globex", ""))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM jobs WHERE tenant='globex' AND id='later'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "running", "deferred, not failed");
+    assert_eq!(env.sim.stats().total, calls, "no call while deferred");
+    assert_eq!(env.jobs_left().await, 1, "still queued for later");
+    let (code, _, err) = env
+        .cli(&[
+            "budget", "set", "--tenant", "acme", "--period", "week", "--limit", "1",
+        ])
+        .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("week"), "{err}");
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+}
