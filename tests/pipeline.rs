@@ -33,6 +33,7 @@ async fn happy_path_on_every_priority() {
             serde_json::to_string(&reply["metadata"]).unwrap(),
             r#"{"z":1,"a":[true]}"#
         );
+        common::assert_schema("result", &reply);
         let stored = env.result("acme", &id, 5).await;
         assert_eq!(serde_json::to_value(&stored).unwrap(), reply);
 
@@ -341,7 +342,9 @@ async fn exhaustion_goes_to_the_dlq_with_every_attempt() {
     );
     // 2 candidates (gpt-4o-mini, llama) × 2 deliveries
     assert_eq!(r.attempts.len(), 4, "{:?}", r.attempts);
+    common::assert_schema("result", &serde_json::to_value(&r).unwrap());
     let dlq = env.dlq("acme", "doomed").await.expect("DLQ entry");
+    common::assert_schema("dlq", &serde_json::to_value(&dlq).unwrap());
     assert_eq!(dlq.deliveries, 2);
     assert_eq!(dlq.attempts.len(), 4);
     assert_eq!(dlq.job.as_ref().unwrap()["id"], "doomed");

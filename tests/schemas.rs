@@ -352,6 +352,14 @@ fn dlq_examples_validate_and_match_the_failed_result() {
         assert_valid(&v, &value, &file);
         let _: Vec<Attempt> = serde_json::from_value(value["attempts"].clone()).unwrap();
         let _: ErrorBody = serde_json::from_value(value["error"].clone()).unwrap();
+        // The worker's own type reads every example and writes it back unchanged.
+        let entry: switchyard::queue::publish::DlqEntry =
+            serde_json::from_value(value.clone()).unwrap();
+        assert_eq!(
+            serde_json::to_value(&entry).unwrap(),
+            value,
+            "{file} round-trips through DlqEntry"
+        );
         if let Some(b64) = value["payload_b64"].as_str() {
             use base64::Engine;
             base64::engine::general_purpose::STANDARD

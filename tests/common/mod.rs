@@ -299,3 +299,23 @@ impl TestEnv {
         )
     }
 }
+
+/// Check `instance` against `schemas/<name>.schema.json` (formats included).
+pub fn assert_schema(name: &str, instance: &serde_json::Value) {
+    let path = format!("{}/schemas/{name}.schema.json", env!("CARGO_MANIFEST_DIR"));
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let v = jsonschema::draft202012::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap();
+    let errors: Vec<String> = v
+        .iter_errors(instance)
+        .map(|e| format!("{}: {e}", e.instance_path))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{name} schema:\n  {}\n{instance:#}",
+        errors.join("\n  ")
+    );
+}
