@@ -227,6 +227,18 @@ async fn bad_inputs_fail_cleanly_and_the_worker_keeps_serving() {
             ("failed", kind.as_str())
         );
     }
+    // A publish to a priority that does not exist is refused by JetStream itself.
+    let refused = async {
+        env.js
+            .publish(
+                format!("{p}.jobs.urgent.acme"),
+                job("u1", "acme", "").into(),
+            )
+            .await?
+            .await
+    }
+    .await;
+    assert!(refused.is_err(), "no stream answers {p}.jobs.urgent.acme");
     // A bad job with a readable reply_to gets its failure there too.
     env.publish(Priority::Normal, "acme", r#"{"id":"b20","tenant":"acme","temperature":9,"reply_to":"_INBOX.bad.1","messages":[{"role":"user","content":"x"}]}"#).await;
     let reply = next_json(&mut replies, 10).await;

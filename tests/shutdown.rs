@@ -122,3 +122,80 @@ async fn sigterm_drains_in_flight_jobs_and_loses_nothing() {
     stop.cancel();
     worker.await.unwrap().unwrap();
 }
+
+/// A worker killed with SIGKILL loses nothing: its un-acked jobs are redelivered after the
+/// ack wait and finished by another worker, each with exactly one result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_loses_nothing() {
+    let env = TestEnv::new(|c| {
+        c.worker.max_in_flight = 16;
+        c.worker.ack_wait_s = 2;
+    })
+    .await;
+    env.sim.set_profile(FaultProfile {
+        latency_ms: 400,
+        ..Default::default()
+    });
+    env.ensure_streams().await;
+    const N: usize = 30;
+    for i in 0..N {
+        env.publish(Priority::Low, "acme", job(&format!("k{i}"), "acme", ""))
+            .await;
+    }
+    let sim = format!("http://{}/v1", env.sim_addr);
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("worker")
+        .env(
+            "SWITCHYARD_CONFIG",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml"),
+        )
+        .env("NATS_URL", &env.config.nats.url)
+        .env("DATABASE_URL", &env.config.postgres.url)
+        .env("SWITCHYARD_NATS__PREFIX", &env.prefix)
+        .env("SWITCHYARD_WORKER__MAX_IN_FLIGHT", "16")
+        .env("SWITCHYARD_WORKER__ACK_WAIT_S", "2")
+        .env("SWITCHYARD_METRICS__ADDR", "")
+        .env("SWITCHYARD_PROVIDERS__OPENAI__BASE_URL", &sim)
+        .env("SWITCHYARD_PROVIDERS__LOCAL__BASE_URL", &sim)
+        .env("OPENAI_API_KEY", "sk-test-openai")
+        .env("LOCAL_API_KEY", "sk-test-local")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("worker binary starts");
+    for _ in 0..200 {
+        if env.sim.stats().total >= 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().await.unwrap(); // SIGKILL: no drain, no flush
+    let (stop, worker) = env.start_worker().await;
+    for i in 0..N {
+        let r = env.result("acme", &format!("k{i}"), 30).await;
+        assert_eq!(r.status, switchyard::job::Status::Succeeded, "k{i}");
+    }
+    let (rows, succeeded): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE status='succeeded') FROM jobs")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (rows, succeeded),
+        (N as i64, N as i64),
+        "one row per job, all succeeded"
+    );
+    // Calls cut off by the kill were never committed: those jobs were called again. Every
+    // committed call has its cost row, and no job has two succeeded calls.
+    let doubled: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT job_id FROM cost_rows WHERE outcome='succeeded' GROUP BY job_id HAVING count(*) > 1) x",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(doubled, 0);
+    assert_eq!(env.jobs_left().await, 0);
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+}
