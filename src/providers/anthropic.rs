@@ -25,7 +25,8 @@ use std::time::Duration;
 const VERSION: &str = "2023-06-01";
 
 /// Appended to the system prompt when JSON is asked for.
-const JSON_INSTRUCTION: &str = "Respond with a single JSON object only: no prose before or after it, no Markdown code fences.";
+const JSON_INSTRUCTION: &str =
+    "Respond with a single JSON object only: no prose before or after it, no Markdown code fences.";
 
 pub struct Anthropic {
     url: String,
@@ -112,11 +113,12 @@ pub(crate) fn build_body(req: &ChatRequest<'_>) -> Result<Value, ProviderError> 
             Role::Assistant => {
                 let mut blocks = content_blocks(m, i)?;
                 for (j, c) in m.tool_calls.iter().flatten().enumerate() {
-                    let input = tools::arguments_object(&c.function.arguments).ok_or_else(|| {
-                        invalid(format!(
+                    let input =
+                        tools::arguments_object(&c.function.arguments).ok_or_else(|| {
+                            invalid(format!(
                             "messages[{i}].tool_calls[{j}].function.arguments: not a JSON object"
                         ))
-                    })?;
+                        })?;
                     blocks.push(json!({"type": "tool_use", "id": c.id,
                         "name": c.function.name, "input": input}));
                 }
@@ -124,7 +126,9 @@ pub(crate) fn build_body(req: &ChatRequest<'_>) -> Result<Value, ProviderError> 
             }
             Role::Tool => {
                 let id = m.tool_call_id.as_deref().ok_or_else(|| {
-                    invalid(format!("messages[{i}].tool_call_id: required for a tool message"))
+                    invalid(format!(
+                        "messages[{i}].tool_call_id: required for a tool message"
+                    ))
                 })?;
                 let mut block = json!({"type": "tool_result", "tool_use_id": id});
                 let text = m.text();
@@ -359,13 +363,15 @@ fn strip_code_fence(t: &str) -> String {
     let inner = s
         .strip_prefix("```")
         .and_then(|r| r.strip_suffix("```"))
-        .map(|r| r.split_once('\n').map_or(r, |(lang, body)| {
-            if lang.trim().chars().all(|c| c.is_ascii_alphanumeric()) {
-                body
-            } else {
-                r
-            }
-        }));
+        .map(|r| {
+            r.split_once('\n').map_or(r, |(lang, body)| {
+                if lang.trim().chars().all(|c| c.is_ascii_alphanumeric()) {
+                    body
+                } else {
+                    r
+                }
+            })
+        });
     match inner {
         Some(body) => body.trim().to_string(),
         None => t.to_string(),
@@ -389,7 +395,9 @@ struct WireErrorBody {
 
 /// Classify a non-2xx answer from its status, error type, message and headers.
 pub(crate) fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError {
-    let parsed = serde_json::from_slice::<WireError>(body).ok().map(|e| e.error);
+    let parsed = serde_json::from_slice::<WireError>(body)
+        .ok()
+        .map(|e| e.error);
     let kind = parsed.as_ref().map_or("", |e| e.kind.as_str());
     let message = match &parsed {
         Some(e) if !e.message.is_empty() => clip(&e.message),
@@ -570,8 +578,10 @@ mod tests {
             json_schema: JsonSchemaFormat {
                 name: "summary".into(),
                 description: None,
-                schema: Some(json!({"type": "object", "properties": {"summary": {"type": "string"}},
-                    "required": ["summary"], "additionalProperties": false})),
+                schema: Some(
+                    json!({"type": "object", "properties": {"summary": {"type": "string"}},
+                    "required": ["summary"], "additionalProperties": false}),
+                ),
                 strict: Some(true),
             },
         };
@@ -691,7 +701,11 @@ mod tests {
         };
         let e = build_body(&req).unwrap_err();
         assert_eq!(e.class, FailureClass::InvalidRequest);
-        assert!(e.message.contains("messages[0].content[0]"), "{}", e.message);
+        assert!(
+            e.message.contains("messages[0].content[0]"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
@@ -810,7 +824,10 @@ mod tests {
         let e = classify(429, &h, &fixture("error_429.json"));
         assert_eq!(e.class, FailureClass::RateLimited);
         let d = e.retry_after.unwrap();
-        assert!(d > Duration::from_secs(38) && d <= Duration::from_secs(40), "{d:?}");
+        assert!(
+            d > Duration::from_secs(38) && d <= Duration::from_secs(40),
+            "{d:?}"
+        );
         // Nothing exhausted, no retry-after: no delay to report.
         let e = classify(429, &HeaderMap::new(), &fixture("error_429.json"));
         assert_eq!(e.retry_after, None);
@@ -835,7 +852,11 @@ mod tests {
             let e = classify(status, &h, &fixture(file));
             assert_eq!(e.class, class, "{file}");
             assert_eq!(e.status, Some(status));
-            assert!(!e.message.is_empty() && !e.message.starts_with('{'), "{file}: {}", e.message);
+            assert!(
+                !e.message.is_empty() && !e.message.starts_with('{'),
+                "{file}: {}",
+                e.message
+            );
         }
         let e = classify(502, &h, b"<html>Bad Gateway</html>");
         assert_eq!(e.class, FailureClass::ServerError);

@@ -4,10 +4,13 @@
 //! or a classified [`ProviderError`] comes out. Each adapter owns its wire format; the
 //! router only ever sees these types.
 
+pub mod anthropic;
 mod error;
+pub mod gemini;
 mod http;
 pub mod openai;
 pub mod simulator;
+pub mod tools;
 
 pub use error::{FailureClass, ProviderError};
 
@@ -56,11 +59,6 @@ pub enum SetupError {
         provider: String,
         source: reqwest::Error,
     },
-    #[error("providers[{provider}].kind: {kind:?} has no adapter in this build yet")]
-    NoAdapter {
-        provider: String,
-        kind: ProviderKind,
-    },
 }
 
 /// Every configured provider's adapter, by provider name.
@@ -84,12 +82,8 @@ impl Providers {
                 ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
                     Arc::new(openai::OpenAi::new(p, key, client))
                 }
-                kind => {
-                    return Err(SetupError::NoAdapter {
-                        provider: p.name.clone(),
-                        kind,
-                    })
-                }
+                ProviderKind::Anthropic => Arc::new(anthropic::Anthropic::new(p, key, client)),
+                ProviderKind::Gemini => Arc::new(gemini::Gemini::new(p, key, client)),
             };
             by_name.insert(p.name.clone(), adapter);
         }

@@ -2,6 +2,7 @@
 //! Together, Mistral …): `POST {base_url}/chat/completions`.
 
 use super::http::{clip, parse_go_duration, retry_after, transport_error};
+use super::tools;
 use super::{ChatRequest, ChatResponse, FailureClass, Provider, ProviderError};
 use crate::config::{ProviderConfig, ProviderKind};
 use crate::job::{Message, Output, ResponseFormat, Tool, ToolCall, Usage};
@@ -138,7 +139,7 @@ impl Provider for OpenAi {
             if !status.is_success() {
                 return Err(classify(status.as_u16(), &headers, &bytes));
             }
-            parse_success(&bytes)
+            parse_success(&bytes).and_then(|r| tools::checked(req.tools, r))
         })
     }
 }

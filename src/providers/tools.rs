@@ -370,10 +370,15 @@ mod tests {
 
     #[test]
     fn tool_calls_are_checked_lightly() {
-        let tools = [tool(
-            "get_weather",
-            Some(json!({"type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string"}}, "required": ["city"]})),
-        ), tool("ping", None)];
+        let tools = [
+            tool(
+                "get_weather",
+                Some(
+                    json!({"type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string"}}, "required": ["city"]}),
+                ),
+            ),
+            tool("ping", None),
+        ];
         assert_eq!(
             check_tool_calls(&tools, &[call("get_weather", r#"{"city":"Paris"}"#)]),
             Ok(())
@@ -397,7 +402,9 @@ mod tests {
         assert_eq!(choice(Some(&json!("none"))), Some(Choice::None));
         assert_eq!(choice(Some(&json!("required"))), Some(Choice::Required));
         assert_eq!(
-            choice(Some(&json!({"type": "function", "function": {"name": "f"}}))),
+            choice(Some(
+                &json!({"type": "function", "function": {"name": "f"}})
+            )),
             Some(Choice::Named("f"))
         );
         assert_eq!(choice(None), None);
