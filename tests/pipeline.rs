@@ -343,7 +343,11 @@ async fn exhaustion_goes_to_the_dlq_with_every_attempt() {
     env.publish(
         Priority::Low,
         "acme",
-        job("doomed", "acme", r#","model":"fast""#),
+        job(
+            "doomed",
+            "acme",
+            r#","model":"fast","providers":{"allow":["openai","local"]}"#,
+        ),
     )
     .await;
     let r = env.result("acme", "doomed", 30).await;

@@ -80,7 +80,12 @@ fn rules() -> ParseRules {
         max_payload_bytes: 1 << 20,
         max_messages: 1000,
         max_tokens_cap: 32768,
-        providers: vec!["openai".into(), "local".into()],
+        providers: vec![
+            "openai".into(),
+            "local".into(),
+            "anthropic".into(),
+            "gemini".into(),
+        ],
     }
 }
 

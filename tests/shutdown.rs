@@ -45,8 +45,18 @@ async fn sigterm_drains_in_flight_jobs_and_loses_nothing() {
         .env("SWITCHYARD_METRICS__ADDR", "")
         .env("SWITCHYARD_PROVIDERS__OPENAI__BASE_URL", &sim)
         .env("SWITCHYARD_PROVIDERS__LOCAL__BASE_URL", &sim)
+        .env(
+            "SWITCHYARD_PROVIDERS__ANTHROPIC__BASE_URL",
+            format!("http://{}", env.sim_addr),
+        )
+        .env(
+            "SWITCHYARD_PROVIDERS__GEMINI__BASE_URL",
+            format!("http://{}/v1beta", env.sim_addr),
+        )
         .env("OPENAI_API_KEY", "sk-test-openai")
         .env("LOCAL_API_KEY", "sk-test-local")
+        .env("ANTHROPIC_API_KEY", "sk-test-anthropic")
+        .env("GEMINI_API_KEY", "sk-test-gemini")
         .env("SWITCHYARD_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -157,8 +167,18 @@ async fn a_killed_worker_loses_nothing() {
         .env("SWITCHYARD_METRICS__ADDR", "")
         .env("SWITCHYARD_PROVIDERS__OPENAI__BASE_URL", &sim)
         .env("SWITCHYARD_PROVIDERS__LOCAL__BASE_URL", &sim)
+        .env(
+            "SWITCHYARD_PROVIDERS__ANTHROPIC__BASE_URL",
+            format!("http://{}", env.sim_addr),
+        )
+        .env(
+            "SWITCHYARD_PROVIDERS__GEMINI__BASE_URL",
+            format!("http://{}/v1beta", env.sim_addr),
+        )
         .env("OPENAI_API_KEY", "sk-test-openai")
         .env("LOCAL_API_KEY", "sk-test-local")
+        .env("ANTHROPIC_API_KEY", "sk-test-anthropic")
+        .env("GEMINI_API_KEY", "sk-test-gemini")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)

@@ -33,7 +33,16 @@ fn auto_walks_the_configured_tiers() {
     let p = r.plan(&job(""), 10).unwrap();
     assert_eq!(
         chain(&p),
-        ["gpt-4o-mini", "llama-3.1-8b", "gpt-4.1-nano", "gpt-4o"]
+        [
+            "gpt-4o-mini",
+            "llama-3.1-8b",
+            "claude-3-5-haiku",
+            "gemini-2.5-flash",
+            "gpt-4.1-nano",
+            "gemini-2.0-flash",
+            "gpt-4o",
+            "claude-sonnet-4"
+        ]
     );
     assert_eq!(p.route.tier.as_deref(), Some("fast"));
 }
@@ -42,7 +51,15 @@ fn auto_walks_the_configured_tiers() {
 fn names_aliases_and_pins() {
     let (r, _) = router();
     let p = r.plan(&job(r#","model":"llama""#), 10).unwrap();
-    assert_eq!(chain(&p), ["llama-3.1-8b", "gpt-4o-mini"]);
+    assert_eq!(
+        chain(&p),
+        [
+            "llama-3.1-8b",
+            "gpt-4o-mini",
+            "claude-3-5-haiku",
+            "gemini-2.5-flash"
+        ]
+    );
     let p = r.plan(&job(r#","model":"openai/gpt-4o""#), 10).unwrap();
     assert_eq!(chain(&p), ["gpt-4o"]);
     let e = r.plan(&job(r#","model":"local/gpt-4o""#), 10).unwrap_err();
@@ -57,9 +74,20 @@ fn filters() {
     let p = r
         .plan(&job(r#","providers":{"deny":["openai"]}"#), 10)
         .unwrap();
-    assert_eq!(chain(&p), ["llama-3.1-8b"]);
+    assert!(p.candidates.iter().all(|c| c.model.provider != "openai"));
+    assert_eq!(p.candidates.len(), 5);
+    let p = r
+        .plan(
+            &job(r#","providers":{"allow":["anthropic"]},"model":"fast""#),
+            10,
+        )
+        .unwrap();
+    assert_eq!(chain(&p), ["claude-3-5-haiku"]);
     let p = r.plan(&job(r#","region":"eu""#), 10).unwrap();
-    assert_eq!(chain(&p), ["llama-3.1-8b"]);
+    assert_eq!(
+        chain(&p),
+        ["llama-3.1-8b", "gemini-2.5-flash", "gemini-2.0-flash"]
+    );
     let e = r.plan(&job(r#","region":"ap""#), 10).unwrap_err();
     assert_eq!(e.kind, ErrorKind::NoRoute);
     let e = r.plan(&job(r#","model":"balanced""#), 200_000).unwrap_err();

@@ -33,6 +33,16 @@ pub fn db_url(name: &str) -> String {
     u.to_string()
 }
 
+/// The simulator's base URL for a provider kind (each API has its own path layout).
+pub fn sim_base_url(kind: switchyard::config::ProviderKind, addr: std::net::SocketAddr) -> String {
+    use switchyard::config::ProviderKind;
+    match kind {
+        ProviderKind::Anthropic => format!("http://{addr}"),
+        ProviderKind::Gemini => format!("http://{addr}/v1beta"),
+        ProviderKind::Openai | ProviderKind::OpenaiCompatible => format!("http://{addr}/v1"),
+    }
+}
+
 pub struct TestEnv {
     pub prefix: String,
     pub db_name: String,
@@ -85,7 +95,7 @@ impl TestEnv {
         config.worker.retry_max_ms = 500;
         config.worker.shutdown_grace_s = 10;
         for p in &mut config.providers {
-            p.base_url = format!("http://{sim_addr}/v1");
+            p.base_url = sim_base_url(p.kind, sim_addr);
             p.api_key_env = Some(
                 if p.name == "openai" {
                     "SY_TEST_OPENAI_KEY"
@@ -287,8 +297,18 @@ impl TestEnv {
             .env("SWITCHYARD_METRICS__ADDR", "")
             .env("SWITCHYARD_PROVIDERS__OPENAI__BASE_URL", &sim)
             .env("SWITCHYARD_PROVIDERS__LOCAL__BASE_URL", &sim)
+            .env(
+                "SWITCHYARD_PROVIDERS__ANTHROPIC__BASE_URL",
+                format!("http://{}", self.sim_addr),
+            )
+            .env(
+                "SWITCHYARD_PROVIDERS__GEMINI__BASE_URL",
+                format!("http://{}/v1beta", self.sim_addr),
+            )
             .env("OPENAI_API_KEY", "sk-test-openai")
             .env("LOCAL_API_KEY", "sk-test-local")
+            .env("ANTHROPIC_API_KEY", "sk-test-anthropic")
+            .env("GEMINI_API_KEY", "sk-test-gemini")
             .output()
             .await
             .expect("run switchyard");
