@@ -63,11 +63,19 @@ impl Provider for Anthropic {
             let status = resp.status();
             let headers = resp.headers().clone();
             let bytes = resp.bytes().await.map_err(transport_error)?;
+            let rate = super::ratelimit_headers::anthropic(&headers);
             if !status.is_success() {
-                return Err(classify(status.as_u16(), &headers, &bytes));
+                let mut err = classify(status.as_u16(), &headers, &bytes);
+                err.rate = rate;
+                return Err(err);
             }
             let json = wants_json(req.response_format);
-            parse_success(&bytes, json).and_then(|r| tools::checked(req.tools, r))
+            parse_success(&bytes, json)
+                .and_then(|r| tools::checked(req.tools, r))
+                .map(|mut r| {
+                    r.rate = rate;
+                    r
+                })
         })
     }
 }
@@ -339,6 +347,7 @@ fn parse_success(bytes: &[u8], json_requested: bool) -> Result<ChatResponse, Pro
         }
     });
     Ok(ChatResponse {
+        rate: None,
         output: Output {
             content: text,
             tool_calls: calls,

@@ -62,6 +62,8 @@ pub struct ProviderError {
     pub message: String,
     /// How long the provider asked us to wait (Retry-After and friends).
     pub retry_after: Option<Duration>,
+    /// The provider's rate-limit headers on this answer, when it sends them.
+    pub rate: Option<super::ratelimit_headers::RateReading>,
 }
 
 impl ProviderError {
@@ -71,6 +73,7 @@ impl ProviderError {
             status,
             message: message.into(),
             retry_after: None,
+            rate: None,
         }
     }
 }

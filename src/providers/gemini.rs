@@ -406,6 +406,7 @@ fn parse_success(bytes: &[u8]) -> Result<ChatResponse, ProviderError> {
         _ => "stop",
     };
     Ok(ChatResponse {
+        rate: None,
         output: Output {
             content: text,
             tool_calls: calls,

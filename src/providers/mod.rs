@@ -9,6 +9,7 @@ mod error;
 pub mod gemini;
 mod http;
 pub mod openai;
+pub mod ratelimit_headers;
 pub mod simulator;
 pub mod tools;
 
@@ -40,6 +41,8 @@ pub struct ChatRequest<'a> {
 pub struct ChatResponse {
     pub output: Output,
     pub usage: Usage,
+    /// The provider's rate-limit headers on this response, when it sends them.
+    pub rate: Option<ratelimit_headers::RateReading>,
 }
 
 /// A provider API: one implementation per wire format.

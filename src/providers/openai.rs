@@ -136,10 +136,18 @@ impl Provider for OpenAi {
             let status = resp.status();
             let headers = resp.headers().clone();
             let bytes = resp.bytes().await.map_err(transport_error)?;
+            let rate = super::ratelimit_headers::openai(&headers);
             if !status.is_success() {
-                return Err(classify(status.as_u16(), &headers, &bytes));
+                let mut err = classify(status.as_u16(), &headers, &bytes);
+                err.rate = rate;
+                return Err(err);
             }
-            parse_success(&bytes).and_then(|r| tools::checked(req.tools, r))
+            parse_success(&bytes)
+                .and_then(|r| tools::checked(req.tools, r))
+                .map(|mut r| {
+                    r.rate = rate;
+                    r
+                })
         })
     }
 }
@@ -182,6 +190,7 @@ fn parse_success(bytes: &[u8]) -> Result<ChatResponse, ProviderError> {
             .unwrap_or(0),
     });
     Ok(ChatResponse {
+        rate: None,
         output: Output {
             content: choice.message.content,
             tool_calls: choice.message.tool_calls.unwrap_or_default(),

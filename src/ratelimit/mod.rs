@@ -6,11 +6,13 @@
 //! (a cluster-wide limiter is future work, see the README).
 
 use crate::config::Config;
+use crate::providers::ratelimit_headers::RateReading;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 struct ProviderLimits {
     requests: Option<DefaultDirectRateLimiter>,
@@ -20,6 +22,8 @@ struct ProviderLimits {
 pub struct Limiters {
     by_provider: HashMap<String, ProviderLimits>,
     clock: DefaultClock,
+    /// Provider+model windows the provider itself reported exhausted, until when.
+    held: Mutex<HashMap<(String, String), Instant>>,
 }
 
 /// The outcome of asking for capacity.
@@ -52,16 +56,57 @@ impl Limiters {
         Limiters {
             by_provider,
             clock: DefaultClock::default(),
+            held: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Learn from a provider's rate-limit headers: a window it reports exhausted is not
+    /// sent to again until it resets.
+    pub fn observe(&self, provider: &str, model: &str, reading: Option<&RateReading>) {
+        let Some(hold) = reading.and_then(RateReading::hold_off) else {
+            return;
+        };
+        if let Ok(mut held) = self.held.lock() {
+            let until = Instant::now() + hold;
+            let e = held
+                .entry((provider.to_string(), model.to_string()))
+                .or_insert(until);
+            *e = (*e).max(until);
+        }
+    }
+
+    /// Time left before `provider`/`model` may be called again, per its own headers.
+    fn held_for(&self, provider: &str, model: &str) -> Option<Duration> {
+        let mut held = self.held.lock().ok()?;
+        let key = (provider.to_string(), model.to_string());
+        let until = *held.get(&key)?;
+        let now = Instant::now();
+        if until <= now {
+            held.remove(&key);
+            return None;
+        }
+        Some(until - now)
     }
 
     /// Take one request and `tokens` tokens of `provider`'s capacity, waiting up to
     /// `max_wait` for it.
-    pub async fn admit(&self, provider: &str, tokens: u64, max_wait: Duration) -> Admission {
+    pub async fn admit(
+        &self,
+        provider: &str,
+        model: &str,
+        tokens: u64,
+        max_wait: Duration,
+    ) -> Admission {
+        let deadline = tokio::time::Instant::now() + max_wait;
+        if let Some(wait) = self.held_for(provider, model) {
+            if wait > max_wait {
+                return Admission::Wait(wait);
+            }
+            tokio::time::sleep(wait).await;
+        }
         let Some(l) = self.by_provider.get(provider) else {
             return Admission::Go;
         };
-        let deadline = tokio::time::Instant::now() + max_wait;
         if let Some(r) = &l.requests {
             loop {
                 match r.check() {
@@ -113,22 +158,59 @@ mod tests {
     #[tokio::test]
     async fn requests_beyond_the_burst_must_wait() {
         let l = limiters(60); // burst 1, one per second
-        assert_eq!(l.admit("p", 1, Duration::ZERO).await, Admission::Go);
-        match l.admit("p", 1, Duration::from_millis(10)).await {
+        assert_eq!(l.admit("p", "m", 1, Duration::ZERO).await, Admission::Go);
+        match l.admit("p", "m", 1, Duration::from_millis(10)).await {
             Admission::Wait(d) => assert!(d > Duration::from_millis(500), "{d:?}"),
             Admission::Go => panic!("second request inside a second must wait"),
         }
-        assert_eq!(l.admit("unknown", 1, Duration::ZERO).await, Admission::Go);
+        assert_eq!(
+            l.admit("unknown", "m", 1, Duration::ZERO).await,
+            Admission::Go
+        );
+    }
+
+    #[tokio::test]
+    async fn exhausted_windows_reported_by_the_provider_are_held() {
+        use crate::providers::ratelimit_headers::{RateReading, Window};
+        let l = limiters(600);
+        let reading = RateReading {
+            requests: Window {
+                limit: Some(10),
+                remaining: Some(0),
+                reset: Some(Duration::from_secs(30)),
+            },
+            tokens: Window::default(),
+        };
+        l.observe("p", "m", Some(&reading));
+        match l.admit("p", "m", 1, Duration::from_millis(10)).await {
+            Admission::Wait(d) => assert!(d > Duration::from_secs(29), "{d:?}"),
+            Admission::Go => panic!("held window admitted a call"),
+        }
+        // Other models of the provider are not held.
+        assert_eq!(
+            l.admit("p", "other", 1, Duration::ZERO).await,
+            Admission::Go
+        );
+        // A reading with capacity left holds nothing.
+        let fine = RateReading {
+            requests: Window {
+                remaining: Some(5),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        l.observe("p", "x", Some(&fine));
+        assert_eq!(l.admit("p", "x", 1, Duration::ZERO).await, Admission::Go);
     }
 
     #[tokio::test]
     async fn burst_is_one_second_of_requests() {
         let l = limiters(600); // 10 per second
         for _ in 0..10 {
-            assert_eq!(l.admit("p", 1, Duration::ZERO).await, Admission::Go);
+            assert_eq!(l.admit("p", "m", 1, Duration::ZERO).await, Admission::Go);
         }
         assert!(matches!(
-            l.admit("p", 1, Duration::ZERO).await,
+            l.admit("p", "m", 1, Duration::ZERO).await,
             Admission::Wait(_)
         ));
     }

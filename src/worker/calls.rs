@@ -50,7 +50,11 @@ pub async fn run_chain(
             continue;
         };
         let want_tokens = input_estimate + u64::from(cand.max_tokens);
-        if let Admission::Wait(d) = ctx.limiters.admit(&m.provider, want_tokens, max_wait).await {
+        if let Admission::Wait(d) = ctx
+            .limiters
+            .admit(&m.provider, &m.upstream, want_tokens, max_wait)
+            .await
+        {
             tracing::debug!(provider = %m.provider, wait_ms = d.as_millis() as u64, "rate limited locally; next candidate");
             out.transient = true;
             out.all_context_too_long = false;
@@ -70,6 +74,11 @@ pub async fn run_chain(
         let started = Instant::now();
         let result = adapter.chat(req).await;
         let latency_ms = started.elapsed().as_millis() as u64;
+        let reading = match &result {
+            Ok(r) => r.rate.as_ref(),
+            Err(e) => e.rate.as_ref(),
+        };
+        ctx.limiters.observe(&m.provider, &m.upstream, reading);
         let mut row = CostRow {
             tenant: job.tenant.clone(),
             job_id: job.id.clone(),
