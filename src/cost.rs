@@ -49,6 +49,8 @@ mod tests {
             input_per_mtok: Decimal::from_str(input).unwrap(),
             output_per_mtok: Decimal::from_str(output).unwrap(),
             cached_input_per_mtok: cached.map(|c| Decimal::from_str(c).unwrap()),
+            batch_input_per_mtok: None,
+            batch_output_per_mtok: None,
             aliases: vec![],
             max_output_tokens: None,
         }

@@ -194,6 +194,8 @@ impl FileConfig {
                 ("input_per_mtok", Some(m.input_per_mtok)),
                 ("output_per_mtok", Some(m.output_per_mtok)),
                 ("cached_input_per_mtok", m.cached_input_per_mtok),
+                ("batch_input_per_mtok", m.batch_input_per_mtok),
+                ("batch_output_per_mtok", m.batch_output_per_mtok),
             ] {
                 if v.is_some_and(|v| v < Decimal::ZERO) {
                     return Err(invalid(f(k), "prices must not be negative"));

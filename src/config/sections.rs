@@ -245,6 +245,12 @@ pub struct ModelConfig {
     pub output_per_mtok: Decimal,
     #[serde(default, with = "rust_decimal::serde::str_option")]
     pub cached_input_per_mtok: Option<Decimal>,
+    /// Batch-API prices (USD per million tokens), for cost planning; switchyard calls the
+    /// synchronous APIs, so these are recorded, not charged.
+    #[serde(default, with = "rust_decimal::serde::str_option")]
+    pub batch_input_per_mtok: Option<Decimal>,
+    #[serde(default, with = "rust_decimal::serde::str_option")]
+    pub batch_output_per_mtok: Option<Decimal>,
     /// Other names jobs may use for this model.
     #[serde(default)]
     pub aliases: Vec<String>,

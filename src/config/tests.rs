@@ -105,3 +105,26 @@ fn bad_configs_name_the_field() {
         .to_string();
     assert!(e.contains("SWITCHYARD_PROVIDERS__NOPE__RPM"), "{e}");
 }
+
+#[test]
+fn shipped_configs_load() {
+    for (name, text) in [
+        (
+            "config/switchyard.toml",
+            include_str!("../../config/switchyard.toml"),
+        ),
+        ("config/demo.toml", include_str!("../../config/demo.toml")),
+    ] {
+        let c = load(text, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(c.models.len() >= 4, "{name}");
+        for m in &c.models {
+            if let (Some(bi), Some(bo)) = (m.batch_input_per_mtok, m.batch_output_per_mtok) {
+                assert!(
+                    bi < m.input_per_mtok && bo < m.output_per_mtok,
+                    "{name}: {}",
+                    m.name
+                );
+            }
+        }
+    }
+}

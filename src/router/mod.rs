@@ -2,7 +2,7 @@
 //! to an ordered list of configured candidates, filtered by the job's provider allow/deny
 //! list, region, context window and cost cap.
 
-use crate::config::{Config, ModelConfig, Tier};
+use crate::config::{Config, ModelConfig, ProviderKind, Tier};
 use crate::cost;
 use crate::job::{ErrorBody, ErrorKind, Job, ResponseFormat, Route, Task};
 use std::collections::HashMap;
@@ -26,6 +26,8 @@ pub struct Router {
     models: Vec<Arc<ModelConfig>>,
     by_name: HashMap<String, usize>,
     regions: HashMap<String, Option<String>>,
+    /// Providers that speak OpenAI's API (their models can be counted exactly).
+    openai_like: std::collections::HashSet<String>,
     auto_tiers: Vec<Tier>,
     default_max_tokens: u32,
 }
@@ -47,6 +49,12 @@ impl Router {
                 .providers
                 .iter()
                 .map(|p| (p.name.clone(), p.region.clone()))
+                .collect(),
+            openai_like: config
+                .providers
+                .iter()
+                .filter(|p| matches!(p.kind, ProviderKind::Openai))
+                .map(|p| p.name.clone())
                 .collect(),
             auto_tiers: config
                 .routing
@@ -76,7 +84,15 @@ impl Router {
                 filtered += 1;
                 continue;
             }
-            if input_tokens >= m.context_window {
+            // Near the window, count exactly where a tokenizer is public (OpenAI).
+            let tokens = if input_tokens.saturating_mul(4) >= m.context_window.saturating_mul(3)
+                && self.openai_like.contains(&m.provider)
+            {
+                crate::tokens::openai_input_tokens(job, &m.upstream)
+            } else {
+                input_tokens
+            };
+            if tokens >= m.context_window {
                 too_long += 1;
                 continue;
             }

@@ -90,7 +90,9 @@ fn filters() {
     );
     let e = r.plan(&job(r#","region":"ap""#), 10).unwrap_err();
     assert_eq!(e.kind, ErrorKind::NoRoute);
-    let e = r.plan(&job(r#","model":"balanced""#), 200_000).unwrap_err();
+    let e = r
+        .plan(&job(r#","model":"anthropic/claude-sonnet-4""#), 250_000)
+        .unwrap_err();
     assert_eq!(e.kind, ErrorKind::ContextTooLong);
     // 1000 in + 1024 out on gpt-4o ≈ 0.01274: a 0.001 cap leaves only the cheap models.
     let p = r
@@ -113,4 +115,56 @@ fn classification() {
         Task::Extraction
     );
     assert_eq!(classify(&job(r#","task":"code""#)), Task::Code);
+}
+
+#[test]
+fn near_the_window_openai_models_are_counted_exactly() {
+    let text = r#"
+[[providers]]
+name = "openai"
+kind = "openai"
+base_url = "http://x/v1"
+api_key_env = "K"
+[[providers]]
+name = "other"
+kind = "openai_compatible"
+base_url = "http://y/v1"
+[[models]]
+name = "small-openai"
+provider = "openai"
+upstream = "gpt-4o-mini"
+tier = "fast"
+context_window = 120
+input_per_mtok = "1"
+output_per_mtok = "1"
+[[models]]
+name = "small-other"
+provider = "other"
+upstream = "x"
+tier = "fast"
+context_window = 120
+input_per_mtok = "1"
+output_per_mtok = "1"
+"#;
+    let cfg = FileConfig::from_toml_with_env(text, "t", &[]).unwrap();
+    let r = Router::new(&cfg);
+    let content = "hello ".repeat(100);
+    let payload = serde_json::json!({"id": "j", "tenant": "acme", "model": "fast",
+        "messages": [{"role": "user", "content": content}]});
+    let j = parse_job(
+        payload.to_string().as_bytes(),
+        "llm.jobs.normal.acme",
+        1,
+        &cfg.parse_rules(),
+    )
+    .unwrap()
+    .job;
+    let approx = crate::tokens::estimate_input_tokens(&j);
+    assert!(
+        approx >= 120,
+        "the approximation says it does not fit: {approx}"
+    );
+    // OpenAI's tokenizer reads " hello" as one token: ~106 tokens, so it fits there only.
+    let p = r.plan(&j, approx).unwrap();
+    assert_eq!(chain(&p), ["small-openai"]);
 }
