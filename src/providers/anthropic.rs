@@ -66,7 +66,7 @@ impl Provider for Anthropic {
             let rate = super::ratelimit_headers::anthropic(&headers);
             if !status.is_success() {
                 let mut err = classify(status.as_u16(), &headers, &bytes);
-                err.rate = rate;
+                err.rate = rate.map(Box::new);
                 return Err(err);
             }
             let json = wants_json(req.response_format);

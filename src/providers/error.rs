@@ -63,7 +63,7 @@ pub struct ProviderError {
     /// How long the provider asked us to wait (Retry-After and friends).
     pub retry_after: Option<Duration>,
     /// The provider's rate-limit headers on this answer, when it sends them.
-    pub rate: Option<super::ratelimit_headers::RateReading>,
+    pub rate: Option<Box<super::ratelimit_headers::RateReading>>,
 }
 
 impl ProviderError {

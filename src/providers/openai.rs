@@ -139,7 +139,7 @@ impl Provider for OpenAi {
             let rate = super::ratelimit_headers::openai(&headers);
             if !status.is_success() {
                 let mut err = classify(status.as_u16(), &headers, &bytes);
-                err.rate = rate;
+                err.rate = rate.map(Box::new);
                 return Err(err);
             }
             parse_success(&bytes)

@@ -76,7 +76,7 @@ pub async fn run_chain(
         let latency_ms = started.elapsed().as_millis() as u64;
         let reading = match &result {
             Ok(r) => r.rate.as_ref(),
-            Err(e) => e.rate.as_ref(),
+            Err(e) => e.rate.as_deref(),
         };
         ctx.limiters.observe(&m.provider, &m.upstream, reading);
         let mut row = CostRow {
