@@ -26,6 +26,9 @@ pub struct SimulateArgs {
     /// A fault profile as JSON (the body `POST /_sim/profile` takes); overrides the flags.
     #[arg(long)]
     pub profile: Option<PathBuf>,
+    /// With --profile: apply the file again whenever it changes.
+    #[arg(long, requires = "profile")]
+    pub watch: bool,
 }
 
 pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
@@ -50,6 +53,10 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     tokio::spawn(super::shutdown_on_signal(shutdown.clone()));
     tracing::info!(addr = %listener.local_addr()?, "simulator listening (OpenAI /v1/chat/completions, Anthropic /v1/messages, Gemini /v1beta/models/*:generateContent; admin /_sim/stats, /_sim/profile, /_sim/reset)");
-    Simulator::new(profile).serve(listener, shutdown).await?;
+    let sim = Simulator::new(profile);
+    if let (true, Some(path)) = (args.watch, args.profile.clone()) {
+        tokio::spawn(sim.watch_profile_file(path, shutdown.clone()));
+    }
+    sim.serve(listener, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }

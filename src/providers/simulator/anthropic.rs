@@ -135,10 +135,13 @@ pub(crate) async fn messages(
         .as_ref()
         .and_then(|v| v.get("model"))
         .and_then(Value::as_str);
-    let Some(call) = sim.admit(API, model).await else {
+    let Some(call) = sim.admit(API, model, body.len()).await else {
         let body = json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}});
         return json_response(StatusCode::SERVICE_UNAVAILABLE, Vec::new(), &body);
     };
+    if let Some(f) = call.outage() {
+        return fault_response(&call, &f, call.peek());
+    }
     match header_str(&headers, "x-api-key").map(str::trim) {
         None => {
             return error(

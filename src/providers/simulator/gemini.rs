@@ -142,10 +142,13 @@ async fn handle(
 ) -> Response {
     let rest = rest.trim_start_matches('/');
     let (model, method) = rest.rsplit_once(':').unwrap_or((rest, ""));
-    let Some(call) = sim.admit(API, Some(model)).await else {
+    let Some(call) = sim.admit(API, Some(model), body.len()).await else {
         let b = error_body(503, "The service is currently unavailable.", None);
         return json_response(StatusCode::SERVICE_UNAVAILABLE, Vec::new(), &b);
     };
+    if let Some(f) = call.outage() {
+        return fault_response(&call, &f);
+    }
     let query = query.unwrap_or_default();
     let key = header_str(&headers, "x-goog-api-key")
         .map(str::to_owned)

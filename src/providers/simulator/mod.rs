@@ -13,25 +13,33 @@
 //! - `POST /v1beta/models/{model}:generateContent` (and `/v1/models/...`) — Gemini
 //!   (`gemini.rs`), plus `:streamGenerateContent` and `:countTokens`.
 //! - `GET /_sim/stats` — [`Stats`] as JSON; `GET|POST /_sim/profile` — read / replace the
-//!   [`FaultProfile`]; `POST /_sim/reset` — zero the counters.
+//!   [`FaultProfile`]; `POST /_sim/reset` — zero the counters and clear the request log;
+//!   `GET /_sim/log?limit=N` — the newest `N` (default 100) [`LogEntry`]s, newest first,
+//!   as a JSON array.
 //!
 //! # Order of processing for an API request
 //! 1. The model id is read (body `model`, or the Gemini path) to pick the effective
 //!    profile: `per_model[model]` when present — it *replaces* every knob — else the base.
-//! 2. `hang`: the request is counted as `<api>/<model>/hang` and never answered until the
+//! 2. `outages`: a request arriving inside a window is answered with the window's
+//!    status in the provider's error shape (after the latency sleep, before any check).
+//! 3. `hang`: the request is counted as `<api>/<model>/hang` and never answered until the
 //!    simulator shuts down (then it gets a 503).
-//! 3. `latency_ms` + uniform `0..=jitter_ms` sleep (cut short by shutdown).
-//! 4. Authentication, then request validation (4xx with the provider's error shape),
+//! 4. Latency sleep drawn from `latency_dist` (`latency_ms`, `jitter_ms`), cut short by
+//!    shutdown.
+//! 5. Authentication, then request validation (4xx with the provider's error shape),
 //!    then the unknown-model check (`unknown_models` knob, or ids starting `no-such-`).
-//! 5. Rate limits (`rpm`, `tpm`: fixed 60 s windows per `<api>/<model>`) → real 429.
-//! 6. `fail_first`: the first N requests per `<api>/<model>` that get this far fail
+//! 6. Rate limits (`rpm`, `tpm`: fixed 60 s windows per `<api>/<model>`) → real 429.
+//! 7. `fail_first`: the first N requests per `<api>/<model>` that get this far fail
 //!    with `error_status` (the count restarts on `set_profile` and `reset_stats`).
-//! 7. `error_rate`: random injected `error_status`.
-//! 8. The deterministic answer (`text.rs`).
+//! 8. `error_rate`: random injected `error_status`.
+//! 9. The deterministic answer (`text.rs`); a 200 body is cut in half with probability
+//!    `truncate_rate`.
+//! 10. The headers are sent; the body follows after `first_byte_ms` (any status).
 //!
 //! Every request is counted once as `<api>/<model>/<status>` (model `-` when the body had
 //! none), 4xx validation failures included; a request held by `hang` is counted as
 //! `hang` when it arrives, one cut short by shutdown during its latency sleep as `503`.
+//! Each is also appended to the request log ([`Simulator::log`]).
 //!
 //! Unknown models: every id is accepted except those in `unknown_models` and ids
 //! starting with `no-such-`, which get the provider's "model not found" 404.
@@ -40,18 +48,25 @@ mod anthropic;
 mod anthropic_validate;
 mod gemini;
 mod gemini_validate;
+mod latency;
+mod log;
 mod openai;
 mod openai_messages;
 mod openai_validate;
 mod schema;
 mod state;
 mod text;
+mod watch;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use anyhow::Context as _;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -59,11 +74,15 @@ use axum::Router;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+pub use latency::LatencyDist;
+pub use log::LogEntry;
 use state::Inner;
 pub(crate) use state::{Fault, RateSnapshot};
 
 /// Largest request body the simulator accepts.
 const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// Entries returned by `GET /_sim/log` without `?limit=`.
+const DEFAULT_LOG_LIMIT: usize = 100;
 
 /// Cloneable handle to one simulator; every clone shares the same state.
 #[derive(Clone)]
@@ -79,13 +98,41 @@ impl std::fmt::Debug for Simulator {
     }
 }
 
-/// Fault-injection and behaviour knobs. Every field is optional in JSON.
+/// Fault-injection and behaviour knobs. Every field is optional in JSON (the body of
+/// `POST /_sim/profile`, or a profile file); a missing field takes its default, which
+/// injects nothing.
+///
+/// # Knobs
+/// | field | default | effect |
+/// |---|---|---|
+/// | `latency_ms` | 0 | delay before answering (the median / mean, see `latency_dist`) |
+/// | `jitter_ms` | 0 | spread of the delay (see `latency_dist`) |
+/// | `latency_dist` | `"uniform"` | `"uniform"`: `latency_ms + U(0..=jitter_ms)`; `"exponential"`: mean `latency_ms`, `jitter_ms` unused; `"lognormal"`: median `latency_ms`, 84th percentile `latency_ms + jitter_ms` (samples capped at one hour) |
+/// | `first_byte_ms` | 0 | send the status and headers at once, then hold the body this long (a streamed, chunked body); unlike `latency_ms`, which delays the headers too |
+/// | `error_rate` | 0 | probability (0..1) of answering `error_status` instead |
+/// | `error_status` | 0 = 500 | status of injected errors, in the provider's error shape; 429 comes with `retry-after` and rate-limit headers; 529 is Anthropic's `overloaded_error` (OpenAI and Gemini answer it as their 503) |
+/// | `retry_after_s` | 1 | `retry-after` of injected 429s |
+/// | `fail_first` | 0 | the first N requests per `<api>/<model>` fail with `error_status` (counted again from each `set_profile` / reset) |
+/// | `rpm`, `tpm` | none | own requests / tokens per minute per `<api>/<model>`, answered with the provider's real 429 and headers |
+/// | `outages` | `[]` | [`Outage`] windows, in seconds from when this profile was set (or the server started, whichever is later): every request arriving inside one gets its `status` (default 503) in the provider's error shape, before authentication |
+/// | `hang` | false | accept the request and never answer (until shutdown, then 503) |
+/// | `truncate_rate` | 0 | probability (0..1) that a 200 body is cut in half: valid status and headers, `content-length` of the cut body, unparseable JSON |
+/// | `unknown_models` | `[]` | model ids answered with the provider's "model not found" 404 (ids starting `no-such-` always are) |
+/// | `no_auth` | false | OpenAI endpoint: accept any key or none |
+/// | `log_capacity` | 1000 | requests kept in the request log ([`Simulator::log`]); 0 keeps none. Only the base profile's value counts |
+/// | `per_model` | `{}` | profiles keyed by model id that replace every knob above for that model (their own `per_model` and `log_capacity` are ignored; `unknown_models` and `no_auth` add to the base's) |
+///
+/// Example: `{"latency_ms": 400, "jitter_ms": 200, "latency_dist": "lognormal",
+/// "outages": [{"start_s": 30, "duration_s": 10}], "per_model": {"gpt-4o":
+/// {"error_rate": 0.1, "error_status": 429}}}`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct FaultProfile {
-    /// Base latency before answering.
+    /// Base latency before answering (the median of `lognormal`, the mean of
+    /// `exponential`).
     pub latency_ms: u64,
-    /// Plus uniform random `0..=jitter_ms`.
+    /// Spread of the latency: uniform `0..=jitter_ms` on top of `latency_ms` by default;
+    /// see [`LatencyDist`].
     pub jitter_ms: u64,
     /// Probability (0..1) of an injected `error_status`.
     pub error_rate: f64,
@@ -113,6 +160,96 @@ pub struct FaultProfile {
     /// Overrides keyed by upstream model id; an override replaces every knob above
     /// for that model (its own `per_model` is ignored).
     pub per_model: HashMap<String, FaultProfile>,
+    /// Outage windows, counted from the moment this profile was set (or the server
+    /// started, whichever is later). A request arriving inside a window gets the
+    /// window's status in the provider's error shape, whatever it asks.
+    pub outages: Vec<Outage>,
+    /// Send the status and headers, then wait this long before the body (which is then
+    /// streamed, chunked). Applies to every answer, errors included.
+    pub first_byte_ms: u64,
+    /// Probability (0..1) that a 200 answer's body is cut to its first half (with a
+    /// matching `content-length`), so that clients get unparseable JSON.
+    pub truncate_rate: f64,
+    /// Shape of the latency distribution; see [`LatencyDist`].
+    pub latency_dist: LatencyDist,
+    /// Requests kept in the request log (default 1000; 0 keeps none). Only the base
+    /// profile's value is used.
+    pub log_capacity: Option<usize>,
+}
+
+/// One outage window of a [`FaultProfile`].
+///
+/// In JSON `{"start_s": 30, "duration_s": 10}` (`status` optional, default 503).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outage {
+    /// Seconds after the profile was set (or the server started) when the outage begins.
+    pub start_s: f64,
+    /// How long it lasts, in seconds.
+    pub duration_s: f64,
+    /// Status of every answer during the outage (default 503; 0 also means 503). 529 is
+    /// answered as 503 by OpenAI and Gemini; 429 comes with `retry-after` set to the
+    /// rest of the window.
+    #[serde(default = "default_outage_status")]
+    pub status: u16,
+}
+
+fn default_outage_status() -> u16 {
+    503
+}
+
+impl Default for Outage {
+    fn default() -> Self {
+        Self {
+            start_s: 0.0,
+            duration_s: 0.0,
+            status: default_outage_status(),
+        }
+    }
+}
+
+impl Outage {
+    /// The status answered, and whole seconds (at least 1) left in the window, when
+    /// `elapsed` (since the profile took effect) falls inside it.
+    fn active_at(&self, elapsed: Duration) -> Option<(u16, u64)> {
+        let t = elapsed.as_secs_f64();
+        let end = self.start_s + self.duration_s;
+        if !(self.start_s <= t && t < end) {
+            return None;
+        }
+        let status = if self.status == 0 { 503 } else { self.status };
+        let left = (end - t).ceil();
+        let left = if left.is_finite() && left >= 1.0 {
+            left.min(u32::MAX as f64) as u64
+        } else {
+            1
+        };
+        Some((status, left))
+    }
+}
+
+impl FaultProfile {
+    /// Read a profile from a JSON file (the format of `POST /_sim/profile`).
+    pub fn load(path: impl AsRef<Path>) -> anyhow::Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::parse_file(path, &bytes)
+    }
+
+    fn parse_file(path: &Path, bytes: &[u8]) -> anyhow::Result<Self> {
+        serde_json::from_slice(bytes)
+            .with_context(|| format!("{}: not a fault profile", path.display()))
+    }
+
+    /// The profile that applies to `model`: its `per_model` entry, else this one.
+    fn effective(&self, model: &str) -> &FaultProfile {
+        self.per_model.get(model).unwrap_or(self)
+    }
+
+    /// The first outage window that `elapsed` falls into.
+    fn outage_at(&self, elapsed: Duration) -> Option<(u16, u64)> {
+        self.outages.iter().find_map(|o| o.active_at(elapsed))
+    }
 }
 
 /// Request counters.
@@ -170,6 +307,7 @@ impl Simulator {
                 get(admin_get_profile).post(admin_set_profile),
             )
             .route("/_sim/reset", post(admin_reset))
+            .route("/_sim/log", get(admin_log))
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(self.clone())
     }
@@ -209,46 +347,68 @@ impl Simulator {
         self.inner.profile().as_ref().clone()
     }
 
-    /// Zero the counters, the `fail_first` counts and the rate-limit windows.
+    /// Zero the counters, the `fail_first` counts and the rate-limit windows, and clear
+    /// the request log.
     pub fn reset_stats(&self) {
         self.inner.reset();
     }
 
-    /// Start handling one API request: resolve the profile for `model`, apply `hang`
-    /// and latency. `None` means the simulator is shutting down (answer 503).
-    pub(crate) async fn admit(&self, api: &'static str, model: Option<&str>) -> Option<Call> {
+    /// The newest `limit` entries of the request log, newest first (at most
+    /// `log_capacity` are kept).
+    pub fn log(&self, limit: usize) -> Vec<LogEntry> {
+        self.inner.log_newest(limit)
+    }
+
+    /// Start handling one API request of `request_bytes` bytes: resolve the profile for
+    /// `model`, note an outage, apply `hang` and latency. `None` means the simulator is
+    /// shutting down (answer 503).
+    pub(crate) async fn admit(
+        &self,
+        api: &'static str,
+        model: Option<&str>,
+        request_bytes: usize,
+    ) -> Option<Call> {
+        let started = Instant::now();
         let model = match model {
             Some(m) if !m.is_empty() => m.to_owned(),
             _ => "-".to_owned(),
         };
-        let profile = self.inner.profile();
+        let (profile, since) = self.inner.profile_since();
         let knobs = Knobs::resolve(&profile, &model);
+        let outage = profile
+            .effective(&model)
+            .outage_at(started.saturating_duration_since(since));
         let call = Call {
             sim: self.clone(),
             api,
             model,
             knobs,
-            started: std::time::Instant::now(),
+            started,
             request_id: text::random_id("", 24),
+            request_bytes: request_bytes as u64,
+            outage,
+            fault: OnceLock::new(),
         };
-        if call.knobs.hang {
+        if call.knobs.hang && call.outage.is_none() {
             let release = self.inner.release_token();
-            self.inner.record(&call.key(), "hang");
+            call.set_fault("hang");
+            call.record(None);
             release.cancelled().await;
             return None;
         }
-        let delay = call.knobs.latency_ms
-            + if call.knobs.jitter_ms > 0 {
-                rand::random_range(0..=call.knobs.jitter_ms)
-            } else {
-                0
-            };
+        let delay = latency::sample_ms(
+            call.knobs.latency_dist,
+            call.knobs.latency_ms,
+            call.knobs.jitter_ms,
+            &mut rand::rng(),
+        );
         if delay > 0 {
             let release = self.inner.release_token();
             tokio::select! {
-                () = tokio::time::sleep(std::time::Duration::from_millis(delay)) => {}
+                () = tokio::time::sleep(Duration::from_millis(delay)) => {}
                 () = release.cancelled() => {
-                    self.inner.record(&call.key(), "503");
+                    call.set_fault("shutdown");
+                    call.record(Some(StatusCode::SERVICE_UNAVAILABLE));
                     return None;
                 }
             }
@@ -271,11 +431,14 @@ pub(crate) struct Knobs {
     pub hang: bool,
     pub unknown_model: bool,
     pub no_auth: bool,
+    pub latency_dist: LatencyDist,
+    pub first_byte_ms: u64,
+    pub truncate_rate: f64,
 }
 
 impl Knobs {
     fn resolve(base: &FaultProfile, model: &str) -> Self {
-        let p = base.per_model.get(model).unwrap_or(base);
+        let p = base.effective(model);
         let unknown_model = model.starts_with("no-such-")
             || base.unknown_models.iter().any(|m| m == model)
             || p.unknown_models.iter().any(|m| m == model);
@@ -295,6 +458,9 @@ impl Knobs {
             hang: p.hang,
             unknown_model,
             no_auth: p.no_auth || base.no_auth,
+            latency_dist: p.latency_dist,
+            first_byte_ms: p.first_byte_ms,
+            truncate_rate: p.truncate_rate,
         }
     }
 }
@@ -305,9 +471,14 @@ pub(crate) struct Call {
     pub api: &'static str,
     pub model: String,
     pub knobs: Knobs,
-    pub started: std::time::Instant,
+    pub started: Instant,
     /// Random id for the provider's request-id header.
     pub request_id: String,
+    request_bytes: u64,
+    /// Status and seconds left when the request arrived inside an outage window.
+    outage: Option<(u16, u64)>,
+    /// Why the answer is abnormal, for the request log (first one set wins).
+    fault: OnceLock<&'static str>,
 }
 
 impl Call {
@@ -315,12 +486,51 @@ impl Call {
         format!("{}/{}", self.api, self.model)
     }
 
+    fn set_fault(&self, fault: &'static str) {
+        let _ = self.fault.set(fault);
+    }
+
+    /// Count the request and append it to the log; `None` for a request never answered
+    /// (`hang`).
+    fn record(&self, status: Option<StatusCode>) {
+        let status_text = status.as_ref().map_or("hang", StatusCode::as_str);
+        self.sim.inner.record(&self.key(), status_text);
+        let entry = LogEntry {
+            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            api: self.api,
+            model: self.model.clone(),
+            status: status.map_or(0, |s| s.as_u16()),
+            latency_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            fault: self.fault.get().copied(),
+            request_bytes: self.request_bytes,
+        };
+        self.sim.inner.log(entry);
+    }
+
+    /// The fault to answer with when the request arrived during an outage (answer it
+    /// like an injected error of the window's status, before any other check).
+    pub fn outage(&self) -> Option<Fault> {
+        let (status, left) = self.outage?;
+        self.set_fault("outage");
+        Some(Fault::Injected {
+            status,
+            retry_after_s: left,
+        })
+    }
+
     /// Rate limits, `fail_first` and `error_rate` for a valid request needing
     /// `prompt_tokens`; returns the fault (if any) and the rate-limit state after it.
     pub fn check_faults(&self, prompt_tokens: u64) -> (Option<Fault>, RateSnapshot) {
-        self.sim
+        let (fault, snap) = self
+            .sim
             .inner
-            .check_faults(&self.key(), &self.knobs, prompt_tokens)
+            .check_faults(&self.key(), &self.knobs, prompt_tokens);
+        match fault {
+            Some(Fault::RateLimited { .. }) => self.set_fault("rate_limited"),
+            Some(Fault::Injected { .. }) => self.set_fault("injected"),
+            None => {}
+        }
+        (fault, snap)
     }
 
     /// Rate-limit state without consuming anything (for error answers).
@@ -346,8 +556,8 @@ impl Call {
         headers: Vec<(HeaderName, String)>,
         body: &serde_json::Value,
     ) -> Response {
-        self.sim.inner.record(&self.key(), status.as_str());
-        json_response(status, headers, body)
+        let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+        self.answer(status, headers, "application/json", bytes)
     }
 
     /// Count the answer and build a response with a raw body and content type.
@@ -358,13 +568,51 @@ impl Call {
         content_type: &'static str,
         body: String,
     ) -> Response {
-        self.sim.inner.record(&self.key(), status.as_str());
+        self.answer(status, headers, content_type, body.into_bytes())
+    }
+
+    /// Apply `truncate_rate` and `first_byte_ms`, count and log the answer.
+    fn answer(
+        &self,
+        status: StatusCode,
+        headers: Vec<(HeaderName, String)>,
+        content_type: &'static str,
+        mut bytes: Vec<u8>,
+    ) -> Response {
+        let rate = self.knobs.truncate_rate;
+        if status == StatusCode::OK && rate > 0.0 && rand::random::<f64>() < rate {
+            bytes.truncate(bytes.len() / 2);
+            self.set_fault("truncated");
+        }
+        self.record(Some(status));
+        let body = if self.knobs.first_byte_ms > 0 {
+            delayed_body(
+                bytes,
+                Duration::from_millis(self.knobs.first_byte_ms),
+                self.sim.inner.release_token(),
+            )
+        } else {
+            Body::from(bytes)
+        };
         let mut resp = (status, body).into_response();
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         add_headers(&mut resp, headers);
         resp
     }
+}
+
+/// A streamed body that yields `bytes` after `wait` (or at once when `release` fires,
+/// so that shutdown is not held up): the headers go out first.
+fn delayed_body(bytes: Vec<u8>, wait: Duration, release: CancellationToken) -> Body {
+    let chunk = futures::stream::once(async move {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = release.cancelled() => {}
+        }
+        Ok::<_, std::convert::Infallible>(Bytes::from(bytes))
+    });
+    Body::from_stream(chunk)
 }
 
 /// A JSON response with extra headers.
@@ -437,6 +685,30 @@ async fn admin_set_profile(State(sim): State<Simulator>, body: Bytes) -> Respons
     }
 }
 
+/// `?limit=` of `GET /_sim/log`.
+#[derive(Deserialize)]
+struct LogQuery {
+    limit: Option<usize>,
+}
+
+async fn admin_log(
+    State(sim): State<Simulator>,
+    query: Result<Query<LogQuery>, QueryRejection>,
+) -> Response {
+    let limit = match query {
+        Ok(Query(q)) => q.limit.unwrap_or(DEFAULT_LOG_LIMIT),
+        Err(e) => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                Vec::new(),
+                &serde_json::json!({"error": format!("invalid query: {e}")}),
+            )
+        }
+    };
+    let body = serde_json::to_value(sim.log(limit)).unwrap_or_default();
+    json_response(StatusCode::OK, Vec::new(), &body)
+}
+
 async fn admin_reset(State(sim): State<Simulator>) -> Response {
     sim.reset_stats();
     json_response(StatusCode::OK, Vec::new(), &serde_json::json!({"ok": true}))
@@ -449,3 +721,7 @@ pub(crate) mod testutil;
 #[cfg(test)]
 #[allow(clippy::expect_used, clippy::unwrap_used)]
 mod tests;
+
+#[cfg(test)]
+#[allow(clippy::expect_used, clippy::unwrap_used)]
+mod fault_tests;

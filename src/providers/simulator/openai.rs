@@ -288,7 +288,7 @@ pub(crate) async fn chat_completions(
         .as_ref()
         .and_then(|v| v.get("model"))
         .and_then(Value::as_str);
-    let Some(call) = sim.admit(API, model).await else {
+    let Some(call) = sim.admit(API, model, body.len()).await else {
         let e = OaError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             message: "The server is shutting down.".into(),
@@ -298,6 +298,9 @@ pub(crate) async fn chat_completions(
         };
         return json_response(e.status, Vec::new(), &error_body(&e));
     };
+    if let Some(f) = call.outage() {
+        return fault_response(&call, &f, call.peek());
+    }
     if let Err(e) = check_auth(&headers, call.knobs.no_auth) {
         return error(&call, &e, None);
     }

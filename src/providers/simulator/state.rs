@@ -1,6 +1,6 @@
-//! Shared simulator state: profile, counters, per-model rate windows and `fail_first`
-//! counts. Every lock here is a short std `Mutex`/`RwLock` section, never held across
-//! an await.
+//! Shared simulator state: profile (and when it took effect, for outage windows),
+//! counters, the request log, per-model rate windows and `fail_first` counts. Every
+//! lock here is a short std `Mutex`/`RwLock` section, never held across an await.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::log::{LogEntry, RequestLog, DEFAULT_LOG_CAPACITY};
 use super::{FaultProfile, Knobs, Stats};
 
 /// Request limit reported in headers when the profile sets no `rpm`.
@@ -85,15 +86,26 @@ impl ModelState {
     }
 }
 
+/// The current profile and the moment it took effect (outage windows count from it).
+struct Active {
+    profile: Arc<FaultProfile>,
+    since: Instant,
+}
+
 pub(super) struct Inner {
-    profile: RwLock<Arc<FaultProfile>>,
+    profile: RwLock<Active>,
     total: AtomicU64,
     by_key: Mutex<BTreeMap<String, u64>>,
     models: Mutex<HashMap<String, ModelState>>,
     release: Mutex<CancellationToken>,
+    log: RequestLog,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+fn log_capacity(profile: &FaultProfile) -> usize {
+    profile.log_capacity.unwrap_or(DEFAULT_LOG_CAPACITY)
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -105,28 +117,56 @@ fn ceil_secs(d: Duration) -> u64 {
 
 impl Inner {
     pub(super) fn new(profile: FaultProfile) -> Self {
+        let log = RequestLog::new(log_capacity(&profile));
         Self {
-            profile: RwLock::new(Arc::new(profile)),
+            profile: RwLock::new(Active {
+                profile: Arc::new(profile),
+                since: Instant::now(),
+            }),
             total: AtomicU64::new(0),
             by_key: Mutex::new(BTreeMap::new()),
             models: Mutex::new(HashMap::new()),
             release: Mutex::new(CancellationToken::new()),
+            log,
         }
     }
 
     pub(super) fn profile(&self) -> Arc<FaultProfile> {
+        self.profile_since().0
+    }
+
+    /// The profile and the moment it took effect.
+    pub(super) fn profile_since(&self) -> (Arc<FaultProfile>, Instant) {
         let guard = self.profile.read().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(&guard)
+        (Arc::clone(&guard.profile), guard.since)
     }
 
     pub(super) fn set_profile(&self, profile: FaultProfile) {
+        self.log.set_capacity(log_capacity(&profile));
         {
             let mut guard = self.profile.write().unwrap_or_else(|e| e.into_inner());
-            *guard = Arc::new(profile);
+            *guard = Active {
+                profile: Arc::new(profile),
+                since: Instant::now(),
+            };
         }
         for state in lock(&self.models).values_mut() {
             state.fault_seen = 0;
         }
+    }
+
+    /// Outage windows of the current profile count from now (the server starts).
+    fn restart_clock(&self) {
+        let mut guard = self.profile.write().unwrap_or_else(|e| e.into_inner());
+        guard.since = Instant::now();
+    }
+
+    pub(super) fn log(&self, entry: LogEntry) {
+        self.log.push(entry);
+    }
+
+    pub(super) fn log_newest(&self, limit: usize) -> Vec<LogEntry> {
+        self.log.newest(limit)
     }
 
     pub(super) fn reset(&self) {
@@ -137,6 +177,7 @@ impl Inner {
         self.total.store(0, Ordering::Relaxed);
         drop(by_key);
         lock(&self.models).clear();
+        self.log.clear();
     }
 
     pub(super) fn record(&self, key: &str, status: &str) {
@@ -170,12 +211,16 @@ impl Inner {
         lock(&self.release).cancel();
     }
 
-    /// Hold requests again (a new `serve` after an earlier shutdown).
+    /// The server starts: hold requests again (a new `serve` after an earlier
+    /// shutdown) and count outage windows from now.
     pub(super) fn arm(&self) {
-        let mut token = lock(&self.release);
-        if token.is_cancelled() {
-            *token = CancellationToken::new();
+        {
+            let mut token = lock(&self.release);
+            if token.is_cancelled() {
+                *token = CancellationToken::new();
+            }
         }
+        self.restart_clock();
     }
 
     pub(super) fn peek(&self, key: &str, knobs: &Knobs) -> RateSnapshot {
