@@ -96,3 +96,56 @@ async fn the_same_job_on_every_provider() {
     stop.cancel();
     worker.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_bodies_and_outages_fail_over() {
+    use switchyard::providers::simulator::{FaultProfile, Outage};
+    let env = TestEnv::new(|_| {}).await;
+    let mut per_model = std::collections::HashMap::new();
+    per_model.insert(
+        "gpt-4o-mini-2024-07-18".to_string(),
+        FaultProfile {
+            truncate_rate: 1.0,
+            ..Default::default()
+        },
+    );
+    per_model.insert(
+        "meta-llama/Llama-3.1-8B-Instruct".to_string(),
+        FaultProfile {
+            outages: vec![Outage {
+                start_s: 0.0,
+                duration_s: 600.0,
+                status: 503,
+            }],
+            ..Default::default()
+        },
+    );
+    env.sim.set_profile(FaultProfile {
+        per_model,
+        ..Default::default()
+    });
+    let (stop, worker) = env.start_worker().await;
+    env.publish(
+        Priority::High,
+        "acme",
+        common::job("trunc", "acme", r#","model":"fast""#),
+    )
+    .await;
+    let r = env.result("acme", "trunc", 20).await;
+    assert_eq!(r.status, Status::Succeeded, "{:?}", r.attempts);
+    let outcomes: Vec<&str> = r.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(
+        outcomes,
+        ["server_error", "overloaded", "succeeded"],
+        "{:?}",
+        r.attempts
+    );
+    assert_eq!(r.model.as_deref(), Some("claude-3-5-haiku"));
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM cost_rows WHERE job_id='trunc'")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 3, "one cost row per call, failed ones included");
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+}
