@@ -157,10 +157,11 @@ sy_log "simulator at $SIM_URL (latency 20+0..30 ms, 2% 503s), pid $SIM_PID"
 export SWITCHYARD_CONFIG="$ROOT/config/demo.toml"
 export SWITCHYARD_NATS__PREFIX=$PREFIX
 export SWITCHYARD_METRICS__ADDR=
-export SWITCHYARD_PROVIDERS__OPENAI__BASE_URL="$SIM_URL/v1"
-export SWITCHYARD_PROVIDERS__LOCAL__BASE_URL="$SIM_URL/v1"
-export OPENAI_API_KEY=sk-sim-demo
-export LOCAL_API_KEY=sk-sim-demo
+# every provider of the config -> the simulator (base URL by kind), keys sk-sim-demo
+provider_env=$(python3 "$ROOT/scripts/lib/bench_provider_env.py" "$SWITCHYARD_CONFIG" "$SIM_URL" sk-sim-demo)
+while IFS= read -r kv; do
+	[[ -n $kv ]] && export "${kv?}"
+done <<<"$provider_env"
 export DATABASE_URL=$DEMO_DB_URL
 
 say "worker"
@@ -202,6 +203,16 @@ for p in high normal low; do
 	sed 's/^/   /' "$LOGDIR/submit-$p.log"
 	((rc == 0)) || submit_failed=1
 done
+if ((submit_failed)); then
+	say "jobs without a terminal result"
+	psql_demo -c "select tenant, id, priority, status, deliveries, started_at from jobs
+  where status not in ('succeeded', 'failed') order by tenant, id" || true
+	while read -r t id; do
+		[[ -n $id ]] || continue
+		echo "   worker log lines for $t/$id:"
+		grep -F "id=$id " "$LOGDIR/worker.log" | grep -F "tenant=$t " | cut -c1-300 | sed 's/^/     /' || true
+	done < <(psql_demo -At -F ' ' -c "select tenant, id from jobs where status not in ('succeeded', 'failed') order by 1, 2 limit 10" || true)
+fi
 
 # --- what Postgres says -------------------------------------------------------
 say "jobs by status and error kind"
@@ -265,12 +276,12 @@ fi
 say "stop the worker (SIGTERM)"
 kill -TERM "$WORKER_PID"
 worker_rc=0
-for ((i = 0; i < 600; i++)); do
+for ((i = 0; i < 450; i++)); do
 	kill -0 "$WORKER_PID" 2>/dev/null || break
 	sleep 0.1
 done
 if kill -0 "$WORKER_PID" 2>/dev/null; then
-	sy_log "the worker did not stop within 60 s of SIGTERM; killing it"
+	sy_log "the worker did not stop within 45 s of SIGTERM (shutdown_grace_s is 30); killing it"
 	kill -KILL "$WORKER_PID" 2>/dev/null || true
 	worker_rc=137
 	wait "$WORKER_PID" 2>/dev/null || true

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """JetStream alone, without switchyard: publish + consume rate of a work-queue stream.
 
-    scripts/lib/bench_nats.py HOST PORT JOBS.jsonl [--stream NAME] [--window 1024] [--batch 500]
+    scripts/lib/bench_nats.py pubsub HOST PORT JOBS.jsonl [--stream NAME] [--window 1024] [--batch 500]
+    scripts/lib/bench_nats.py mkstream HOST PORT PREFIX
 
-Creates a file-backed work-queue stream (the same shape as <PREFIX>_JOBS) on a
+pubsub: creates a file-backed work-queue stream (the same shape as <PREFIX>_JOBS) on a
 subject of its own, publishes every line of JOBS.jsonl to it with a
 `Nats-Msg-Id` header and a window of outstanding publish acks (like `switchyard
 submit`), then drains it through a durable pull consumer with explicit acks
@@ -13,6 +14,11 @@ object on stdout: {"n", "publish_s", "publish_per_s", "consume_s", "consume_per_
 The client is pure Python on one thread (scripts/lib/nats_delete_streams.py's
 MiniNats), so on a small machine it is itself a bottleneck: the figures are a
 lower bound for what the server can do, not the server's ceiling.
+
+mkstream: creates only the stream <PREFIX>_JOBS on <prefix>.jobs.{high,normal,low}.>
+(as the worker would, without consumers), so that `switchyard submit` can publish
+into it with no worker running: its own "published N jobs ... (R/s)" line is then
+the Rust client's publish rate.  Delete it with nats_delete_streams.py.
 """
 
 import argparse
@@ -25,7 +31,35 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from nats_delete_streams import MiniNats, NatsError  # noqa: E402
 
 
+def mkstream(argv):
+    if len(argv) != 3:
+        print("usage: bench_nats.py mkstream HOST PORT PREFIX", file=sys.stderr)
+        return 2
+    host, port, prefix = argv
+    stream = prefix.upper() + "_JOBS"
+    nc = MiniNats(host, port)
+    r = nc.js_api(
+        "STREAM.CREATE." + stream,
+        {
+            "name": stream,
+            "subjects": ["%s.jobs.%s.>" % (prefix, p) for p in ("high", "normal", "low")],
+            "retention": "workqueue",
+            "storage": "file",
+            "num_replicas": 1,
+            "duplicate_window": 120 * 10**9,
+        },
+    )
+    nc.close()
+    if "error" in r:
+        raise NatsError("stream create: %s" % r["error"])
+    return 0
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "mkstream":
+        return mkstream(sys.argv[2:])
+    if len(sys.argv) > 1 and sys.argv[1] == "pubsub":
+        del sys.argv[1]
     ap = argparse.ArgumentParser()
     ap.add_argument("host")
     ap.add_argument("port")

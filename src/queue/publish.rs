@@ -68,12 +68,22 @@ pub struct Publisher {
 
 impl Publisher {
     /// Result to the results stream (awaiting its ack) and to `reply_to` when given.
-    pub async fn result(
+    pub async fn result_of(
         &self,
         result: &JobResult,
         reply_to: Option<&str>,
     ) -> Result<(), PublishError> {
         let body = Bytes::from(serde_json::to_vec(result)?);
+        self.result(result, body, reply_to).await
+    }
+
+    /// `body` is `result` encoded (the caller has it already, for the commit).
+    pub async fn result(
+        &self,
+        result: &JobResult,
+        body: Bytes,
+        reply_to: Option<&str>,
+    ) -> Result<(), PublishError> {
         let subject = self.names.result_subject(&result.tenant, &result.id);
         let ack = self
             .js

@@ -15,6 +15,8 @@ use tokio_util::task::TaskTracker;
 
 /// Largest single pull request.
 const MAX_FETCH: usize = 256;
+/// Longest wait for the next message or status of a no-wait pull.
+const FETCH_STALL: Duration = Duration::from_secs(2);
 /// How long an idle worker's pull request waits on the server.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
@@ -122,7 +124,20 @@ impl<D: Dispatch> Scheduler<D> {
             }
         };
         let mut n = 0;
-        while let Some(item) = batch.next().await {
+        // A no-wait pull is answered at once, but NATS 2.9 has been seen to leave one
+        // unanswered, and async-nats sets no client deadline without `expires` (which
+        // would make the server wait): bound each wait here so the scheduler never stalls.
+        // Messages the server might still send to the abandoned inbox are redelivered
+        // after the ack wait.
+        loop {
+            let item = match tokio::time::timeout(FETCH_STALL, batch.next()).await {
+                Ok(Some(item)) => item,
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(priority = %p, got = n, "pull request unanswered; abandoning it");
+                    break;
+                }
+            };
             match item {
                 Ok(msg) => {
                     // The server never sends more than asked, so a slot is always there.

@@ -29,8 +29,8 @@ pub struct CommitJob {
     pub cost_usd: Decimal,
     pub error_kind: Option<&'static str>,
     pub error_message: Option<String>,
-    pub output: Option<serde_json::Value>,
-    pub result: serde_json::Value,
+    pub output: Option<Box<serde_json::value::RawValue>>,
+    pub result: Box<serde_json::value::RawValue>,
 }
 
 /// One provider call.

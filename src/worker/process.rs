@@ -56,7 +56,11 @@ async fn run(
             // Already done: publish the stored result again (to this message's reply_to).
             tracing::info!("already succeeded; publishing the stored result again");
             ctx.metrics.republished();
-            return match ctx.publisher.result(&stored, job.reply_to.as_deref()).await {
+            return match ctx
+                .publisher
+                .result_of(&stored, job.reply_to.as_deref())
+                .await
+            {
                 Ok(()) => Disposition::Ack,
                 Err(e) => {
                     tracing::warn!(error = %e, "republish failed");
@@ -321,13 +325,22 @@ async fn finish(
 ) -> Disposition {
     let d = base.d;
     let retry = || Disposition::Retry(retry_delay(ctx, d.delivered, None));
-    let result_json = match serde_json::to_value(&result) {
+    // Encode once: the same bytes go to Postgres and to NATS.
+    let encoded = serde_json::value::to_raw_value(&result).and_then(|r| {
+        let output = match &result.output {
+            Some(o) => Some(serde_json::value::to_raw_value(o)?),
+            None => None,
+        };
+        Ok((r, output))
+    });
+    let (result_raw, output_raw) = match encoded {
         Ok(v) => v,
         Err(e) => {
             tracing::error!(error = %e, "result does not encode");
             return retry();
         }
     };
+    let body = bytes::Bytes::copy_from_slice(result_raw.get().as_bytes());
     let job = base.job;
     let row = CommitJob {
         tenant: result.tenant.clone(),
@@ -348,8 +361,8 @@ async fn finish(
         cost_usd: result.cost_usd,
         error_kind: result.error.as_ref().map(|e| e.kind.as_str()),
         error_message: result.error.as_ref().map(|e| e.message.clone()),
-        output: result_json.get("output").filter(|o| !o.is_null()).cloned(),
-        result: result_json,
+        output: output_raw,
+        result: result_raw,
     };
     let actual: Decimal = costs.iter().map(|c| c.cost_usd).sum();
     let settle = base.reservation.clone().map(|r| r.settle(actual));
@@ -392,7 +405,7 @@ async fn finish(
     }
     if let Err(e) = ctx
         .publisher
-        .result(&result, base.env.reply_to.as_deref())
+        .result(&result, body, base.env.reply_to.as_deref())
         .await
     {
         tracing::warn!(error = %e, "publishing the result failed; handing the job back");
