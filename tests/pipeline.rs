@@ -46,6 +46,16 @@ async fn happy_path_on_every_priority() {
         .unwrap();
         assert_eq!(status, "succeeded");
         assert_eq!(priority, p.as_str());
+        let stored_output: serde_json::Value =
+            sqlx::query_scalar("SELECT output FROM jobs WHERE tenant='acme' AND id=$1")
+                .bind(&id)
+                .fetch_one(&env.pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            stored_output, reply["output"],
+            "jobs.output is the result's output"
+        );
         assert!(input > 0 && output > 0);
         let rows: Vec<(i32, String, Decimal)> = sqlx::query_as(
             "SELECT attempt, outcome, cost_usd FROM cost_rows WHERE tenant='acme' AND job_id=$1",

@@ -29,7 +29,7 @@ pub struct CommitJob {
     pub cost_usd: Decimal,
     pub error_kind: Option<&'static str>,
     pub error_message: Option<String>,
-    pub output: Option<Box<serde_json::value::RawValue>>,
+    /// The published result; `jobs.output` is taken from its `output` by Postgres.
     pub result: Box<serde_json::value::RawValue>,
 }
 
@@ -135,12 +135,12 @@ INSERT INTO jobs AS j (tenant, id, feature, user_id, priority, task, requested_m
                   error_kind, error_message, output, result, deliveries, started_at, finished_at)
 SELECT tenant, id, feature, user_id, priority, task, requested_model, status, provider, model,
        input_tokens, cached_input_tokens, output_tokens, cost_usd, error_kind, error_message,
-       output, result, 1, now(), now()
+       nullif(result -> 'output', 'null'::jsonb), result, 1, now(), now()
   FROM jsonb_to_recordset($1::jsonb) AS x(
        tenant text, id text, feature text, user_id text, priority text, task text,
        requested_model text, status text, provider text, model text, input_tokens bigint,
        cached_input_tokens bigint, output_tokens bigint, cost_usd numeric, error_kind text,
-       error_message text, output jsonb, result jsonb)
+       error_message text, result jsonb)
 ON CONFLICT (tenant, id) DO UPDATE
    SET status = EXCLUDED.status, provider = EXCLUDED.provider, model = EXCLUDED.model,
        input_tokens = EXCLUDED.input_tokens, cached_input_tokens = EXCLUDED.cached_input_tokens,

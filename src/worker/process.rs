@@ -326,14 +326,7 @@ async fn finish(
     let d = base.d;
     let retry = || Disposition::Retry(retry_delay(ctx, d.delivered, None));
     // Encode once: the same bytes go to Postgres and to NATS.
-    let encoded = serde_json::value::to_raw_value(&result).and_then(|r| {
-        let output = match &result.output {
-            Some(o) => Some(serde_json::value::to_raw_value(o)?),
-            None => None,
-        };
-        Ok((r, output))
-    });
-    let (result_raw, output_raw) = match encoded {
+    let result_raw = match serde_json::value::to_raw_value(&result) {
         Ok(v) => v,
         Err(e) => {
             tracing::error!(error = %e, "result does not encode");
@@ -361,7 +354,6 @@ async fn finish(
         cost_usd: result.cost_usd,
         error_kind: result.error.as_ref().map(|e| e.kind.as_str()),
         error_message: result.error.as_ref().map(|e| e.message.clone()),
-        output: output_raw,
         result: result_raw,
     };
     let actual: Decimal = costs.iter().map(|c| c.cost_usd).sum();
