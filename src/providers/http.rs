@@ -14,6 +14,9 @@ pub fn client(p: &ProviderConfig) -> Result<reqwest::Client, reqwest::Error> {
         .timeout(Duration::from_secs(p.timeout_s))
         .tcp_nodelay(true)
         .pool_idle_timeout(Duration::from_secs(90))
+        // A burst of thousands of concurrent calls opens thousands of HTTP/1.1
+        // connections (~45 KB each in the worker); keep only enough warm ones afterwards.
+        .pool_max_idle_per_host(512)
         .http2_adaptive_window(true)
         .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")));
     if p.http2_prior_knowledge {
