@@ -6,7 +6,7 @@
 //! no JSON mode, so a JSON `response_format` is an instruction appended to the system
 //! prompt (with the schema when one is given).
 
-use super::http::{clip, retry_after, transport_error};
+use super::http::{clip, retry_after, secret_header, transport_error};
 use super::tools::{self, Choice};
 use super::{ChatRequest, ChatResponse, FailureClass, Provider, ProviderError};
 use crate::config::ProviderConfig;
@@ -15,8 +15,8 @@ use crate::job::{
     ToolCall, Usage,
 };
 use futures::future::BoxFuture;
-use reqwest::header::{HeaderMap, HeaderValue};
-use secrecy::{ExposeSecret, SecretString};
+use reqwest::header::HeaderMap;
+use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
@@ -57,7 +57,7 @@ impl Provider for Anthropic {
                 .header("anthropic-version", VERSION)
                 .json(&body);
             if let Some(key) = &self.key {
-                http = http.header("x-api-key", key_header(key)?);
+                http = http.header("x-api-key", secret_header(key)?);
             }
             let resp = http.send().await.map_err(transport_error)?;
             let status = resp.status();
@@ -78,19 +78,6 @@ impl Provider for Anthropic {
                 })
         })
     }
-}
-
-/// The key as a header value that is never printed (`Debug` shows `Sensitive`).
-fn key_header(key: &SecretString) -> Result<HeaderValue, ProviderError> {
-    let mut v = HeaderValue::from_str(key.expose_secret()).map_err(|_| {
-        ProviderError::new(
-            FailureClass::Auth,
-            None,
-            "the API key holds characters that cannot be sent in a header",
-        )
-    })?;
-    v.set_sensitive(true);
-    Ok(v)
 }
 
 fn wants_json(f: Option<&ResponseFormat>) -> bool {
@@ -880,10 +867,10 @@ mod tests {
 
     #[test]
     fn the_key_is_a_sensitive_header() {
-        let v = key_header(&SecretString::from("sk-ant-secret")).unwrap();
+        let v = secret_header(&SecretString::from("sk-ant-secret")).unwrap();
         assert!(v.is_sensitive());
         assert!(!format!("{v:?}").contains("secret"));
-        let e = key_header(&SecretString::from("bad\nkey-secret")).unwrap_err();
+        let e = secret_header(&SecretString::from("bad\nkey-secret")).unwrap_err();
         assert_eq!(e.class, FailureClass::Auth);
         assert!(!e.message.contains("secret"));
     }

@@ -7,7 +7,7 @@
 //! `responseMimeType` (+ `responseSchema`, in Gemini's OpenAPI subset). The key travels in
 //! the `x-goog-api-key` header, never in the URL.
 
-use super::http::{clip, parse_go_duration, retry_after, transport_error};
+use super::http::{clip, parse_go_duration, retry_after, secret_header, transport_error};
 use super::tools::{self, Choice};
 use super::{ChatRequest, ChatResponse, FailureClass, Provider, ProviderError};
 use crate::config::ProviderConfig;
@@ -16,8 +16,8 @@ use crate::job::{
     ToolCall, Usage,
 };
 use futures::future::BoxFuture;
-use reqwest::header::{HeaderMap, HeaderValue};
-use secrecy::{ExposeSecret, SecretString};
+use reqwest::header::HeaderMap;
+use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -53,7 +53,7 @@ impl Provider for Gemini {
             let body = build_body(&req)?;
             let mut http = self.client.post(self.url(req.model)).json(&body);
             if let Some(key) = &self.key {
-                http = http.header("x-goog-api-key", key_header(key)?);
+                http = http.header("x-goog-api-key", secret_header(key)?);
             }
             let resp = http.send().await.map_err(transport_error)?;
             let status = resp.status();
@@ -65,19 +65,6 @@ impl Provider for Gemini {
             parse_success(&bytes).and_then(|r| tools::checked(req.tools, r))
         })
     }
-}
-
-/// The key as a header value that is never printed (`Debug` shows `Sensitive`).
-fn key_header(key: &SecretString) -> Result<HeaderValue, ProviderError> {
-    let mut v = HeaderValue::from_str(key.expose_secret()).map_err(|_| {
-        ProviderError::new(
-            FailureClass::Auth,
-            None,
-            "the API key holds characters that cannot be sent in a header",
-        )
-    })?;
-    v.set_sensitive(true);
-    Ok(v)
 }
 
 fn invalid(message: String) -> ProviderError {
@@ -898,7 +885,7 @@ api_key_env = "GEMINI_API_KEY""#,
 
     #[test]
     fn the_key_is_a_sensitive_header() {
-        let v = key_header(&SecretString::from("AIza-secret")).unwrap();
+        let v = secret_header(&SecretString::from("AIza-secret")).unwrap();
         assert!(v.is_sensitive());
         assert!(!format!("{v:?}").contains("secret"));
     }

@@ -91,6 +91,22 @@ pub fn parse_go_duration(v: &str) -> Option<Duration> {
     any.then(|| Duration::from_secs_f64(total))
 }
 
+/// An API key as a header value that is never printed (`Debug` shows `Sensitive`).
+pub fn secret_header(
+    key: &secrecy::SecretString,
+) -> Result<reqwest::header::HeaderValue, ProviderError> {
+    use secrecy::ExposeSecret;
+    let mut v = reqwest::header::HeaderValue::from_str(key.expose_secret()).map_err(|_| {
+        ProviderError::new(
+            FailureClass::Auth,
+            None,
+            "the API key holds characters that cannot be sent in a header",
+        )
+    })?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
 /// Cut a provider's error message to a size fit for a result and a log line.
 pub fn clip(s: &str) -> String {
     const MAX: usize = 500;

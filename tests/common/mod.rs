@@ -282,33 +282,47 @@ pub fn job(id: &str, tenant: &str, extra: &str) -> String {
 }
 
 impl TestEnv {
-    /// Run the `switchyard` binary against this test's prefix, database and simulator.
+    /// The `switchyard` binary, set up for this test's prefix, database and simulator.
+    pub fn command(&self) -> tokio::process::Command {
+        let addr = self.sim_addr;
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        cmd.env(
+            "SWITCHYARD_CONFIG",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml"),
+        )
+        .env("NATS_URL", &self.config.nats.url)
+        .env("DATABASE_URL", &self.config.postgres.url)
+        .env("SWITCHYARD_NATS__PREFIX", &self.prefix)
+        .env("SWITCHYARD_METRICS__ADDR", "")
+        .env(
+            "SWITCHYARD_PROVIDERS__OPENAI__BASE_URL",
+            format!("http://{addr}/v1"),
+        )
+        .env(
+            "SWITCHYARD_PROVIDERS__LOCAL__BASE_URL",
+            format!("http://{addr}/v1"),
+        )
+        .env(
+            "SWITCHYARD_PROVIDERS__ANTHROPIC__BASE_URL",
+            format!("http://{addr}"),
+        )
+        .env(
+            "SWITCHYARD_PROVIDERS__GEMINI__BASE_URL",
+            format!("http://{addr}/v1beta"),
+        )
+        .env("OPENAI_API_KEY", "sk-test-openai")
+        .env("LOCAL_API_KEY", "sk-test-local")
+        .env("ANTHROPIC_API_KEY", "sk-test-anthropic")
+        .env("GEMINI_API_KEY", "sk-test-gemini")
+        .kill_on_drop(true);
+        cmd
+    }
+
+    /// Run the `switchyard` binary: (exit code, stdout, stderr).
     pub async fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        let sim = format!("http://{}/v1", self.sim_addr);
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        let out = self
+            .command()
             .args(args)
-            .env(
-                "SWITCHYARD_CONFIG",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml"),
-            )
-            .env("NATS_URL", &self.config.nats.url)
-            .env("DATABASE_URL", &self.config.postgres.url)
-            .env("SWITCHYARD_NATS__PREFIX", &self.prefix)
-            .env("SWITCHYARD_METRICS__ADDR", "")
-            .env("SWITCHYARD_PROVIDERS__OPENAI__BASE_URL", &sim)
-            .env("SWITCHYARD_PROVIDERS__LOCAL__BASE_URL", &sim)
-            .env(
-                "SWITCHYARD_PROVIDERS__ANTHROPIC__BASE_URL",
-                format!("http://{}", self.sim_addr),
-            )
-            .env(
-                "SWITCHYARD_PROVIDERS__GEMINI__BASE_URL",
-                format!("http://{}/v1beta", self.sim_addr),
-            )
-            .env("OPENAI_API_KEY", "sk-test-openai")
-            .env("LOCAL_API_KEY", "sk-test-local")
-            .env("ANTHROPIC_API_KEY", "sk-test-anthropic")
-            .env("GEMINI_API_KEY", "sk-test-gemini")
             .output()
             .await
             .expect("run switchyard");
