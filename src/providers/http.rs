@@ -113,6 +113,9 @@ pub fn clip(s: &str) -> String {
     if s.contains('\0') {
         return clip(&s.replace('\0', ""));
     }
+    if s.contains("sk-") || s.contains("AIza") {
+        return clip(&redact_keys(s));
+    }
     if s.len() <= MAX {
         return s.to_string();
     }
@@ -123,9 +126,34 @@ pub fn clip(s: &str) -> String {
     format!("{}…", &s[..end])
 }
 
+/// Providers echo (masked) keys in auth errors: drop anything that looks like one.
+fn redact_keys(s: &str) -> String {
+    s.split(' ')
+        .map(|w| {
+            let t = w.trim_start_matches(|c: char| !c.is_ascii_alphanumeric());
+            if t.starts_with("sk-") || t.starts_with("AIza") {
+                "[redacted]"
+            } else {
+                w
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_in_provider_messages_are_redacted() {
+        let m = clip("Incorrect API key provided: sk-proj-****abcd. You can find your API key");
+        assert_eq!(
+            m,
+            "Incorrect API key provided: [redacted] You can find your API key"
+        );
+        assert!(!clip("bad key AIzaSyA-123456").contains("AIza"));
+    }
 
     #[test]
     fn go_durations() {

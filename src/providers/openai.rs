@@ -296,6 +296,59 @@ mod tests {
         );
     }
 
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!(
+            "{}/tests/fixtures/openai/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn parses_recorded_fixtures() {
+        let r = parse_success(&fixture("text.json")).unwrap();
+        assert_eq!(r.output.finish_reason, "stop");
+        assert!(r.output.content.unwrap().contains("Acme Corp"));
+        assert_eq!((r.usage.input_tokens, r.usage.output_tokens), (812, 96));
+
+        let r = parse_success(&fixture("tool_call.json")).unwrap();
+        assert_eq!(r.output.finish_reason, "tool_calls");
+        assert_eq!(r.output.content, None);
+        assert_eq!(r.output.tool_calls[0].function.name, "get_weather");
+        assert_eq!(r.output.tool_calls[0].id, "call_DdmO9pD3xa9XTPNJ32zg2hcA");
+
+        let r = parse_success(&fixture("length_cached_reasoning.json")).unwrap();
+        assert_eq!(r.output.finish_reason, "length");
+        assert_eq!(
+            r.usage,
+            Usage {
+                input_tokens: 2048,
+                cached_input_tokens: 1920,
+                output_tokens: 300,
+                reasoning_tokens: 256
+            }
+        );
+    }
+
+    #[test]
+    fn classifies_recorded_errors() {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "1".parse().unwrap());
+        let e = classify(429, &h, &fixture("error_429_rate.json"));
+        assert_eq!(e.class, FailureClass::RateLimited);
+        assert_eq!(e.retry_after, Some(Duration::from_secs(1)));
+        assert!(e.message.starts_with("Rate limit reached"));
+        let e = classify(429, &HeaderMap::new(), &fixture("error_429_quota.json"));
+        assert_eq!(e.class, FailureClass::QuotaExhausted);
+        let e = classify(400, &HeaderMap::new(), &fixture("error_400_context.json"));
+        assert_eq!(e.class, FailureClass::ContextTooLong);
+        let e = classify(401, &HeaderMap::new(), &fixture("error_401.json"));
+        assert_eq!(e.class, FailureClass::Auth);
+        let e = classify(500, &HeaderMap::new(), &fixture("error_500.json"));
+        assert_eq!(e.class, FailureClass::ServerError);
+        assert!(e.class.is_transient());
+    }
+
     #[test]
     fn classifies_errors() {
         let h = HeaderMap::new();
