@@ -65,6 +65,7 @@ pub struct Envelope {
     pub priority: Option<Priority>,
     /// Only a `reply_to` that passes the contract's rules.
     pub reply_to: Option<String>,
+    /// For a refused job, what of these is usable (a valid job carries its own).
     pub feature: Option<String>,
     pub user: Option<String>,
     pub metadata: Option<Value>,
@@ -145,20 +146,24 @@ pub fn parse_job(
             envelope.reply_to = Some(r.clone());
         }
     }
-    envelope.feature = obj
-        .get("feature")
-        .and_then(Value::as_str)
-        .filter(|s| !s.contains('\0'))
-        .map(str::to_string);
-    envelope.user = obj
-        .get("user")
-        .and_then(Value::as_str)
-        .filter(|s| !s.contains('\0'))
-        .map(str::to_string);
-    envelope.metadata = obj.get("metadata").cloned();
     let value = Value::Object(obj);
 
-    let invalid = |envelope: Envelope, message: String, value: Value| {
+    // A refused job's result still carries what of feature, user and metadata is usable;
+    // a valid job's come from the job itself, so this is done on the failure path only.
+    let invalid = |mut envelope: Envelope, message: String, value: Value| {
+        let text = |k: &str| {
+            value
+                .get(k)
+                .and_then(Value::as_str)
+                .filter(|s| !s.contains('\0'))
+                .map(str::to_string)
+        };
+        envelope.feature = text("feature");
+        envelope.user = text("user");
+        envelope.metadata = value
+            .get("metadata")
+            .filter(|m| find_nul(m, &mut String::new()).is_none())
+            .cloned();
         fail(envelope, ErrorKind::InvalidJob, message, Some(value))
     };
     if payload.len() > rules.max_payload_bytes {
@@ -171,8 +176,6 @@ pub fn parse_job(
     }
     if text.contains("\\u0000") {
         if let Some(path) = find_nul(&value, &mut String::new()) {
-            envelope.metadata = None;
-            envelope.feature = envelope.feature.filter(|f| !f.contains('\0'));
             let msg = format!("{path}: strings may not contain U+0000");
             return Err(invalid(envelope, msg, value));
         }

@@ -298,7 +298,9 @@ async fn fail(
     let result = JobResult {
         id: env.id.clone(),
         tenant: env.tenant.clone(),
-        feature: env.feature.clone(),
+        feature: base
+            .job
+            .map_or_else(|| env.feature.clone(), |j| j.feature.clone()),
         status: Status::Failed,
         output: None,
         provider: None,
@@ -311,7 +313,9 @@ async fn fail(
         queued_ms: base.d.queued.as_millis() as u64,
         latency_ms: base.d.received.elapsed().as_millis() as u64,
         error: Some(error),
-        metadata: env.metadata.clone(),
+        metadata: base
+            .job
+            .map_or_else(|| env.metadata.clone(), |j| j.metadata.clone()),
     };
     finish(ctx, &base, result, costs).await
 }
