@@ -123,16 +123,7 @@ async fn high_priority_is_served_first_under_a_backlog_and_low_still_progresses(
         }
     }
     let (stop, worker) = env.start_worker().await;
-    for _ in 0..400 {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status='succeeded'")
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
-        if n == 120 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    env.wait_succeeded(120, 20).await;
     let ranks: Vec<(String, f64, i64)> = sqlx::query_as(
         "SELECT priority, avg(r)::float8, min(r) FROM (
             SELECT priority, rank() OVER (ORDER BY finished_at, id) AS r FROM jobs WHERE status='succeeded') x

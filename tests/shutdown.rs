@@ -90,16 +90,7 @@ async fn sigterm_drains_in_flight_jobs_and_loses_nothing() {
 
     // A second worker finishes the rest; nothing was lost, nothing called twice.
     let (stop, worker) = env.start_worker().await;
-    for _ in 0..400 {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status='succeeded'")
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
-        if n == N as i64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    env.wait_succeeded(N as i64, 20).await;
     for i in 0..N {
         let r = env.result("acme", &format!("s{i}"), 5).await;
         assert_eq!(r.attempts.len(), 1, "s{i}");

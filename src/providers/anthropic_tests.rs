@@ -1,27 +1,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use super::*;
 use crate::job::{FunctionDef, ImageUrl, JsonSchemaFormat, Tool};
+use crate::providers::test_support::{msg, text};
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path = format!(
-        "{}/tests/fixtures/anthropic/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-fn msg(role: Role, content: Option<Content>) -> Message {
-    Message {
-        role,
-        content,
-        name: None,
-        tool_calls: None,
-        tool_call_id: None,
-    }
-}
-
-fn text(role: Role, t: &str) -> Message {
-    msg(role, Some(Content::Text(t.into())))
+    crate::providers::test_support::fixture("anthropic", name)
 }
 
 fn weather_tool() -> Tool {

@@ -11,6 +11,8 @@ mod http;
 pub mod openai;
 pub mod ratelimit_headers;
 pub mod simulator;
+#[cfg(test)]
+mod test_support;
 pub mod tools;
 
 pub use error::{FailureClass, ProviderError};

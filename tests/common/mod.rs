@@ -210,6 +210,22 @@ impl TestEnv {
         Some(serde_json::from_slice(&m.payload).expect("DLQ JSON"))
     }
 
+    /// Wait until `n` jobs have succeeded (at most `secs`); returns how many did.
+    pub async fn wait_succeeded(&self, n: i64, secs: u64) -> i64 {
+        let mut done = 0;
+        for _ in 0..secs * 20 {
+            done = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status='succeeded'")
+                .fetch_one(&self.pool)
+                .await
+                .expect("count jobs");
+            if done >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        done
+    }
+
     /// Messages still in the jobs stream.
     pub async fn jobs_left(&self) -> u64 {
         let mut s = self

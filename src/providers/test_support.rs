@@ -1,0 +1,27 @@
+//! Helpers the adapters' unit tests share: recorded fixtures and message builders.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use crate::job::{Content, Message, Role};
+
+/// `tests/fixtures/<provider>/<name>`.
+pub fn fixture(provider: &str, name: &str) -> Vec<u8> {
+    let path = format!(
+        "{}/tests/fixtures/{provider}/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+pub fn msg(role: Role, content: Option<Content>) -> Message {
+    Message {
+        role,
+        content,
+        name: None,
+        tool_calls: None,
+        tool_call_id: None,
+    }
+}
+
+pub fn text(role: Role, t: &str) -> Message {
+    msg(role, Some(Content::Text(t.into())))
+}
