@@ -144,11 +144,11 @@ WITH input AS (
 )
 SELECT p.tenant, p.id, p.status, p.result,
        CASE WHEN p.status = 'succeeded' THEN NULL ELSE (
-           SELECT coalesce(jsonb_agg(jsonb_build_object(
+           SELECT coalesce(jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
                       'attempt', c.attempt, 'provider', c.provider, 'model', c.model,
                       'outcome', c.outcome, 'latency_ms', c.latency_ms,
                       'cost_usd', c.cost_usd::text, 'status', c.status_code,
-                      'message', c.message) ORDER BY c.attempt), '[]'::jsonb)
+                      'message', c.message)) ORDER BY c.attempt), '[]'::jsonb)
              FROM cost_rows c WHERE c.tenant = p.tenant AND c.job_id = p.id)
        END AS attempts
   FROM prior p
@@ -174,7 +174,7 @@ async fn claim_batch(pool: &PgPool, reqs: &[&ClaimRequest]) -> Result<Found, Sto
             }
         } else {
             let prior: Vec<Attempt> = attempts
-                .map(|v| serde_json::from_value(strip_nulls(v)))
+                .map(serde_json::from_value)
                 .transpose()
                 .map_err(|e| StoreError::Corrupt {
                     tenant: tenant.clone(),
@@ -187,16 +187,4 @@ async fn claim_batch(pool: &PgPool, reqs: &[&ClaimRequest]) -> Result<Found, Sto
         found.insert((tenant, id), outcome);
     }
     Ok(found)
-}
-
-/// `jsonb_build_object` writes SQL NULLs as JSON nulls; optional attempt fields are absent.
-fn strip_nulls(mut v: serde_json::Value) -> serde_json::Value {
-    if let Some(items) = v.as_array_mut() {
-        for item in items {
-            if let Some(o) = item.as_object_mut() {
-                o.retain(|_, x| !x.is_null());
-            }
-        }
-    }
-    v
 }
