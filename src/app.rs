@@ -9,8 +9,10 @@ use crate::queue::scheduler::Scheduler;
 use crate::queue::{streams, Names};
 use crate::ratelimit::Limiters;
 use crate::router::Router;
-use crate::store::{self, Claimer, Writer};
+use crate::clock::{Clock, SystemClock};
+use crate::store::{self, Claimer, LeaseKeeper, Writer};
 use crate::telemetry::metrics::{serve as serve_metrics, Metrics};
+use crate::worker::infra::Infra;
 use crate::worker::{Ctx, JobDispatch};
 use anyhow::Context as _;
 use std::sync::Arc;
@@ -66,10 +68,22 @@ pub async fn run_worker(
     store::migrate(&pool).await?;
 
     let linger = Duration::from_millis(cfg.worker.commit_linger_ms);
-    let (claimer, claim_loop) = Claimer::start(pool.clone(), cfg.worker.commit_batch, linger);
+    let lease_ttl = Duration::from_secs(cfg.worker.lease_s.max(1));
+    let (claimer, claim_loop) = Claimer::start(
+        pool.clone(),
+        cfg.worker.commit_batch,
+        linger,
+        lease_ttl,
+    );
     let (writer, commit_loop) = Writer::start(pool.clone(), cfg.worker.commit_batch, linger);
+    let keeper_stop = CancellationToken::new();
+    let (leases, lease_loop) = LeaseKeeper::start(pool.clone(), lease_ttl, keeper_stop.clone());
     let abort = CancellationToken::new();
     let metrics = Arc::new(Metrics::default());
+    let infra = Infra::new(client.clone(), metrics.clone());
+    let infra_stop = CancellationToken::new();
+    let infra_task = tokio::spawn(infra.clone().monitor(pool.clone(), infra_stop.clone()));
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let metrics_stop = CancellationToken::new();
     let metrics_task = if cfg.metrics.addr.is_empty() {
         None
@@ -90,10 +104,13 @@ pub async fn run_worker(
         rules: cfg.parse_rules(),
         router: Router::new(&cfg),
         limiters: Limiters::new(&cfg),
-        budgets: crate::budget::Budgets::new(pool.clone()),
+        budgets: crate::budget::Budgets::new(pool.clone(), clock.clone()),
         providers,
         claimer,
         writer,
+        leases,
+        infra: infra.clone(),
+        clock,
         publisher: Publisher {
             client: client.clone(),
             js,
@@ -107,6 +124,7 @@ pub async fn run_worker(
         consumers,
         weights: cfg.worker.priority_weights,
         slots: Arc::new(Semaphore::new(cfg.worker.max_in_flight)),
+        ready: infra.ready(),
         dispatch: Arc::new(JobDispatch {
             ctx: ctx.clone(),
             tracker: tracker.clone(),
@@ -114,13 +132,7 @@ pub async fn run_worker(
     };
     tracing::info!(prefix = %cfg.nats.prefix, max_in_flight = cfg.worker.max_in_flight,
         priorities = ?Priority::ALL, "worker started");
-    metrics
-        .ready
-        .store(true, std::sync::atomic::Ordering::Relaxed);
     scheduler.run(shutdown.clone()).await;
-    metrics
-        .ready
-        .store(false, std::sync::atomic::Ordering::Relaxed);
 
     // Draining: nothing new is pulled; give in-flight jobs the grace period.
     tracker.close();
@@ -142,6 +154,10 @@ pub async fn run_worker(
     drop(ctx);
     let _ = claim_loop.await;
     let _ = commit_loop.await;
+    keeper_stop.cancel();
+    let _ = lease_loop.await;
+    infra_stop.cancel();
+    let _ = infra_task.await;
     client.flush().await.context("flushing NATS")?;
     pool.close().await;
     metrics_stop.cancel();

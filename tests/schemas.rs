@@ -1253,6 +1253,7 @@ fn succeeded_result() -> JobResult {
         queued_ms: 3,
         latency_ms: 320,
         error: None,
+        truncated: false,
         metadata: Some(json!({"doc": "1", "tags": ["a", "b"]})),
     }
 }
@@ -1274,6 +1275,7 @@ fn failed_result(kind: ErrorKind) -> JobResult {
         queued_ms: 0,
         latency_ms: 1,
         error: Some(ErrorBody::new(kind, format!("failed as {kind}"))),
+        truncated: false,
         metadata: None,
     }
 }

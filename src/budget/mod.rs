@@ -10,13 +10,15 @@
 //! Only tenants that have a budget pay for this round trip: the set of such tenants is
 //! cached and refreshed every few seconds.
 
+use crate::clock::Clock;
+use crate::store::{self, budgets::BudgetRow, Lease, StoreError};
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use sqlx::PgPool;
 use std::collections::HashSet;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -60,31 +62,40 @@ impl Period {
     }
 }
 
-/// Money held against budgets for one job, released by [`Settlement`] at commit.
-#[must_use = "a reservation must be settled, or the budget stays held"]
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// Money held against budgets for one job, owned by the job's lease. Not `Clone`: one task
+/// holds it and must [`settle`](Reservation::settle) it into the commit that ends the
+/// delivery. The Postgres side (a `budget_reservations` row keyed by the lease) is
+/// released by that commit, by the lease's release when the task ends any other way, or
+/// by the sweeper when the worker died.
+#[must_use = "a reservation must be settled by the commit that ends the delivery"]
+#[derive(Debug, PartialEq)]
 pub struct Reservation {
     pub tenant: String,
     pub feature: Option<String>,
     pub amount: Decimal,
+    pub lease_token: String,
+    settled: bool,
 }
 
-/// What the commit does to the budgets: release the reservation, add the actual spend.
-#[derive(Debug, Clone, Serialize)]
-pub struct Settlement {
-    pub tenant: String,
-    pub feature: Option<String>,
-    pub reserved: Decimal,
-    pub actual: Decimal,
-}
+/// Proof that a reservation went into a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled;
 
 impl Reservation {
-    pub fn settle(self, actual: Decimal) -> Settlement {
-        Settlement {
-            tenant: self.tenant,
-            feature: self.feature,
-            reserved: self.amount,
-            actual,
+    /// The commit carrying the lease releases the reservation; spend comes from the cost
+    /// rows it inserts.
+    pub fn settle(mut self) -> Settled {
+        self.settled = true;
+        Settled
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.settled {
+            // The lease's release gives it back; this is a bug to find, not a leak.
+            tracing::error!(tenant = %self.tenant, amount = %self.amount,
+                "budget reservation dropped without settling; released with its lease");
         }
     }
 }
@@ -100,148 +111,124 @@ pub enum Denial {
 const REFRESH: Duration = Duration::from_secs(5);
 const DEFER_RECHECK: Duration = Duration::from_secs(300);
 
-/// feature, period, limit, spent, reserved, policy, period start
-type BudgetRow = (
-    Option<String>,
-    String,
-    Decimal,
-    Decimal,
-    Decimal,
-    String,
-    DateTime<Utc>,
-);
+/// Would holding `amount` more overrun any of `rows` at `now`? If not, each row's
+/// (period turned over, current period start).
+pub fn check(
+    tenant: &str,
+    rows: &[BudgetRow],
+    amount: Decimal,
+    now: DateTime<Utc>,
+) -> Result<Vec<(bool, DateTime<Utc>)>, Denial> {
+    let mut starts = Vec::with_capacity(rows.len());
+    for r in rows {
+        let Some(p) = Period::parse(&r.period) else {
+            starts.push((false, r.period_start));
+            continue;
+        };
+        let current = p.start(now);
+        let rolled = r.period_start < current;
+        let (spent, reserved) = if rolled {
+            (Decimal::ZERO, Decimal::ZERO)
+        } else {
+            (r.spent_usd, r.reserved_usd)
+        };
+        if spent + reserved + amount > r.limit_usd {
+            let scope = match &r.feature {
+                Some(f) => format!("{tenant}/{f}"),
+                None => tenant.to_string(),
+            };
+            let msg = format!(
+                "{} budget of {scope} is {} USD: {spent} spent, {reserved} held, this job may cost up to {amount}",
+                r.period, r.limit_usd
+            );
+            return Err(if r.policy == "defer" {
+                let until = (p.next_start(now) - now)
+                    .to_std()
+                    .unwrap_or(DEFER_RECHECK);
+                Denial::Defer(msg, until.min(DEFER_RECHECK))
+            } else {
+                Denial::Fail(msg)
+            });
+        }
+        starts.push((rolled, current));
+    }
+    Ok(starts)
+}
 
 pub struct Budgets {
     pool: PgPool,
-    tenants: Mutex<(Option<Instant>, HashSet<String>)>,
+    clock: Arc<dyn Clock>,
+    tenants: Mutex<(Option<tokio::time::Instant>, HashSet<String>)>,
 }
 
 impl Budgets {
-    pub fn new(pool: PgPool) -> Budgets {
+    pub fn new(pool: PgPool, clock: Arc<dyn Clock>) -> Budgets {
         Budgets {
             pool,
+            clock,
             tenants: Mutex::new((None, HashSet::new())),
         }
     }
 
-    async fn has_budget(&self, tenant: &str) -> Result<bool, sqlx::Error> {
+    async fn has_budget(&self, tenant: &str) -> Result<bool, StoreError> {
         {
-            let guard = self.tenants.lock().map_err(|_| sqlx::Error::PoolClosed)?;
+            let guard = self.tenants.lock().map_err(|_| StoreError::Closed)?;
             if let (Some(at), set) = &*guard {
                 if at.elapsed() < REFRESH {
                     return Ok(set.contains(tenant));
                 }
             }
         }
-        let rows: Vec<String> = sqlx::query_scalar("SELECT DISTINCT tenant FROM budgets")
-            .fetch_all(&self.pool)
-            .await?;
-        let set: HashSet<String> = rows.into_iter().collect();
+        let set: HashSet<String> = store::budgets::tenants_with_budgets(&self.pool)
+            .await?
+            .into_iter()
+            .collect();
         let has = set.contains(tenant);
         if let Ok(mut guard) = self.tenants.lock() {
-            *guard = (Some(Instant::now()), set);
+            *guard = (Some(tokio::time::Instant::now()), set);
         }
         Ok(has)
     }
 
-    /// Reserve `amount` against every budget of `tenant` (and of `tenant` + `feature`).
-    /// `Ok(None)`: the tenant has no budget, nothing is held.
+    /// Reserve `amount` against every budget of the job's tenant (and tenant + feature),
+    /// under the job's lease. `Ok(Ok(None))`: no budget applies, nothing is held.
     pub async fn reserve(
         &self,
+        lease: &Lease,
         tenant: &str,
+        job_id: &str,
         feature: Option<&str>,
         amount: Decimal,
-    ) -> Result<Result<Option<Reservation>, Denial>, sqlx::Error> {
+    ) -> Result<Result<Option<Reservation>, Denial>, StoreError> {
         if !self.has_budget(tenant).await? {
             return Ok(Ok(None));
         }
-        let now = Utc::now();
-        let mut tx = self.pool.begin().await?;
-        let rows: Vec<BudgetRow> = sqlx::query_as(
-            "SELECT feature, period, limit_usd, spent_usd, reserved_usd, policy, period_start
-               FROM budgets WHERE tenant = $1 AND (feature IS NULL OR feature = $2)
-              ORDER BY feature NULLS FIRST, period FOR UPDATE",
-        )
-        .bind(tenant)
-        .bind(feature)
-        .fetch_all(&mut *tx)
-        .await?;
-        if rows.is_empty() {
-            return Ok(Ok(None));
-        }
-        for (f, period, limit, spent, reserved, policy, period_start) in &rows {
-            let Some(p) = Period::parse(period) else {
-                continue;
-            };
-            let current = p.start(now);
-            let (spent, reserved) = if *period_start < current {
-                (Decimal::ZERO, Decimal::ZERO)
-            } else {
-                (*spent, *reserved)
-            };
-            if spent + reserved + amount > *limit {
-                let scope = match f {
-                    Some(f) => format!("{tenant}/{f}"),
-                    None => tenant.to_string(),
-                };
-                let msg = format!(
-                    "{period} budget of {scope} is {limit} USD: {spent} spent, {reserved} held, this job may cost up to {amount}"
-                );
-                let denial = if policy == "defer" {
-                    let until = (p.next_start(now) - now).to_std().unwrap_or(DEFER_RECHECK);
-                    Denial::Defer(msg, until.min(DEFER_RECHECK))
-                } else {
-                    Denial::Fail(msg)
-                };
-                return Ok(Err(denial));
-            }
-        }
-        for (f, period, _, _, _, _, period_start) in &rows {
-            let Some(p) = Period::parse(period) else {
-                continue;
-            };
-            let current = p.start(now);
-            let rolled = *period_start < current;
-            sqlx::query(
-                "UPDATE budgets SET
-                    spent_usd = CASE WHEN $5 THEN 0 ELSE spent_usd END,
-                    reserved_usd = CASE WHEN $5 THEN 0 ELSE reserved_usd END + $4,
-                    period_start = $6, updated_at = now()
-                  WHERE tenant = $1 AND feature IS NOT DISTINCT FROM $2 AND period = $3",
-            )
-            .bind(tenant)
-            .bind(f)
-            .bind(period)
-            .bind(amount)
-            .bind(rolled)
-            .bind(current)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(Ok(Some(Reservation {
-            tenant: tenant.to_string(),
-            feature: feature.map(str::to_string),
+        let now = self.clock.now();
+        let req = store::budgets::ReserveRequest {
+            lease_token: lease.token(),
+            tenant,
+            job_id,
+            feature,
             amount,
-        })))
+            now,
+        };
+        let done = store::budgets::reserve(&self.pool, &req, |rows| {
+            check(tenant, rows, amount, now)
+        })
+        .await?;
+        Ok(match done {
+            None => Ok(None),
+            Some(Err(denial)) => Err(denial),
+            Some(Ok(())) => Ok(Some(Reservation {
+                tenant: tenant.to_string(),
+                feature: feature.map(str::to_string),
+                amount,
+                lease_token: lease.token().to_string(),
+                settled: false,
+            })),
+        })
     }
 }
-
-/// The statement the group commit runs for a batch of settlements.
-pub const SETTLE_SQL: &str = r#"
-WITH s AS (
-    SELECT tenant, feature, sum(reserved) AS reserved, sum(actual) AS actual
-      FROM jsonb_to_recordset($1::jsonb) AS x(tenant text, feature text, reserved numeric, actual numeric)
-     GROUP BY tenant, feature
-)
-UPDATE budgets b
-   SET reserved_usd = greatest(b.reserved_usd - agg.reserved, 0),
-       spent_usd = b.spent_usd + agg.actual, updated_at = now()
-  FROM (SELECT b2.tenant, b2.feature, b2.period, sum(s.reserved) AS reserved, sum(s.actual) AS actual
-          FROM budgets b2 JOIN s ON b2.tenant = s.tenant AND (b2.feature IS NULL OR b2.feature = s.feature)
-         GROUP BY b2.tenant, b2.feature, b2.period) agg
- WHERE b.tenant = agg.tenant AND b.feature IS NOT DISTINCT FROM agg.feature AND b.period = agg.period
-"#;
 
 #[cfg(test)]
 mod tests {
@@ -273,15 +260,49 @@ mod tests {
         );
     }
 
-    #[test]
-    fn settlement_carries_the_reserved_amount() {
-        let r = Reservation {
-            tenant: "acme".into(),
+    fn row(period: &str, limit: i64, spent: i64, start: DateTime<Utc>, policy: &str) -> BudgetRow {
+        BudgetRow {
             feature: None,
-            amount: Decimal::new(5, 2),
-        };
-        let s = r.settle(Decimal::new(1, 3));
-        assert_eq!(s.reserved, Decimal::new(5, 2));
-        assert_eq!(s.actual, Decimal::new(1, 3));
+            period: period.into(),
+            limit_usd: Decimal::new(limit, 2),
+            spent_usd: Decimal::new(spent, 2),
+            reserved_usd: Decimal::ZERO,
+            policy: policy.into(),
+            period_start: start,
+        }
+    }
+
+    #[test]
+    fn check_denies_an_overrun_and_restarts_a_turned_period() {
+        let now = Utc.with_ymd_and_hms(2026, 12, 7, 12, 0, 0).unwrap();
+        let today = Period::Day.start(now);
+        let yesterday = today - chrono::Duration::days(1);
+        // 0.90 of 1.00 spent today: 0.05 fits, 0.20 does not.
+        let rows = [row("day", 100, 90, today, "fail")];
+        assert_eq!(
+            check("acme", &rows, Decimal::new(5, 2), now),
+            Ok(vec![(false, today)])
+        );
+        assert!(matches!(
+            check("acme", &rows, Decimal::new(20, 2), now),
+            Err(Denial::Fail(m)) if m.contains("day budget of acme is 1.00 USD")
+        ));
+        // The same spend yesterday does not count today.
+        let rows = [row("day", 100, 90, yesterday, "fail")];
+        assert_eq!(
+            check("acme", &rows, Decimal::new(20, 2), now),
+            Ok(vec![(true, today)])
+        );
+        // Defer waits until the period turns, at most DEFER_RECHECK.
+        let rows = [row("day", 100, 100, today, "defer")];
+        assert!(matches!(
+            check("acme", &rows, Decimal::new(1, 2), now),
+            Err(Denial::Defer(_, d)) if d == DEFER_RECHECK
+        ));
+        let late = Utc.with_ymd_and_hms(2026, 12, 7, 23, 59, 0).unwrap();
+        assert!(matches!(
+            check("acme", &rows, Decimal::new(1, 2), late),
+            Err(Denial::Defer(_, d)) if d == Duration::from_secs(60)
+        ));
     }
 }

@@ -89,6 +89,9 @@ pub struct WorkerConfig {
     pub commit_linger_ms: u64,
     /// Longest wait for a provider's rate limit before trying the next candidate.
     pub max_limiter_wait_ms: u64,
+    /// A running job's lease: renewed every third of it while the job runs; a worker that
+    /// died gives its jobs up this long after its last renewal.
+    pub lease_s: u64,
 }
 
 impl Default for WorkerConfig {
@@ -104,6 +107,7 @@ impl Default for WorkerConfig {
             commit_batch: 256,
             commit_linger_ms: 2,
             max_limiter_wait_ms: 2000,
+            lease_s: 30,
         }
     }
 }

@@ -98,4 +98,9 @@ pub struct JobResult {
     pub latency_ms: u64,
     pub error: Option<ErrorBody>,
     pub metadata: Option<serde_json::Value>,
+    /// The result was larger than the NATS server's max payload: `output` is null here,
+    /// the full output is in Postgres (`jobs.output`, `switchyard status`). Absent when
+    /// false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }

@@ -64,6 +64,9 @@ pub struct ProviderError {
     pub retry_after: Option<Duration>,
     /// The provider's rate-limit headers on this answer, when it sends them.
     pub rate: Option<Box<super::ratelimit_headers::RateReading>>,
+    /// What the provider billed for this answer, when it answered 200 with usage that we
+    /// then could not use (a tool call that fails its checks, a refusal).
+    pub usage: Option<crate::job::Usage>,
 }
 
 impl ProviderError {
@@ -74,6 +77,7 @@ impl ProviderError {
             message: message.into(),
             retry_after: None,
             rate: None,
+            usage: None,
         }
     }
 }

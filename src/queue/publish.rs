@@ -67,23 +67,33 @@ pub struct Publisher {
 }
 
 impl Publisher {
+    fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload.max(1024)
+    }
+
+    /// Encode a result so it fits in one NATS message: when the whole result is larger
+    /// than the server's max payload, it goes out with `output` null and
+    /// `"truncated": true` (the full output stays in Postgres).
+    pub fn encode_result(&self, result: &JobResult) -> Result<Bytes, PublishError> {
+        let full = serde_json::to_vec(result)?;
+        if full.len() <= self.max_payload() {
+            return Ok(Bytes::from(full));
+        }
+        let small = JobResult {
+            output: None,
+            truncated: true,
+            ..result.clone()
+        };
+        Ok(Bytes::from(serde_json::to_vec(&small)?))
+    }
+
     /// Result to the results stream (awaiting its ack) and to `reply_to` when given.
     pub async fn result_of(
         &self,
         result: &JobResult,
         reply_to: Option<&str>,
     ) -> Result<(), PublishError> {
-        let body = Bytes::from(serde_json::to_vec(result)?);
-        self.result(result, body, reply_to).await
-    }
-
-    /// `body` is `result` encoded (the caller has it already, for the commit).
-    pub async fn result(
-        &self,
-        result: &JobResult,
-        body: Bytes,
-        reply_to: Option<&str>,
-    ) -> Result<(), PublishError> {
+        let body = self.encode_result(result)?;
         let subject = self.names.result_subject(&result.tenant, &result.id);
         let ack = self
             .js
@@ -100,6 +110,15 @@ impl Publisher {
         Ok(())
     }
 
+    /// Only to `reply_to`: a refused payload whose key belongs to another job run.
+    pub async fn reply_only(&self, result: &JobResult, reply_to: &str) -> Result<(), PublishError> {
+        let body = self.encode_result(result)?;
+        self.client
+            .publish(reply_to.to_string(), body)
+            .await
+            .map_err(|e| nats_err(reply_to, e))
+    }
+
     pub async fn dead_letter(
         &self,
         tenant: &str,
@@ -107,8 +126,7 @@ impl Publisher {
         entry: &DlqEntry,
         raw: &[u8],
     ) -> Result<(), PublishError> {
-        let max = self.client.server_info().max_payload.max(1024);
-        let body = entry.encode(raw, max)?;
+        let body = entry.encode(raw, self.max_payload())?;
         let subject = self.names.dlq_subject(tenant, id);
         self.js
             .publish(subject.clone(), Bytes::from(body))

@@ -30,15 +30,25 @@ pub struct Scheduler<D: Dispatch> {
     pub weights: [u32; 3],
     pub slots: Arc<Semaphore>,
     pub dispatch: Arc<D>,
+    /// True while our own infrastructure (Postgres, NATS) answers: nothing is pulled
+    /// while it is false.
+    pub ready: tokio::sync::watch::Receiver<bool>,
 }
 
 impl<D: Dispatch> Scheduler<D> {
     /// Pull until `stop` is cancelled. Returns once no pull request is outstanding.
-    pub async fn run(self, stop: CancellationToken) {
+    pub async fn run(mut self, stop: CancellationToken) {
         let wake = Arc::new(Notify::new());
         let polling: [Arc<AtomicBool>; 3] = Default::default();
         let polls = TaskTracker::new();
         while !stop.is_cancelled() {
+            if !*self.ready.borrow_and_update() {
+                tokio::select! {
+                    r = self.ready.wait_for(|up| *up) => if r.is_err() { break },
+                    _ = stop.cancelled() => break,
+                }
+                continue;
+            }
             let first = tokio::select! {
                 p = self.slots.clone().acquire_owned() => match p {
                     Ok(p) => p,

@@ -1,16 +1,17 @@
 //! Claiming jobs at the start of a delivery, many jobs per statement.
 //!
-//! One statement marks each job `running` (unless it already succeeded) and returns, for
-//! every job that has a row already, its stored result (succeeded: publish it again, make
-//! no call) or the provider calls of its earlier deliveries (so attempt numbers go on and
-//! the DLQ entry can list every call).
+//! A claim takes the job's lease (see [`super::leases`]) unless the job already
+//! succeeded, another delivery holds a live lease on it, or this very message's failed
+//! result is already committed. It returns what the caller needs for each case: the calls
+//! of earlier deliveries (attempt numbers go on from them), the stored result to publish
+//! again, or how long the other lease still runs.
 
 use super::batch::next_batch;
 use super::{parse_result, StoreError};
 use crate::job::{Attempt, JobResult};
 use serde::Serialize;
 use sqlx::PgPool;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -20,17 +21,30 @@ pub struct ClaimRequest {
     pub id: String,
     pub feature: Option<String>,
     pub user_id: Option<String>,
-    pub priority: String,
-    pub task: String,
+    pub priority: &'static str,
+    pub task: &'static str,
     pub requested_model: String,
+    /// The lease this claim takes, from [`super::LeaseKeeper::new_token`].
+    pub lease_token: String,
+    /// The message being processed.
+    pub stream_seq: u64,
 }
 
 #[derive(Debug)]
 pub enum ClaimOutcome {
+    /// The lease is ours: run the job. `prior` lists the calls of earlier deliveries;
+    /// `free_deliveries` the hand-backs that do not count against `max_deliveries`.
+    Claimed {
+        prior: Vec<Attempt>,
+        free_deliveries: u32,
+    },
     /// A committed succeeded result exists: publish it again, call nothing.
     Succeeded(Box<JobResult>),
-    /// Run it; `prior` lists the calls of earlier deliveries.
-    Run { prior: Vec<Attempt> },
+    /// This message's failed result is committed already (its publish or ack was lost):
+    /// publish it again, call nothing.
+    Finished(Box<JobResult>),
+    /// Another delivery holds a live lease; it runs out in about this long.
+    Busy(Duration),
 }
 
 type Reply = oneshot::Sender<Result<ClaimOutcome, StoreError>>;
@@ -46,9 +60,10 @@ impl Claimer {
         pool: PgPool,
         max_batch: usize,
         linger: Duration,
+        lease: Duration,
     ) -> (Claimer, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(max_batch * 4);
-        let handle = tokio::spawn(run(pool, rx, max_batch, linger));
+        let handle = tokio::spawn(run(pool, rx, max_batch, linger, lease));
         (Claimer { tx }, handle)
     }
 
@@ -67,6 +82,7 @@ async fn run(
     mut rx: mpsc::Receiver<(ClaimRequest, Reply)>,
     max_batch: usize,
     linger: Duration,
+    lease: Duration,
 ) {
     let mut carry: Vec<(ClaimRequest, Reply)> = Vec::new();
     loop {
@@ -77,7 +93,8 @@ async fn run(
                 None => return,
             }
         }
-        // The same job twice in one statement cannot be upserted: defer the second.
+        // The same job twice in one statement cannot be upserted: defer the second (it
+        // will find the first one's lease).
         let mut seen = HashSet::with_capacity(batch.len());
         let mut now = Vec::with_capacity(batch.len());
         for item in batch {
@@ -88,103 +105,162 @@ async fn run(
             }
         }
         let reqs: Vec<&ClaimRequest> = now.iter().map(|(r, _)| r).collect();
-        match claim_batch(&pool, &reqs).await {
+        match claim_batch(&pool, &reqs, lease).await {
             Ok(mut found) => {
                 for (req, reply) in now {
-                    let outcome = match found.remove(&(req.tenant.clone(), req.id.clone())) {
-                        Some(Ok(o)) => Ok(o),
-                        Some(Err(e)) => Err(e),
-                        None => Ok(ClaimOutcome::Run { prior: Vec::new() }),
-                    };
+                    let outcome = found
+                        .remove(&(req.tenant.clone(), req.id.clone()))
+                        .unwrap_or(Ok(ClaimOutcome::Busy(Duration::from_millis(500))));
                     let _ = reply.send(outcome);
                 }
             }
-            Err(e) => {
+            Err(e) if e.is_unavailable() || now.len() == 1 => {
+                tracing::warn!(error = %e, jobs = now.len(), "claim failed");
                 let msg = e.to_string();
-                tracing::error!(error = %msg, jobs = now.len(), "claim batch failed");
+                let unavailable = e.is_unavailable();
                 for (_, reply) in now {
-                    let _ = reply.send(Err(StoreError::Db(sqlx::Error::Protocol(msg.clone()))));
+                    let _ = reply.send(Err(if unavailable {
+                        StoreError::Unavailable(msg.clone())
+                    } else {
+                        StoreError::Rejected(msg.clone())
+                    }));
+                }
+            }
+            Err(e) => {
+                // Postgres refused something in the batch: claim each job alone, so only
+                // the job at fault fails.
+                tracing::warn!(error = %e, jobs = now.len(), "claim batch refused; claiming one by one");
+                for (req, reply) in now {
+                    let outcome = match claim_batch(&pool, &[&req], lease).await {
+                        Ok(mut found) => found
+                            .remove(&(req.tenant.clone(), req.id.clone()))
+                            .unwrap_or(Ok(ClaimOutcome::Busy(Duration::from_millis(500)))),
+                        Err(e) => Err(e),
+                    };
+                    let _ = reply.send(outcome);
                 }
             }
         }
     }
 }
 
-/// tenant, id, status, stored result, earlier attempts
+/// tenant, id, claimed, status before, stored result, free deliveries, lease ms left,
+/// earlier attempts
 type ClaimRow = (
     String,
     String,
-    String,
+    bool,
+    Option<String>,
     Option<serde_json::Value>,
+    Option<i32>,
+    Option<i64>,
     Option<serde_json::Value>,
 );
 
-type Found = std::collections::HashMap<(String, String), Result<ClaimOutcome, StoreError>>;
+type Found = HashMap<(String, String), Result<ClaimOutcome, StoreError>>;
 
 const CLAIM_SQL: &str = r#"
 WITH input AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(
         tenant text, id text, feature text, user_id text, priority text, task text,
-        requested_model text)
+        requested_model text, lease_token text, stream_seq bigint)
 ), prior AS (
-    SELECT j.tenant, j.id, j.status, j.result
+    SELECT j.tenant, j.id, j.status, j.free_deliveries, j.lease_until,
+           CASE WHEN j.status <> 'running' THEN j.result END AS result
       FROM jobs j JOIN input i ON j.tenant = i.tenant AND j.id = i.id
 ), up AS (
     INSERT INTO jobs (tenant, id, feature, user_id, priority, task, requested_model,
-                      status, deliveries, started_at)
-    SELECT tenant, id, feature, user_id, priority, task, requested_model, 'running', 1, now()
+                      status, deliveries, started_at, lease_token, lease_until, stream_seq)
+    SELECT tenant, id, feature, user_id, priority, task, requested_model, 'running', 1,
+           now(), lease_token, now() + make_interval(secs => $2), stream_seq
       FROM input
     ON CONFLICT (tenant, id) DO UPDATE
        SET status = 'running', feature = EXCLUDED.feature, user_id = EXCLUDED.user_id,
            priority = EXCLUDED.priority, task = EXCLUDED.task,
            requested_model = EXCLUDED.requested_model, deliveries = jobs.deliveries + 1,
-           started_at = now(), finished_at = NULL, error_kind = NULL, error_message = NULL
+           started_at = now(), finished_at = NULL, error_kind = NULL, error_message = NULL,
+           lease_token = EXCLUDED.lease_token, lease_until = EXCLUDED.lease_until
      WHERE jobs.status <> 'succeeded'
-    RETURNING 1
+       AND (jobs.lease_until IS NULL OR jobs.lease_until < now())
+       AND NOT (jobs.status = 'failed' AND jobs.stream_seq = EXCLUDED.stream_seq)
+    RETURNING tenant, id
 )
-SELECT p.tenant, p.id, p.status, p.result,
-       CASE WHEN p.status = 'succeeded' THEN NULL ELSE (
+SELECT i.tenant, i.id, (u.id IS NOT NULL) AS claimed, p.status,
+       CASE WHEN u.id IS NULL THEN p.result END AS result,
+       p.free_deliveries,
+       (extract(epoch FROM (p.lease_until - now())) * 1000)::bigint AS lease_ms,
+       CASE WHEN u.id IS NOT NULL AND p.id IS NOT NULL THEN (
            SELECT coalesce(jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
                       'attempt', c.attempt, 'provider', c.provider, 'model', c.model,
                       'outcome', c.outcome, 'latency_ms', c.latency_ms,
                       'cost_usd', c.cost_usd::text, 'status', c.status_code,
                       'message', c.message)) ORDER BY c.attempt), '[]'::jsonb)
-             FROM cost_rows c WHERE c.tenant = p.tenant AND c.job_id = p.id)
+             FROM cost_rows c WHERE c.tenant = i.tenant AND c.job_id = i.id)
        END AS attempts
-  FROM prior p
+  FROM input i
+  LEFT JOIN up u ON u.tenant = i.tenant AND u.id = i.id
+  LEFT JOIN prior p ON p.tenant = i.tenant AND p.id = i.id
 "#;
 
-async fn claim_batch(pool: &PgPool, reqs: &[&ClaimRequest]) -> Result<Found, StoreError> {
+async fn claim_batch(
+    pool: &PgPool,
+    reqs: &[&ClaimRequest],
+    lease: Duration,
+) -> Result<Found, StoreError> {
     let rows: Vec<ClaimRow> = sqlx::query_as(CLAIM_SQL)
         .bind(sqlx::types::Json(reqs))
+        .bind(lease.as_secs_f64())
         .fetch_all(pool)
-        .await?;
+        .await
+        .map_err(StoreError::classify)?;
     let mut found = Found::with_capacity(rows.len());
-    for (tenant, id, status, result, attempts) in rows {
-        let outcome = if status == "succeeded" {
-            match result {
-                Some(v) => {
-                    parse_result(&tenant, &id, v).map(|r| ClaimOutcome::Succeeded(Box::new(r)))
-                }
-                None => Err(StoreError::Corrupt {
-                    tenant: tenant.clone(),
-                    id: id.clone(),
-                    message: "succeeded without a stored result".into(),
-                }),
-            }
-        } else {
-            let prior: Vec<Attempt> = attempts
-                .map(serde_json::from_value)
-                .transpose()
-                .map_err(|e| StoreError::Corrupt {
-                    tenant: tenant.clone(),
-                    id: id.clone(),
-                    message: e.to_string(),
-                })?
-                .unwrap_or_default();
-            Ok(ClaimOutcome::Run { prior })
-        };
+    for (tenant, id, claimed, status, result, free, lease_ms, attempts) in rows {
+        let outcome = outcome_of(&tenant, &id, claimed, status, result, free, lease_ms, attempts);
         found.insert((tenant, id), outcome);
     }
     Ok(found)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn outcome_of(
+    tenant: &str,
+    id: &str,
+    claimed: bool,
+    status: Option<String>,
+    result: Option<serde_json::Value>,
+    free: Option<i32>,
+    lease_ms: Option<i64>,
+    attempts: Option<serde_json::Value>,
+) -> Result<ClaimOutcome, StoreError> {
+    let corrupt = |message: String| StoreError::Corrupt {
+        tenant: tenant.to_string(),
+        id: id.to_string(),
+        message,
+    };
+    if claimed {
+        let prior: Vec<Attempt> = attempts
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| corrupt(e.to_string()))?
+            .unwrap_or_default();
+        return Ok(ClaimOutcome::Claimed {
+            prior,
+            free_deliveries: free.unwrap_or(0).max(0) as u32,
+        });
+    }
+    match (status.as_deref(), result) {
+        (Some("succeeded"), Some(v)) => {
+            parse_result(tenant, id, v).map(|r| ClaimOutcome::Succeeded(Box::new(r)))
+        }
+        (Some("failed"), Some(v)) => {
+            parse_result(tenant, id, v).map(|r| ClaimOutcome::Finished(Box::new(r)))
+        }
+        (Some("succeeded" | "failed"), None) => {
+            Err(corrupt("finished without a stored result".into()))
+        }
+        _ => {
+            let left = lease_ms.unwrap_or(500).clamp(0, 3_600_000) as u64;
+            Ok(ClaimOutcome::Busy(Duration::from_millis(left)))
+        }
+    }
 }

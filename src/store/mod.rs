@@ -3,11 +3,14 @@
 //! one statement or transaction.
 
 mod batch;
+pub mod budgets;
 pub mod claims;
+pub mod leases;
 pub mod writer;
 
 pub use claims::{ClaimOutcome, ClaimRequest, Claimer};
-pub use writer::{CommitJob, CommitRequest, CostRow, Writer};
+pub use leases::{Lease, LeaseKeeper};
+pub use writer::{CallRecord, CommitJob, CommitOutcome, CommitRequest, JobKey, Writer};
 
 use crate::job::JobResult;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -25,12 +28,54 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("the store is shutting down")]
     Closed,
+    /// Postgres cannot be reached (or is shutting down, or out of resources): nothing about
+    /// this job is wrong, so the caller waits and tries again in place.
+    #[error("postgres unavailable: {0}")]
+    Unavailable(String),
+    /// Postgres refused this job's rows (a data or constraint error): trying again will
+    /// not help, the job ends as `internal`.
+    #[error("postgres refused the rows: {0}")]
+    Rejected(String),
     #[error("stored result of {tenant}/{id} is unreadable: {message}")]
     Corrupt {
         tenant: String,
         id: String,
         message: String,
     },
+}
+
+impl StoreError {
+    /// Sort a driver error: is Postgres away (wait and retry in place), or did it refuse
+    /// these rows (retrying the same rows cannot help)?
+    pub fn classify(e: sqlx::Error) -> StoreError {
+        match &e {
+            sqlx::Error::Database(db) => {
+                let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+                // 08: connection; 53: resources; 57: operator intervention (shutdown,
+                // cannot connect now); 40: serialization failure or deadlock (retry).
+                if ["08", "53", "57", "40", "58"]
+                    .iter()
+                    .any(|class| code.starts_with(class))
+                {
+                    StoreError::Unavailable(format!("{} ({code})", db.message()))
+                } else {
+                    StoreError::Rejected(format!("{} ({code})", db.message()))
+                }
+            }
+            sqlx::Error::Encode(_) | sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. } => {
+                StoreError::Rejected(e.to_string())
+            }
+            _ => StoreError::Unavailable(e.to_string()),
+        }
+    }
+
+    /// Nothing is wrong with the job: wait for Postgres and try again in place.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::Db(_) | StoreError::Closed
+        )
+    }
 }
 
 /// Connect with a bounded pool. The URL may hold a password; it is never logged.

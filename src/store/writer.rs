@@ -1,14 +1,43 @@
-//! Group commit: the final `jobs` rows and the `cost_rows` of many jobs in one
-//! transaction. A job is acknowledged only after the transaction holding its rows commits.
+//! Group commit: the cost rows, final `jobs` rows, lease releases and budget changes of
+//! many jobs in one statement (so one atomic round trip per batch).
+//!
+//! - Cost rows are inserted without `ON CONFLICT`: a row is never dropped, a clash of
+//!   attempt numbers is an error (answered by renumbering that job's rows, below).
+//! - A final row lands only while its delivery still owns the job (its lease, or no live
+//!   lease at all) and the job has not succeeded already; the caller learns whether it
+//!   landed.
+//! - Budgets: spend is added from the cost rows inserted, reservations are released with
+//!   the lease that owns them.
+//! - When Postgres refuses a batch for its data, each job is committed alone, so only the
+//!   job at fault gets the error; when Postgres is away, every job gets
+//!   [`StoreError::Unavailable`] and its request back, to try again in place.
 
 use super::batch::next_batch;
 use super::StoreError;
+use crate::job::{Attempt, Usage};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use sqlx::PgPool;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+
+/// The job a commit is about (what cost rows are attributed to).
+#[derive(Debug, Clone, Default)]
+pub struct JobKey {
+    pub tenant: String,
+    pub id: String,
+    pub feature: Option<String>,
+    pub user_id: Option<String>,
+}
+
+/// One provider call: what the result lists in `attempts` and what its cost row holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallRecord {
+    pub attempt: Attempt,
+    /// The tokens billed for this call (zero when it failed without a body).
+    pub usage: Usage,
+}
 
 /// A job's final row (`status` succeeded or failed).
 #[derive(Debug, Clone, Serialize)]
@@ -17,8 +46,8 @@ pub struct CommitJob {
     pub id: String,
     pub feature: Option<String>,
     pub user_id: Option<String>,
-    pub priority: Option<String>,
-    pub task: Option<String>,
+    pub priority: Option<&'static str>,
+    pub task: Option<&'static str>,
     pub requested_model: Option<String>,
     pub status: &'static str,
     pub provider: Option<String>,
@@ -29,41 +58,41 @@ pub struct CommitJob {
     pub cost_usd: Decimal,
     pub error_kind: Option<&'static str>,
     pub error_message: Option<String>,
+    /// The delivery's lease (none for a payload that was never claimed).
+    pub lease_token: Option<String>,
+    /// The message that produced this result.
+    pub stream_seq: u64,
     /// The published result; `jobs.output` is taken from its `output` by Postgres.
     pub result: Box<serde_json::value::RawValue>,
 }
 
-/// One provider call.
-#[derive(Debug, Clone, Serialize)]
-pub struct CostRow {
-    pub tenant: String,
-    pub job_id: String,
-    pub attempt: u32,
-    pub feature: Option<String>,
-    pub user_id: Option<String>,
-    pub provider: String,
-    pub model: String,
-    pub outcome: String,
-    pub status_code: Option<u16>,
-    pub input_tokens: u64,
-    pub cached_input_tokens: u64,
-    pub output_tokens: u64,
-    pub reasoning_tokens: u64,
-    pub cost_usd: Decimal,
-    pub latency_ms: u64,
-    pub message: Option<String>,
+/// A delivery that ends without a final row: its lease (and budget reservation) is let go.
+#[derive(Debug, Clone)]
+pub struct Release {
+    pub lease_token: String,
+    /// The hand-back is not a failure of the job (a budget defer, our own outage): it does
+    /// not count against `worker.max_deliveries`.
+    pub free: bool,
 }
 
-/// What one job commits: its cost rows, and its final row unless it will be retried.
+/// What one job commits.
 #[derive(Debug, Clone, Default)]
 pub struct CommitRequest {
+    pub key: JobKey,
+    pub calls: Vec<CallRecord>,
     pub job: Option<CommitJob>,
-    pub costs: Vec<CostRow>,
-    /// Release the job's budget reservation and add what it actually cost.
-    pub settle: Option<crate::budget::Settlement>,
+    pub release: Option<Release>,
 }
 
-type Reply = oneshot::Sender<Result<(), StoreError>>;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitOutcome {
+    /// The final row landed. False when another delivery owns the job now (or it had
+    /// succeeded): the cost rows are in, the result is that delivery's to give.
+    pub final_landed: bool,
+}
+
+pub type CommitError = Box<(StoreError, CommitRequest)>;
+type Reply = oneshot::Sender<Result<CommitOutcome, CommitError>>;
 
 #[derive(Clone)]
 pub struct Writer {
@@ -82,14 +111,18 @@ impl Writer {
         (Writer { tx }, handle)
     }
 
-    /// Commit, and return once the rows are durable.
-    pub async fn commit(&self, req: CommitRequest) -> Result<(), StoreError> {
+    /// Commit, and return once the rows are durable. On failure the request comes back,
+    /// so it can be tried again.
+    pub async fn commit(&self, req: CommitRequest) -> Result<CommitOutcome, CommitError> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send((req, tx))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        if let Err(mpsc::error::SendError((req, _))) = self.tx.send((req, tx)).await {
+            return Err(Box::new((StoreError::Closed, req)));
+        }
+        match rx.await {
+            Ok(r) => r,
+            // The loop is gone with the request; nothing was committed.
+            Err(_) => Err(Box::new((StoreError::Closed, CommitRequest::default()))),
+        }
     }
 }
 
@@ -101,91 +134,246 @@ async fn run(
 ) {
     while let Some(batch) = next_batch(&mut rx, max_batch, linger).await {
         let (reqs, replies): (Vec<CommitRequest>, Vec<Reply>) = batch.into_iter().unzip();
-        let result = commit_batch(&pool, reqs).await;
-        if let Err(e) = &result {
-            tracing::error!(error = %e, jobs = replies.len(), "group commit failed");
-        }
-        for reply in replies {
-            let _ = reply.send(match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(StoreError::Db(sqlx::Error::Protocol(e.to_string()))),
-            });
+        match commit_batch(&pool, &reqs).await {
+            Ok(landed) => {
+                for (reply, ok) in replies.into_iter().zip(landed) {
+                    let _ = reply.send(Ok(CommitOutcome { final_landed: ok }));
+                }
+            }
+            Err(e) if e.is_unavailable() || reqs.len() == 1 => {
+                if reqs.len() == 1 {
+                    // One job alone: try renumbering a clash of attempt numbers.
+                    let req = reqs.into_iter().next().unwrap_or_default();
+                    let reply = replies.into_iter().next();
+                    let out = commit_alone(&pool, req, e).await;
+                    if let Some(reply) = reply {
+                        let _ = reply.send(out);
+                    }
+                    continue;
+                }
+                tracing::warn!(error = %e, jobs = replies.len(), "group commit failed");
+                let msg = e.to_string();
+                for (req, reply) in reqs.into_iter().zip(replies) {
+                    let err = StoreError::Unavailable(msg.clone());
+                    let _ = reply.send(Err(Box::new((err, req))));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, jobs = replies.len(),
+                    "group commit refused; committing one job at a time");
+                for (req, reply) in reqs.into_iter().zip(replies) {
+                    let out = match commit_batch(&pool, std::slice::from_ref(&req)).await {
+                        Ok(landed) => Ok(CommitOutcome {
+                            final_landed: landed.first().copied().unwrap_or(false),
+                        }),
+                        Err(e) => commit_alone(&pool, req, e).await,
+                    };
+                    let _ = reply.send(out);
+                }
+            }
         }
     }
 }
 
-const COSTS_SQL: &str = r#"
-INSERT INTO cost_rows (tenant, job_id, attempt, feature, user_id, provider, model, outcome,
-                       status_code, input_tokens, cached_input_tokens, output_tokens,
-                       reasoning_tokens, cost_usd, latency_ms, message)
-SELECT tenant, job_id, attempt, feature, user_id, provider, model, outcome, status_code,
-       input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, cost_usd,
-       latency_ms, message
-  FROM jsonb_to_recordset($1::jsonb) AS x(
-       tenant text, job_id text, attempt integer, feature text, user_id text, provider text,
-       model text, outcome text, status_code integer, input_tokens bigint,
-       cached_input_tokens bigint, output_tokens bigint, reasoning_tokens bigint,
-       cost_usd numeric, latency_ms bigint, message text)
-ON CONFLICT (tenant, job_id, attempt) DO NOTHING
+/// A job whose commit failed on its own. A clash of attempt numbers (two deliveries ran
+/// the job at once after a lease ran out) is answered by numbering this job's calls after
+/// the ones stored; any other refusal goes back to the caller.
+async fn commit_alone(
+    pool: &PgPool,
+    mut req: CommitRequest,
+    err: StoreError,
+) -> Result<CommitOutcome, CommitError> {
+    let clash = matches!(&err, StoreError::Rejected(m) if m.contains("cost_rows_pkey"));
+    if !clash || req.calls.is_empty() {
+        return Err(Box::new((err, req)));
+    }
+    let max: Result<Option<i32>, sqlx::Error> =
+        sqlx::query_scalar("SELECT max(attempt) FROM cost_rows WHERE tenant = $1 AND job_id = $2")
+            .bind(&req.key.tenant)
+            .bind(&req.key.id)
+            .fetch_one(pool)
+            .await;
+    let next = match max {
+        Ok(m) => m.unwrap_or(0).max(0) as u32 + 1,
+        Err(e) => return Err(Box::new((StoreError::classify(e), req))),
+    };
+    tracing::warn!(tenant = %req.key.tenant, id = %req.key.id, from = next,
+        "attempt numbers clash with another delivery's calls; renumbering");
+    for (i, c) in req.calls.iter_mut().enumerate() {
+        c.attempt.attempt = next + i as u32;
+    }
+    match commit_batch(pool, std::slice::from_ref(&req)).await {
+        Ok(landed) => Ok(CommitOutcome {
+            final_landed: landed.first().copied().unwrap_or(false),
+        }),
+        Err(e) => Err(Box::new((e, req))),
+    }
+}
+
+/// A cost row as the statement reads it.
+#[derive(Serialize)]
+struct CostRowOut<'a> {
+    tenant: &'a str,
+    job_id: &'a str,
+    attempt: u32,
+    feature: Option<&'a str>,
+    user_id: Option<&'a str>,
+    provider: &'a str,
+    model: &'a str,
+    outcome: &'a str,
+    status_code: Option<u16>,
+    input_tokens: u64,
+    cached_input_tokens: u64,
+    output_tokens: u64,
+    reasoning_tokens: u64,
+    cost_usd: Decimal,
+    latency_ms: u64,
+    message: Option<&'a str>,
+}
+
+const COMMIT_SQL: &str = r#"
+WITH c AS (
+    INSERT INTO cost_rows (tenant, job_id, attempt, feature, user_id, provider, model, outcome,
+                           status_code, input_tokens, cached_input_tokens, output_tokens,
+                           reasoning_tokens, cost_usd, latency_ms, message)
+    SELECT tenant, job_id, attempt, feature, user_id, provider, model, outcome, status_code,
+           input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, cost_usd,
+           latency_ms, message
+      FROM jsonb_to_recordset($1::jsonb) AS x(
+           tenant text, job_id text, attempt integer, feature text, user_id text,
+           provider text, model text, outcome text, status_code integer, input_tokens bigint,
+           cached_input_tokens bigint, output_tokens bigint, reasoning_tokens bigint,
+           cost_usd numeric, latency_ms bigint, message text)
+    RETURNING tenant, feature, cost_usd
+), f AS (
+    INSERT INTO jobs AS j (tenant, id, feature, user_id, priority, task, requested_model,
+                      status, provider, model, input_tokens, cached_input_tokens, output_tokens,
+                      cost_usd, error_kind, error_message, output, result, deliveries,
+                      started_at, finished_at, lease_token, lease_until, stream_seq)
+    SELECT tenant, id, feature, user_id, priority, task, requested_model, status, provider,
+           model, input_tokens, cached_input_tokens, output_tokens, cost_usd, error_kind,
+           error_message, nullif(result -> 'output', 'null'::jsonb), result, 1, now(), now(),
+           lease_token, NULL, stream_seq
+      FROM jsonb_to_recordset($2::jsonb) AS x(
+           tenant text, id text, feature text, user_id text, priority text, task text,
+           requested_model text, status text, provider text, model text, input_tokens bigint,
+           cached_input_tokens bigint, output_tokens bigint, cost_usd numeric, error_kind text,
+           error_message text, result jsonb, lease_token text, stream_seq bigint)
+    ON CONFLICT (tenant, id) DO UPDATE
+       SET status = EXCLUDED.status, provider = EXCLUDED.provider, model = EXCLUDED.model,
+           input_tokens = EXCLUDED.input_tokens,
+           cached_input_tokens = EXCLUDED.cached_input_tokens,
+           output_tokens = EXCLUDED.output_tokens, cost_usd = EXCLUDED.cost_usd,
+           error_kind = EXCLUDED.error_kind, error_message = EXCLUDED.error_message,
+           output = EXCLUDED.output, result = EXCLUDED.result, finished_at = now(),
+           feature = coalesce(j.feature, EXCLUDED.feature),
+           user_id = coalesce(j.user_id, EXCLUDED.user_id),
+           priority = coalesce(EXCLUDED.priority, j.priority),
+           task = coalesce(EXCLUDED.task, j.task),
+           requested_model = coalesce(EXCLUDED.requested_model, j.requested_model),
+           lease_token = NULL, lease_until = NULL, stream_seq = EXCLUDED.stream_seq,
+           free_deliveries = 0
+     WHERE j.status <> 'succeeded'
+       AND (j.lease_until IS NULL OR j.lease_until < now()
+            OR j.lease_token = EXCLUDED.lease_token)
+    RETURNING j.tenant, j.id
+), r AS (
+    UPDATE jobs j SET lease_token = NULL, lease_until = NULL,
+                      free_deliveries = j.free_deliveries + x.free
+      FROM unnest($3::text[], $4::integer[]) AS x(token, free)
+     WHERE j.lease_token = x.token
+    RETURNING 1
+), freed AS (
+    DELETE FROM budget_reservations WHERE lease_token = ANY($5::text[])
+    RETURNING tenant, feature, amount_usd
+), deltas AS (
+    SELECT tenant, feature, cost_usd AS spent, 0::numeric AS freed FROM c
+    UNION ALL
+    SELECT tenant, feature, 0::numeric, amount_usd FROM freed
+), agg AS (
+    SELECT b.tenant, b.feature, b.period, sum(d.spent) AS spent, sum(d.freed) AS freed
+      FROM budgets b JOIN deltas d ON b.tenant = d.tenant AND (b.feature IS NULL OR b.feature = d.feature)
+     GROUP BY b.tenant, b.feature, b.period
+), bu AS (
+    UPDATE budgets b SET spent_usd = b.spent_usd + agg.spent,
+                         reserved_usd = greatest(b.reserved_usd - agg.freed, 0),
+                         updated_at = now()
+      FROM agg
+     WHERE b.tenant = agg.tenant AND b.feature IS NOT DISTINCT FROM agg.feature
+       AND b.period = agg.period
+    RETURNING 1
+)
+SELECT f.tenant, f.id, (SELECT count(*) FROM r) + (SELECT count(*) FROM bu) AS side
+  FROM f
 "#;
 
-const JOBS_SQL: &str = r#"
-INSERT INTO jobs AS j (tenant, id, feature, user_id, priority, task, requested_model, status,
-                  provider, model, input_tokens, cached_input_tokens, output_tokens, cost_usd,
-                  error_kind, error_message, output, result, deliveries, started_at, finished_at)
-SELECT tenant, id, feature, user_id, priority, task, requested_model, status, provider, model,
-       input_tokens, cached_input_tokens, output_tokens, cost_usd, error_kind, error_message,
-       nullif(result -> 'output', 'null'::jsonb), result, 1, now(), now()
-  FROM jsonb_to_recordset($1::jsonb) AS x(
-       tenant text, id text, feature text, user_id text, priority text, task text,
-       requested_model text, status text, provider text, model text, input_tokens bigint,
-       cached_input_tokens bigint, output_tokens bigint, cost_usd numeric, error_kind text,
-       error_message text, result jsonb)
-ON CONFLICT (tenant, id) DO UPDATE
-   SET status = EXCLUDED.status, provider = EXCLUDED.provider, model = EXCLUDED.model,
-       input_tokens = EXCLUDED.input_tokens, cached_input_tokens = EXCLUDED.cached_input_tokens,
-       output_tokens = EXCLUDED.output_tokens, cost_usd = EXCLUDED.cost_usd,
-       error_kind = EXCLUDED.error_kind, error_message = EXCLUDED.error_message,
-       output = EXCLUDED.output, result = EXCLUDED.result, finished_at = now(),
-       feature = coalesce(j.feature, EXCLUDED.feature), user_id = coalesce(j.user_id, EXCLUDED.user_id),
-       priority = coalesce(EXCLUDED.priority, j.priority), task = coalesce(EXCLUDED.task, j.task),
-       requested_model = coalesce(EXCLUDED.requested_model, j.requested_model)
- WHERE j.status <> 'succeeded'
-"#;
-
-async fn commit_batch(pool: &PgPool, reqs: Vec<CommitRequest>) -> Result<(), StoreError> {
-    let mut costs = Vec::new();
-    let mut settles = Vec::new();
-    // One final row per job per statement: the last one wins (a duplicate submission in the
-    // same batch; both results are still published).
-    let mut jobs: HashMap<(String, String), CommitJob> = HashMap::with_capacity(reqs.len());
-    for r in reqs {
-        costs.extend(r.costs);
-        settles.extend(r.settle);
-        if let Some(j) = r.job {
-            jobs.insert((j.tenant.clone(), j.id.clone()), j);
+/// Commit `reqs` in one statement; for each request, whether its final row landed.
+async fn commit_batch(pool: &PgPool, reqs: &[CommitRequest]) -> Result<Vec<bool>, StoreError> {
+    let mut costs: Vec<CostRowOut<'_>> = Vec::new();
+    // One final row per job per statement: the last one wins (the others learn that theirs
+    // did not land).
+    let mut finals: HashMap<(&str, &str), usize> = HashMap::with_capacity(reqs.len());
+    let mut tokens: Vec<&str> = Vec::new();
+    let mut frees: Vec<i32> = Vec::new();
+    let mut reservations: Vec<&str> = Vec::new();
+    for (i, r) in reqs.iter().enumerate() {
+        let k = &r.key;
+        for c in &r.calls {
+            let a = &c.attempt;
+            costs.push(CostRowOut {
+                tenant: &k.tenant,
+                job_id: &k.id,
+                attempt: a.attempt,
+                feature: k.feature.as_deref(),
+                user_id: k.user_id.as_deref(),
+                provider: &a.provider,
+                model: &a.model,
+                outcome: &a.outcome,
+                status_code: a.status,
+                input_tokens: c.usage.input_tokens,
+                cached_input_tokens: c.usage.cached_input_tokens,
+                output_tokens: c.usage.output_tokens,
+                reasoning_tokens: c.usage.reasoning_tokens,
+                cost_usd: a.cost_usd,
+                latency_ms: a.latency_ms,
+                message: a.message.as_deref(),
+            });
+        }
+        if let Some(j) = &r.job {
+            finals.insert((j.tenant.as_str(), j.id.as_str()), i);
+            if let Some(t) = &j.lease_token {
+                reservations.push(t);
+            }
+        }
+        if let Some(rel) = &r.release {
+            tokens.push(&rel.lease_token);
+            frees.push(i32::from(rel.free));
+            reservations.push(&rel.lease_token);
         }
     }
-    let jobs: Vec<CommitJob> = jobs.into_values().collect();
-    let mut tx = pool.begin().await?;
-    if !costs.is_empty() {
-        sqlx::query(COSTS_SQL)
-            .bind(sqlx::types::Json(&costs))
-            .execute(&mut *tx)
-            .await?;
-    }
-    if !jobs.is_empty() {
-        sqlx::query(JOBS_SQL)
-            .bind(sqlx::types::Json(&jobs))
-            .execute(&mut *tx)
-            .await?;
-    }
-    if !settles.is_empty() {
-        sqlx::query(crate::budget::SETTLE_SQL)
-            .bind(sqlx::types::Json(&settles))
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
-    Ok(())
+    let jobs: Vec<&CommitJob> = finals
+        .values()
+        .filter_map(|&i| reqs[i].job.as_ref())
+        .collect();
+    let landed: Vec<(String, String, i64)> = sqlx::query_as(COMMIT_SQL)
+        .bind(sqlx::types::Json(&costs))
+        .bind(sqlx::types::Json(&jobs))
+        .bind(&tokens)
+        .bind(&frees)
+        .bind(&reservations)
+        .fetch_all(pool)
+        .await
+        .map_err(StoreError::classify)?;
+    let landed: HashSet<(String, String)> = landed.into_iter().map(|(t, i, _)| (t, i)).collect();
+    Ok(reqs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| match &r.job {
+            Some(j) => {
+                finals.get(&(j.tenant.as_str(), j.id.as_str())) == Some(&i)
+                    && landed.contains(&(j.tenant.clone(), j.id.clone()))
+            }
+            None => true,
+        })
+        .collect())
 }

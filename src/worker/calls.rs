@@ -1,14 +1,14 @@
-//! Calling the candidates in order until one answers: rate limit, call, and one attempt
-//! and one cost row per call made, failed ones included.
+//! Calling the candidates in order until one answers: rate limit, call, and one
+//! [`CallRecord`] per call made, failed ones included, at what the provider billed.
 
 use super::Ctx;
 use crate::config::ModelConfig;
 use crate::cost::cost_of;
-use crate::job::{Attempt, Job, Output};
+use crate::job::{Attempt, Job, Output, Usage};
 use crate::providers::{ChatRequest, ChatResponse, FailureClass};
 use crate::ratelimit::Admission;
 use crate::router::Plan;
-use crate::store::CostRow;
+use crate::store::CallRecord;
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use std::sync::Arc;
@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 
 pub struct ChainOutcome {
     /// The calls made now, numbered on from the earlier deliveries'.
-    pub attempts: Vec<Attempt>,
-    pub costs: Vec<CostRow>,
+    pub calls: Vec<CallRecord>,
     pub success: Option<(ChatResponse, Arc<ModelConfig>)>,
     /// Some candidate failed in a way that may pass later (429, 5xx, timeout, local limit).
     pub transient: bool,
@@ -25,6 +24,8 @@ pub struct ChainOutcome {
     pub retry_after: Option<Duration>,
     /// Every call failed because the input was too long.
     pub all_context_too_long: bool,
+    /// The worker's grace period ended during a call: it was cut short.
+    pub cancelled: bool,
 }
 
 pub async fn run_chain(
@@ -35,12 +36,12 @@ pub async fn run_chain(
     first_attempt: u32,
 ) -> ChainOutcome {
     let mut out = ChainOutcome {
-        attempts: Vec::new(),
-        costs: Vec::new(),
+        calls: Vec::new(),
         success: None,
         transient: false,
         retry_after: None,
         all_context_too_long: true,
+        cancelled: false,
     };
     let max_wait = Duration::from_millis(ctx.cfg.worker.max_limiter_wait_ms);
     let mut attempt = first_attempt;
@@ -50,11 +51,15 @@ pub async fn run_chain(
             continue;
         };
         let want_tokens = input_estimate + u64::from(cand.max_tokens);
-        if let Admission::Wait(d) = ctx
-            .limiters
-            .admit(&m.provider, &m.upstream, want_tokens, max_wait)
-            .await
-        {
+        let admitted = tokio::select! {
+            a = ctx.limiters.admit(&m.provider, &m.upstream, want_tokens, max_wait) => a,
+            _ = ctx.abort.cancelled() => {
+                out.cancelled = true;
+                out.transient = true;
+                return out;
+            }
+        };
+        if let Admission::Wait(d) = admitted {
             tracing::debug!(provider = %m.provider, wait_ms = d.as_millis() as u64, "rate limited locally; next candidate");
             out.transient = true;
             out.all_context_too_long = false;
@@ -72,65 +77,84 @@ pub async fn run_chain(
             tool_choice: job.tool_choice.as_ref(),
         };
         let started = Instant::now();
-        let result = adapter.chat(req).await;
+        // The call is cut short only when the shutdown grace period is over; it is still
+        // recorded (the provider may bill it).
+        let result = tokio::select! {
+            r = adapter.chat(req) => Some(r),
+            _ = ctx.abort.cancelled() => None,
+        };
         let latency_ms = started.elapsed().as_millis() as u64;
+        let mut attempt_rec = Attempt {
+            attempt,
+            provider: m.provider.clone(),
+            model: m.name.clone(),
+            outcome: String::new(),
+            latency_ms,
+            cost_usd: Decimal::ZERO,
+            status: None,
+            message: None,
+        };
+        attempt += 1;
+        let Some(result) = result else {
+            attempt_rec.outcome = "cancelled".into();
+            attempt_rec.message =
+                Some("cut short: the worker's shutdown grace period ended".into());
+            out.calls.push(CallRecord {
+                attempt: attempt_rec,
+                usage: Usage::default(),
+            });
+            out.cancelled = true;
+            out.transient = true;
+            return out;
+        };
         let reading = match &result {
             Ok(r) => r.rate.as_ref(),
             Err(e) => e.rate.as_deref(),
         };
         ctx.limiters.observe(&m.provider, &m.upstream, reading);
-        let mut row = CostRow {
-            tenant: job.tenant.clone(),
-            job_id: job.id.clone(),
-            attempt,
-            feature: job.feature.clone(),
-            user_id: job.user.clone(),
-            provider: m.provider.clone(),
-            model: m.name.clone(),
-            outcome: String::new(),
-            status_code: None,
-            input_tokens: 0,
-            cached_input_tokens: 0,
-            output_tokens: 0,
-            reasoning_tokens: 0,
-            cost_usd: Decimal::ZERO,
-            latency_ms,
-            message: None,
-        };
-        attempt += 1;
         match result {
             Ok(mut resp) => {
                 sanitize(&mut resp.output);
                 let cost = cost_of(m, &resp.usage);
-                row.outcome = "succeeded".into();
-                row.status_code = Some(200);
-                row.input_tokens = resp.usage.input_tokens;
-                row.cached_input_tokens = resp.usage.cached_input_tokens;
-                row.output_tokens = resp.usage.output_tokens;
-                row.reasoning_tokens = resp.usage.reasoning_tokens;
-                row.cost_usd = cost;
-                let nano = (cost * Decimal::from(1_000_000_000u64))
-                    .trunc()
-                    .to_u64()
-                    .unwrap_or(0);
-                ctx.metrics
-                    .call(&m.provider, &m.name, "succeeded", started.elapsed(), nano);
-                out.attempts.push(attempt_of(&row));
-                out.costs.push(row);
+                attempt_rec.outcome = "succeeded".into();
+                attempt_rec.status = Some(200);
+                attempt_rec.cost_usd = cost;
+                ctx.metrics.call(
+                    &m.provider,
+                    &m.name,
+                    "succeeded",
+                    started.elapsed(),
+                    nano_usd(cost),
+                );
+                out.calls.push(CallRecord {
+                    attempt: attempt_rec,
+                    usage: resp.usage,
+                });
                 out.all_context_too_long = false;
                 out.success = Some((resp, m.clone()));
                 return out;
             }
             Err(e) => {
+                // A 200 that we could not use was still billed.
+                let usage = e.usage.unwrap_or_default();
+                let cost = e.usage.map_or(Decimal::ZERO, |u| cost_of(m, &u));
                 tracing::info!(provider = %m.provider, model = %m.name, outcome = e.class.as_str(),
                     status = e.status, latency_ms, "provider call failed");
-                ctx.metrics
-                    .call(&m.provider, &m.name, e.class.as_str(), started.elapsed(), 0);
-                row.outcome = e.class.as_str().to_string();
-                row.status_code = e.status;
-                row.message = Some(e.message.clone());
-                out.attempts.push(attempt_of(&row));
-                out.costs.push(row);
+                ctx.metrics.call(
+                    &m.provider,
+                    &m.name,
+                    e.class.as_str(),
+                    started.elapsed(),
+                    nano_usd(cost),
+                );
+                attempt_rec.outcome = e.class.as_str().to_string();
+                attempt_rec.status = e.status;
+                attempt_rec.cost_usd = cost;
+                attempt_rec.message = Some(e.message.clone());
+                out.calls.push(CallRecord {
+                    attempt: attempt_rec,
+                    usage,
+                });
                 if e.class.is_transient() {
                     out.transient = true;
                     if let Some(d) = e.retry_after {
@@ -146,17 +170,11 @@ pub async fn run_chain(
     out
 }
 
-pub fn attempt_of(row: &CostRow) -> Attempt {
-    Attempt {
-        attempt: row.attempt,
-        provider: row.provider.clone(),
-        model: row.model.clone(),
-        outcome: row.outcome.clone(),
-        latency_ms: row.latency_ms,
-        cost_usd: row.cost_usd,
-        status: row.status_code,
-        message: row.message.clone(),
-    }
+fn nano_usd(cost: Decimal) -> u64 {
+    (cost * Decimal::from(1_000_000_000u64))
+        .trunc()
+        .to_u64()
+        .unwrap_or(0)
 }
 
 /// Postgres cannot store U+0000: replace it in what a provider returned.

@@ -1,8 +1,15 @@
 //! The worker: one task per pulled job, bounded by the slot semaphore. Each task keeps its
 //! message alive with in-progress acks while it works, and ends in exactly one of: ack
 //! (the result is committed and published) or nak with a delay (try again later).
+//!
+//! - [`process`]: one delivery, start to end (claim, route, reserve, call, commit, publish);
+//! - [`calls`]: the call chain, one [`crate::store::CallRecord`] per call;
+//! - [`decide`]: what a chain's outcome means, without side effects;
+//! - [`infra`]: is Postgres / NATS there; waiting in place while they are not.
 
 mod calls;
+pub mod decide;
+pub mod infra;
 mod process;
 
 use crate::config::Config;
@@ -30,6 +37,9 @@ pub struct Ctx {
     pub budgets: crate::budget::Budgets,
     pub claimer: Claimer,
     pub writer: Writer,
+    pub leases: crate::store::LeaseKeeper,
+    pub infra: Arc<infra::Infra>,
+    pub clock: Arc<dyn crate::clock::Clock>,
     pub publisher: Publisher,
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     /// Cancelled when the shutdown grace period is over: unfinished jobs are handed back.

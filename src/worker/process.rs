@@ -1,7 +1,11 @@
-//! One delivery of one job, start to end: parse, claim, route, call, commit, publish.
-//! Every path returns a [`Disposition`]; every terminal path commits first.
+//! One delivery of one job, start to end: parse, claim (take the lease), route, reserve,
+//! call, then carry out the [`Verdict`]: commit, dead-letter, publish. Every path returns
+//! a [`Disposition`]; every terminal path commits first, and nothing that can fail after
+//! a provider call makes that call happen again.
 
 use super::calls::{run_chain, ChainOutcome};
+use super::decide::{backoff_delay, decide, RetryPolicy, Verdict};
+use super::infra::Gave;
 use super::{Ctx, Delivery, Disposition};
 use crate::budget::{Denial, Reservation};
 use crate::job::{
@@ -9,13 +13,23 @@ use crate::job::{
     Status, Usage,
 };
 use crate::queue::publish::DlqEntry;
-use crate::store::{ClaimOutcome, ClaimRequest, CommitJob, CommitRequest, CostRow};
+use crate::store::writer::Release;
+use crate::store::{
+    CallRecord, ClaimOutcome, ClaimRequest, CommitJob, CommitRequest, JobKey, Lease, StoreError,
+};
 use crate::tokens::estimate_input_tokens;
-use backon::{BackoffBuilder, ExponentialBuilder};
 use base64::Engine;
 use rust_decimal::Decimal;
 use std::time::Duration;
 use tracing::Instrument;
+
+/// How long a delivery waits in place for another delivery's live lease before it hands
+/// its message back.
+const BUSY_WAIT_MAX: Duration = Duration::from_secs(600);
+/// Tries to publish a committed result (and dead letter) before handing the message back.
+const PUBLISH_TRIES: u32 = 5;
+/// Times a delivery goes back to its claim after losing its lease at commit.
+const RECLAIMS: u32 = 3;
 
 pub(super) async fn process(ctx: &Ctx, d: Delivery, msg: &async_nats::Message) -> Disposition {
     let parsed = match parse_job(&msg.payload, msg.subject.as_str(), d.stream_seq, &ctx.rules) {
@@ -27,217 +41,9 @@ pub(super) async fn process(ctx: &Ctx, d: Delivery, msg: &async_nats::Message) -
     };
     let span = tracing::info_span!("job", tenant = %parsed.job.tenant, id = %parsed.job.id,
         priority = %d.priority, delivery = d.delivered);
-    run(ctx, d, msg, parsed.job, parsed.envelope)
+    run(ctx, d, msg, &parsed.job, &parsed.envelope)
         .instrument(span)
         .await
-}
-
-async fn run(
-    ctx: &Ctx,
-    d: Delivery,
-    msg: &async_nats::Message,
-    job: Job,
-    env: Envelope,
-) -> Disposition {
-    let claim = ctx
-        .claimer
-        .claim(ClaimRequest {
-            tenant: job.tenant.clone(),
-            id: job.id.clone(),
-            feature: job.feature.clone(),
-            user_id: job.user.clone(),
-            priority: d.priority.as_str().to_string(),
-            task: job.task.as_str().to_string(),
-            requested_model: job.model.clone(),
-        })
-        .await;
-    let prior = match claim {
-        Ok(ClaimOutcome::Succeeded(stored)) => {
-            // Already done: publish the stored result again (to this message's reply_to).
-            tracing::info!("already succeeded; publishing the stored result again");
-            ctx.metrics.republished();
-            return match ctx
-                .publisher
-                .result_of(&stored, job.reply_to.as_deref())
-                .await
-            {
-                Ok(()) => Disposition::Ack,
-                Err(e) => {
-                    tracing::warn!(error = %e, "republish failed");
-                    Disposition::Retry(retry_delay(ctx, d.delivered, None))
-                }
-            };
-        }
-        Ok(ClaimOutcome::Run { prior }) => prior,
-        Err(e) => {
-            tracing::warn!(error = %e, "claim failed; handing the job back");
-            return Disposition::Retry(retry_delay(ctx, d.delivered, None));
-        }
-    };
-    let base = Finish {
-        d,
-        env: &env,
-        job: Some(&job),
-        route: None,
-        prior: &prior,
-        dlq: Some(DlqSource {
-            job_json: None,
-            raw: &msg.payload,
-            subject: msg.subject.as_str(),
-            raw_in_entry: false,
-        }),
-        reservation: None,
-    };
-    if let Some(deadline) = job.deadline {
-        if chrono::Utc::now() > deadline {
-            let err = ErrorBody::new(
-                ErrorKind::Expired,
-                format!(
-                    "deadline {} passed before the job started",
-                    deadline.to_rfc3339()
-                ),
-            );
-            return fail(ctx, base, err, Vec::new()).await;
-        }
-    }
-    let estimate = estimate_input_tokens(&job);
-    let plan = match ctx.router.plan(&job, estimate) {
-        Ok(p) => p,
-        Err(err) => return fail(ctx, base, err, Vec::new()).await,
-    };
-    // Hold the worst case against the tenant's budgets before any call.
-    let worst = plan
-        .candidates
-        .iter()
-        .map(|c| crate::cost::worst_case(&c.model, estimate, c.max_tokens))
-        .max()
-        .unwrap_or_default();
-    let reservation = match ctx
-        .budgets
-        .reserve(&job.tenant, job.feature.as_deref(), worst)
-        .await
-    {
-        Ok(Ok(r)) => r,
-        Ok(Err(Denial::Fail(msg))) => {
-            let base = Finish {
-                route: Some(plan.route.clone()),
-                ..base
-            };
-            return fail(
-                ctx,
-                base,
-                ErrorBody::new(ErrorKind::BudgetExceeded, msg),
-                Vec::new(),
-            )
-            .await;
-        }
-        Ok(Err(Denial::Defer(msg, delay))) => {
-            tracing::info!(delay_s = delay.as_secs(), reason = %msg, "budget reached; deferring");
-            return Disposition::Retry(delay);
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "budget reservation failed; handing the job back");
-            return Disposition::Retry(retry_delay(ctx, d.delivered, None));
-        }
-    };
-    let base = Finish {
-        route: Some(plan.route.clone()),
-        reservation,
-        ..base
-    };
-    let first_attempt = prior.iter().map(|a| a.attempt).max().unwrap_or(0) + 1;
-    let outcome = run_chain(ctx, &job, &plan, estimate, first_attempt).await;
-    let ChainOutcome {
-        attempts,
-        costs,
-        success,
-        transient,
-        retry_after,
-        all_context_too_long,
-    } = outcome;
-    if let Some((resp, model)) = success {
-        let all: Vec<Attempt> = prior.iter().cloned().chain(attempts).collect();
-        let cost_usd: Decimal = all.iter().map(|a| a.cost_usd).sum();
-        let result = JobResult {
-            id: job.id.clone(),
-            tenant: job.tenant.clone(),
-            feature: job.feature.clone(),
-            status: Status::Succeeded,
-            output: Some(resp.output),
-            provider: Some(model.provider.clone()),
-            model: Some(model.name.clone()),
-            usage: resp.usage,
-            cost_usd,
-            route: base.route.clone(),
-            attempts: all,
-            cache_hit: false,
-            queued_ms: d.queued.as_millis() as u64,
-            latency_ms: d.received.elapsed().as_millis() as u64,
-            error: None,
-            metadata: job.metadata.clone(),
-        };
-        return finish(ctx, &base, result, costs).await;
-    }
-    let last = attempts
-        .iter()
-        .rev()
-        .find_map(|a| {
-            a.message
-                .as_ref()
-                .map(|m| format!("{}/{}: {} ({m})", a.provider, a.model, a.outcome))
-        })
-        .unwrap_or_else(|| "every candidate was rate limited locally".into());
-    if transient && d.delivered < u64::from(ctx.cfg.worker.max_deliveries) {
-        // Keep the calls made so far, then hand the job back for a later delivery.
-        let delay = retry_delay(ctx, d.delivered, retry_after);
-        tracing::info!(delay_ms = delay.as_millis() as u64, last = %last, "all candidates failed; retrying later");
-        let actual: Decimal = costs.iter().map(|c| c.cost_usd).sum();
-        let settle = base.reservation.clone().map(|r| r.settle(actual));
-        if !costs.is_empty() || settle.is_some() {
-            if let Err(e) = ctx
-                .writer
-                .commit(CommitRequest {
-                    job: None,
-                    costs,
-                    settle,
-                })
-                .await
-            {
-                tracing::warn!(error = %e, "committing cost rows before a retry failed");
-            }
-        }
-        return Disposition::Retry(delay);
-    }
-    let err = if transient {
-        ErrorBody::new(
-            ErrorKind::ProvidersExhausted,
-            format!(
-                "{} deliveries, every candidate failed; last: {last}",
-                d.delivered
-            ),
-        )
-    } else if all_context_too_long && !attempts.is_empty() {
-        ErrorBody::new(
-            ErrorKind::ContextTooLong,
-            format!("every provider refused the input as too long; last: {last}"),
-        )
-    } else if attempts.is_empty() {
-        ErrorBody::new(
-            ErrorKind::NoRoute,
-            "no candidate has a usable provider adapter",
-        )
-    } else {
-        ErrorBody::new(
-            ErrorKind::ProviderRejected,
-            format!("every candidate rejected the request; last: {last}"),
-        )
-    };
-    let all_new = attempts;
-    fail(ctx, base, err, pair(all_new, costs)).await
-}
-
-fn pair(attempts: Vec<Attempt>, costs: Vec<CostRow>) -> Vec<(Attempt, CostRow)> {
-    attempts.into_iter().zip(costs).collect()
 }
 
 /// Where a failed job's dead letter comes from.
@@ -250,15 +56,315 @@ struct DlqSource<'a> {
     raw_in_entry: bool,
 }
 
-struct Finish<'a> {
+/// What every step of one delivery knows about it.
+#[derive(Clone, Copy)]
+struct Scope<'a> {
     d: Delivery,
     env: &'a Envelope,
     job: Option<&'a Job>,
-    route: Option<Route>,
-    prior: &'a [Attempt],
-    dlq: Option<DlqSource<'a>>,
-    /// Budget held for this job, settled by the commit.
+    dlq: DlqSource<'a>,
+}
+
+/// What the claim step leads to.
+enum Claimed {
+    Run {
+        lease: Lease,
+        prior: Vec<Attempt>,
+        free: u32,
+    },
+    Done(Disposition),
+}
+
+async fn run(
+    ctx: &Ctx,
+    d: Delivery,
+    msg: &async_nats::Message,
+    job: &Job,
+    env: &Envelope,
+) -> Disposition {
+    let scope = Scope {
+        d,
+        env,
+        job: Some(job),
+        dlq: DlqSource {
+            job_json: None,
+            raw: &msg.payload,
+            subject: msg.subject.as_str(),
+            raw_in_entry: false,
+        },
+    };
+    for _ in 0..RECLAIMS {
+        let (lease, prior, free) = match claim(ctx, scope, job).await {
+            Claimed::Run { lease, prior, free } => (lease, prior, free),
+            Claimed::Done(disposition) => return disposition,
+        };
+        match attempt(ctx, scope, job, lease, prior, free).await {
+            Some(disposition) => return disposition,
+            // Another delivery took the job over while this one ran: claim again (it
+            // will find that delivery's result, or its lease).
+            None => continue,
+        }
+    }
+    Disposition::Retry(retry_delay(ctx, d.delivered, None))
+}
+
+/// Take the job's lease, waiting in place while another delivery holds it or Postgres is
+/// away.
+async fn claim(ctx: &Ctx, s: Scope<'_>, job: &Job) -> Claimed {
+    let started = tokio::time::Instant::now();
+    loop {
+        let token = ctx.leases.new_token();
+        let outcome = ctx
+            .infra
+            .store(&ctx.abort, || {
+                ctx.claimer.claim(ClaimRequest {
+                    tenant: job.tenant.clone(),
+                    id: job.id.clone(),
+                    feature: job.feature.clone(),
+                    user_id: job.user.clone(),
+                    priority: s.d.priority.as_str(),
+                    task: job.task.as_str(),
+                    requested_model: job.model.clone(),
+                    lease_token: token.clone(),
+                    stream_seq: s.d.stream_seq,
+                })
+            })
+            .await;
+        match outcome {
+            Ok(ClaimOutcome::Claimed {
+                prior,
+                free_deliveries,
+            }) => {
+                let lease = ctx.leases.hold(token, &job.tenant, &job.id);
+                return Claimed::Run {
+                    lease,
+                    prior,
+                    free: free_deliveries,
+                };
+            }
+            Ok(ClaimOutcome::Succeeded(stored)) => {
+                tracing::info!("already succeeded; publishing the stored result again");
+                ctx.metrics.republished();
+                return Claimed::Done(deliver(ctx, s, &stored).await);
+            }
+            Ok(ClaimOutcome::Finished(stored)) => {
+                tracing::info!("this message's failed result is committed; publishing it again");
+                ctx.metrics.republished();
+                return Claimed::Done(deliver(ctx, s, &stored).await);
+            }
+            Ok(ClaimOutcome::Busy(left)) => {
+                if started.elapsed() > BUSY_WAIT_MAX {
+                    tracing::warn!("another delivery has held the job for too long; handing back");
+                    return Claimed::Done(Disposition::Retry(Duration::from_secs(30)));
+                }
+                let pause = left.clamp(Duration::from_millis(200), Duration::from_secs(5));
+                tracing::debug!(wait_ms = pause.as_millis() as u64, "another delivery runs this job; waiting");
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = ctx.abort.cancelled() => return Claimed::Done(Disposition::Retry(Duration::ZERO)),
+                }
+            }
+            Err(Gave::Stopping(_)) => {
+                // A claim whose answer was lost may have taken the lease: let it go.
+                ctx.leases.release_token(token);
+                return Claimed::Done(Disposition::Retry(Duration::ZERO));
+            }
+            Err(Gave::Refused(e)) => {
+                tracing::error!(error = %e, "postgres refused the job's claim");
+                let err = internal(format!("postgres refused the job's claim: {e}"));
+                let done = fail(ctx, s, None, None, err, &[], Vec::new()).await;
+                return Claimed::Done(done.unwrap_or(Disposition::Ack));
+            }
+        }
+    }
+}
+
+/// One run of the job under its lease. `None`: the lease was lost at commit (another
+/// delivery owns the job now).
+async fn attempt(
+    ctx: &Ctx,
+    s: Scope<'_>,
+    job: &Job,
+    lease: Lease,
+    prior: Vec<Attempt>,
+    free: u32,
+) -> Option<Disposition> {
+    let own_delivery = s.d.delivered.saturating_sub(u64::from(free)).max(1);
+    if let Some(deadline) = job.deadline {
+        if ctx.clock.now() > deadline {
+            let err = ErrorBody::new(
+                ErrorKind::Expired,
+                format!(
+                    "deadline {} passed before the job started",
+                    deadline.to_rfc3339()
+                ),
+            );
+            return fail(ctx, s, Some(lease), None, err, &prior, Vec::new()).await;
+        }
+    }
+    let estimate = estimate_input_tokens(job);
+    let plan = match ctx.router.plan(job, estimate) {
+        Ok(p) => p,
+        Err(err) => return fail(ctx, s, Some(lease), None, err, &prior, Vec::new()).await,
+    };
+    // Hold the worst case against the tenant's budgets before any call.
+    let worst = plan
+        .candidates
+        .iter()
+        .map(|c| crate::cost::worst_case(&c.model, estimate, c.max_tokens))
+        .max()
+        .unwrap_or_default();
+    let route = Some(plan.route.clone());
+    let reserved = ctx
+        .infra
+        .store(&ctx.abort, || {
+            ctx.budgets
+                .reserve(&lease, &job.tenant, &job.id, job.feature.as_deref(), worst)
+        })
+        .await;
+    let reservation = match reserved {
+        Ok(Ok(r)) => r,
+        Ok(Err(Denial::Fail(why))) => {
+            let err = ErrorBody::new(ErrorKind::BudgetExceeded, why);
+            return fail(ctx, s, Some(lease), route, err, &prior, Vec::new()).await;
+        }
+        Ok(Err(Denial::Defer(why, delay))) => {
+            tracing::info!(delay_s = delay.as_secs(), reason = %why, "budget reached; deferring");
+            // Not the job's fault: this hand-back does not count against max_deliveries.
+            return hand_back(ctx, s, job, lease, None, Vec::new(), true, delay).await;
+        }
+        Err(Gave::Stopping(_)) => {
+            return hand_back(ctx, s, job, lease, None, Vec::new(), true, Duration::ZERO).await
+        }
+        Err(Gave::Refused(e)) => {
+            let err = internal(format!("postgres refused the budget reservation: {e}"));
+            return fail(ctx, s, Some(lease), route, err, &prior, Vec::new()).await;
+        }
+    };
+    let first_attempt = prior.iter().map(|a| a.attempt).max().unwrap_or(0) + 1;
+    let outcome = run_chain(ctx, job, &plan, estimate, first_attempt).await;
+    let policy = RetryPolicy {
+        max_deliveries: ctx.cfg.worker.max_deliveries,
+        base: Duration::from_millis(ctx.cfg.worker.retry_base_ms),
+        max: Duration::from_millis(ctx.cfg.worker.retry_max_ms),
+    };
+    match decide(&outcome, own_delivery, &policy) {
+        Verdict::Succeeded => succeed(ctx, s, job, lease, reservation, route, prior, outcome).await,
+        Verdict::Failed(err) => {
+            let _ = reservation.map(Reservation::settle);
+            fail(ctx, s, Some(lease), route, err, &prior, outcome.calls).await
+        }
+        Verdict::Retry { at_least } => {
+            let delay = retry_delay(ctx, own_delivery, at_least);
+            tracing::info!(delay_ms = delay.as_millis() as u64, "every candidate failed; retrying later");
+            hand_back(ctx, s, job, lease, reservation, outcome.calls, false, delay).await
+        }
+        Verdict::HandBack => {
+            hand_back(
+                ctx,
+                s,
+                job,
+                lease,
+                reservation,
+                outcome.calls,
+                true,
+                Duration::ZERO,
+            )
+            .await
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn succeed(
+    ctx: &Ctx,
+    s: Scope<'_>,
+    job: &Job,
+    lease: Lease,
     reservation: Option<Reservation>,
+    route: Option<Route>,
+    prior: Vec<Attempt>,
+    outcome: ChainOutcome,
+) -> Option<Disposition> {
+    let Some((resp, model)) = outcome.success else {
+        return Some(Disposition::Retry(Duration::ZERO));
+    };
+    let calls = outcome.calls;
+    let all: Vec<Attempt> = prior
+        .into_iter()
+        .chain(calls.iter().map(|c| c.attempt.clone()))
+        .collect();
+    let cost_usd: Decimal = all.iter().map(|a| a.cost_usd).sum();
+    let result = JobResult {
+        id: job.id.clone(),
+        tenant: job.tenant.clone(),
+        feature: job.feature.clone(),
+        status: Status::Succeeded,
+        output: Some(resp.output),
+        provider: Some(model.provider.clone()),
+        model: Some(model.name.clone()),
+        usage: resp.usage,
+        cost_usd,
+        route,
+        attempts: all,
+        cache_hit: false,
+        queued_ms: s.d.queued.as_millis() as u64,
+        latency_ms: s.d.received.elapsed().as_millis() as u64,
+        error: None,
+        metadata: job.metadata.clone(),
+        truncated: false,
+    };
+    let _ = reservation.map(Reservation::settle);
+    finish(ctx, s, Some(lease), result, calls).await
+}
+
+/// Commit the calls made and let the lease (and its reservation) go; redeliver later.
+#[allow(clippy::too_many_arguments)]
+async fn hand_back(
+    ctx: &Ctx,
+    s: Scope<'_>,
+    job: &Job,
+    lease: Lease,
+    reservation: Option<Reservation>,
+    calls: Vec<CallRecord>,
+    free: bool,
+    delay: Duration,
+) -> Option<Disposition> {
+    let _ = reservation.map(Reservation::settle);
+    let req = CommitRequest {
+        key: key_of(s, Some(job)),
+        calls,
+        job: None,
+        release: Some(Release {
+            lease_token: lease.token().to_string(),
+            free,
+        }),
+    };
+    match commit(ctx, req).await {
+        Ok(_) => lease.finish(),
+        Err(CommitFailed::Refused(e, req)) => {
+            let calls: Vec<&Attempt> = req.calls.iter().map(|c| &c.attempt).collect();
+            tracing::error!(error = %e, calls = ?calls,
+                "postgres refused the calls of a handed-back delivery");
+            drop(lease);
+        }
+        // Logged by `commit`; the lease is released in the background (or runs out).
+        Err(CommitFailed::Stopping) => drop(lease),
+    }
+    Some(Disposition::Retry(delay))
+}
+
+fn internal(message: String) -> ErrorBody {
+    ErrorBody::new(ErrorKind::Internal, message)
+}
+
+fn key_of(s: Scope<'_>, job: Option<&Job>) -> JobKey {
+    JobKey {
+        tenant: s.env.tenant.clone(),
+        id: s.env.id.clone(),
+        feature: job.map_or_else(|| s.env.feature.clone(), |j| j.feature.clone()),
+        user_id: job.map_or_else(|| s.env.user.clone(), |j| j.user.clone()),
+    }
 }
 
 async fn fail_unparsed(
@@ -268,37 +374,42 @@ async fn fail_unparsed(
     f: ParseFailure,
 ) -> Disposition {
     tracing::info!(kind = %f.error.kind, message = %f.error.message, "job refused");
-    let base = Finish {
+    let s = Scope {
         d,
         env: &f.envelope,
         job: None,
-        route: None,
-        prior: &[],
-        dlq: Some(DlqSource {
+        dlq: DlqSource {
             job_json: f.job_json.as_ref(),
             raw: &msg.payload,
             subject: msg.subject.as_str(),
             raw_in_entry: true,
-        }),
-        reservation: None,
+        },
     };
-    fail(ctx, base, f.error.clone(), Vec::new()).await
+    fail(ctx, s, None, None, f.error.clone(), &[], Vec::new())
+        .await
+        .unwrap_or(Disposition::Ack)
 }
 
 async fn fail(
     ctx: &Ctx,
-    base: Finish<'_>,
+    s: Scope<'_>,
+    lease: Option<Lease>,
+    route: Option<Route>,
     error: ErrorBody,
-    calls: Vec<(Attempt, CostRow)>,
-) -> Disposition {
-    let (new_attempts, costs): (Vec<Attempt>, Vec<CostRow>) = calls.into_iter().unzip();
-    let all: Vec<Attempt> = base.prior.iter().cloned().chain(new_attempts).collect();
+    prior: &[Attempt],
+    calls: Vec<CallRecord>,
+) -> Option<Disposition> {
+    let all: Vec<Attempt> = prior
+        .iter()
+        .cloned()
+        .chain(calls.iter().map(|c| c.attempt.clone()))
+        .collect();
     let cost_usd: Decimal = all.iter().map(|a| a.cost_usd).sum();
-    let env = base.env;
+    let env = s.env;
     let result = JobResult {
         id: env.id.clone(),
         tenant: env.tenant.clone(),
-        feature: base
+        feature: s
             .job
             .map_or_else(|| env.feature.clone(), |j| j.feature.clone()),
         status: Status::Failed,
@@ -307,47 +418,152 @@ async fn fail(
         model: None,
         usage: Usage::default(),
         cost_usd,
-        route: base.route.clone(),
+        route,
         attempts: all,
         cache_hit: false,
-        queued_ms: base.d.queued.as_millis() as u64,
-        latency_ms: base.d.received.elapsed().as_millis() as u64,
+        queued_ms: s.d.queued.as_millis() as u64,
+        latency_ms: s.d.received.elapsed().as_millis() as u64,
         error: Some(error),
-        metadata: base
+        metadata: s
             .job
             .map_or_else(|| env.metadata.clone(), |j| j.metadata.clone()),
+        truncated: false,
     };
-    finish(ctx, &base, result, costs).await
+    finish(ctx, s, lease, result, calls).await
 }
 
-/// Commit, dead-letter when failed, publish, then ack.
+/// Commit the final row (retried in place while Postgres is away), then dead-letter when
+/// failed, publish, ack. `None`: the lease was lost, another delivery owns the job.
 async fn finish(
     ctx: &Ctx,
-    base: &Finish<'_>,
+    s: Scope<'_>,
+    lease: Option<Lease>,
     result: JobResult,
-    costs: Vec<CostRow>,
-) -> Disposition {
-    let d = base.d;
-    let retry = || Disposition::Retry(retry_delay(ctx, d.delivered, None));
-    // Encode once: the same bytes go to Postgres and to NATS.
-    let result_raw = match serde_json::value::to_raw_value(&result) {
-        Ok(v) => v,
+    calls: Vec<CallRecord>,
+) -> Option<Disposition> {
+    let d = s.d;
+    let row = match final_row(s, lease.as_ref(), &result) {
+        Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "result does not encode");
-            return retry();
+            return Some(Disposition::Retry(retry_delay(ctx, d.delivered, None)));
         }
     };
-    let body = bytes::Bytes::copy_from_slice(result_raw.get().as_bytes());
-    let job = base.job;
-    let row = CommitJob {
+    let req = CommitRequest {
+        key: key_of(s, s.job),
+        calls,
+        job: Some(row),
+        release: None,
+    };
+    let result = match commit(ctx, req).await {
+        Ok(landed) if landed => {
+            if let Some(l) = lease {
+                l.finish();
+            }
+            result
+        }
+        Ok(_) => {
+            if let Some(l) = lease {
+                l.finish();
+            }
+            if s.job.is_some() {
+                tracing::warn!("another delivery took this job over; claiming again");
+                return None;
+            }
+            // A refused payload whose key another delivery runs (or that succeeded): its
+            // failure goes to its reply_to and the DLQ, not over that job's result.
+            tracing::info!("the key belongs to another delivery; not overwriting its result");
+            return Some(deliver_unstored(ctx, s, &result).await);
+        }
+        Err(CommitFailed::Stopping) => {
+            drop(lease);
+            return Some(Disposition::Retry(Duration::ZERO));
+        }
+        Err(CommitFailed::Refused(e, req)) => {
+            // Postgres will not store this job's rows: end it as `internal`, with a row
+            // small enough to store and the calls (which were billed) kept.
+            tracing::error!(error = %e, "postgres refused the job's rows; failing it as internal");
+            let minimal = minimal_failure(&result, &e);
+            match refused_again(ctx, s, lease, &minimal, req.calls).await {
+                Some(disposition) => return Some(disposition),
+                None => minimal,
+            }
+        }
+    };
+    ctx.metrics.job_finished(
+        d.priority.as_str(),
+        result.status.as_str(),
+        result.error.as_ref().map_or("", |e| e.kind.as_str()),
+        d.received.elapsed(),
+    );
+    Some(deliver(ctx, s, &result).await)
+}
+
+/// The second commit of a refused job: its minimal failed row and its calls. When even
+/// that is refused, the result and dead letter are still published (nothing is lost to
+/// the producer) and the rows are logged for an operator.
+async fn refused_again(
+    ctx: &Ctx,
+    s: Scope<'_>,
+    lease: Option<Lease>,
+    minimal: &JobResult,
+    calls: Vec<CallRecord>,
+) -> Option<Disposition> {
+    let row = final_row(s, lease.as_ref(), minimal).ok()?;
+    let req = CommitRequest {
+        key: key_of(s, s.job),
+        calls,
+        job: Some(row),
+        release: None,
+    };
+    match commit(ctx, req).await {
+        Ok(_) => {
+            if let Some(l) = lease {
+                l.finish();
+            }
+            None
+        }
+        Err(CommitFailed::Stopping) => Some(Disposition::Retry(Duration::ZERO)),
+        Err(CommitFailed::Refused(e, req)) => {
+            let calls: Vec<&Attempt> = req.calls.iter().map(|c| &c.attempt).collect();
+            tracing::error!(error = %e, calls = ?calls,
+                "postgres refused even the minimal failed row; publishing without it");
+            drop(lease);
+            Some(deliver(ctx, s, minimal).await)
+        }
+    }
+}
+
+fn minimal_failure(result: &JobResult, e: &StoreError) -> JobResult {
+    JobResult {
+        status: Status::Failed,
+        output: None,
+        provider: None,
+        model: None,
+        usage: Usage::default(),
+        error: Some(internal(format!("postgres refused the job's result: {e}"))),
+        metadata: None,
+        truncated: false,
+        ..result.clone()
+    }
+}
+
+fn final_row(
+    s: Scope<'_>,
+    lease: Option<&Lease>,
+    result: &JobResult,
+) -> Result<CommitJob, serde_json::Error> {
+    let raw = serde_json::value::to_raw_value(result)?;
+    let job = s.job;
+    Ok(CommitJob {
         tenant: result.tenant.clone(),
         id: result.id.clone(),
         feature: result.feature.clone(),
         user_id: job
             .and_then(|j| j.user.clone())
-            .or_else(|| base.env.user.clone()),
-        priority: d.priority.as_str().to_string().into(),
-        task: job.map(|j| j.task.as_str().to_string()),
+            .or_else(|| s.env.user.clone()),
+        priority: Some(s.d.priority.as_str()),
+        task: job.map(|j| j.task.as_str()),
         requested_model: job.map(|j| j.model.clone()),
         status: result.status.as_str(),
         provider: result.provider.clone(),
@@ -358,63 +574,150 @@ async fn finish(
         cost_usd: result.cost_usd,
         error_kind: result.error.as_ref().map(|e| e.kind.as_str()),
         error_message: result.error.as_ref().map(|e| e.message.clone()),
-        result: result_raw,
-    };
-    let actual: Decimal = costs.iter().map(|c| c.cost_usd).sum();
-    let settle = base.reservation.clone().map(|r| r.settle(actual));
-    let commit = CommitRequest {
-        job: Some(row),
-        costs,
-        settle,
-    };
-    if let Err(e) = ctx.writer.commit(commit).await {
-        tracing::warn!(error = %e, "commit failed; handing the job back");
-        return retry();
-    }
-    if let (Status::Failed, Some(src), Some(err)) = (result.status, base.dlq, result.error.as_ref())
-    {
-        let job_json = match (src.job_json, job) {
-            (Some(v), _) => Some(v.clone()),
-            (None, Some(_)) => serde_json::from_slice(src.raw).ok(),
-            _ => None,
-        };
-        let entry = DlqEntry {
-            job: job_json,
-            payload_b64: src
-                .raw_in_entry
-                .then(|| base64::engine::general_purpose::STANDARD.encode(src.raw)),
-            subject: src.subject.to_string(),
-            error: err.clone(),
-            attempts: result.attempts.clone(),
-            deliveries: d.delivered,
-            failed_at: chrono::Utc::now(),
-            truncated: false,
-        };
-        if let Err(e) = ctx
-            .publisher
-            .dead_letter(&result.tenant, &result.id, &entry, src.raw)
-            .await
-        {
-            tracing::warn!(error = %e, "dead letter failed; handing the job back");
-            return retry();
+        lease_token: lease.map(|l| l.token().to_string()),
+        stream_seq: s.d.stream_seq,
+        result: raw,
+    })
+}
+
+enum CommitFailed {
+    Stopping,
+    Refused(StoreError, Box<CommitRequest>),
+}
+
+/// Commit, retried in place (with backoff, the message kept alive) while Postgres is
+/// away: a provider call already made is never repeated because our commit failed.
+/// `Ok(landed)`: whether the final row landed.
+async fn commit(ctx: &Ctx, mut req: CommitRequest) -> Result<bool, CommitFailed> {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match ctx.writer.commit(req).await {
+            Ok(o) => {
+                if pause > Duration::from_millis(100) {
+                    tracing::info!("commit landed after waiting for postgres");
+                }
+                ctx.infra.store_answered();
+                return Ok(o.final_landed);
+            }
+            Err(boxed) => {
+                let (e, back) = *boxed;
+                if !e.is_unavailable() {
+                    return Err(CommitFailed::Refused(e, Box::new(back)));
+                }
+                if ctx.abort.is_cancelled() || matches!(e, StoreError::Closed) {
+                    let calls: Vec<&Attempt> = back.calls.iter().map(|c| &c.attempt).collect();
+                    tracing::error!(error = %e, calls = ?calls,
+                        "stopping before the commit landed; these calls have no cost row");
+                    return Err(CommitFailed::Stopping);
+                }
+                tracing::warn!(error = %e, wait_ms = pause.as_millis() as u64,
+                    "commit failed: postgres unavailable; trying again in place");
+                ctx.infra.store_failed();
+                req = back;
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = ctx.abort.cancelled() => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
         }
     }
-    if let Err(e) = ctx
-        .publisher
-        .result(&result, body, base.env.reply_to.as_deref())
-        .await
-    {
-        tracing::warn!(error = %e, "publishing the result failed; handing the job back");
-        return retry();
+}
+
+/// Publish a committed result: the dead letter first when it failed, then the results
+/// stream and `reply_to`; then ack. Bounded: a result that cannot be published after a few tries hands the message
+/// back (the redelivery publishes the stored result without a call), and on the last
+/// delivery the message is acked with the result safe in Postgres.
+async fn deliver(
+    ctx: &Ctx,
+    s: Scope<'_>,
+    result: &JobResult,
+) -> Disposition {
+    let mut dead_lettered = result.status != Status::Failed;
+    let mut pause = Duration::from_millis(200);
+    for _ in 0..PUBLISH_TRIES {
+        if !ctx.infra.wait_nats(&ctx.abort).await {
+            return Disposition::Retry(Duration::ZERO);
+        }
+        if !dead_lettered {
+            match dead_letter(ctx, s, result).await {
+                Ok(()) => dead_lettered = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "dead letter failed; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    continue;
+                }
+            }
+        }
+        match ctx
+            .publisher
+            .result_of(result, s.env.reply_to.as_deref())
+            .await
+        {
+            Ok(()) => return Disposition::Ack,
+            Err(e) => {
+                tracing::warn!(error = %e, "publishing the result failed; trying again");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+        }
     }
-    tracing::debug!(status = result.status.as_str(), cost_usd = %result.cost_usd, "job done");
-    ctx.metrics.job_finished(
-        d.priority.as_str(),
-        result.status.as_str(),
-        result.error.as_ref().map_or("", |e| e.kind.as_str()),
-        d.received.elapsed(),
-    );
+    let max = u64::from(ctx.cfg.worker.max_deliveries);
+    if s.d.delivered < max {
+        Disposition::Retry(retry_delay(ctx, s.d.delivered, None))
+    } else {
+        tracing::error!(
+            "the result is committed but could not be published after {} deliveries; see `switchyard status`",
+            s.d.delivered
+        );
+        Disposition::Ack
+    }
+}
+
+/// A refused payload whose key is owned by another delivery: reply_to and DLQ only.
+async fn deliver_unstored(ctx: &Ctx, s: Scope<'_>, result: &JobResult) -> Disposition {
+    if let Err(e) = dead_letter(ctx, s, result).await {
+        tracing::warn!(error = %e, "dead letter failed");
+        return Disposition::Retry(retry_delay(ctx, s.d.delivered, None));
+    }
+    if let Some(r) = s.env.reply_to.as_deref() {
+        if let Err(e) = ctx.publisher.reply_only(result, r).await {
+            tracing::warn!(error = %e, "reply failed");
+        }
+    }
     Disposition::Ack
+}
+
+async fn dead_letter(
+    ctx: &Ctx,
+    s: Scope<'_>,
+    result: &JobResult,
+) -> Result<(), crate::queue::publish::PublishError> {
+    let Some(err) = result.error.as_ref() else {
+        return Ok(());
+    };
+    let src = s.dlq;
+    let job_json = match (src.job_json, s.job) {
+        (Some(v), _) => Some(v.clone()),
+        (None, Some(_)) => serde_json::from_slice(src.raw).ok(),
+        _ => None,
+    };
+    let entry = DlqEntry {
+        job: job_json,
+        payload_b64: src
+            .raw_in_entry
+            .then(|| base64::engine::general_purpose::STANDARD.encode(src.raw)),
+        subject: src.subject.to_string(),
+        error: err.clone(),
+        attempts: result.attempts.clone(),
+        deliveries: s.d.delivered,
+        failed_at: chrono::Utc::now(),
+        truncated: false,
+    };
+    ctx.publisher
+        .dead_letter(&result.tenant, &result.id, &entry, src.raw)
+        .await
 }
 
 /// Exponential from `worker.retry_base_ms`, capped at `worker.retry_max_ms`, with jitter,
@@ -426,48 +729,4 @@ pub fn retry_delay(ctx: &Ctx, delivered: u64, retry_after: Option<Duration>) -> 
         delivered,
         retry_after,
     )
-}
-
-pub fn backoff_delay(
-    base: Duration,
-    max: Duration,
-    delivered: u64,
-    retry_after: Option<Duration>,
-) -> Duration {
-    let n = delivered.clamp(1, 64) as usize;
-    let mut schedule = ExponentialBuilder::default()
-        .with_min_delay(base)
-        .with_max_delay(max)
-        .with_factor(2.0)
-        .with_jitter()
-        .with_max_times(n)
-        .build();
-    let computed = schedule.nth(n - 1).unwrap_or(max);
-    computed.max(retry_after.unwrap_or(Duration::ZERO))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::backoff_delay;
-    use std::time::Duration;
-
-    #[test]
-    fn backoff_grows_is_capped_and_honours_retry_after() {
-        let base = Duration::from_millis(100);
-        let max = Duration::from_secs(5);
-        for delivered in 1..=20u64 {
-            let d = backoff_delay(base, max, delivered, None);
-            let floor = base * 2u32.pow((delivered - 1).min(10) as u32);
-            assert!(
-                d >= floor.min(max),
-                "delivery {delivered}: {d:?} < {floor:?}"
-            );
-            assert!(
-                d <= max * 2,
-                "delivery {delivered}: {d:?} above cap with jitter"
-            );
-        }
-        let d = backoff_delay(base, max, 1, Some(Duration::from_secs(30)));
-        assert_eq!(d, Duration::from_secs(30));
-    }
 }
