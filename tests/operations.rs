@@ -8,6 +8,7 @@ use common::{job, TestEnv};
 use rust_decimal::Decimal;
 use switchyard::job::{ErrorKind, Priority, Status};
 use switchyard::providers::simulator::FaultProfile;
+use switchyard::queue::publish::remove_dead_letter;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_listed_shown_and_replayed_and_costs_reported() {
@@ -116,6 +117,60 @@ async fn dead_letters_are_listed_shown_and_replayed_and_costs_reported() {
     let (code, _, err) = env.cli(&["report", "costs", "--by", "planet"]).await;
     assert_ne!(code, 0);
     assert!(err.contains("planet"));
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+}
+
+/// A replay that fails again at once keeps its new dead letter: replay deletes only the
+/// entry it replayed, by its stream sequence, never the job's subject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_that_fails_again_keeps_its_new_dead_letter() {
+    let env = TestEnv::new(|c| c.worker.max_deliveries = 1).await;
+    let broken = FaultProfile {
+        error_rate: 1.0,
+        error_status: 500,
+        ..Default::default()
+    };
+    env.sim.set_profile(FaultProfile {
+        per_model: [("gpt-4o-mini-2024-07-18".to_string(), broken)].into(),
+        ..Default::default()
+    });
+    let (stop, worker) = env.start_worker().await;
+    let pinned = job("r1", "acme", r#","model":"openai/gpt-4o-mini""#);
+    env.publish(Priority::Normal, "acme", pinned).await;
+    let r = env.result("acme", "r1", 20).await;
+    assert_eq!(r.error.unwrap().kind, ErrorKind::ProvidersExhausted);
+    let names = env.names();
+    let subject = names.dlq_subject("acme", "r1");
+    let dlq = env.js.get_stream(names.dlq_stream()).await.unwrap();
+    let first = dlq.get_last_raw_message_by_subject(&subject).await.unwrap();
+    assert_eq!(env.dlq("acme", "r1").await.unwrap().attempts.len(), 1);
+
+    let (code, out, err) = env.cli(&["dlq", "replay", "--tenant", "acme", "r1"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    // The replayed job fails again at once, into a new dead letter with both calls.
+    let mut attempts = 0;
+    for _ in 0..100 {
+        attempts = env.dlq("acme", "r1").await.map_or(0, |e| e.attempts.len());
+        if attempts == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        attempts, 2,
+        "the new dead letter has the old and the new call"
+    );
+    let second = dlq.get_last_raw_message_by_subject(&subject).await.unwrap();
+    assert!(second.sequence > first.sequence);
+    // A replayer that deletes the old entry only now (the new one already replaced it)
+    // removes nothing more.
+    remove_dead_letter(&dlq, first.sequence).await.unwrap();
+    let kept = dlq.get_last_raw_message_by_subject(&subject).await.unwrap();
+    assert_eq!(kept.sequence, second.sequence);
+    let (code, out, _) = env.cli(&["dlq", "list", "--format", "json"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 1, "{out}");
     stop.cancel();
     worker.await.unwrap().unwrap();
 }

@@ -146,6 +146,59 @@ async fn high_priority_is_served_first_under_a_backlog_and_low_still_progresses(
     worker.await.unwrap().unwrap();
 }
 
+/// A busy worker frees its slots one at a time: each slot still goes to a priority by
+/// weight (8:3:1), so normal and low progress while high has a backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_hold_when_slots_free_one_at_a_time() {
+    let env = TestEnv::new(|c| c.worker.max_in_flight = 2).await;
+    env.sim.set_profile(FaultProfile {
+        latency_ms: 50,
+        ..Default::default()
+    });
+    env.ensure_streams().await;
+    let backlog = [
+        (Priority::High, 300),
+        (Priority::Normal, 60),
+        (Priority::Low, 60),
+    ];
+    for (p, n) in backlog {
+        for i in 0..n {
+            env.publish(p, "acme", job(&format!("{}-{i}", p.as_str()), "acme", ""))
+                .await;
+        }
+    }
+    let (stop, worker) = env.start_worker().await;
+    env.wait_succeeded(96, 60).await;
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    let done: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT priority, count(*) FROM jobs WHERE status='succeeded' GROUP BY priority",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let count = |p: Priority| {
+        done.iter()
+            .find(|(q, _)| q == p.as_str())
+            .map_or(0, |(_, n)| *n)
+    };
+    let (high, normal, low) = (
+        count(Priority::High),
+        count(Priority::Normal),
+        count(Priority::Low),
+    );
+    let total = high + normal + low;
+    eprintln!("completed high {high}, normal {normal}, low {low} of {total}");
+    assert!(total >= 96, "{done:?}");
+    assert!(high < 300, "high still has a backlog: {done:?}");
+    // Expected shares: normal 3/12, low 1/12 of what completed.
+    assert!(
+        normal > 0 && normal * 2 * 12 >= total * 3,
+        "normal: {done:?}"
+    );
+    assert!(low > 0 && low * 3 * 12 >= total, "low: {done:?}");
+}
+
 /// (subject, payload, tenant, id (None: `_seq<N>`), kind, what the message must name)
 type BadCase<'a> = (
     String,

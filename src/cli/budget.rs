@@ -1,9 +1,11 @@
 //! `switchyard budget set | show`: spend limits per tenant (or tenant + feature), per UTC
 //! day or month. Workers reserve each job's worst-case cost against them before calling.
+//! The SQL is `store::budget_admin`'s.
 
 use crate::budget::Period;
 use crate::config::Config;
 use crate::job::names::is_valid_tenant;
+use crate::store::budget_admin::{budgets, set_budget, BudgetLimit, BudgetRow};
 use rust_decimal::Decimal;
 use std::process::ExitCode;
 use std::str::FromStr;
@@ -36,18 +38,6 @@ pub enum BudgetCommand {
     },
 }
 
-/// tenant, feature, period, limit, spent, reserved, policy, period start
-type ShowRow = (
-    String,
-    Option<String>,
-    String,
-    Decimal,
-    Decimal,
-    Decimal,
-    String,
-    chrono::DateTime<chrono::Utc>,
-);
-
 pub async fn run(cfg: Config, cmd: BudgetCommand) -> anyhow::Result<ExitCode> {
     let pool = crate::store::connect(&cfg.postgres.url, 1).await?;
     crate::store::migrate(&pool).await?;
@@ -69,35 +59,21 @@ pub async fn run(cfg: Config, cmd: BudgetCommand) -> anyhow::Result<ExitCode> {
             }
             let p = Period::parse(&period)
                 .ok_or_else(|| anyhow::anyhow!("--period must be day or month"))?;
-            let start = p.start(chrono::Utc::now());
-            sqlx::query(
-                "INSERT INTO budgets (tenant, feature, period, limit_usd, policy, period_start)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (tenant, coalesce(feature, ''), period)
-                 DO UPDATE SET limit_usd = EXCLUDED.limit_usd, policy = EXCLUDED.policy, updated_at = now()",
-            )
-            .bind(&tenant)
-            .bind(&feature)
-            .bind(&period)
-            .bind(limit)
-            .bind(&policy)
-            .bind(start)
-            .execute(&pool)
-            .await?;
+            let budget = BudgetLimit {
+                tenant: &tenant,
+                feature: feature.as_deref(),
+                period: &period,
+                limit_usd: limit,
+                policy: &policy,
+                period_start: p.start(chrono::Utc::now()),
+            };
+            set_budget(&pool, &budget).await?;
             let scope = feature.map_or(tenant.clone(), |f| format!("{tenant}/{f}"));
             println!("budget {scope}: {limit} USD per {period}, policy {policy}");
             Ok(ExitCode::SUCCESS)
         }
         BudgetCommand::Show { tenant, format } => {
-            let rows: Vec<ShowRow> =
-                sqlx::query_as(
-                    "SELECT tenant, feature, period, limit_usd, spent_usd, reserved_usd, policy, period_start
-                       FROM budgets WHERE ($1::text IS NULL OR tenant = $1)
-                      ORDER BY tenant, feature NULLS FIRST, period",
-                )
-                .bind(&tenant)
-                .fetch_all(&pool)
-                .await?;
+            let rows = budgets(&pool, tenant.as_deref()).await?;
             let now = chrono::Utc::now();
             if format == "table" {
                 println!(
@@ -105,7 +81,17 @@ pub async fn run(cfg: Config, cmd: BudgetCommand) -> anyhow::Result<ExitCode> {
                     "tenant", "feature", "period", "limit_usd", "spent_usd", "held_usd", "policy"
                 );
             }
-            for (t, f, period, limit, spent, reserved, policy, start) in rows {
+            for row in rows {
+                let BudgetRow {
+                    tenant: t,
+                    feature: f,
+                    period,
+                    limit_usd: limit,
+                    spent_usd: spent,
+                    reserved_usd: reserved,
+                    policy,
+                    period_start: start,
+                } = row;
                 // A budget whose period has turned over shows the new, empty period.
                 let current = Period::parse(&period)
                     .map(|p| p.start(now))

@@ -2,12 +2,14 @@
 //!
 //! Replay republishes the job as received (optionally with another `model`) to its
 //! original priority, with a fresh `Nats-Msg-Id` so that JetStream's duplicate window does
-//! not swallow it, then removes the dead letter. A job whose earlier run failed runs again;
-//! if it fails again, a new dead letter takes the old one's place.
+//! not swallow it, then deletes exactly the dead letter it replayed, by its stream
+//! sequence. A job whose earlier run failed runs again; if it fails again, its new dead
+//! letter (a new sequence) takes the old one's place and is kept. Publishing first means a
+//! replay that dies half-way leaves the old dead letter, never loses the job.
 
 use crate::config::Config;
 use crate::job::{ErrorKind, Priority, SubjectInfo};
-use crate::queue::publish::DlqEntry;
+use crate::queue::publish::{remove_dead_letter, DlqEntry};
 use crate::queue::Names;
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer};
@@ -70,18 +72,25 @@ pub async fn run(cfg: Config, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
             let entries = read_all(&js, &names, f.tenant.as_deref()).await?;
             let entries: Vec<_> = entries
                 .into_iter()
-                .filter(|(_, e)| f.kind.as_deref().is_none_or(|k| e.error.kind.as_str() == k))
+                .filter(|d| {
+                    f.kind
+                        .as_deref()
+                        .is_none_or(|k| d.entry.error.kind.as_str() == k)
+                })
                 .collect();
             if f.format == "json" {
-                for (_, e) in &entries {
-                    println!("{}", serde_json::to_string(e)?);
+                for d in &entries {
+                    println!("{}", serde_json::to_string(&d.entry)?);
                 }
             } else {
                 println!(
                     "{:<16} {:<28} {:<20} {:>5}  {:<20}  message",
                     "tenant", "id", "kind", "deliv", "failed_at"
                 );
-                for (subject, e) in &entries {
+                for DeadLetter {
+                    subject, entry: e, ..
+                } in &entries
+                {
                     let (tenant, id) = key_of(&names, subject);
                     let mut msg = e.error.message.replace('\n', " ");
                     if msg.len() > 80 {
@@ -138,7 +147,12 @@ pub async fn run(cfg: Config, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
             let stream = js.get_stream(names.dlq_stream()).await?;
             let entries = read_all(&js, &names, tenant.as_deref()).await?;
             let (mut replayed, mut skipped) = (0u64, 0u64);
-            for (subject, entry) in entries {
+            for DeadLetter {
+                subject,
+                sequence,
+                entry,
+            } in entries
+            {
                 let (t, id) = key_of(&names, &subject);
                 if !ids.is_empty() && !ids.iter().any(|i| i == &id) {
                     continue;
@@ -172,9 +186,7 @@ pub async fn run(cfg: Config, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("publishing {t}/{id} to {target}"))?
                     .await
                     .with_context(|| format!("publishing {t}/{id} to {target}"))?;
-                stream
-                    .purge()
-                    .filter(subject.clone())
+                remove_dead_letter(&stream, sequence)
                     .await
                     .with_context(|| format!("removing the dead letter {subject}"))?;
                 println!("replayed {t}/{id} to {target}");
@@ -211,13 +223,21 @@ fn key_of(names: &Names, subject: &str) -> (String, String) {
     }
 }
 
+/// One dead letter as read from the stream.
+struct DeadLetter {
+    subject: String,
+    /// Its stream sequence: replay deletes exactly this message.
+    sequence: u64,
+    entry: DlqEntry,
+}
+
 /// Every dead letter (optionally of one tenant), oldest first, through an ephemeral
 /// ordered consumer.
 async fn read_all(
     js: &jetstream::Context,
     names: &Names,
     tenant: Option<&str>,
-) -> anyhow::Result<Vec<(String, DlqEntry)>> {
+) -> anyhow::Result<Vec<DeadLetter>> {
     let mut stream = js
         .get_stream(names.dlq_stream())
         .await
@@ -243,9 +263,16 @@ async fn read_all(
             Ok(Some(m)) => m?,
             _ => break,
         };
-        let pending = next.info().map(|i| i.pending).unwrap_or(0);
+        let info = next
+            .info()
+            .map_err(|e| anyhow::anyhow!("dead letter metadata: {e}"))?;
+        let (pending, sequence) = (info.pending, info.stream_sequence);
         match serde_json::from_slice::<DlqEntry>(&next.payload) {
-            Ok(e) => out.push((next.subject.to_string(), e)),
+            Ok(entry) => out.push(DeadLetter {
+                subject: next.subject.to_string(),
+                sequence,
+                entry,
+            }),
             Err(e) => eprintln!("unreadable dead letter at {}: {e}", next.subject),
         }
         if pending == 0 {

@@ -1,10 +1,11 @@
 //! `switchyard report costs [--by tenant,feature,model,day] [--since …] [--format …]`:
-//! spend from `cost_rows` (one row per provider call, failed calls included), exact.
+//! spend from `cost_rows` (one row per provider call, failed calls included), exact,
+//! summed by `store::reports` and printed here.
 
 use crate::config::Config;
+use crate::store::reports::{costs, CostDimension, CostQuery};
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
-use sqlx::Row;
 use std::process::ExitCode;
 
 #[derive(clap::Subcommand, Debug)]
@@ -31,58 +32,25 @@ pub struct CostArgs {
     pub format: String,
 }
 
-const DIMENSIONS: [(&str, &str); 8] = [
-    ("tenant", "tenant"),
-    ("feature", "coalesce(feature, '')"),
-    ("user", "coalesce(user_id, '')"),
-    ("provider", "provider"),
-    ("model", "model"),
-    ("outcome", "outcome"),
-    (
-        "day",
-        "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
-    ),
-    ("month", "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM')"),
-];
-
 pub async fn run(cfg: Config, cmd: ReportCommand) -> anyhow::Result<ExitCode> {
     let ReportCommand::Costs(args) = cmd;
     let mut dims = Vec::new();
     for d in args.by.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-        let Some((name, expr)) = DIMENSIONS.iter().find(|(n, _)| *n == d) else {
-            let all: Vec<&str> = DIMENSIONS.iter().map(|(n, _)| *n).collect();
+        let Some(dim) = CostDimension::parse(d) else {
+            let all: Vec<&str> = CostDimension::ALL.iter().map(|d| d.name()).collect();
             anyhow::bail!("--by: {d:?} is not one of {}", all.join(", "));
         };
-        dims.push((*name, *expr));
+        dims.push(dim);
     }
-    let since = args.since.as_deref().map(parse_time).transpose()?;
-    let until = args.until.as_deref().map(parse_time).transpose()?;
-    let select: Vec<String> = dims
-        .iter()
-        .map(|(n, e)| format!("{e} AS \"{n}\""))
-        .collect();
-    let group: Vec<String> = (1..=dims.len()).map(|i| i.to_string()).collect();
-    let sql = format!(
-        "SELECT {}{} count(*) AS calls, count(*) FILTER (WHERE outcome <> 'succeeded') AS failed_calls,
-                sum(input_tokens)::bigint AS input_tokens, sum(cached_input_tokens)::bigint AS cached_input_tokens,
-                sum(output_tokens)::bigint AS output_tokens, sum(cost_usd) AS cost_usd
-           FROM cost_rows
-          WHERE ($1::timestamptz IS NULL OR created_at >= $1) AND ($2::timestamptz IS NULL OR created_at < $2)
-            AND ($3::text IS NULL OR tenant = $3)
-          {} ORDER BY {}",
-        select.join(", "),
-        if dims.is_empty() { "" } else { "," },
-        if dims.is_empty() { String::new() } else { format!("GROUP BY {}", group.join(", ")) },
-        if dims.is_empty() { "cost_usd DESC".to_string() } else { group.join(", ") },
-    );
+    let query = CostQuery {
+        by: &dims,
+        since: args.since.as_deref().map(parse_time).transpose()?,
+        until: args.until.as_deref().map(parse_time).transpose()?,
+        tenant: args.tenant.as_deref(),
+    };
     let pool = crate::store::connect(&cfg.postgres.url, 1).await?;
-    let rows = sqlx::query(&sql)
-        .bind(since)
-        .bind(until)
-        .bind(args.tenant.as_deref())
-        .fetch_all(&pool)
-        .await?;
-    let mut header: Vec<&str> = dims.iter().map(|(n, _)| *n).collect();
+    let lines = costs(&pool, &query).await?;
+    let mut header: Vec<&str> = dims.iter().map(|d| d.name()).collect();
     header.extend([
         "calls",
         "failed_calls",
@@ -91,27 +59,21 @@ pub async fn run(cfg: Config, cmd: ReportCommand) -> anyhow::Result<ExitCode> {
         "output_tokens",
         "cost_usd",
     ]);
-    let mut table: Vec<Vec<String>> = Vec::with_capacity(rows.len());
+    let mut table: Vec<Vec<String>> = Vec::with_capacity(lines.len());
     let mut total = Decimal::ZERO;
-    for r in &rows {
-        let mut line: Vec<String> = Vec::with_capacity(header.len());
-        for (n, _) in &dims {
-            line.push(r.try_get::<String, _>(*n)?);
-        }
+    for l in lines {
+        let mut line = l.group;
         for n in [
-            "calls",
-            "failed_calls",
-            "input_tokens",
-            "cached_input_tokens",
-            "output_tokens",
+            l.calls,
+            l.failed_calls,
+            l.input_tokens,
+            l.cached_input_tokens,
+            l.output_tokens,
         ] {
-            line.push(r.try_get::<Option<i64>, _>(n)?.unwrap_or(0).to_string());
+            line.push(n.to_string());
         }
-        let cost: Decimal = r
-            .try_get::<Option<Decimal>, _>("cost_usd")?
-            .unwrap_or_default();
-        total += cost;
-        line.push(cost.normalize().to_string());
+        total += l.cost_usd;
+        line.push(l.cost_usd.normalize().to_string());
         table.push(line);
     }
     match args.format.as_str() {

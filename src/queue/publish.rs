@@ -1,10 +1,14 @@
 //! Publishing a job's terminal result (reply subject and results stream) and its dead
 //! letter. JetStream publishes are awaited (each job task awaits its own ack, and jobs in
 //! flight are bounded), so a job is acked only once its result is stored in NATS too.
+//! A replayed dead letter is removed by its stream sequence ([`remove_dead_letter`]).
 
 use super::Names;
 use crate::job::{Attempt, ErrorBody, JobResult};
-use async_nats::jetstream;
+use async_nats::jetstream::{
+    self,
+    stream::{DeleteMessageErrorKind, LastRawMessageErrorKind},
+};
 use base64::Engine;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -136,6 +140,28 @@ impl Publisher {
             .map_err(|e| nats_err(&subject, e))?;
         Ok(())
     }
+}
+
+/// Delete the dead letter at stream sequence `sequence`, and only it: a newer dead letter
+/// of the same job has a newer sequence and stays. One that is gone already (that newer
+/// dead letter replaced it: one message per subject) counts as removed.
+pub async fn remove_dead_letter(
+    stream: &jetstream::stream::Stream,
+    sequence: u64,
+) -> Result<(), jetstream::stream::DeleteMessageError> {
+    let Err(e) = stream.delete_message(sequence).await else {
+        return Ok(());
+    };
+    // NATS 2.9 answers a missing sequence with "no message found" (10057, which other
+    // delete failures share): ask whether it is really gone.
+    if matches!(e.kind(), DeleteMessageErrorKind::JetStream(_)) {
+        if let Err(get) = stream.get_raw_message(sequence).await {
+            if get.kind() == LastRawMessageErrorKind::NoMessageFound {
+                return Ok(());
+            }
+        }
+    }
+    Err(e)
 }
 
 #[cfg(test)]

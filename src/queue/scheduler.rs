@@ -1,8 +1,11 @@
-//! Pulling jobs: free slots are offered to the priorities by weight each round (high,
-//! normal, low = 8:3:1 by default), and what one priority leaves unused goes to the others,
-//! high first. So high is served first under a backlog and low still progresses. Only as
-//! many messages are pulled as there are free slots: a buffered message's ack wait runs.
+//! Pulling jobs: each free slot goes to a priority by weight (high, normal, low = 8:3:1 by
+//! default) through a smooth weighted round-robin that persists across rounds
+//! ([`Weighted`]), so the weights hold even when slots free one at a time. A priority
+//! found empty is skipped for the rest of the round and its slots go to the others at
+//! once. So high is served first under a backlog and low still progresses. Only as many
+//! messages are pulled as there are free slots: a buffered message's ack wait runs.
 
+use super::weighted::Weighted;
 use crate::job::Priority;
 use async_nats::jetstream::{consumer::PullConsumer, Message};
 use futures::StreamExt;
@@ -41,6 +44,7 @@ impl<D: Dispatch> Scheduler<D> {
         let wake = Arc::new(Notify::new());
         let polling: [Arc<AtomicBool>; 3] = Default::default();
         let polls = TaskTracker::new();
+        let mut shares = Weighted::new(self.weights);
         while !stop.is_cancelled() {
             if !*self.ready.borrow_and_update() {
                 tokio::select! {
@@ -63,7 +67,7 @@ impl<D: Dispatch> Scheduler<D> {
                     budget.merge(p);
                 }
             }
-            let got = self.round(&mut budget).await;
+            let got = self.round(&mut shares, &mut budget).await;
             if got > 0 {
                 continue;
             }
@@ -95,29 +99,32 @@ impl<D: Dispatch> Scheduler<D> {
         polls.wait().await;
     }
 
-    /// One round of no-wait pulls; returns how many messages were dispatched.
-    async fn round(&self, budget: &mut OwnedSemaphorePermit) -> usize {
-        let total = budget.num_permits();
-        let sum: u32 = self.weights.iter().sum();
-        let mut quotas = [0usize; 3];
-        for p in Priority::ALL {
-            let share = total * self.weights[p.index()] as usize / sum.max(1) as usize;
-            quotas[p.index()] = share.clamp(1, MAX_FETCH);
-        }
-        let mut got = [0usize; 3];
-        for p in Priority::ALL {
-            let want = quotas[p.index()].min(budget.num_permits());
-            got[p.index()] = self.pull(p, want, budget).await;
-        }
-        // Work-conserving: slots a priority left unused go to those that filled their quota.
-        for p in Priority::ALL {
-            let i = p.index();
-            if got[i] == quotas[i] && budget.num_permits() > 0 {
-                let want = budget.num_permits().min(MAX_FETCH);
-                got[i] += self.pull(p, want, budget).await;
+    /// One round of no-wait pulls into the slots of `budget`, shared by `shares`; returns
+    /// how many messages were dispatched. A priority that returns fewer messages than it
+    /// was granted is empty for the rest of the round: its unused grants are given back
+    /// and the slots go to the others at once.
+    async fn round(&self, shares: &mut Weighted, budget: &mut OwnedSemaphorePermit) -> usize {
+        let mut empty = [false; 3];
+        let mut total = 0;
+        while budget.num_permits() > 0 && empty.contains(&false) {
+            let grant = shares.grant(budget.num_permits(), empty);
+            for p in Priority::ALL {
+                let granted = grant.slots[p.index()];
+                if granted == 0 {
+                    continue;
+                }
+                let want = granted.min(MAX_FETCH).min(budget.num_permits());
+                let got = self.pull(p, want, budget).await;
+                if got < granted {
+                    shares.refund(&grant, p, granted - got);
+                }
+                if got < want {
+                    empty[p.index()] = true;
+                }
+                total += got;
             }
         }
-        got.iter().sum()
+        total
     }
 
     async fn pull(&self, p: Priority, want: usize, budget: &mut OwnedSemaphorePermit) -> usize {
