@@ -184,6 +184,13 @@ WITH input AS (
        AND (jobs.lease_until IS NULL OR jobs.lease_until < now())
        AND NOT (jobs.status = 'failed' AND jobs.stream_seq = EXCLUDED.stream_seq)
     RETURNING tenant, id
+), lost AS (
+    -- Calls a dead delivery started and never finished: the provider may have billed them.
+    UPDATE cost_rows c SET outcome = 'worker_lost',
+           message = 'the worker died during this call; the provider may have billed it'
+      FROM up u
+     WHERE c.tenant = u.tenant AND c.job_id = u.id AND c.outcome = 'started'
+    RETURNING 1
 )
 SELECT i.tenant, i.id, (u.id IS NOT NULL) AS claimed, p.status,
        CASE WHEN u.id IS NULL THEN p.result END AS result,
@@ -192,14 +199,19 @@ SELECT i.tenant, i.id, (u.id IS NOT NULL) AS claimed, p.status,
        CASE WHEN u.id IS NOT NULL AND p.id IS NOT NULL THEN (
            SELECT coalesce(jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
                       'attempt', c.attempt, 'provider', c.provider, 'model', c.model,
-                      'outcome', c.outcome, 'latency_ms', c.latency_ms,
+                      'outcome', CASE WHEN c.outcome = 'started' THEN 'worker_lost'
+                                      ELSE c.outcome END,
+                      'latency_ms', c.latency_ms,
                       'cost_usd', c.cost_usd::text, 'status', c.status_code,
-                      'message', c.message)) ORDER BY c.attempt), '[]'::jsonb)
+                      'message', CASE WHEN c.outcome = 'started'
+                                      THEN 'the worker died during this call; the provider may have billed it'
+                                      ELSE c.message END)) ORDER BY c.attempt), '[]'::jsonb)
              FROM cost_rows c WHERE c.tenant = i.tenant AND c.job_id = i.id)
        END AS attempts
   FROM input i
   LEFT JOIN up u ON u.tenant = i.tenant AND u.id = i.id
   LEFT JOIN prior p ON p.tenant = i.tenant AND p.id = i.id
+ WHERE (SELECT count(*) FROM lost) >= 0
 "#;
 
 async fn claim_batch(

@@ -55,8 +55,9 @@ impl StoreError {
             sqlx::Error::Database(db) => {
                 let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
                 // 08: connection; 53: resources; 57: operator intervention (shutdown,
-                // cannot connect now); 40: serialization failure or deadlock (retry).
-                if ["08", "53", "57", "40", "58"]
+                // cannot connect now); 55: not accepting connections, lock not available;
+                // 40: serialization failure or deadlock (retry).
+                if ["08", "53", "55", "57", "40", "58"]
                     .iter()
                     .any(|class| code.starts_with(class))
                 {

@@ -1,8 +1,11 @@
 //! Group commit: the cost rows, final `jobs` rows, lease releases and budget changes of
 //! many jobs in one statement (so one atomic round trip per batch).
 //!
-//! - Cost rows are inserted without `ON CONFLICT`: a row is never dropped, a clash of
-//!   attempt numbers is an error (answered by renumbering that job's rows, below).
+//! - A call's cost row is written twice: `started` just before the call (so a call whose
+//!   worker dies mid-way still has its row; the next delivery marks it `worker_lost`),
+//!   then with its outcome, which replaces only a `started` row. A row is never dropped:
+//!   a clash of attempt numbers with another delivery's calls (two deliveries ran at once
+//!   after a lease ran out) renumbers this job's rows after the ones stored.
 //! - A final row lands only while its delivery still owns the job (its lease, or no live
 //!   lease at all) and the job has not succeeded already; the caller learns whether it
 //!   landed.
@@ -141,20 +144,15 @@ async fn run(
                 }
             }
             Err(e) if e.is_unavailable() || reqs.len() == 1 => {
-                if reqs.len() == 1 {
-                    // One job alone: try renumbering a clash of attempt numbers.
-                    let req = reqs.into_iter().next().unwrap_or_default();
-                    let reply = replies.into_iter().next();
-                    let out = commit_alone(&pool, req, e).await;
-                    if let Some(reply) = reply {
-                        let _ = reply.send(out);
-                    }
-                    continue;
-                }
                 tracing::warn!(error = %e, jobs = replies.len(), "group commit failed");
                 let msg = e.to_string();
+                let unavailable = e.is_unavailable();
                 for (req, reply) in reqs.into_iter().zip(replies) {
-                    let err = StoreError::Unavailable(msg.clone());
+                    let err = if unavailable {
+                        StoreError::Unavailable(msg.clone())
+                    } else {
+                        StoreError::Rejected(msg.clone())
+                    };
                     let _ = reply.send(Err(Box::new((err, req))));
                 }
             }
@@ -166,7 +164,7 @@ async fn run(
                         Ok(landed) => Ok(CommitOutcome {
                             final_landed: landed.first().copied().unwrap_or(false),
                         }),
-                        Err(e) => commit_alone(&pool, req, e).await,
+                        Err(e) => Err(Box::new((e, req))),
                     };
                     let _ = reply.send(out);
                 }
@@ -175,39 +173,48 @@ async fn run(
     }
 }
 
-/// A job whose commit failed on its own. A clash of attempt numbers (two deliveries ran
-/// the job at once after a lease ran out) is answered by numbering this job's calls after
-/// the ones stored; any other refusal goes back to the caller.
-async fn commit_alone(
+/// Cost rows that clashed with another delivery's rows of the same attempt number: insert
+/// them numbered after the highest stored one (tried a few times against a concurrent
+/// clash).
+async fn renumber(
     pool: &PgPool,
-    mut req: CommitRequest,
-    err: StoreError,
-) -> Result<CommitOutcome, CommitError> {
-    let clash = matches!(&err, StoreError::Rejected(m) if m.contains("cost_rows_pkey"));
-    if !clash || req.calls.is_empty() {
-        return Err(Box::new((err, req)));
+    key: &JobKey,
+    calls: &[&CallRecord],
+) -> Result<(), StoreError> {
+    let mut last = None;
+    for _ in 0..5 {
+        let max: Option<i32> =
+            sqlx::query_scalar("SELECT max(attempt) FROM cost_rows WHERE tenant = $1 AND job_id = $2")
+                .bind(&key.tenant)
+                .bind(&key.id)
+                .fetch_one(pool)
+                .await
+                .map_err(StoreError::classify)?;
+        let next = max.unwrap_or(0).max(0) as u32 + 1;
+        tracing::warn!(tenant = %key.tenant, id = %key.id, from = next, calls = calls.len(),
+            "attempt numbers clash with another delivery's calls; renumbering");
+        let moved: Vec<CallRecord> = calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let mut c = (*c).clone();
+                c.attempt.attempt = next + i as u32;
+                c
+            })
+            .collect();
+        let req = CommitRequest {
+            key: key.clone(),
+            calls: moved,
+            job: None,
+            release: None,
+        };
+        match insert(pool, std::slice::from_ref(&req)).await {
+            Ok((_, missing)) if missing.is_empty() => return Ok(()),
+            Ok(_) => last = Some(StoreError::Rejected("attempt numbers clash again".into())),
+            Err(e) => return Err(e),
+        }
     }
-    let max: Result<Option<i32>, sqlx::Error> =
-        sqlx::query_scalar("SELECT max(attempt) FROM cost_rows WHERE tenant = $1 AND job_id = $2")
-            .bind(&req.key.tenant)
-            .bind(&req.key.id)
-            .fetch_one(pool)
-            .await;
-    let next = match max {
-        Ok(m) => m.unwrap_or(0).max(0) as u32 + 1,
-        Err(e) => return Err(Box::new((StoreError::classify(e), req))),
-    };
-    tracing::warn!(tenant = %req.key.tenant, id = %req.key.id, from = next,
-        "attempt numbers clash with another delivery's calls; renumbering");
-    for (i, c) in req.calls.iter_mut().enumerate() {
-        c.attempt.attempt = next + i as u32;
-    }
-    match commit_batch(pool, std::slice::from_ref(&req)).await {
-        Ok(landed) => Ok(CommitOutcome {
-            final_landed: landed.first().copied().unwrap_or(false),
-        }),
-        Err(e) => Err(Box::new((e, req))),
-    }
+    Err(last.unwrap_or(StoreError::Rejected("attempt numbers clash".into())))
 }
 
 /// A cost row as the statement reads it.
@@ -244,7 +251,16 @@ WITH c AS (
            provider text, model text, outcome text, status_code integer, input_tokens bigint,
            cached_input_tokens bigint, output_tokens bigint, reasoning_tokens bigint,
            cost_usd numeric, latency_ms bigint, message text)
-    RETURNING tenant, feature, cost_usd
+    ON CONFLICT (tenant, job_id, attempt) DO UPDATE
+       SET outcome = EXCLUDED.outcome, status_code = EXCLUDED.status_code,
+           input_tokens = EXCLUDED.input_tokens,
+           cached_input_tokens = EXCLUDED.cached_input_tokens,
+           output_tokens = EXCLUDED.output_tokens, reasoning_tokens = EXCLUDED.reasoning_tokens,
+           cost_usd = EXCLUDED.cost_usd, latency_ms = EXCLUDED.latency_ms,
+           message = EXCLUDED.message
+     WHERE cost_rows.outcome = 'started' AND cost_rows.provider = EXCLUDED.provider
+       AND cost_rows.model = EXCLUDED.model
+    RETURNING tenant, job_id, attempt, feature, cost_usd
 ), f AS (
     INSERT INTO jobs AS j (tenant, id, feature, user_id, priority, task, requested_model,
                       status, provider, model, input_tokens, cached_input_tokens, output_tokens,
@@ -303,12 +319,36 @@ WITH c AS (
        AND b.period = agg.period
     RETURNING 1
 )
-SELECT f.tenant, f.id, (SELECT count(*) FROM r) + (SELECT count(*) FROM bu) AS side
+SELECT true AS final, f.tenant, f.id, 0 AS attempt,
+       (SELECT count(*) FROM r) + (SELECT count(*) FROM bu) AS side
   FROM f
+UNION ALL
+SELECT false, c.tenant, c.job_id, c.attempt, 0 FROM c
 "#;
 
-/// Commit `reqs` in one statement; for each request, whether its final row landed.
+/// Commit `reqs` in one statement; for each request, whether its final row landed. Cost
+/// rows that clashed are renumbered and inserted after.
 async fn commit_batch(pool: &PgPool, reqs: &[CommitRequest]) -> Result<Vec<bool>, StoreError> {
+    let (landed, missing) = insert(pool, reqs).await?;
+    for (i, calls) in missing {
+        let r = &reqs[i];
+        if let Err(e) = renumber(pool, &r.key, &calls).await {
+            let lost: Vec<&crate::job::Attempt> = calls.iter().map(|c| &c.attempt).collect();
+            tracing::error!(error = %e, tenant = %r.key.tenant, id = %r.key.id, calls = ?lost,
+                "cost rows that clashed could not be renumbered");
+        }
+    }
+    Ok(landed)
+}
+
+type Missing<'a> = Vec<(usize, Vec<&'a CallRecord>)>;
+
+/// The statement itself: for each request whether its final row landed, and the cost rows
+/// that did not go in (a clash), by request.
+async fn insert<'a>(
+    pool: &PgPool,
+    reqs: &'a [CommitRequest],
+) -> Result<(Vec<bool>, Missing<'a>), StoreError> {
     let mut costs: Vec<CostRowOut<'_>> = Vec::new();
     // One final row per job per statement: the last one wins (the others learn that theirs
     // did not land).
@@ -355,7 +395,7 @@ async fn commit_batch(pool: &PgPool, reqs: &[CommitRequest]) -> Result<Vec<bool>
         .values()
         .filter_map(|&i| reqs[i].job.as_ref())
         .collect();
-    let landed: Vec<(String, String, i64)> = sqlx::query_as(COMMIT_SQL)
+    let rows: Vec<(bool, String, String, i32, i64)> = sqlx::query_as(COMMIT_SQL)
         .bind(sqlx::types::Json(&costs))
         .bind(sqlx::types::Json(&jobs))
         .bind(&tokens)
@@ -364,8 +404,31 @@ async fn commit_batch(pool: &PgPool, reqs: &[CommitRequest]) -> Result<Vec<bool>
         .fetch_all(pool)
         .await
         .map_err(StoreError::classify)?;
-    let landed: HashSet<(String, String)> = landed.into_iter().map(|(t, i, _)| (t, i)).collect();
-    Ok(reqs
+    let mut landed: HashSet<(String, String)> = HashSet::new();
+    let mut written: HashSet<(String, String, u32)> = HashSet::with_capacity(costs.len());
+    for (is_final, t, id, attempt, _) in rows {
+        if is_final {
+            landed.insert((t, id));
+        } else {
+            written.insert((t, id, attempt.max(0) as u32));
+        }
+    }
+    let mut missing: Missing<'a> = Vec::new();
+    if written.len() < costs.len() {
+        for (i, r) in reqs.iter().enumerate() {
+            let lost: Vec<&CallRecord> = r
+                .calls
+                .iter()
+                .filter(|c| {
+                    !written.contains(&(r.key.tenant.clone(), r.key.id.clone(), c.attempt.attempt))
+                })
+                .collect();
+            if !lost.is_empty() {
+                missing.push((i, lost));
+            }
+        }
+    }
+    let landed = reqs
         .iter()
         .enumerate()
         .map(|(i, r)| match &r.job {
@@ -375,5 +438,6 @@ async fn commit_batch(pool: &PgPool, reqs: &[CommitRequest]) -> Result<Vec<bool>
             }
             None => true,
         })
-        .collect())
+        .collect();
+    Ok((landed, missing))
 }

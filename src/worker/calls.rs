@@ -8,7 +8,7 @@ use crate::job::{Attempt, Job, Output, Usage};
 use crate::providers::{ChatRequest, ChatResponse, FailureClass};
 use crate::ratelimit::Admission;
 use crate::router::Plan;
-use crate::store::CallRecord;
+use crate::store::{CallRecord, CommitRequest, JobKey};
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use std::sync::Arc;
@@ -76,6 +76,13 @@ pub async fn run_chain(
             tools: job.tools.as_deref(),
             tool_choice: job.tool_choice.as_ref(),
         };
+        // Its cost row, `started`, before the call: if this worker dies during the call,
+        // the row is there (the next delivery marks it `worker_lost`).
+        if !record_start(ctx, job, attempt, m).await {
+            out.cancelled = true;
+            out.transient = true;
+            return out;
+        }
         let started = Instant::now();
         // The call is cut short only when the shutdown grace period is over; it is still
         // recorded (the provider may bill it).
@@ -168,6 +175,44 @@ pub async fn run_chain(
         }
     }
     out
+}
+
+/// Write the `started` cost row of the call about to be made, waiting in place while
+/// Postgres is away. False: the worker is stopping (make no call).
+async fn record_start(ctx: &Ctx, job: &Job, attempt: u32, m: &ModelConfig) -> bool {
+    let req = CommitRequest {
+        key: JobKey {
+            tenant: job.tenant.clone(),
+            id: job.id.clone(),
+            feature: job.feature.clone(),
+            user_id: job.user.clone(),
+        },
+        calls: vec![CallRecord {
+            attempt: Attempt {
+                attempt,
+                provider: m.provider.clone(),
+                model: m.name.clone(),
+                outcome: "started".into(),
+                latency_ms: 0,
+                cost_usd: Decimal::ZERO,
+                status: None,
+                message: None,
+            },
+            usage: Usage::default(),
+        }],
+        job: None,
+        release: None,
+    };
+    match super::process::commit(ctx, req).await {
+        Ok(_) => true,
+        Err(super::process::CommitFailed::Stopping) => false,
+        // Postgres refuses this job's rows: the final commit meets the same refusal and
+        // ends the job as `internal`; make the call regardless.
+        Err(super::process::CommitFailed::Refused(e, _)) => {
+            tracing::warn!(error = %e, "postgres refused the call's started row");
+            true
+        }
+    }
 }
 
 fn nano_usd(cost: Decimal) -> u64 {

@@ -580,7 +580,7 @@ fn final_row(
     })
 }
 
-enum CommitFailed {
+pub(super) enum CommitFailed {
     Stopping,
     Refused(StoreError, Box<CommitRequest>),
 }
@@ -588,7 +588,7 @@ enum CommitFailed {
 /// Commit, retried in place (with backoff, the message kept alive) while Postgres is
 /// away: a provider call already made is never repeated because our commit failed.
 /// `Ok(landed)`: whether the final row landed.
-async fn commit(ctx: &Ctx, mut req: CommitRequest) -> Result<bool, CommitFailed> {
+pub(super) async fn commit(ctx: &Ctx, mut req: CommitRequest) -> Result<bool, CommitFailed> {
     let mut pause = Duration::from_millis(100);
     loop {
         match ctx.writer.commit(req).await {
