@@ -1,6 +1,7 @@
 //! Wiring: connect, set up streams and tables, start the claim and commit loops, the
 //! scheduler and the job tasks; shut down in order on a signal.
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::job::Priority;
 use crate::providers::Providers;
@@ -9,7 +10,6 @@ use crate::queue::scheduler::Scheduler;
 use crate::queue::{streams, Names};
 use crate::ratelimit::Limiters;
 use crate::router::Router;
-use crate::clock::{Clock, SystemClock};
 use crate::store::{self, Claimer, LeaseKeeper, Writer};
 use crate::telemetry::metrics::{serve as serve_metrics, Metrics};
 use crate::worker::infra::Infra;
@@ -69,12 +69,8 @@ pub async fn run_worker(
 
     let linger = Duration::from_millis(cfg.worker.commit_linger_ms);
     let lease_ttl = Duration::from_secs(cfg.worker.lease_s.max(1));
-    let (claimer, claim_loop) = Claimer::start(
-        pool.clone(),
-        cfg.worker.commit_batch,
-        linger,
-        lease_ttl,
-    );
+    let (claimer, claim_loop) =
+        Claimer::start(pool.clone(), cfg.worker.commit_batch, linger, lease_ttl);
     let (writer, commit_loop) = Writer::start(pool.clone(), cfg.worker.commit_batch, linger);
     let keeper_stop = CancellationToken::new();
     let (leases, lease_loop) = LeaseKeeper::start(pool.clone(), lease_ttl, keeper_stop.clone());

@@ -27,7 +27,11 @@ async fn assert_one_row_per_call(env: &TestEnv) {
         env.sim.stats().total,
         "cost rows vs requests the simulator received"
     );
-    let started = count(env, "SELECT count(*) FROM cost_rows WHERE outcome = 'started'").await;
+    let started = count(
+        env,
+        "SELECT count(*) FROM cost_rows WHERE outcome = 'started'",
+    )
+    .await;
     assert_eq!(started, 0, "no call is left marked started");
 }
 
@@ -79,7 +83,9 @@ async fn two_workers_never_run_one_key_at_once() {
 
 /// Cut this test's database off (every session ended, no new ones) and back.
 async fn database_away(env: &TestEnv, away: bool) {
-    let admin = sqlx::PgPool::connect(&common::admin_db_url()).await.unwrap();
+    let admin = sqlx::PgPool::connect(&common::admin_db_url())
+        .await
+        .unwrap();
     let allow = if away { "false" } else { "true" };
     sqlx::query(&format!(
         "ALTER DATABASE {} ALLOW_CONNECTIONS {allow}",
@@ -110,8 +116,12 @@ async fn postgres_away_after_the_call_makes_no_second_call_and_pauses_pulls() {
     });
     let (stop, worker) = env.start_worker().await;
     for i in 0..5 {
-        env.publish(Priority::Normal, "acme", job(&format!("pg{i}"), "acme", PINNED))
-            .await;
+        env.publish(
+            Priority::Normal,
+            "acme",
+            job(&format!("pg{i}"), "acme", PINNED),
+        )
+        .await;
     }
     for _ in 0..100 {
         if env.sim.stats().total >= 5 {
@@ -125,8 +135,12 @@ async fn postgres_away_after_the_call_makes_no_second_call_and_pauses_pulls() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     // Jobs published now are not pulled while Postgres is away.
     for i in 5..10 {
-        env.publish(Priority::Normal, "acme", job(&format!("pg{i}"), "acme", PINNED))
-            .await;
+        env.publish(
+            Priority::Normal,
+            "acme",
+            job(&format!("pg{i}"), "acme", PINNED),
+        )
+        .await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
@@ -138,11 +152,10 @@ async fn postgres_away_after_the_call_makes_no_second_call_and_pauses_pulls() {
     // The test's own pool lost its sessions too: it reconnects on use.
     let mut done = 0;
     for _ in 0..60 {
-        if let Ok(n) = sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM jobs WHERE status = 'succeeded'",
-        )
-        .fetch_one(&env.pool)
-        .await
+        if let Ok(n) =
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM jobs WHERE status = 'succeeded'")
+                .fetch_one(&env.pool)
+                .await
         {
             done = n;
             if n == 10 {
@@ -200,16 +213,27 @@ async fn a_row_postgres_refuses_fails_alone_as_internal() {
     env.publish(Priority::Normal, "acme", job("poison", "acme", PINNED))
         .await;
     for i in 0..20 {
-        env.publish(Priority::Normal, "acme", job(&format!("n{i}"), "acme", PINNED))
-            .await;
+        env.publish(
+            Priority::Normal,
+            "acme",
+            job(&format!("n{i}"), "acme", PINNED),
+        )
+        .await;
     }
     let (stop, worker) = env.start_worker().await;
-    assert_eq!(env.wait_succeeded(20, 30).await, 20, "the neighbours succeed");
+    assert_eq!(
+        env.wait_succeeded(20, 30).await,
+        20,
+        "the neighbours succeed"
+    );
     let r = env.result("acme", "poison", 20).await;
     assert_eq!(r.status, Status::Failed);
     let err = r.error.clone().unwrap();
     assert_eq!(err.kind, ErrorKind::Internal);
-    assert!(err.message.contains("refusing the row of poison"), "{err:?}");
+    assert!(
+        err.message.contains("refusing the row of poison"),
+        "{err:?}"
+    );
     assert_eq!(r.attempts.len(), 1, "its call is kept: {r:?}");
     assert!(env.dlq("acme", "poison").await.is_some(), "dead-lettered");
     let (status, deliveries): (String, i32) =
@@ -229,6 +253,7 @@ async fn a_killed_workers_reservations_are_swept_and_its_calls_have_rows() {
     let env = TestEnv::new(|c| {
         c.worker.max_in_flight = 8;
         c.worker.lease_s = 2;
+        c.worker.ack_wait_s = 3;
     })
     .await;
     sqlx::query(
@@ -238,14 +263,18 @@ async fn a_killed_workers_reservations_are_swept_and_its_calls_have_rows() {
     .await
     .unwrap();
     env.sim.set_profile(FaultProfile {
-        latency_ms: 1500,
+        latency_ms: 3000,
         ..Default::default()
     });
     env.ensure_streams().await;
     const N: usize = 12;
     for i in 0..N {
-        env.publish(Priority::Normal, "acme", job(&format!("k{i}"), "acme", PINNED))
-            .await;
+        env.publish(
+            Priority::Normal,
+            "acme",
+            job(&format!("k{i}"), "acme", PINNED),
+        )
+        .await;
     }
     let mut child = env
         .command()
@@ -257,21 +286,40 @@ async fn a_killed_workers_reservations_are_swept_and_its_calls_have_rows() {
         .stderr(Stdio::null())
         .spawn()
         .expect("worker binary starts");
-    for _ in 0..200 {
-        if env.sim.stats().total >= 8 {
+    // Kill it while its calls are under way (their `started` rows are written).
+    let mut started = 0;
+    for _ in 0..400 {
+        started = count(
+            &env,
+            "SELECT count(*) FROM cost_rows WHERE outcome = 'started'",
+        )
+        .await;
+        if started >= 8 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(env.sim.stats().total >= 8, "calls under way");
+    assert!(started >= 8, "calls under way: {started}");
     child.kill().await.unwrap();
     let held = count(&env, "SELECT count(*) FROM budget_reservations").await;
     assert!(held > 0, "the killed worker left reservations behind");
     let (stop, worker) = env.start_worker().await;
     assert_eq!(env.wait_succeeded(N as i64, 60).await, N as i64);
     // The dead worker's calls were recorded before they were made.
-    let lost = count(&env, "SELECT count(*) FROM cost_rows WHERE outcome = 'worker_lost'").await;
-    assert!(lost >= 8, "calls cut off by the kill have rows: {lost}");
+    let lost = count(
+        &env,
+        "SELECT count(*) FROM cost_rows WHERE outcome = 'worker_lost'",
+    )
+    .await;
+    let outcomes: Vec<(String, String, i32)> =
+        sqlx::query_as("SELECT job_id, outcome, attempt FROM cost_rows ORDER BY job_id, attempt")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert!(
+        lost >= 8,
+        "calls cut off by the kill have rows: {lost} {outcomes:?}"
+    );
     assert_one_row_per_call(&env).await;
     // The sweeper gives back what the dead worker held.
     let mut left = held;
@@ -288,11 +336,12 @@ async fn a_killed_workers_reservations_are_swept_and_its_calls_have_rows() {
             .fetch_one(&env.pool)
             .await
             .unwrap();
-    let billed: Decimal =
-        sqlx::query_scalar("SELECT coalesce(sum(cost_usd), 0) FROM cost_rows WHERE tenant = 'acme'")
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
+    let billed: Decimal = sqlx::query_scalar(
+        "SELECT coalesce(sum(cost_usd), 0) FROM cost_rows WHERE tenant = 'acme'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
     assert_eq!(reserved, Decimal::ZERO, "nothing held");
     assert_eq!(spent, billed, "spend is what the cost rows say");
     stop.cancel();

@@ -142,9 +142,7 @@ pub fn check(
                 r.period, r.limit_usd
             );
             return Err(if r.policy == "defer" {
-                let until = (p.next_start(now) - now)
-                    .to_std()
-                    .unwrap_or(DEFER_RECHECK);
+                let until = (p.next_start(now) - now).to_std().unwrap_or(DEFER_RECHECK);
                 Denial::Defer(msg, until.min(DEFER_RECHECK))
             } else {
                 Denial::Fail(msg)
@@ -212,10 +210,9 @@ impl Budgets {
             amount,
             now,
         };
-        let done = store::budgets::reserve(&self.pool, &req, |rows| {
-            check(tenant, rows, amount, now)
-        })
-        .await?;
+        let done =
+            store::budgets::reserve(&self.pool, &req, |rows| check(tenant, rows, amount, now))
+                .await?;
         Ok(match done {
             None => Ok(None),
             Some(Err(denial)) => Err(denial),

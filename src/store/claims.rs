@@ -227,7 +227,9 @@ async fn claim_batch(
         .map_err(StoreError::classify)?;
     let mut found = Found::with_capacity(rows.len());
     for (tenant, id, claimed, status, result, free, lease_ms, attempts) in rows {
-        let outcome = outcome_of(&tenant, &id, claimed, status, result, free, lease_ms, attempts);
+        let outcome = outcome_of(
+            &tenant, &id, claimed, status, result, free, lease_ms, attempts,
+        );
         found.insert((tenant, id), outcome);
     }
     Ok(found)

@@ -84,11 +84,7 @@ impl LeaseKeeper {
         stop: CancellationToken,
     ) -> (LeaseKeeper, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let worker = format!(
-            "{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        );
+        let worker = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
         let keeper = LeaseKeeper {
             inner: Arc::new(Inner {
                 worker,

@@ -176,20 +176,17 @@ async fn run(
 /// Cost rows that clashed with another delivery's rows of the same attempt number: insert
 /// them numbered after the highest stored one (tried a few times against a concurrent
 /// clash).
-async fn renumber(
-    pool: &PgPool,
-    key: &JobKey,
-    calls: &[&CallRecord],
-) -> Result<(), StoreError> {
+async fn renumber(pool: &PgPool, key: &JobKey, calls: &[&CallRecord]) -> Result<(), StoreError> {
     let mut last = None;
     for _ in 0..5 {
-        let max: Option<i32> =
-            sqlx::query_scalar("SELECT max(attempt) FROM cost_rows WHERE tenant = $1 AND job_id = $2")
-                .bind(&key.tenant)
-                .bind(&key.id)
-                .fetch_one(pool)
-                .await
-                .map_err(StoreError::classify)?;
+        let max: Option<i32> = sqlx::query_scalar(
+            "SELECT max(attempt) FROM cost_rows WHERE tenant = $1 AND job_id = $2",
+        )
+        .bind(&key.tenant)
+        .bind(&key.id)
+        .fetch_one(pool)
+        .await
+        .map_err(StoreError::classify)?;
         let next = max.unwrap_or(0).max(0) as u32 + 1;
         tracing::warn!(tenant = %key.tenant, id = %key.id, from = next, calls = calls.len(),
             "attempt numbers clash with another delivery's calls; renumbering");

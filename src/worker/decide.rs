@@ -21,7 +21,9 @@ pub enum Verdict {
     Failed(ErrorBody),
     /// Keep the calls made, hand the job back; redeliver no sooner than `at_least`
     /// (what a provider asked for), after the policy's backoff.
-    Retry { at_least: Option<Duration> },
+    Retry {
+        at_least: Option<Duration>,
+    },
     /// The worker is stopping and cut calls short: hand the job back at once, not
     /// counted as a failure of the job.
     HandBack,

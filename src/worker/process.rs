@@ -158,7 +158,10 @@ async fn claim(ctx: &Ctx, s: Scope<'_>, job: &Job) -> Claimed {
                     return Claimed::Done(Disposition::Retry(Duration::from_secs(30)));
                 }
                 let pause = left.clamp(Duration::from_millis(200), Duration::from_secs(5));
-                tracing::debug!(wait_ms = pause.as_millis() as u64, "another delivery runs this job; waiting");
+                tracing::debug!(
+                    wait_ms = pause.as_millis() as u64,
+                    "another delivery runs this job; waiting"
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
                     _ = ctx.abort.cancelled() => return Claimed::Done(Disposition::Retry(Duration::ZERO)),
@@ -256,7 +259,10 @@ async fn attempt(
         }
         Verdict::Retry { at_least } => {
             let delay = retry_delay(ctx, own_delivery, at_least);
-            tracing::info!(delay_ms = delay.as_millis() as u64, "every candidate failed; retrying later");
+            tracing::info!(
+                delay_ms = delay.as_millis() as u64,
+                "every candidate failed; retrying later"
+            );
             hand_back(ctx, s, job, lease, reservation, outcome.calls, false, delay).await
         }
         Verdict::HandBack => {
@@ -628,11 +634,7 @@ pub(super) async fn commit(ctx: &Ctx, mut req: CommitRequest) -> Result<bool, Co
 /// stream and `reply_to`; then ack. Bounded: a result that cannot be published after a few tries hands the message
 /// back (the redelivery publishes the stored result without a call), and on the last
 /// delivery the message is acked with the result safe in Postgres.
-async fn deliver(
-    ctx: &Ctx,
-    s: Scope<'_>,
-    result: &JobResult,
-) -> Disposition {
+async fn deliver(ctx: &Ctx, s: Scope<'_>, result: &JobResult) -> Disposition {
     let mut dead_lettered = result.status != Status::Failed;
     let mut pause = Duration::from_millis(200);
     for _ in 0..PUBLISH_TRIES {

@@ -388,6 +388,7 @@ impl Simulator {
             request_bytes: request_bytes as u64,
             outage,
             fault: OnceLock::new(),
+            recorded: std::sync::atomic::AtomicBool::new(false),
         };
         if call.knobs.hang && call.outage.is_none() {
             let release = self.inner.release_token();
@@ -479,6 +480,20 @@ pub(crate) struct Call {
     outage: Option<(u16, u64)>,
     /// Why the answer is abnormal, for the request log (first one set wins).
     fault: OnceLock<&'static str>,
+    /// Counted already (answered, or held by `hang`).
+    recorded: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for Call {
+    /// A request whose client went away before it was answered still happened (a real
+    /// provider bills the work it started): count and log it, status 0, fault
+    /// `client_gone`.
+    fn drop(&mut self) {
+        if !self.recorded.load(std::sync::atomic::Ordering::Acquire) {
+            self.set_fault("client_gone");
+            self.record(None);
+        }
+    }
 }
 
 impl Call {
@@ -490,9 +505,15 @@ impl Call {
         let _ = self.fault.set(fault);
     }
 
-    /// Count the request and append it to the log; `None` for a request never answered
-    /// (`hang`).
+    /// Count the request (once) and append it to the log; `None` for a request never
+    /// answered (`hang`, or its client went away).
     fn record(&self, status: Option<StatusCode>) {
+        if self
+            .recorded
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
         let status_text = status.as_ref().map_or("hang", StatusCode::as_str);
         self.sim.inner.record(&self.key(), status_text);
         let entry = LogEntry {
