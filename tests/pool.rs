@@ -71,7 +71,7 @@ async fn two_workers_never_run_one_key_at_once() {
     );
     assert_one_row_per_call(&env).await;
     for i in 0..N {
-        let r = env.result(&"acme".to_string(), &format!("dup{i}"), 5).await;
+        let r = env.result("acme", &format!("dup{i}"), 5).await;
         assert_eq!(r.status, Status::Succeeded);
         assert_eq!(r.attempts.len(), 1, "one attempt, numbered once: {r:?}");
     }

@@ -64,6 +64,28 @@ impl DlqEntry {
     }
 }
 
+/// Encode a result so it fits in one NATS message: when the whole result is larger than
+/// `max_payload`, it goes out with `output` null and `"truncated": true` (the full output
+/// stays in Postgres). Attempts are cut to the last 50 if it is still too large.
+pub fn encode_result(result: &JobResult, max_payload: usize) -> Result<Bytes, PublishError> {
+    let full = serde_json::to_vec(result)?;
+    if full.len() <= max_payload {
+        return Ok(Bytes::from(full));
+    }
+    let mut small = JobResult {
+        output: None,
+        truncated: true,
+        ..result.clone()
+    };
+    let mut body = serde_json::to_vec(&small)?;
+    if body.len() > max_payload && small.attempts.len() > 50 {
+        let keep = small.attempts.len() - 50;
+        small.attempts.drain(..keep);
+        body = serde_json::to_vec(&small)?;
+    }
+    Ok(Bytes::from(body))
+}
+
 pub struct Publisher {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
@@ -75,20 +97,8 @@ impl Publisher {
         self.client.server_info().max_payload.max(1024)
     }
 
-    /// Encode a result so it fits in one NATS message: when the whole result is larger
-    /// than the server's max payload, it goes out with `output` null and
-    /// `"truncated": true` (the full output stays in Postgres).
     pub fn encode_result(&self, result: &JobResult) -> Result<Bytes, PublishError> {
-        let full = serde_json::to_vec(result)?;
-        if full.len() <= self.max_payload() {
-            return Ok(Bytes::from(full));
-        }
-        let small = JobResult {
-            output: None,
-            truncated: true,
-            ..result.clone()
-        };
-        Ok(Bytes::from(serde_json::to_vec(&small)?))
+        encode_result(result, self.max_payload())
     }
 
     /// Result to the results stream (awaiting its ack) and to `reply_to` when given.
@@ -168,6 +178,32 @@ pub async fn remove_dead_letter(
 mod tests {
     use super::*;
     use crate::job::ErrorKind;
+
+    #[test]
+    fn oversized_results_go_out_without_output() {
+        let result: JobResult = serde_json::from_value(serde_json::json!({
+            "id": "big", "tenant": "acme", "feature": null, "status": "succeeded",
+            "output": {"content": "x".repeat(4000), "tool_calls": [], "finish_reason": "stop"},
+            "provider": "openai", "model": "gpt-4o-mini",
+            "usage": {"input_tokens": 1, "cached_input_tokens": 0, "output_tokens": 1000, "reasoning_tokens": 0},
+            "cost_usd": "0.01", "route": null, "attempts": [], "cache_hit": false,
+            "queued_ms": 1, "latency_ms": 2, "error": null, "metadata": null
+        }))
+        .unwrap();
+        let fits = encode_result(&result, 1 << 20).unwrap();
+        let back: JobResult = serde_json::from_slice(&fits).unwrap();
+        assert_eq!(back, result, "a result that fits goes out whole");
+        assert!(!String::from_utf8_lossy(&fits).contains("truncated"));
+        let cut = encode_result(&result, 1024).unwrap();
+        assert!(cut.len() <= 1024);
+        let back: JobResult = serde_json::from_slice(&cut).unwrap();
+        assert!(back.truncated);
+        assert!(back.output.is_none());
+        assert_eq!(
+            back.usage, result.usage,
+            "everything but the output is kept"
+        );
+    }
 
     #[test]
     fn oversized_entries_are_truncated() {

@@ -95,6 +95,15 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreErr
     Ok(pool)
 }
 
+/// Does Postgres answer?
+pub async fn ping(pool: &PgPool) -> Result<(), StoreError> {
+    sqlx::query_scalar::<_, i32>("SELECT 1")
+        .fetch_one(pool)
+        .await
+        .map_err(StoreError::classify)?;
+    Ok(())
+}
+
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     MIGRATOR.run(pool).await?;
     Ok(())

@@ -316,11 +316,10 @@ WITH c AS (
        AND b.period = agg.period
     RETURNING 1
 )
-SELECT true AS final, f.tenant, f.id, 0 AS attempt,
-       (SELECT count(*) FROM r) + (SELECT count(*) FROM bu) AS side
-  FROM f
+-- r and bu run whether or not they are read, as every data-modifying WITH does.
+SELECT true AS final, f.tenant, f.id, 0 AS attempt FROM f
 UNION ALL
-SELECT false, c.tenant, c.job_id, c.attempt, 0 FROM c
+SELECT false, c.tenant, c.job_id, c.attempt FROM c
 "#;
 
 /// Commit `reqs` in one statement; for each request, whether its final row landed. Cost
@@ -392,7 +391,7 @@ async fn insert<'a>(
         .values()
         .filter_map(|&i| reqs[i].job.as_ref())
         .collect();
-    let rows: Vec<(bool, String, String, i32, i64)> = sqlx::query_as(COMMIT_SQL)
+    let rows: Vec<(bool, String, String, i32)> = sqlx::query_as(COMMIT_SQL)
         .bind(sqlx::types::Json(&costs))
         .bind(sqlx::types::Json(&jobs))
         .bind(&tokens)
@@ -403,7 +402,7 @@ async fn insert<'a>(
         .map_err(StoreError::classify)?;
     let mut landed: HashSet<(String, String)> = HashSet::new();
     let mut written: HashSet<(String, String, u32)> = HashSet::with_capacity(costs.len());
-    for (is_final, t, id, attempt, _) in rows {
+    for (is_final, t, id, attempt) in rows {
         if is_final {
             landed.insert((t, id));
         } else {

@@ -93,11 +93,8 @@ impl Infra {
                 _ = tick.tick() => {}
             }
             if !self.store_up() {
-                let probe = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&pool),
-                )
-                .await;
+                let probe =
+                    tokio::time::timeout(Duration::from_secs(2), crate::store::ping(&pool)).await;
                 if let Ok(Ok(_)) = probe {
                     self.store_answered();
                 }
