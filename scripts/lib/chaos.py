@@ -228,9 +228,10 @@ class Nats:
                 f.write("\n".join(conf) + "\n")
             self.confs.append((path, os.path.join(d, "nats.log")))
 
-    @property
-    def url(self):
-        return ",".join("nats://127.0.0.1:%d" % p for p in self.ports)
+    def url_for(self, i):
+        """One server's URL: worker i talks to node i % n (the worker takes a single URL;
+        async-nats learns the other cluster members from the server's INFO)."""
+        return "nats://127.0.0.1:%d" % self.ports[i % self.n]
 
     def start_node(self, i):
         conf, logf = self.confs[i]
@@ -320,7 +321,7 @@ class Worker:
         env.update(provider_env(r.cfg, r.sim.url))
         env.update({
             "SWITCHYARD_CONFIG": CONFIG,
-            "NATS_URL": r.nats.url,
+            "NATS_URL": r.nats.url_for(max(self.idx, 0)),
             "DATABASE_URL": r.db_url,
             "SWITCHYARD_NATS__PREFIX": PREFIX,
             "SWITCHYARD_METRICS__ADDR": "127.0.0.1:%d" % self.mport,
