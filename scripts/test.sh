@@ -27,3 +27,13 @@ sy_ensure_ulimit 8192
 sy_log "tests"
 # Each integration test makes its own stream prefix and database and removes them.
 cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-4}"
+
+# Fault injection, fast mode (scripts/chaos.sh --fast: kill -9, duplicate submissions,
+# poison jobs, provider outage; own throwaway services). SWITCHYARD_SKIP_CHAOS=1 skips it.
+if [[ ${SWITCHYARD_SKIP_CHAOS:-0} != 0 ]]; then
+	sy_log "chaos (fast): skipped (SWITCHYARD_SKIP_CHAOS=${SWITCHYARD_SKIP_CHAOS})"
+else
+	sy_log "chaos (fast)"
+	cargo build --locked --quiet # the test build's binary, no release build
+	SWITCHYARD_BIN="$CARGO_TARGET_DIR/debug/switchyard" scripts/chaos.sh --fast
+fi

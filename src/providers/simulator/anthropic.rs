@@ -135,7 +135,7 @@ pub(crate) async fn messages(
         .as_ref()
         .and_then(|v| v.get("model"))
         .and_then(Value::as_str);
-    let Some(call) = sim.admit(API, model, body.len()).await else {
+    let Some(call) = sim.admit(API, model, body.len(), parsed.as_ref()).await else {
         let body = json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}});
         return json_response(StatusCode::SERVICE_UNAVAILABLE, Vec::new(), &body);
     };

@@ -142,7 +142,11 @@ async fn handle(
 ) -> Response {
     let rest = rest.trim_start_matches('/');
     let (model, method) = rest.rsplit_once(':').unwrap_or((rest, ""));
-    let Some(call) = sim.admit(API, Some(model), body.len()).await else {
+    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+    let Some(call) = sim
+        .admit(API, Some(model), body.len(), parsed.as_ref())
+        .await
+    else {
         let b = error_body(503, "The service is currently unavailable.", None);
         return json_response(StatusCode::SERVICE_UNAVAILABLE, Vec::new(), &b);
     };

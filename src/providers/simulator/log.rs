@@ -39,6 +39,42 @@ pub struct LogEntry {
     pub fault: Option<&'static str>,
     /// Size of the request body in bytes.
     pub request_bytes: u64,
+    /// The first [`PROMPT_PREFIX_CHARS`] characters of the text of the last user
+    /// message (OpenAI / Anthropic `messages`, Gemini `contents`), so that a test can
+    /// attribute each request to the job that made it; `None` when there is none.
+    pub prompt: Option<String>,
+}
+
+/// Characters of the last user message kept in [`LogEntry::prompt`].
+pub(crate) const PROMPT_PREFIX_CHARS: usize = 80;
+
+/// The start of the last user message's text in a request body of any of the three
+/// wire formats: `messages[].content` (a string, or parts / blocks with `text`) or
+/// Gemini's `contents[].parts[].text`.
+pub(crate) fn prompt_prefix(body: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    let list = body
+        .get("messages")
+        .or_else(|| body.get("contents"))?
+        .as_array()?;
+    let last = list
+        .iter()
+        .rev()
+        .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))?;
+    let mut text = String::new();
+    let mut push_parts = |parts: &Vec<Value>| {
+        for part in parts {
+            if let Some(t) = part.get("text").and_then(Value::as_str) {
+                text.push_str(t);
+            }
+        }
+    };
+    match last.get("content").or_else(|| last.get("parts")) {
+        Some(Value::String(s)) => text.push_str(s),
+        Some(Value::Array(parts)) => push_parts(parts),
+        _ => return None,
+    }
+    Some(text.chars().take(PROMPT_PREFIX_CHARS).collect())
 }
 
 /// A bounded ring of [`LogEntry`], newest at the back.
@@ -103,6 +139,7 @@ mod tests {
             latency_ms: i,
             fault: None,
             request_bytes: i,
+            prompt: None,
         }
     }
 
@@ -170,10 +207,36 @@ mod tests {
                 "fault",
                 "latency_ms",
                 "model",
+                "prompt",
                 "request_bytes",
                 "status"
             ]
         );
         assert!(v["fault"].is_null());
+    }
+
+    #[test]
+    fn prompt_prefix_reads_the_last_user_message_of_each_wire_format() {
+        let oa = serde_json::json!({"messages": [
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "x"},
+            {"role": "user", "content": [{"type": "text", "text": "job acme/1: "}, {"type": "text", "text": "go"}]}
+        ]});
+        assert_eq!(prompt_prefix(&oa).as_deref(), Some("job acme/1: go"));
+        let an = serde_json::json!({"system": "s", "messages": [{"role": "user", "content": "job a/b: hi"}]});
+        assert_eq!(prompt_prefix(&an).as_deref(), Some("job a/b: hi"));
+        let ge =
+            serde_json::json!({"contents": [{"role": "user", "parts": [{"text": "job g/1: x"}]}]});
+        assert_eq!(prompt_prefix(&ge).as_deref(), Some("job g/1: x"));
+        let long = serde_json::json!({"messages": [{"role": "user", "content": "é".repeat(500)}]});
+        assert_eq!(
+            prompt_prefix(&long).map(|s| s.chars().count()),
+            Some(PROMPT_PREFIX_CHARS)
+        );
+        assert_eq!(prompt_prefix(&serde_json::json!({"model": "m"})), None);
+        assert_eq!(
+            prompt_prefix(&serde_json::json!({"messages": [{"role": "system", "content": "s"}]})),
+            None
+        );
     }
 }

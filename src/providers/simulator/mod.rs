@@ -361,12 +361,14 @@ impl Simulator {
 
     /// Start handling one API request of `request_bytes` bytes: resolve the profile for
     /// `model`, note an outage, apply `hang` and latency. `None` means the simulator is
-    /// shutting down (answer 503).
+    /// shutting down (answer 503). `body` (when it parsed) gives the log its prompt
+    /// prefix.
     pub(crate) async fn admit(
         &self,
         api: &'static str,
         model: Option<&str>,
         request_bytes: usize,
+        body: Option<&serde_json::Value>,
     ) -> Option<Call> {
         let started = Instant::now();
         let model = match model {
@@ -386,6 +388,7 @@ impl Simulator {
             started,
             request_id: text::random_id("", 24),
             request_bytes: request_bytes as u64,
+            prompt: body.and_then(log::prompt_prefix),
             outage,
             fault: OnceLock::new(),
             recorded: std::sync::atomic::AtomicBool::new(false),
@@ -476,6 +479,8 @@ pub(crate) struct Call {
     /// Random id for the provider's request-id header.
     pub request_id: String,
     request_bytes: u64,
+    /// Start of the last user message, for the request log.
+    prompt: Option<String>,
     /// Status and seconds left when the request arrived inside an outage window.
     outage: Option<(u16, u64)>,
     /// Why the answer is abnormal, for the request log (first one set wins).
@@ -524,6 +529,7 @@ impl Call {
             latency_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             fault: self.fault.get().copied(),
             request_bytes: self.request_bytes,
+            prompt: self.prompt.clone(),
         };
         self.sim.inner.log(entry);
     }

@@ -288,7 +288,7 @@ pub(crate) async fn chat_completions(
         .as_ref()
         .and_then(|v| v.get("model"))
         .and_then(Value::as_str);
-    let Some(call) = sim.admit(API, model, body.len()).await else {
+    let Some(call) = sim.admit(API, model, body.len(), parsed.as_ref()).await else {
         let e = OaError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             message: "The server is shutting down.".into(),
