@@ -833,8 +833,8 @@ class Harness:
 
 def table(summaries, commit):
     lines = [
-        "| scenario | jobs | lost | duplicate calls (jobs) | cost rows missing | limits held | time to recover | other failed invariants | pass |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| scenario | jobs | lost | duplicate calls (jobs) | calls repeated after kill -9 | cost rows missing | limits held | time to recover | other failed invariants | pass |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
         rec = s.get("recovery") or []
@@ -847,9 +847,10 @@ def table(summaries, commit):
             other.append("harness error: " + s["error"])
         if s.get("unexpected_worker_exits"):
             other.append("%d unexpected worker exits" % s["unexpected_worker_exits"])
-        lines.append("| %s | %s | %s | %s (%s) | %s | %s | %s | %s | %s |" % (
+        lines.append("| %s | %s | %s | %s (%s) | %s | %s | %s | %s | %s | %s |" % (
             s["scenario"], s.get("jobs", "?"), s.get("lost", "?"), s.get("duplicate_calls", "?"),
-            s.get("duplicate_call_jobs", "?"), s.get("cost_rows_missing", "?"),
+            s.get("duplicate_call_jobs", "?"), s.get("repeated_after_kill", 0),
+            s.get("cost_rows_missing", "?"),
             {True: "yes", False: "**no**"}.get(s.get("limits_held"), "?"), rec_txt,
             "; ".join(other) or "-", "yes" if s.get("ok") else "**no**"))
     return "\n".join(lines)

@@ -10,7 +10,10 @@ simulator's request log, and checks, per submitted job:
   missing rows    simulator requests (attributed to the job by the `job <tenant>/<id>:`
                   prompt prefix) without a cost row, per provider+model
   extra rows      cost rows without a simulator request
-  duplicate calls a job with more than one successful (200) provider call
+  duplicate calls a job with more than one successful (200) provider call, beyond the
+                  calls whose answer died with a killed worker (cost row
+                  `worker_lost`: such a call has to be made again; counted apart as
+                  `repeated_after_kill`)
   cost sum        a succeeded job whose jobs.cost_usd != sum of its cost rows
   limits          a `fail` budget whose spent_usd, or the tenant's cost rows, exceed
                   limit_usd; reserved_usd left over after the run
@@ -196,8 +199,13 @@ def check(ctx):
             counts["cost rows without a call"] += extra
             problems["cost rows without a call"].append("%s/%s (%d)" % (key + (extra,)))
         ok_calls = sum(1 for e in calls.get(key, []) if e["status"] == 200 and e.get("fault") is None)
-        if ok_calls > 1:
-            counts["duplicate calls"] += ok_calls - 1
+        # A call whose answer died with a kill -9'd worker (its row says worker_lost) has to
+        # be made again: counted apart, it is not a call repeated by our own failure.
+        lost_answers = sum(1 for r in crow.get(key, []) if r["outcome"] == "worker_lost")
+        repeated = min(max(ok_calls - 1, 0), lost_answers)
+        counts["repeated after kill"] += repeated
+        if ok_calls - repeated > 1:
+            counts["duplicate calls"] += ok_calls - repeated - 1
             problems["duplicate calls"].append("%s/%s (%d successful calls)" % (key + (ok_calls,)))
         if row is not None and row["status"] == "succeeded":
             s = sum((D(r["cost_usd"]) for r in crow.get(key, [])), D(0))
@@ -255,6 +263,7 @@ def check(ctx):
         "lost": lost,
         "duplicate_calls": counts["duplicate calls"],
         "duplicate_call_jobs": len(problems.get("duplicate calls", [])),
+        "repeated_after_kill": counts["repeated after kill"],
         "cost_rows_missing": counts["cost rows missing"],
         "cost_rows_extra": counts["cost rows without a call"],
         "limits_held": limits_held,

@@ -107,7 +107,7 @@ impl Default for WorkerConfig {
             commit_batch: 256,
             commit_linger_ms: 2,
             max_limiter_wait_ms: 2000,
-            lease_s: 30,
+            lease_s: 15,
         }
     }
 }

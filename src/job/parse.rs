@@ -432,7 +432,15 @@ fn find_nul(v: &Value, path: &mut String) -> Option<String> {
             if !path.is_empty() {
                 path.push('.');
             }
-            path.push_str(k);
+            // The path goes into the error message, which Postgres must be able to store:
+            // control characters in a key are written as JSON escapes.
+            for ch in k.chars() {
+                if ch.is_control() {
+                    path.push_str(&format!("\\u{:04x}", u32::from(ch)));
+                } else {
+                    path.push(ch);
+                }
+            }
             let r = if k.contains('\0') {
                 Some(display_path(path))
             } else {

@@ -172,3 +172,18 @@ fn envelope_keeps_only_valid_reply_to() {
     );
     assert_eq!(f.envelope.reply_to, None);
 }
+
+#[test]
+fn nul_in_a_metadata_key_is_invalid() {
+    let payload = br#"{"id":"poison-p16","tenant":"acme","feature":"summarise","user":"u-33","model":"fast","messages":[{"role":"system","content":"You are a terse assistant."},{"role":"user","content":"job acme/poison-p16: summarise this chunk. obligation warranty renewal notice delivery renewal payment amendment schedule party payment contract clause liability signature term party clause amendment obligation warranty notice warranty party appendix term term liability appendix contract liability schedule delivery delivery notice party warranty renewal schedule term contract delivery amendment clause section"}],"max_tokens":32,"temperature":0.2,"metadata":{"a\u0000b":1}}"#;
+    let f = parse_job(payload, "llm.jobs.normal.acme", 7, &rules()).unwrap_err();
+    assert_eq!(f.error.kind, ErrorKind::InvalidJob, "{:?}", f.error);
+    assert!(f.error.message.contains("U+0000"), "{}", f.error.message);
+    // The message names the key without the NUL itself (Postgres could not store it).
+    assert!(
+        f.error.message.starts_with("metadata.a\\u0000b:"),
+        "{}",
+        f.error.message
+    );
+    assert!(!f.error.message.contains('\0'));
+}
