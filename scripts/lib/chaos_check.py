@@ -9,7 +9,9 @@ simulator's request log, and checks, per submitted job:
   disagree        the result's status / error kind differs from the jobs row
   missing rows    simulator requests (attributed to the job by the `job <tenant>/<id>:`
                   prompt prefix) without a cost row, per provider+model
-  extra rows      cost rows without a simulator request
+  extra rows      cost rows without a simulator request (but a `worker_lost` row, a
+                  call whose worker died after recording it and maybe before sending
+                  it, counted apart as `worker_lost_unsent`)
   duplicate calls a job with more than one successful (200) provider call, beyond the
                   calls whose answer died with a killed worker (cost row
                   `worker_lost`: such a call has to be made again; counted apart as
@@ -192,6 +194,11 @@ def check(ctx):
         row_c = collections.Counter(mm.get(r["model"], (r["provider"], r["model"])) for r in crow.get(key, []))
         miss = sum((sim_c - row_c).values())
         extra = sum((row_c - sim_c).values())
+        # A `worker_lost` row whose request never reached the provider (the worker died
+        # between writing the row and sending): recorded as a possible call at cost 0.
+        unsent = min(extra, sum(1 for r in crow.get(key, []) if r["outcome"] == "worker_lost"))
+        counts["worker_lost rows without a request"] += unsent
+        extra -= unsent
         if miss:
             counts["cost rows missing"] += miss
             problems["cost rows missing"].append("%s/%s (%d)" % (key + (miss,)))
@@ -264,6 +271,7 @@ def check(ctx):
         "duplicate_calls": counts["duplicate calls"],
         "duplicate_call_jobs": len(problems.get("duplicate calls", [])),
         "repeated_after_kill": counts["repeated after kill"],
+        "worker_lost_unsent": counts["worker_lost rows without a request"],
         "cost_rows_missing": counts["cost rows missing"],
         "cost_rows_extra": counts["cost rows without a call"],
         "limits_held": limits_held,
