@@ -1,5 +1,6 @@
 //! One small set of failure classes that the router acts on, whatever the provider.
 
+use crate::job::Usage;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -54,6 +55,12 @@ impl FailureClass {
 }
 
 /// A failed provider call. `message` is the provider's own message (never the key).
+///
+/// `usage` is what the provider billed for this call although it failed: set when a
+/// 2xx answer reported usage but was unusable (a refusal, a blocked answer, a tool call
+/// that fails validation, a body missing its choices …), so that its cost is recorded;
+/// `None` when nothing billed is known (error statuses, transport failures, bodies that
+/// are not JSON).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{} ({}): {message}", class.as_str(), status.map_or("no status".to_string(), |s| s.to_string()))]
 pub struct ProviderError {
@@ -64,6 +71,8 @@ pub struct ProviderError {
     pub retry_after: Option<Duration>,
     /// The provider's rate-limit headers on this answer, when it sends them.
     pub rate: Option<Box<super::ratelimit_headers::RateReading>>,
+    /// Billed usage of a 2xx answer that was turned into this error.
+    pub usage: Option<Usage>,
 }
 
 impl ProviderError {
@@ -74,6 +83,13 @@ impl ProviderError {
             message: message.into(),
             retry_after: None,
             rate: None,
+            usage: None,
         }
+    }
+
+    /// The same error, carrying the usage the provider billed for the answer.
+    pub fn with_usage(mut self, usage: Option<Usage>) -> Self {
+        self.usage = usage;
+        self
     }
 }
