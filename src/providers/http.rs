@@ -110,35 +110,43 @@ pub fn secret_header(
 /// Cut a provider's error message to a size fit for a result and a log line.
 pub fn clip(s: &str) -> String {
     const MAX: usize = 500;
-    if s.contains('\0') {
-        return clip(&s.replace('\0', ""));
-    }
+    let mut s = s.replace('\0', "");
     if s.contains("sk-") || s.contains("AIza") {
-        return clip(&redact_keys(s));
+        s = redact_keys(&s);
     }
-    if s.len() <= MAX {
-        return s.to_string();
+    if s.len() > MAX {
+        let mut end = MAX;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
     }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    s
 }
 
-/// Providers echo (masked) keys in auth errors: drop anything that looks like one.
+/// Providers echo (masked) keys in auth errors: drop anything that looks like one, from
+/// where it starts to the end of its word.
 fn redact_keys(s: &str) -> String {
     s.split(' ')
-        .map(|w| {
-            let t = w.trim_start_matches(|c: char| !c.is_ascii_alphanumeric());
-            if t.starts_with("sk-") || t.starts_with("AIza") {
-                "[redacted]"
-            } else {
-                w
-            }
+        .map(|w| match key_start(w) {
+            Some(i) => format!("{}[redacted]", &w[..i]),
+            None => w.to_string(),
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Where a key starts in a word: `sk-` or `AIza` at its start or after a character that
+/// is not alphanumeric (`key=sk-…`, `'AIza…'`), not inside a word (`task-1`).
+fn key_start(w: &str) -> Option<usize> {
+    w.char_indices()
+        .map(|(i, _)| i)
+        .find(|&i| {
+            let rest = &w[i..];
+            (rest.starts_with("sk-") || rest.starts_with("AIza"))
+                && w[..i].chars().next_back().is_none_or(|c| !c.is_alphanumeric())
+        })
 }
 
 #[cfg(test)]
@@ -153,6 +161,17 @@ mod tests {
             "Incorrect API key provided: [redacted] You can find your API key"
         );
         assert!(!clip("bad key AIzaSyA-123456").contains("AIza"));
+        assert_eq!(clip("key='sk-abc', x=AIza1"), "key='[redacted] x=[redacted]");
+    }
+
+    #[test]
+    fn key_like_text_inside_words_is_kept() {
+        // Fuzzing found these made `clip` recurse until the stack overflowed: the words
+        // hold `sk-` / `AIza` but are not keys, so redaction left them and clip retried.
+        assert_eq!(clip("unknown task-id"), "unknown task-id");
+        assert_eq!(clip("4AIza-rateli\0mi"), "4AIza-ratelimi");
+        let long = "ask-".repeat(300);
+        assert_eq!(clip(&long).chars().count(), 501);
     }
 
     /// A one-shot HTTP server that answers every connection with `response`.
