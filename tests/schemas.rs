@@ -261,10 +261,17 @@ fn schema_fields_match_serde_fields() {
         keys(&r["attempts"][0]),
         property_names(&result_schema["$defs"]["attempt"])
     );
+    // `cache_write_tokens` is left out when 0: a usage that has it shows every field.
+    let usage = serde_json::to_value(Usage {
+        cache_write_tokens: 1,
+        ..Usage::default()
+    })
+    .unwrap();
     assert_eq!(
-        keys(&r["usage"]),
+        keys(&usage),
         property_names(&result_schema["$defs"]["usage"])
     );
+    assert!(keys(&r["usage"]).is_subset(&keys(&usage)));
     assert_eq!(
         keys(&r["route"]),
         property_names(&result_schema["$defs"]["route"])
@@ -1237,7 +1244,7 @@ fn succeeded_result() -> JobResult {
             input_tokens: 1200,
             cached_input_tokens: 1024,
             output_tokens: 40,
-            reasoning_tokens: 0,
+            ..Usage::default()
         },
         cost_usd: Decimal::from_str("0.0001512").unwrap(),
         route: Some(Route {

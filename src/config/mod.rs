@@ -103,6 +103,10 @@ impl FileConfig {
                 "limits.default_max_tokens",
                 self.limits.default_max_tokens as u64,
             ),
+            (
+                "limits.max_response_bytes",
+                self.limits.max_response_bytes as u64,
+            ),
             ("nats.replicas", self.nats.replicas as u64),
         ] {
             if v == 0 {
@@ -194,6 +198,7 @@ impl FileConfig {
                 ("input_per_mtok", Some(m.input_per_mtok)),
                 ("output_per_mtok", Some(m.output_per_mtok)),
                 ("cached_input_per_mtok", m.cached_input_per_mtok),
+                ("cache_write_per_mtok", m.cache_write_per_mtok),
                 ("batch_input_per_mtok", m.batch_input_per_mtok),
                 ("batch_output_per_mtok", m.batch_output_per_mtok),
             ] {

@@ -120,6 +120,9 @@ pub struct LimitsConfig {
     pub max_tokens_cap: u32,
     /// `max_tokens` sent when a job gives none.
     pub default_max_tokens: u32,
+    /// Largest provider response body read (success or error); a longer one fails the
+    /// call as a server error.
+    pub max_response_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -129,6 +132,7 @@ impl Default for LimitsConfig {
             max_messages: 1000,
             max_tokens_cap: 32_768,
             default_max_tokens: 1024,
+            max_response_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -249,6 +253,10 @@ pub struct ModelConfig {
     pub output_per_mtok: Decimal,
     #[serde(default, with = "rust_decimal::serde::str_option")]
     pub cached_input_per_mtok: Option<Decimal>,
+    /// Price of input tokens written to the prompt cache (Anthropic); 1.25 × input
+    /// when not given. See [`ModelConfig::cache_write_price`].
+    #[serde(default, with = "rust_decimal::serde::str_option")]
+    pub cache_write_per_mtok: Option<Decimal>,
     /// Batch-API prices (USD per million tokens), for cost planning; switchyard calls the
     /// synchronous APIs, so these are recorded, not charged.
     #[serde(default, with = "rust_decimal::serde::str_option")]
@@ -261,4 +269,19 @@ pub struct ModelConfig {
     /// Largest `max_tokens` the model accepts (jobs asking more are clamped).
     #[serde(default)]
     pub max_output_tokens: Option<u32>,
+}
+
+impl ModelConfig {
+    /// Input tokens read from the prompt cache: `cached_input_per_mtok`, else the input
+    /// price.
+    pub fn cached_input_price(&self) -> Decimal {
+        self.cached_input_per_mtok.unwrap_or(self.input_per_mtok)
+    }
+
+    /// Input tokens written to the prompt cache: `cache_write_per_mtok`, else 1.25 × the
+    /// input price (Anthropic's 5-minute cache writes).
+    pub fn cache_write_price(&self) -> Decimal {
+        self.cache_write_per_mtok
+            .unwrap_or_else(|| self.input_per_mtok.saturating_mul(Decimal::new(125, 2)))
+    }
 }

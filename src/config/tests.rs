@@ -128,3 +128,32 @@ fn shipped_configs_load() {
         }
     }
 }
+
+#[test]
+fn response_cap_and_cache_write_price() {
+    let c = load(BASE, &[]).unwrap();
+    assert_eq!(c.limits.max_response_bytes, 8 * 1024 * 1024);
+    // 1.25 × 0.15 when not configured, exactly.
+    assert_eq!(c.models[0].cache_write_price(), Decimal::new(1875, 4));
+    let c = load(
+        BASE,
+        &[
+            ("SWITCHYARD_LIMITS__MAX_RESPONSE_BYTES", "1024"),
+            (
+                "SWITCHYARD_MODELS__GPT-4O-MINI__CACHE_WRITE_PER_MTOK",
+                "0.3",
+            ),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.limits.max_response_bytes, 1024);
+    assert_eq!(c.models[0].cache_write_price(), Decimal::new(3, 1));
+    let e = load(BASE, &[("SWITCHYARD_LIMITS__MAX_RESPONSE_BYTES", "0")]).unwrap_err();
+    assert!(e.to_string().contains("limits.max_response_bytes"), "{e}");
+    let e = load(
+        BASE,
+        &[("SWITCHYARD_MODELS__GPT-4O-MINI__CACHE_WRITE_PER_MTOK", "-1")],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("cache_write_per_mtok"), "{e}");
+}

@@ -37,18 +37,30 @@ pub struct Usage {
     pub input_tokens: u64,
     /// The part of `input_tokens` read from the provider's prompt cache.
     pub cached_input_tokens: u64,
+    /// The part of `input_tokens` written to the provider's prompt cache (Anthropic),
+    /// priced at the model's cache-write price. Absent from JSON when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_tokens: u64,
     /// Every billed output token, reasoning tokens included.
     pub output_tokens: u64,
     pub reasoning_tokens: u64,
 }
 
 impl Usage {
+    /// Add another call's usage (saturating: counts come from providers).
     pub fn add(&mut self, o: &Usage) {
-        self.input_tokens += o.input_tokens;
-        self.cached_input_tokens += o.cached_input_tokens;
-        self.output_tokens += o.output_tokens;
-        self.reasoning_tokens += o.reasoning_tokens;
+        self.input_tokens = self.input_tokens.saturating_add(o.input_tokens);
+        self.cached_input_tokens = self
+            .cached_input_tokens
+            .saturating_add(o.cached_input_tokens);
+        self.cache_write_tokens = self.cache_write_tokens.saturating_add(o.cache_write_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(o.output_tokens);
+        self.reasoning_tokens = self.reasoning_tokens.saturating_add(o.reasoning_tokens);
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,9 +6,10 @@
 //! no JSON mode, so a JSON `response_format` is an instruction appended to the system
 //! prompt (with the schema when one is given).
 
-use super::http::{clip, retry_after, secret_header, transport_error};
+use super::http::{clip, secret_header};
+use super::ratelimit_headers::{self, retry_after};
 use super::tools::{self, Choice};
-use super::{ChatRequest, ChatResponse, FailureClass, Provider, ProviderError};
+use super::{http, ChatRequest, ChatResponse, FailureClass, Provider, ProviderError};
 use crate::config::ProviderConfig;
 use crate::job::{
     Content, ContentPart, FunctionCall, FunctionType, Message, Output, ResponseFormat, Role,
@@ -32,14 +33,21 @@ pub struct Anthropic {
     url: String,
     key: Option<SecretString>,
     client: reqwest::Client,
+    max_response_bytes: usize,
 }
 
 impl Anthropic {
-    pub fn new(p: &ProviderConfig, key: Option<SecretString>, client: reqwest::Client) -> Self {
+    pub fn new(
+        p: &ProviderConfig,
+        key: Option<SecretString>,
+        client: reqwest::Client,
+        max_response_bytes: usize,
+    ) -> Self {
         Anthropic {
             url: format!("{}/v1/messages", p.base_url.trim_end_matches('/')),
             key,
             client,
+            max_response_bytes,
         }
     }
 }
@@ -59,25 +67,28 @@ impl Provider for Anthropic {
             if let Some(key) = &self.key {
                 http = http.header("x-api-key", secret_header(key)?);
             }
-            let resp = http.send().await.map_err(transport_error)?;
-            let status = resp.status();
-            let headers = resp.headers().clone();
-            let bytes = resp.bytes().await.map_err(transport_error)?;
-            let rate = super::ratelimit_headers::anthropic(&headers);
-            if !status.is_success() {
-                let mut err = classify(status.as_u16(), &headers, &bytes);
-                err.rate = rate.map(Box::new);
-                return Err(err);
-            }
-            let json = wants_json(req.response_format);
-            parse_success(&bytes, json)
-                .and_then(|r| tools::checked(req.tools, r))
-                .map(|mut r| {
-                    r.rate = rate;
-                    r
-                })
+            let a = http::send(http, self.max_response_bytes).await?;
+            read_answer(&req, a.status, &a.headers, &a.body)
         })
     }
+}
+
+/// One HTTP answer to `req` read into the adapter's result, without the network (what
+/// `fuzz/` fuzzes).
+pub fn read_answer(
+    req: &ChatRequest<'_>,
+    status: u16,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<ChatResponse, ProviderError> {
+    let rate = ratelimit_headers::anthropic(headers);
+    super::read_answer_with(
+        req,
+        (status, headers, body),
+        rate,
+        |status, body| parse_success(status, body, wants_json(req.response_format)),
+        classify,
+    )
 }
 
 fn wants_json(f: Option<&ResponseFormat>) -> bool {
@@ -254,6 +265,13 @@ struct WireResponse {
     usage: Option<WireUsage>,
 }
 
+/// Only the usage of a message whose other fields are unreadable (it is still billed).
+#[derive(Deserialize)]
+struct WireBilled {
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum WireBlock {
@@ -283,14 +301,36 @@ struct WireUsage {
     cache_read_input_tokens: Option<u64>,
 }
 
-fn parse_success(bytes: &[u8], json_requested: bool) -> Result<ChatResponse, ProviderError> {
+/// Anthropic's `input_tokens` leaves out cache reads and writes: ours counts them all.
+fn usage(u: WireUsage) -> Usage {
+    let read = u.cache_read_input_tokens.unwrap_or(0);
+    let written = u.cache_creation_input_tokens.unwrap_or(0);
+    let input = u.input_tokens.saturating_add(read).saturating_add(written);
+    let cached = read.min(input);
+    Usage {
+        input_tokens: input,
+        cached_input_tokens: cached,
+        cache_write_tokens: written.min(input - cached),
+        output_tokens: u.output_tokens,
+        reasoning_tokens: 0,
+    }
+}
+
+fn parse_success(
+    status: u16,
+    bytes: &[u8],
+    json_requested: bool,
+) -> Result<ChatResponse, ProviderError> {
     let wire: WireResponse = serde_json::from_slice(bytes).map_err(|e| {
+        let billed = serde_json::from_slice::<WireBilled>(bytes).ok();
         ProviderError::new(
             FailureClass::ServerError,
-            Some(200),
+            Some(status),
             format!("unreadable message: {e}"),
         )
+        .with_usage(billed.and_then(|b| b.usage).map(usage))
     })?;
+    let billed = wire.usage.map(usage);
     let mut text: Option<String> = None;
     let mut calls = Vec::new();
     for block in wire.content {
@@ -315,24 +355,15 @@ fn parse_success(bytes: &[u8], json_requested: bool) -> Result<ChatResponse, Pro
     {
         return Err(ProviderError::new(
             FailureClass::ContentFiltered,
-            Some(200),
+            Some(status),
             "the model refused to answer (stop_reason: refusal)",
-        ));
+        )
+        .with_usage(billed));
     }
     if json_requested {
         text = text.map(|t| strip_code_fence(&t));
     }
-    let usage = wire.usage.map_or_else(Usage::default, |u| {
-        let read = u.cache_read_input_tokens.unwrap_or(0);
-        let written = u.cache_creation_input_tokens.unwrap_or(0);
-        Usage {
-            // Anthropic's `input_tokens` leaves out cache reads and writes.
-            input_tokens: u.input_tokens + read + written,
-            cached_input_tokens: read,
-            output_tokens: u.output_tokens,
-            reasoning_tokens: 0,
-        }
-    });
+    let usage = billed.unwrap_or_default();
     Ok(ChatResponse {
         rate: None,
         output: Output {
@@ -450,7 +481,6 @@ fn ratelimit_reset(headers: &HeaderMap) -> Option<Duration> {
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
     };
-    let now = chrono::Utc::now();
     let mut best: Option<Duration> = None;
     for limit in ["requests", "tokens", "input-tokens", "output-tokens"] {
         let remaining = get(format!("anthropic-ratelimit-{limit}-remaining"));
@@ -462,10 +492,7 @@ fn ratelimit_reset(headers: &HeaderMap) -> Option<Duration> {
         else {
             continue;
         };
-        let wait = reset
-            .signed_duration_since(now)
-            .to_std()
-            .unwrap_or(Duration::ZERO);
+        let wait = ratelimit_headers::wait_until(reset);
         best = Some(best.map_or(wait, |b| b.max(wait)));
     }
     best

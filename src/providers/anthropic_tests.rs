@@ -214,7 +214,7 @@ fn refuses_what_anthropic_cannot_take() {
 
 #[test]
 fn parses_a_text_answer() {
-    let r = parse_success(&fixture("text.json"), false).unwrap();
+    let r = parse_success(200, &fixture("text.json"), false).unwrap();
     assert_eq!(
         r.output,
         Output {
@@ -228,6 +228,7 @@ fn parses_a_text_answer() {
         Usage {
             input_tokens: 21,
             cached_input_tokens: 0,
+            cache_write_tokens: 0,
             output_tokens: 10,
             reasoning_tokens: 0
         }
@@ -236,7 +237,7 @@ fn parses_a_text_answer() {
 
 #[test]
 fn parses_a_tool_call() {
-    let r = parse_success(&fixture("tool_use.json"), false).unwrap();
+    let r = parse_success(200, &fixture("tool_use.json"), false).unwrap();
     assert_eq!(r.output.finish_reason, "tool_calls");
     assert_eq!(
         r.output.content.as_deref(),
@@ -258,14 +259,15 @@ fn parses_a_tool_call() {
 
 #[test]
 fn parses_a_max_tokens_stop_and_cache_usage() {
-    let r = parse_success(&fixture("max_tokens.json"), false).unwrap();
+    let r = parse_success(200, &fixture("max_tokens.json"), false).unwrap();
     assert_eq!(r.output.finish_reason, "length");
-    let r = parse_success(&fixture("cache_usage.json"), false).unwrap();
+    let r = parse_success(200, &fixture("cache_usage.json"), false).unwrap();
     assert_eq!(
         r.usage,
         Usage {
             input_tokens: 12 + 2048 + 248,
             cached_input_tokens: 2048,
+            cache_write_tokens: 248,
             output_tokens: 57,
             reasoning_tokens: 0
         }
@@ -274,8 +276,62 @@ fn parses_a_max_tokens_stop_and_cache_usage() {
 
 #[test]
 fn refusal_without_content_is_content_filtered() {
-    let e = parse_success(&fixture("refusal.json"), false).unwrap_err();
+    let e = parse_success(200, &fixture("refusal.json"), false).unwrap_err();
     assert_eq!(e.class, FailureClass::ContentFiltered);
+    // Billed all the same: the error carries the usage.
+    let u = e.usage.unwrap();
+    assert!(u.input_tokens > 0 && u.output_tokens > 0, "{u:?}");
+}
+
+#[test]
+fn unusable_answers_carry_their_billed_usage() {
+    // A tool call that fails validation (`city` is required).
+    let body = json!({"content": [{"type": "tool_use", "id": "t1", "name": "get_weather",
+        "input": {}}], "stop_reason": "tool_use",
+        "usage": {"input_tokens": 30, "output_tokens": 7, "cache_creation_input_tokens": 5}});
+    let tools = [weather_tool()];
+    let req = crate::providers::test_support::request_with_tools(&tools);
+    let read = |body: Value| {
+        read_answer(
+            &req,
+            200,
+            &HeaderMap::new(),
+            &serde_json::to_vec(&body).unwrap(),
+        )
+        .unwrap_err()
+    };
+    let e = read(body);
+    assert_eq!(e.class, FailureClass::ServerError);
+    let want = Usage {
+        input_tokens: 35,
+        cached_input_tokens: 0,
+        cache_write_tokens: 5,
+        output_tokens: 7,
+        reasoning_tokens: 0,
+    };
+    assert_eq!(e.usage, Some(want));
+    // A body whose content is unreadable but whose usage is not.
+    let e = read(
+        json!({"content": "not blocks", "usage": {"input_tokens": 30,
+        "output_tokens": 7, "cache_creation_input_tokens": 5}}),
+    );
+    assert_eq!((e.class, e.usage), (FailureClass::ServerError, Some(want)));
+    // An error status bills nothing.
+    let e = read_answer(&req, 500, &HeaderMap::new(), &fixture("error_500.json")).unwrap_err();
+    assert_eq!(e.usage, None);
+}
+
+#[test]
+fn huge_token_counts_saturate() {
+    let body = format!(
+        r#"{{"content": [], "usage": {{"input_tokens": {m}, "output_tokens": {m},
+        "cache_creation_input_tokens": {m}, "cache_read_input_tokens": {m}}}}}"#,
+        m = u64::MAX
+    );
+    let u = parse_success(200, body.as_bytes(), false).unwrap().usage;
+    assert_eq!(u.input_tokens, u64::MAX);
+    assert_eq!(u.cached_input_tokens, u64::MAX);
+    assert_eq!(u.cache_write_tokens, 0);
 }
 
 #[test]
@@ -283,9 +339,9 @@ fn json_answers_lose_code_fences() {
     let body = json!({"content": [{"type": "text", "text": "```json\n{\"a\": 1}\n```"}],
         "stop_reason": "end_turn", "usage": {"input_tokens": 1, "output_tokens": 1}});
     let bytes = serde_json::to_vec(&body).unwrap();
-    let r = parse_success(&bytes, true).unwrap();
+    let r = parse_success(200, &bytes, true).unwrap();
     assert_eq!(r.output.content.as_deref(), Some("{\"a\": 1}"));
-    let r = parse_success(&bytes, false).unwrap();
+    let r = parse_success(200, &bytes, false).unwrap();
     assert!(r.output.content.unwrap().starts_with("```"));
 }
 

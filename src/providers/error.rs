@@ -1,5 +1,6 @@
 //! One small set of failure classes that the router acts on, whatever the provider.
 
+use crate::job::Usage;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -54,6 +55,12 @@ impl FailureClass {
 }
 
 /// A failed provider call. `message` is the provider's own message (never the key).
+///
+/// `usage` is what the provider billed for this call although it failed: set when a
+/// 2xx answer reported usage but was unusable (a refusal, a blocked answer, a tool call
+/// that fails validation, a body missing its choices …), so that its cost is recorded;
+/// `None` when nothing billed is known (error statuses, transport failures, bodies that
+/// are not JSON).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{} ({}): {message}", class.as_str(), status.map_or("no status".to_string(), |s| s.to_string()))]
 pub struct ProviderError {
@@ -64,9 +71,9 @@ pub struct ProviderError {
     pub retry_after: Option<Duration>,
     /// The provider's rate-limit headers on this answer, when it sends them.
     pub rate: Option<Box<super::ratelimit_headers::RateReading>>,
-    /// What the provider billed for this answer, when it answered 200 with usage that we
+    /// What the provider billed for this answer, when it answered 2xx with usage that we
     /// then could not use (a tool call that fails its checks, a refusal).
-    pub usage: Option<crate::job::Usage>,
+    pub usage: Option<Usage>,
 }
 
 impl ProviderError {
@@ -79,5 +86,11 @@ impl ProviderError {
             rate: None,
             usage: None,
         }
+    }
+
+    /// The same error, carrying the usage the provider billed for the answer.
+    pub fn with_usage(mut self, usage: Option<Usage>) -> Self {
+        self.usage = usage;
+        self
     }
 }

@@ -7,9 +7,10 @@
 //! `responseMimeType` (+ `responseSchema`, in Gemini's OpenAPI subset). The key travels in
 //! the `x-goog-api-key` header, never in the URL.
 
-use super::http::{clip, parse_go_duration, retry_after, secret_header, transport_error};
+use super::http::{clip, secret_header};
+use super::ratelimit_headers::{parse_go_duration, retry_after};
 use super::tools::{self, Choice};
-use super::{ChatRequest, ChatResponse, FailureClass, Provider, ProviderError};
+use super::{http, ChatRequest, ChatResponse, FailureClass, Provider, ProviderError};
 use crate::config::ProviderConfig;
 use crate::job::{
     Content, ContentPart, FunctionCall, FunctionType, Message, Output, ResponseFormat, Role,
@@ -27,14 +28,21 @@ pub struct Gemini {
     base: String,
     key: Option<SecretString>,
     client: reqwest::Client,
+    max_response_bytes: usize,
 }
 
 impl Gemini {
-    pub fn new(p: &ProviderConfig, key: Option<SecretString>, client: reqwest::Client) -> Self {
+    pub fn new(
+        p: &ProviderConfig,
+        key: Option<SecretString>,
+        client: reqwest::Client,
+        max_response_bytes: usize,
+    ) -> Self {
         Gemini {
             base: p.base_url.trim_end_matches('/').to_string(),
             key,
             client,
+            max_response_bytes,
         }
     }
 
@@ -55,16 +63,22 @@ impl Provider for Gemini {
             if let Some(key) = &self.key {
                 http = http.header("x-goog-api-key", secret_header(key)?);
             }
-            let resp = http.send().await.map_err(transport_error)?;
-            let status = resp.status();
-            let headers = resp.headers().clone();
-            let bytes = resp.bytes().await.map_err(transport_error)?;
-            if !status.is_success() {
-                return Err(classify(status.as_u16(), &headers, &bytes));
-            }
-            parse_success(&bytes).and_then(|r| tools::checked(req.tools, r))
+            let a = http::send(http, self.max_response_bytes).await?;
+            read_answer(&req, a.status, &a.headers, &a.body)
         })
     }
+}
+
+/// One HTTP answer to `req` read into the adapter's result, without the network (what
+/// `fuzz/` fuzzes).
+pub fn read_answer(
+    req: &ChatRequest<'_>,
+    status: u16,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<ChatResponse, ProviderError> {
+    let rate = None; // Gemini sends no rate-limit headers.
+    super::read_answer_with(req, (status, headers, body), rate, parse_success, classify)
 }
 
 fn invalid(message: String) -> ProviderError {
@@ -250,6 +264,14 @@ struct WireResponse {
     usage_metadata: Option<WireUsage>,
 }
 
+/// Only the usage of a response whose other fields are unreadable (it is still billed).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireBilled {
+    #[serde(default)]
+    usage_metadata: Option<WireUsage>,
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct WireCandidate {
@@ -318,38 +340,48 @@ const FILTERED: &[&str] = &[
     "IMAGE_SAFETY",
 ];
 
-fn parse_success(bytes: &[u8]) -> Result<ChatResponse, ProviderError> {
-    let wire: WireResponse = serde_json::from_slice(bytes).map_err(|e| {
-        ProviderError::new(
-            FailureClass::ServerError,
-            Some(200),
-            format!("unreadable generateContent response: {e}"),
-        )
-    })?;
-    let usage = wire.usage_metadata.map_or_else(Usage::default, |u| Usage {
+/// Gemini's output count leaves out thinking tokens, which are billed as output.
+fn usage(u: WireUsage) -> Usage {
+    Usage {
         input_tokens: u.prompt_token_count,
         cached_input_tokens: u.cached_content_token_count.min(u.prompt_token_count),
-        output_tokens: u.candidates_token_count + u.thoughts_token_count,
+        cache_write_tokens: 0,
+        output_tokens: u
+            .candidates_token_count
+            .saturating_add(u.thoughts_token_count),
         reasoning_tokens: u.thoughts_token_count,
-    });
+    }
+}
+
+fn parse_success(status: u16, bytes: &[u8]) -> Result<ChatResponse, ProviderError> {
+    let wire: WireResponse = serde_json::from_slice(bytes).map_err(|e| {
+        let billed = serde_json::from_slice::<WireBilled>(bytes).ok();
+        ProviderError::new(
+            FailureClass::ServerError,
+            Some(status),
+            format!("unreadable generateContent response: {e}"),
+        )
+        .with_usage(billed.and_then(|b| b.usage_metadata).map(usage))
+    })?;
+    let billed = wire.usage_metadata.map(usage);
+    let usage = billed.unwrap_or_default();
     let Some(candidate) = wire.candidates.into_iter().next() else {
-        return Err(
-            match wire.prompt_feedback.and_then(|f| {
-                f.block_reason
-                    .map(|r| (r, f.block_reason_message.unwrap_or_default()))
-            }) {
-                Some((reason, msg)) => ProviderError::new(
-                    FailureClass::ContentFiltered,
-                    Some(200),
-                    clip(format!("prompt blocked ({reason}) {msg}").trim_end()),
-                ),
-                None => ProviderError::new(
-                    FailureClass::ServerError,
-                    Some(200),
-                    "generateContent response without candidates",
-                ),
-            },
-        );
+        let err = match wire.prompt_feedback.and_then(|f| {
+            f.block_reason
+                .map(|r| (r, f.block_reason_message.unwrap_or_default()))
+        }) {
+            Some((reason, msg)) => ProviderError::new(
+                FailureClass::ContentFiltered,
+                Some(status),
+                clip(format!("prompt blocked ({reason}) {msg}").trim_end()),
+            ),
+            None => ProviderError::new(
+                FailureClass::ServerError,
+                Some(status),
+                "generateContent response without candidates",
+            ),
+        };
+        return Err(err.with_usage(billed));
     };
     let mut text: Option<String> = None;
     let mut calls = Vec::new();
@@ -376,18 +408,20 @@ fn parse_success(bytes: &[u8]) -> Result<ChatResponse, ProviderError> {
             if empty {
                 return Err(ProviderError::new(
                     FailureClass::ContentFiltered,
-                    Some(200),
+                    Some(status),
                     format!("the answer was blocked (finishReason {reason})"),
-                ));
+                )
+                .with_usage(billed));
             }
             "content_filter"
         }
         "MALFORMED_FUNCTION_CALL" | "UNEXPECTED_TOOL_CALL" if empty => {
             return Err(ProviderError::new(
                 FailureClass::ServerError,
-                Some(200),
+                Some(status),
                 format!("the model produced an unusable function call (finishReason {reason})"),
-            ));
+            )
+            .with_usage(billed));
         }
         _ if !calls.is_empty() => "tool_calls",
         _ => "stop",

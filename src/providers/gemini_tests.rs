@@ -230,7 +230,7 @@ base_url = "https://generativelanguage.googleapis.com/v1beta/"
 api_key_env = "GEMINI_API_KEY""#,
     )
     .unwrap();
-    let g = Gemini::new(&p, None, reqwest::Client::new());
+    let g = Gemini::new(&p, None, reqwest::Client::new(), 1 << 20);
     let want =
         "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.0-flash:generateContent";
     assert_eq!(g.url("gemini-2.0-flash"), want);
@@ -239,7 +239,7 @@ api_key_env = "GEMINI_API_KEY""#,
 
 #[test]
 fn parses_a_text_answer() {
-    let r = parse_success(&fixture("text.json")).unwrap();
+    let r = parse_success(200, &fixture("text.json")).unwrap();
     assert_eq!(
         r.output,
         Output {
@@ -253,6 +253,7 @@ fn parses_a_text_answer() {
         Usage {
             input_tokens: 8,
             cached_input_tokens: 0,
+            cache_write_tokens: 0,
             output_tokens: 7,
             reasoning_tokens: 0
         }
@@ -261,7 +262,7 @@ fn parses_a_text_answer() {
 
 #[test]
 fn parses_a_function_call() {
-    let r = parse_success(&fixture("function_call.json")).unwrap();
+    let r = parse_success(200, &fixture("function_call.json")).unwrap();
     assert_eq!(r.output.finish_reason, "tool_calls");
     assert_eq!(r.output.content, None);
     let c = &r.output.tool_calls[0];
@@ -273,7 +274,7 @@ fn parses_a_function_call() {
 
 #[test]
 fn parses_thinking_max_tokens_and_cache_usage() {
-    let r = parse_success(&fixture("max_tokens.json")).unwrap();
+    let r = parse_success(200, &fixture("max_tokens.json")).unwrap();
     assert_eq!(r.output.finish_reason, "length");
     assert_eq!(r.output.content, None);
     assert_eq!(
@@ -281,11 +282,12 @@ fn parses_thinking_max_tokens_and_cache_usage() {
         Usage {
             input_tokens: 12,
             cached_input_tokens: 0,
+            cache_write_tokens: 0,
             output_tokens: 63,
             reasoning_tokens: 63
         }
     );
-    let r = parse_success(&fixture("cache_thinking.json")).unwrap();
+    let r = parse_success(200, &fixture("cache_thinking.json")).unwrap();
     assert_eq!(
         r.output.content.as_deref(),
         Some("Liability is capped at twelve months of fees.")
@@ -295,6 +297,7 @@ fn parses_thinking_max_tokens_and_cache_usage() {
         Usage {
             input_tokens: 4242,
             cached_input_tokens: 4096,
+            cache_write_tokens: 0,
             output_tokens: 11 + 347,
             reasoning_tokens: 347
         }
@@ -303,9 +306,11 @@ fn parses_thinking_max_tokens_and_cache_usage() {
 
 #[test]
 fn blocked_answers_are_content_filtered() {
-    let e = parse_success(&fixture("safety.json")).unwrap_err();
+    let e = parse_success(200, &fixture("safety.json")).unwrap_err();
     assert_eq!(e.class, FailureClass::ContentFiltered);
-    let e = parse_success(&fixture("prompt_blocked.json")).unwrap_err();
+    // Billed all the same: the error carries the usage.
+    assert!(e.usage.is_some_and(|u| u.input_tokens > 0), "{:?}", e.usage);
+    let e = parse_success(200, &fixture("prompt_blocked.json")).unwrap_err();
     assert_eq!(e.class, FailureClass::ContentFiltered);
     assert!(e.message.contains("PROHIBITED_CONTENT"), "{}", e.message);
 }
@@ -368,4 +373,43 @@ fn the_key_is_a_sensitive_header() {
     let v = secret_header(&SecretString::from("AIza-secret")).unwrap();
     assert!(v.is_sensitive());
     assert!(!format!("{v:?}").contains("secret"));
+}
+
+#[test]
+fn unusable_answers_carry_their_billed_usage() {
+    let usage = r#""usageMetadata": {"promptTokenCount": 40, "candidatesTokenCount": 3,
+        "thoughtsTokenCount": 5}"#;
+    let want = Some(Usage {
+        input_tokens: 40,
+        output_tokens: 8,
+        reasoning_tokens: 5,
+        ..Usage::default()
+    });
+    for body in [
+        format!(r#"{{"candidates": [{{"finishReason": "MALFORMED_FUNCTION_CALL"}}], {usage}}}"#),
+        format!(r#"{{"candidates": [], {usage}}}"#),
+        format!(r#"{{"candidates": "x", {usage}}}"#),
+    ] {
+        let e = parse_success(200, body.as_bytes()).unwrap_err();
+        assert_eq!(e.usage, want, "{body}");
+    }
+}
+
+#[test]
+fn huge_token_counts_and_retry_delays_saturate() {
+    let body = format!(
+        r#"{{"candidates": [{{"content": {{"parts": [{{"text": "hi"}}]}}}}],
+        "usageMetadata": {{"candidatesTokenCount": {m}, "thoughtsTokenCount": {m}}}}}"#,
+        m = u64::MAX
+    );
+    let u = parse_success(200, body.as_bytes()).unwrap().usage;
+    assert_eq!(u.output_tokens, u64::MAX);
+    let body = br#"{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "slow",
+        "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
+        "retryDelay": "99999999999999999999999s"}]}}"#;
+    let e = classify(429, &HeaderMap::new(), body);
+    assert_eq!(
+        e.retry_after,
+        Some(crate::providers::ratelimit_headers::MAX_WAIT)
+    );
 }

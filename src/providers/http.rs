@@ -1,5 +1,6 @@
 //! The HTTP client every adapter uses, and what all wire formats share: sending a JSON
-//! body, timeouts and connection errors, Retry-After.
+//! body and reading the answer (its body capped at `limits.max_response_bytes`),
+//! timeouts and connection errors.
 
 use super::{FailureClass, ProviderError};
 use crate::config::ProviderConfig;
@@ -25,6 +26,48 @@ pub fn client(p: &ProviderConfig) -> Result<reqwest::Client, reqwest::Error> {
     b.build()
 }
 
+/// One HTTP answer, its body read whole but never past the cap.
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// Send a request and read its answer, body included, chunk by chunk: a body (success or
+/// error) longer than `max_bytes` is not read further and fails the call as a server
+/// error (transient: another provider may answer sanely).
+pub async fn send(req: reqwest::RequestBuilder, max_bytes: usize) -> Result<Answer, ProviderError> {
+    let mut resp = req.send().await.map_err(transport_error)?;
+    let status = resp.status().as_u16();
+    let headers = std::mem::take(resp.headers_mut());
+    let too_large = || body_too_large(status, max_bytes);
+    let announced = resp.content_length().unwrap_or(0);
+    if announced > max_bytes as u64 {
+        return Err(too_large());
+    }
+    let mut body = Vec::with_capacity(usize::try_from(announced).unwrap_or(0));
+    while let Some(chunk) = resp.chunk().await.map_err(transport_error)? {
+        if chunk.len() > max_bytes - body.len() {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Answer {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// The error for an answer whose body is over `limits.max_response_bytes`.
+pub fn body_too_large(status: u16, max_bytes: usize) -> ProviderError {
+    ProviderError::new(
+        FailureClass::ServerError,
+        Some(status),
+        format!("response body exceeds limits.max_response_bytes ({max_bytes} bytes)"),
+    )
+}
+
 /// A transport failure (no HTTP status) as a provider error. The URL is dropped from the
 /// message: some providers take the key in the query string.
 pub fn transport_error(e: reqwest::Error) -> ProviderError {
@@ -48,49 +91,6 @@ pub fn transport_error(e: reqwest::Error) -> ProviderError {
     ProviderError::new(class, None, msg)
 }
 
-/// `retry-after`: seconds, or an HTTP date.
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get("retry-after")?.to_str().ok()?.trim();
-    if let Ok(s) = v.parse::<f64>() {
-        return (s.is_finite() && s >= 0.0).then(|| Duration::from_secs_f64(s.min(86_400.0)));
-    }
-    let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
-    let delta = when.signed_duration_since(chrono::Utc::now());
-    delta.to_std().ok()
-}
-
-/// OpenAI's reset format: `1s`, `6m0s`, `150ms`, `1h2m3.5s`.
-pub fn parse_go_duration(v: &str) -> Option<Duration> {
-    let mut total = 0f64;
-    let mut num = String::new();
-    let mut chars = v.trim().chars().peekable();
-    let mut any = false;
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-            continue;
-        }
-        let n: f64 = num.parse().ok()?;
-        num.clear();
-        let unit = match c {
-            'h' => 3600.0,
-            'm' if chars.peek() == Some(&'s') => {
-                chars.next();
-                0.001
-            }
-            'm' => 60.0,
-            's' => 1.0,
-            _ => return None,
-        };
-        total += n * unit;
-        any = true;
-    }
-    if !num.is_empty() {
-        return None;
-    }
-    any.then(|| Duration::from_secs_f64(total))
-}
-
 /// An API key as a header value that is never printed (`Debug` shows `Sensitive`).
 pub fn secret_header(
     key: &secrecy::SecretString,
@@ -110,35 +110,43 @@ pub fn secret_header(
 /// Cut a provider's error message to a size fit for a result and a log line.
 pub fn clip(s: &str) -> String {
     const MAX: usize = 500;
-    if s.contains('\0') {
-        return clip(&s.replace('\0', ""));
-    }
+    let mut s = s.replace('\0', "");
     if s.contains("sk-") || s.contains("AIza") {
-        return clip(&redact_keys(s));
+        s = redact_keys(&s);
     }
-    if s.len() <= MAX {
-        return s.to_string();
+    if s.len() > MAX {
+        let mut end = MAX;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
     }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    s
 }
 
-/// Providers echo (masked) keys in auth errors: drop anything that looks like one.
+/// Providers echo (masked) keys in auth errors: drop anything that looks like one, from
+/// where it starts to the end of its word.
 fn redact_keys(s: &str) -> String {
     s.split(' ')
-        .map(|w| {
-            let t = w.trim_start_matches(|c: char| !c.is_ascii_alphanumeric());
-            if t.starts_with("sk-") || t.starts_with("AIza") {
-                "[redacted]"
-            } else {
-                w
-            }
+        .map(|w| match key_start(w) {
+            Some(i) => format!("{}[redacted]", &w[..i]),
+            None => w.to_string(),
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Where a key starts in a word: `sk-` or `AIza` at its start or after a character that
+/// is not alphanumeric (`key=sk-…`, `'AIza…'`), not inside a word (`task-1`).
+fn key_start(w: &str) -> Option<usize> {
+    w.char_indices()
+        .map(|(i, _)| i)
+        .find(|&i| {
+            let rest = &w[i..];
+            (rest.starts_with("sk-") || rest.starts_with("AIza"))
+                && w[..i].chars().next_back().is_none_or(|c| !c.is_alphanumeric())
+        })
 }
 
 #[cfg(test)]
@@ -153,28 +161,102 @@ mod tests {
             "Incorrect API key provided: [redacted] You can find your API key"
         );
         assert!(!clip("bad key AIzaSyA-123456").contains("AIza"));
+        assert_eq!(clip("key='sk-abc', x=AIza1"), "key='[redacted] x=[redacted]");
     }
 
     #[test]
-    fn go_durations() {
-        assert_eq!(parse_go_duration("1s"), Some(Duration::from_secs(1)));
-        assert_eq!(parse_go_duration("6m0s"), Some(Duration::from_secs(360)));
-        assert_eq!(parse_go_duration("150ms"), Some(Duration::from_millis(150)));
-        assert_eq!(
-            parse_go_duration("1h2m3.5s"),
-            Some(Duration::from_secs_f64(3723.5))
+    fn key_like_text_inside_words_is_kept() {
+        // Fuzzing found these made `clip` recurse until the stack overflowed: the words
+        // hold `sk-` / `AIza` but are not keys, so redaction left them and clip retried.
+        assert_eq!(clip("unknown task-id"), "unknown task-id");
+        assert_eq!(clip("4AIza-rateli\0mi"), "4AIza-ratelimi");
+        let long = "ask-".repeat(300);
+        assert_eq!(clip(&long).chars().count(), 501);
+    }
+
+    /// A one-shot HTTP server that answers every connection with `response`.
+    async fn serve(response: Vec<u8>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let _ = sock.write_all(&response).await;
+                let _ = sock.shutdown().await;
+            }
+        });
+        format!("http://{addr}/")
+    }
+
+    fn with_length(status: &str, body: &[u8]) -> Vec<u8> {
+        let mut r = format!(
+            "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(body);
+        r
+    }
+
+    fn chunked(status: &str, chunk: &[u8], chunks: usize) -> Vec<u8> {
+        let mut r =
+            format!("HTTP/1.1 {status}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n")
+                .into_bytes();
+        for _ in 0..chunks {
+            r.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            r.extend_from_slice(chunk);
+            r.extend_from_slice(b"\r\n");
+        }
+        r.extend_from_slice(b"0\r\n\r\n");
+        r
+    }
+
+    async fn get(response: Vec<u8>, max: usize) -> Result<Answer, ProviderError> {
+        let url = serve(response).await;
+        send(reqwest::Client::new().get(url), max).await
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_up_to_the_cap() {
+        let a = get(with_length("200 OK", &[b'x'; 1000]), 1000)
+            .await
+            .unwrap();
+        assert_eq!((a.status, a.body.len()), (200, 1000));
+        let a = get(chunked("200 OK", &[b'y'; 100], 10), 1000)
+            .await
+            .unwrap();
+        assert_eq!(a.body.len(), 1000);
+
+        // Announced too long: refused before reading.
+        let e = get(with_length("200 OK", &[b'x'; 1001]), 1000)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.class, FailureClass::ServerError);
+        assert!(e.class.is_transient());
+        assert_eq!(e.status, Some(200));
+        assert!(
+            e.message.contains("limits.max_response_bytes (1000 bytes)"),
+            "{}",
+            e.message
         );
-        assert_eq!(parse_go_duration("soon"), None);
-        assert_eq!(parse_go_duration("12"), None);
-    }
-
-    #[test]
-    fn retry_after_seconds() {
-        let mut h = HeaderMap::new();
-        h.insert("retry-after", "7".parse().unwrap());
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
-        h.insert("retry-after", "garbage".parse().unwrap());
-        assert_eq!(retry_after(&h), None);
+        // Not announced (chunked): stopped at the cap. Error bodies alike.
+        let e = get(chunked("200 OK", &[b'y'; 100], 11), 1000)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!((e.class, e.status), (FailureClass::ServerError, Some(200)));
+        let e = get(
+            chunked("500 Internal Server Error", &[b'z'; 64], 1000),
+            1000,
+        )
+        .await
+        .err()
+        .unwrap();
+        assert_eq!((e.class, e.status), (FailureClass::ServerError, Some(500)));
+        assert!(e.message.contains("max_response_bytes"), "{}", e.message);
     }
 
     #[test]

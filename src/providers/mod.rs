@@ -47,6 +47,27 @@ pub struct ChatResponse {
     pub rate: Option<ratelimit_headers::RateReading>,
 }
 
+/// What every adapter does with one HTTP answer: a 2xx body goes through the adapter's
+/// `parse` and the check of its tool calls against `req`, anything else through its
+/// `classify`; the answer's rate-limit reading goes on the result either way.
+fn read_answer_with(
+    req: &ChatRequest<'_>,
+    (status, headers, body): (u16, &reqwest::header::HeaderMap, &[u8]),
+    rate: Option<ratelimit_headers::RateReading>,
+    parse: impl FnOnce(u16, &[u8]) -> Result<ChatResponse, ProviderError>,
+    classify: fn(u16, &reqwest::header::HeaderMap, &[u8]) -> ProviderError,
+) -> Result<ChatResponse, ProviderError> {
+    if (200..300).contains(&status) {
+        parse(status, body)
+            .and_then(|r| tools::checked(req.tools, r))
+            .map(|r| ChatResponse { rate, ..r })
+    } else {
+        let mut e = classify(status, headers, body);
+        e.rate = rate.map(Box::new);
+        Err(e)
+    }
+}
+
 /// A provider API: one implementation per wire format.
 pub trait Provider: Send + Sync {
     fn chat<'a>(
@@ -83,12 +104,13 @@ impl Providers {
                 provider: p.name.clone(),
                 source,
             })?;
+            let max = config.limits.max_response_bytes;
             let adapter: Arc<dyn Provider> = match p.kind {
                 ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
-                    Arc::new(openai::OpenAi::new(p, key, client))
+                    Arc::new(openai::OpenAi::new(p, key, client, max))
                 }
-                ProviderKind::Anthropic => Arc::new(anthropic::Anthropic::new(p, key, client)),
-                ProviderKind::Gemini => Arc::new(gemini::Gemini::new(p, key, client)),
+                ProviderKind::Anthropic => Arc::new(anthropic::Anthropic::new(p, key, client, max)),
+                ProviderKind::Gemini => Arc::new(gemini::Gemini::new(p, key, client, max)),
             };
             by_name.insert(p.name.clone(), adapter);
         }

@@ -1,9 +1,9 @@
 //! OpenAI chat completions, and every OpenAI-compatible server (vLLM, Ollama, Groq,
 //! Together, Mistral …): `POST {base_url}/chat/completions`.
 
-use super::http::{clip, parse_go_duration, retry_after, transport_error};
-use super::tools;
-use super::{ChatRequest, ChatResponse, FailureClass, Provider, ProviderError};
+use super::http::clip;
+use super::ratelimit_headers::{self, parse_go_duration, retry_after};
+use super::{http, ChatRequest, ChatResponse, FailureClass, Provider, ProviderError};
 use crate::config::{ProviderConfig, ProviderKind};
 use crate::job::{Message, Output, ResponseFormat, Tool, ToolCall, Usage};
 use futures::future::BoxFuture;
@@ -18,15 +18,22 @@ pub struct OpenAi {
     client: reqwest::Client,
     /// OpenAI proper takes `max_completion_tokens`; compatible servers `max_tokens`.
     compatible: bool,
+    max_response_bytes: usize,
 }
 
 impl OpenAi {
-    pub fn new(p: &ProviderConfig, key: Option<SecretString>, client: reqwest::Client) -> Self {
+    pub fn new(
+        p: &ProviderConfig,
+        key: Option<SecretString>,
+        client: reqwest::Client,
+        max_response_bytes: usize,
+    ) -> Self {
         OpenAi {
             url: format!("{}/chat/completions", p.base_url.trim_end_matches('/')),
             key,
             client,
             compatible: p.kind == ProviderKind::OpenaiCompatible,
+            max_response_bytes,
         }
     }
 }
@@ -54,6 +61,12 @@ struct WireRequest<'a> {
 #[derive(Deserialize)]
 struct WireResponse {
     choices: Vec<WireChoice>,
+    usage: Option<WireUsage>,
+}
+
+/// Only the usage of a completion whose other fields are unreadable (it is still billed).
+#[derive(Deserialize)]
+struct WireBilled {
     usage: Option<WireUsage>,
 }
 
@@ -132,63 +145,72 @@ impl Provider for OpenAi {
             if let Some(key) = &self.key {
                 http = http.bearer_auth(key.expose_secret());
             }
-            let resp = http.send().await.map_err(transport_error)?;
-            let status = resp.status();
-            let headers = resp.headers().clone();
-            let bytes = resp.bytes().await.map_err(transport_error)?;
-            let rate = super::ratelimit_headers::openai(&headers);
-            if !status.is_success() {
-                let mut err = classify(status.as_u16(), &headers, &bytes);
-                err.rate = rate.map(Box::new);
-                return Err(err);
-            }
-            parse_success(&bytes)
-                .and_then(|r| tools::checked(req.tools, r))
-                .map(|mut r| {
-                    r.rate = rate;
-                    r
-                })
+            let a = http::send(http, self.max_response_bytes).await?;
+            read_answer(&req, a.status, &a.headers, &a.body)
         })
     }
 }
 
-fn parse_success(bytes: &[u8]) -> Result<ChatResponse, ProviderError> {
-    let wire: WireResponse = serde_json::from_slice(bytes).map_err(|e| {
-        ProviderError::new(
-            FailureClass::ServerError,
-            Some(200),
-            format!("unreadable chat completion: {e}"),
-        )
-    })?;
-    let Some(choice) = wire.choices.into_iter().next() else {
-        return Err(ProviderError::new(
-            FailureClass::ServerError,
-            Some(200),
-            "chat completion without choices",
-        ));
-    };
-    let finish = choice.finish_reason.unwrap_or_else(|| "stop".into());
-    if choice.message.refusal.is_some() && choice.message.content.is_none() {
-        let msg = choice.message.refusal.unwrap_or_default();
-        return Err(ProviderError::new(
-            FailureClass::ContentFiltered,
-            Some(200),
-            format!("refused: {}", clip(&msg)),
-        ));
-    }
-    let usage = wire.usage.map_or_else(Usage::default, |u| Usage {
+/// One HTTP answer to `req` read into the adapter's result, without the network (what
+/// `fuzz/` fuzzes).
+pub fn read_answer(
+    req: &ChatRequest<'_>,
+    status: u16,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<ChatResponse, ProviderError> {
+    let rate = ratelimit_headers::openai(headers);
+    super::read_answer_with(req, (status, headers, body), rate, parse_success, classify)
+}
+
+fn usage(u: WireUsage) -> Usage {
+    Usage {
         input_tokens: u.prompt_tokens,
         cached_input_tokens: u
             .prompt_tokens_details
             .and_then(|d| d.cached_tokens)
             .unwrap_or(0)
             .min(u.prompt_tokens),
+        cache_write_tokens: 0,
         output_tokens: u.completion_tokens,
         reasoning_tokens: u
             .completion_tokens_details
             .and_then(|d| d.reasoning_tokens)
-            .unwrap_or(0),
-    });
+            .unwrap_or(0)
+            .min(u.completion_tokens),
+    }
+}
+
+fn parse_success(status: u16, bytes: &[u8]) -> Result<ChatResponse, ProviderError> {
+    let wire: WireResponse = serde_json::from_slice(bytes).map_err(|e| {
+        let billed = serde_json::from_slice::<WireBilled>(bytes).ok();
+        ProviderError::new(
+            FailureClass::ServerError,
+            Some(status),
+            format!("unreadable chat completion: {e}"),
+        )
+        .with_usage(billed.and_then(|b| b.usage).map(usage))
+    })?;
+    let billed = wire.usage.map(usage);
+    let Some(choice) = wire.choices.into_iter().next() else {
+        return Err(ProviderError::new(
+            FailureClass::ServerError,
+            Some(status),
+            "chat completion without choices",
+        )
+        .with_usage(billed));
+    };
+    let finish = choice.finish_reason.unwrap_or_else(|| "stop".into());
+    if choice.message.refusal.is_some() && choice.message.content.is_none() {
+        let msg = choice.message.refusal.unwrap_or_default();
+        return Err(ProviderError::new(
+            FailureClass::ContentFiltered,
+            Some(status),
+            format!("refused: {}", clip(&msg)),
+        )
+        .with_usage(billed));
+    }
+    let usage = billed.unwrap_or_default();
     Ok(ChatResponse {
         rate: None,
         output: Output {
@@ -283,13 +305,14 @@ mod tests {
           "usage":{"prompt_tokens":812,"completion_tokens":96,"total_tokens":908,
             "prompt_tokens_details":{"cached_tokens":512,"audio_tokens":0},
             "completion_tokens_details":{"reasoning_tokens":10,"audio_tokens":0}}}"#;
-        let r = parse_success(body).unwrap();
+        let r = parse_success(200, body).unwrap();
         assert_eq!(r.output.content.as_deref(), Some("Hi"));
         assert_eq!(
             r.usage,
             Usage {
                 input_tokens: 812,
                 cached_input_tokens: 512,
+                cache_write_tokens: 0,
                 output_tokens: 96,
                 reasoning_tokens: 10
             }
@@ -302,24 +325,25 @@ mod tests {
 
     #[test]
     fn parses_recorded_fixtures() {
-        let r = parse_success(&fixture("text.json")).unwrap();
+        let r = parse_success(200, &fixture("text.json")).unwrap();
         assert_eq!(r.output.finish_reason, "stop");
         assert!(r.output.content.unwrap().contains("Acme Corp"));
         assert_eq!((r.usage.input_tokens, r.usage.output_tokens), (812, 96));
 
-        let r = parse_success(&fixture("tool_call.json")).unwrap();
+        let r = parse_success(200, &fixture("tool_call.json")).unwrap();
         assert_eq!(r.output.finish_reason, "tool_calls");
         assert_eq!(r.output.content, None);
         assert_eq!(r.output.tool_calls[0].function.name, "get_weather");
         assert_eq!(r.output.tool_calls[0].id, "call_DdmO9pD3xa9XTPNJ32zg2hcA");
 
-        let r = parse_success(&fixture("length_cached_reasoning.json")).unwrap();
+        let r = parse_success(200, &fixture("length_cached_reasoning.json")).unwrap();
         assert_eq!(r.output.finish_reason, "length");
         assert_eq!(
             r.usage,
             Usage {
                 input_tokens: 2048,
                 cached_input_tokens: 1920,
+                cache_write_tokens: 0,
                 output_tokens: 300,
                 reasoning_tokens: 256
             }
@@ -365,5 +389,58 @@ mod tests {
         );
         assert_eq!(e.class, FailureClass::RateLimited);
         assert_eq!(e.retry_after, Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn unusable_answers_carry_their_billed_usage() {
+        let tools: Vec<crate::job::Tool> = serde_json::from_value(serde_json::json!([{
+            "type": "function", "function": {"name": "get_weather", "parameters":
+            {"type": "object", "required": ["city"]}}}]))
+        .unwrap();
+        let req = crate::providers::test_support::request_with_tools(&tools);
+        let usage = r#""usage":{"prompt_tokens":50,"completion_tokens":9,
+            "prompt_tokens_details":{"cached_tokens":20}}"#;
+        let want = Some(Usage {
+            input_tokens: 50,
+            cached_input_tokens: 20,
+            output_tokens: 9,
+            ..Usage::default()
+        });
+        let h = HeaderMap::new();
+        for body in [
+            // A refusal.
+            format!(r#"{{"choices":[{{"message":{{"content":null,"refusal":"no"}}}}],{usage}}}"#),
+            // A tool call that fails validation (no `city`).
+            format!(
+                r#"{{"choices":[{{"message":{{"content":null,"tool_calls":[{{"id":"c1",
+                "type":"function","function":{{"name":"get_weather","arguments":"{{}}"}}}}]}},
+                "finish_reason":"tool_calls"}}],{usage}}}"#
+            ),
+            // No choices; choices of the wrong shape.
+            format!(r#"{{"choices":[],{usage}}}"#),
+            format!(r#"{{"choices":7,{usage}}}"#),
+        ] {
+            let e = read_answer(&req, 200, &h, body.as_bytes()).unwrap_err();
+            assert_eq!(e.usage, want, "{body}");
+        }
+        let e = read_answer(&req, 200, &h, b"not json").unwrap_err();
+        assert_eq!((e.class, e.usage), (FailureClass::ServerError, None));
+        let e = read_answer(&req, 429, &h, &fixture("error_429_rate.json")).unwrap_err();
+        assert_eq!(e.usage, None);
+    }
+
+    #[test]
+    fn huge_waits_in_errors_saturate() {
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-remaining-tokens", "0".parse().unwrap());
+        h.insert(
+            "x-ratelimit-reset-tokens",
+            "99999999999999999999h".parse().unwrap(),
+        );
+        let e = classify(429, &h, b"{}");
+        assert_eq!(e.retry_after, Some(ratelimit_headers::MAX_WAIT));
+        h.insert("retry-after-ms", "1e30".parse().unwrap());
+        let e = classify(503, &h, b"{}");
+        assert_eq!(e.retry_after, Some(ratelimit_headers::MAX_WAIT));
     }
 }

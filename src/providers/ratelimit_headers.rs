@@ -1,10 +1,94 @@
-//! The rate-limit headers every provider response carries, read into one
-//! [`RateReading`] that the limiter can act on (stop sending to a provider+model whose
-//! window is exhausted until it resets, instead of collecting 429s).
+//! Every wait a provider asks for in its headers: the rate-limit headers every response
+//! carries, read into one [`RateReading`] that the limiter can act on (stop sending to a
+//! provider+model whose window is exhausted until it resets, instead of collecting
+//! 429s), and `Retry-After`. Headers are untrusted input: every wait read here saturates
+//! at [`MAX_WAIT`], and nothing here panics on any value.
 
-use super::http::parse_go_duration;
 use reqwest::header::HeaderMap;
 use std::time::Duration;
+
+/// The longest wait any header may ask for; longer (or absurd) values saturate here.
+pub const MAX_WAIT: Duration = Duration::from_secs(3600);
+
+/// A number of seconds as a wait, saturating at [`MAX_WAIT`] (infinity too); `None` for
+/// NaN and negative numbers.
+pub fn wait_from_secs(secs: f64) -> Option<Duration> {
+    if secs.is_nan() || secs < 0.0 {
+        return None;
+    }
+    if secs >= MAX_WAIT.as_secs_f64() {
+        return Some(MAX_WAIT);
+    }
+    // -0.0 is the only value left that `from_secs_f64` might not take as zero.
+    Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::ZERO))
+}
+
+/// The wait until an instant the provider names: zero when it is past, at most
+/// [`MAX_WAIT`].
+pub(crate) fn wait_until(when: chrono::DateTime<chrono::FixedOffset>) -> Duration {
+    when.signed_duration_since(chrono::Utc::now())
+        .to_std()
+        .unwrap_or(Duration::ZERO)
+        .min(MAX_WAIT)
+}
+
+/// `retry-after-ms` (milliseconds, OpenAI), else `retry-after`: seconds or an HTTP date.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let get = |k: &str| Some(headers.get(k)?.to_str().ok()?.trim());
+    if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
+        if let Some(d) = wait_from_secs(ms / 1000.0) {
+            return Some(d);
+        }
+    }
+    let v = get("retry-after")?;
+    if let Ok(s) = v.parse::<f64>() {
+        return wait_from_secs(s);
+    }
+    let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    Some(wait_until(when))
+}
+
+/// Go's duration format (OpenAI's resets, Gemini's `retryDelay`): `1s`, `6m0s`,
+/// `150ms`, `1h2m3.5s`, `20us`; saturating at [`MAX_WAIT`].
+pub fn parse_go_duration(v: &str) -> Option<Duration> {
+    let mut total = 0f64;
+    let mut num = String::new();
+    let mut chars = v.trim().chars().peekable();
+    let mut any = false;
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let n: f64 = num.parse().ok()?;
+        num.clear();
+        let unit = match c {
+            'h' => 3600.0,
+            'm' if chars.peek() == Some(&'s') => {
+                chars.next();
+                1e-3
+            }
+            'm' => 60.0,
+            's' => 1.0,
+            'u' | 'µ' | 'n' if chars.peek() == Some(&'s') => {
+                chars.next();
+                if c == 'n' {
+                    1e-9
+                } else {
+                    1e-6
+                }
+            }
+            _ => return None,
+        };
+        // Saturates at infinity, never NaN: every term is finite or +inf, never negative.
+        total += n * unit;
+        any = true;
+    }
+    if !num.is_empty() || !any {
+        return None;
+    }
+    wait_from_secs(total)
+}
 
 /// One window's state: what is left and when it refills.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -72,12 +156,8 @@ pub fn anthropic(h: &HeaderMap) -> Option<RateReading> {
         limit: num(h, &format!("anthropic-ratelimit-{kind}-limit")),
         remaining: num(h, &format!("anthropic-ratelimit-{kind}-remaining")),
         reset: text(h, &format!("anthropic-ratelimit-{kind}-reset"))
-            .and_then(|v| chrono::DateTime::parse_from_rfc3339(v).ok())
-            .map(|t| {
-                (t.with_timezone(&chrono::Utc) - chrono::Utc::now())
-                    .to_std()
-                    .unwrap_or(Duration::ZERO)
-            }),
+            .and_then(|v| chrono::DateTime::parse_from_rfc3339(v.trim()).ok())
+            .map(wait_until),
     };
     let r = RateReading {
         requests: window("requests"),
@@ -89,6 +169,71 @@ pub fn anthropic(h: &HeaderMap) -> Option<RateReading> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("1s"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_go_duration("6m0s"), Some(Duration::from_secs(360)));
+        assert_eq!(parse_go_duration("150ms"), Some(Duration::from_millis(150)));
+        assert_eq!(parse_go_duration("20us"), Some(Duration::from_micros(20)));
+        assert_eq!(
+            parse_go_duration("2m3.5s"),
+            Some(Duration::from_secs_f64(123.5))
+        );
+        assert_eq!(parse_go_duration("1h2m3.5s"), Some(MAX_WAIT));
+        assert_eq!(parse_go_duration("soon"), None);
+        assert_eq!(parse_go_duration("12"), None);
+        assert_eq!(parse_go_duration(""), None);
+        assert_eq!(parse_go_duration("-1s"), None);
+        assert_eq!(parse_go_duration("."), None);
+    }
+
+    #[test]
+    fn huge_durations_saturate() {
+        // Values like these panicked in Duration::from_secs_f64 (or in the limiter's
+        // `Instant + Duration`) before waits were saturated.
+        let huge = "9".repeat(400);
+        for v in [
+            "99999999999999999999h".to_string(),
+            format!("{huge}s"),
+            format!("{huge}h{huge}h"),
+            "2562047788015216h".to_string(),
+            "5124095576030431h".to_string(),
+            "2h".to_string(),
+        ] {
+            assert_eq!(parse_go_duration(&v), Some(MAX_WAIT), "{v}");
+        }
+        assert_eq!(wait_from_secs(f64::INFINITY), Some(MAX_WAIT));
+        assert_eq!(wait_from_secs(f64::NAN), None);
+        assert_eq!(wait_from_secs(-1.0), None);
+        assert_eq!(wait_from_secs(-0.0), Some(Duration::ZERO));
+        assert_eq!(wait_from_secs(f64::MAX), Some(MAX_WAIT));
+    }
+
+    #[test]
+    fn retry_after_seconds_ms_and_dates() {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "7".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        h.insert("retry-after-ms", "1500".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(1500)));
+        h.insert("retry-after-ms", "NaN".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        h.remove("retry-after-ms");
+        h.insert("retry-after", "garbage".parse().unwrap());
+        assert_eq!(retry_after(&h), None);
+        for (v, want) in [
+            ("1e300", Some(MAX_WAIT)),
+            ("inf", Some(MAX_WAIT)),
+            ("NaN", None),
+            ("-5", None),
+            ("Fri, 31 Dec 9999 23:59:59 GMT", Some(MAX_WAIT)),
+            ("Wed, 21 Oct 2015 07:28:00 GMT", Some(Duration::ZERO)),
+        ] {
+            h.insert("retry-after", v.parse().unwrap());
+            assert_eq!(retry_after(&h), want, "{v}");
+        }
+    }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -132,5 +277,19 @@ mod tests {
             hold > Duration::from_secs(8) && hold <= Duration::from_secs(10),
             "{hold:?}"
         );
+    }
+
+    #[test]
+    fn far_resets_saturate() {
+        let h = headers(&[
+            ("anthropic-ratelimit-tokens-remaining", "0"),
+            ("anthropic-ratelimit-tokens-reset", "9999-12-31T23:59:59Z"),
+        ]);
+        assert_eq!(anthropic(&h).unwrap().hold_off(), Some(MAX_WAIT));
+        let h = headers(&[
+            ("x-ratelimit-remaining-tokens", "0"),
+            ("x-ratelimit-reset-tokens", "99999999999999999999h"),
+        ]);
+        assert_eq!(openai(&h).unwrap().hold_off(), Some(MAX_WAIT));
     }
 }

@@ -3,7 +3,7 @@
 //! Schema into Gemini's OpenAPI subset, and reading `data:` image URLs.
 
 use super::{ChatResponse, FailureClass, ProviderError};
-use crate::job::{Tool, ToolCall};
+use crate::job::{Tool, ToolCall, Usage};
 use serde_json::{Map, Value};
 
 /// The canonical (OpenAI) `tool_choice`, read once for every wire format.
@@ -78,18 +78,18 @@ pub fn check_tool_calls(tools: &[Tool], calls: &[ToolCall]) -> Result<(), String
 }
 
 /// [`check_tool_calls`] on an adapter's answer: a bad call is the provider's fault and
-/// worth another try (elsewhere), so it fails the call as a server error.
+/// worth another try (elsewhere), so it fails the call as a server error, which carries
+/// the answer's (billed) usage.
 pub(crate) fn checked(
     tools: Option<&[Tool]>,
     resp: ChatResponse,
 ) -> Result<ChatResponse, ProviderError> {
     match check_tool_calls(tools.unwrap_or_default(), &resp.output.tool_calls) {
         Ok(()) => Ok(resp),
-        Err(msg) => Err(ProviderError::new(
-            FailureClass::ServerError,
-            Some(200),
-            msg,
-        )),
+        Err(msg) => Err(
+            ProviderError::new(FailureClass::ServerError, Some(200), msg)
+                .with_usage((resp.usage != Usage::default()).then_some(resp.usage)),
+        ),
     }
 }
 
