@@ -8,7 +8,7 @@ use crate::job::{Attempt, Job, Output, Usage};
 use crate::providers::{ChatRequest, ChatResponse, FailureClass};
 use crate::ratelimit::Admission;
 use crate::router::Plan;
-use crate::store::{CallRecord, CommitRequest, JobKey};
+use crate::store::{CallRecord, CommitRequest, JobKey, Lease};
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use std::sync::Arc;
@@ -24,7 +24,8 @@ pub struct ChainOutcome {
     pub retry_after: Option<Duration>,
     /// Every call failed because the input was too long.
     pub all_context_too_long: bool,
-    /// The worker's grace period ended during a call: it was cut short.
+    /// The worker's grace period ended during a call (it was cut short), or the job's
+    /// lease was taken over: hand the job back.
     pub cancelled: bool,
 }
 
@@ -34,6 +35,7 @@ pub async fn run_chain(
     plan: &Plan,
     input_estimate: u64,
     first_attempt: u32,
+    lease: &Lease,
 ) -> ChainOutcome {
     let mut out = ChainOutcome {
         calls: Vec::new(),
@@ -76,6 +78,12 @@ pub async fn run_chain(
             tools: job.tools.as_deref(),
             tool_choice: job.tool_choice.as_ref(),
         };
+        // Another delivery owns the job now (this one stalled past its lease): no call.
+        if lease.is_lost() {
+            out.cancelled = true;
+            out.transient = true;
+            return out;
+        }
         // Its cost row, `started`, before the call: if this worker dies during the call,
         // the row is there (the next delivery marks it `worker_lost`).
         if !record_start(ctx, job, attempt, m).await {

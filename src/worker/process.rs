@@ -245,7 +245,7 @@ async fn attempt(
         }
     };
     let first_attempt = prior.iter().map(|a| a.attempt).max().unwrap_or(0) + 1;
-    let outcome = run_chain(ctx, job, &plan, estimate, first_attempt).await;
+    let outcome = run_chain(ctx, job, &plan, estimate, first_attempt, &lease).await;
     let policy = RetryPolicy {
         max_deliveries: ctx.cfg.worker.max_deliveries,
         base: Duration::from_millis(ctx.cfg.worker.retry_base_ms),
@@ -264,6 +264,23 @@ async fn attempt(
                 "every candidate failed; retrying later"
             );
             hand_back(ctx, s, job, lease, reservation, outcome.calls, false, delay).await
+        }
+        Verdict::HandBack if lease.is_lost() => {
+            // Another delivery took the job over: keep the calls made, then claim again
+            // (it finds that delivery's result, or its lease).
+            tracing::warn!("the lease was taken over during the calls; claiming again");
+            let _ = hand_back(
+                ctx,
+                s,
+                job,
+                lease,
+                reservation,
+                outcome.calls,
+                true,
+                Duration::ZERO,
+            )
+            .await;
+            None
         }
         Verdict::HandBack => {
             hand_back(
