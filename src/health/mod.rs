@@ -19,6 +19,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// A model counts as slow only when it is also this much slower than the fastest of its
+/// tier: below that, the difference is noise (and not worth leaving the router's order).
+pub const SLOW_MIN_GAP: Duration = Duration::from_millis(250);
+
 pub struct Health {
     settings: Settings,
     latency_order: bool,
@@ -93,7 +97,8 @@ impl Health {
 
     /// The candidates in the order to try them. For a job asking for `auto` or a tier
     /// (when `health.latency_order` is on): the router's order, except that a model
-    /// slower than `slow_factor` × the fastest of its tier goes behind the rest of its
+    /// slower than `slow_factor` × the fastest of its tier (and by at least
+    /// [`SLOW_MIN_GAP`]) goes behind the rest of its
     /// tier (never behind a pricier tier), and models that would be skipped now (open,
     /// cooling down) go last, the one free soonest first. A named model keeps the
     /// router's order: the job chose it.
@@ -136,7 +141,10 @@ impl Health {
                 }
             };
             let slow = match (ewma, best_of(tier)) {
-                (Some(e), Some(best)) => e.as_secs_f64() > self.slow_factor * best.as_secs_f64(),
+                (Some(e), Some(best)) => {
+                    e.as_secs_f64() > self.slow_factor * best.as_secs_f64()
+                        && *e >= best + SLOW_MIN_GAP
+                }
                 _ => false,
             };
             keys.push((*blocked, group, slow, i));

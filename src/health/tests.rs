@@ -361,6 +361,11 @@ async fn latency_order_moves_slow_and_open_models_back() {
     advance(secs(5)).await;
     open(&h, "a");
     assert_eq!(names(h.order("auto", &c)), ["c", "b", "a"]);
+    // Milliseconds apart is noise, whatever the ratio.
+    let h = health("");
+    h.record("p", "a", CallOutcome::Succeeded, Duration::from_millis(40));
+    h.record("p", "b", CallOutcome::Succeeded, Duration::from_millis(2));
+    assert_eq!(names(h.order("fast", &c)), ["a", "b", "c"]);
     // With latency order off, the router's order stands.
     let h = health("latency_order = false");
     open(&h, "a");
