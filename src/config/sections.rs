@@ -169,7 +169,8 @@ impl Default for RoutingConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
-    /// Breakers on; when off, every call goes ahead (latency is still tracked).
+    /// Breakers and 429 cool-downs on; when off, every call goes ahead (latency is still
+    /// tracked).
     pub enabled: bool,
     /// The sliding window the error rate is computed over, in seconds.
     pub window_s: u64,

@@ -56,14 +56,26 @@ fn fail(h: &Health, m: &str) {
     h.record("p", m, FAIL, Duration::from_millis(10));
 }
 
-fn state(h: &Health, m: &str) -> State {
-    let mut s = None;
+fn failed_with(h: &Health, class: FailureClass) {
+    let outcome = CallOutcome::Failed {
+        class,
+        retry_after: None,
+    };
+    h.record("p", "a", outcome, Duration::ZERO);
+}
+
+fn reading(h: &Health, m: &str) -> Reading {
+    let mut found = None;
     h.for_each(|_, model, r| {
         if model == m {
-            s = Some(r.state);
+            found = Some(r);
         }
     });
-    s.unwrap()
+    found.unwrap()
+}
+
+fn state(h: &Health, m: &str) -> State {
+    reading(h, m).state
 }
 
 fn secs(s: u64) -> Duration {
@@ -154,13 +166,11 @@ async fn half_open_lets_one_probe_through_and_its_success_closes() {
     // A clean window: the failures before do not count against it.
     fail(&h, "a");
     assert_eq!(h.allow("p", "a"), Admit::Go);
-    let mut transitions = [0; 3];
-    h.for_each(|_, m, r| {
-        if m == "a" {
-            transitions = r.transitions;
-        }
-    });
-    assert_eq!(transitions, [1, 1, 1], "closed, half-open, open: once each");
+    assert_eq!(
+        reading(&h, "a").transitions,
+        [1, 1, 1],
+        "closed, half-open, open: once each"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -248,15 +258,7 @@ async fn client_errors_do_not_count() {
         FailureClass::ContentFiltered,
     ] {
         for _ in 0..20 {
-            h.record(
-                "p",
-                "a",
-                CallOutcome::Failed {
-                    class,
-                    retry_after: None,
-                },
-                Duration::ZERO,
-            );
+            failed_with(&h, class);
         }
     }
     assert_eq!(h.allow("p", "a"), Admit::Go);
@@ -267,15 +269,7 @@ async fn client_errors_do_not_count() {
         FailureClass::ServerError,
         FailureClass::ServerError,
     ] {
-        h.record(
-            "p",
-            "a",
-            CallOutcome::Failed {
-                class,
-                retry_after: None,
-            },
-            Duration::ZERO,
-        );
+        failed_with(&h, class);
     }
     assert_eq!(state(&h, "a"), State::Open, "server-side failures do");
 }
@@ -288,13 +282,7 @@ async fn disabled_breakers_admit_everything_and_still_track_latency() {
     }
     assert_eq!(h.allow("p", "a"), Admit::Go);
     ok(&h, "a");
-    let mut ewma = None;
-    h.for_each(|_, m, r| {
-        if m == "a" {
-            ewma = r.ewma;
-        }
-    });
-    assert_eq!(ewma, Some(Duration::from_millis(10)));
+    assert_eq!(reading(&h, "a").ewma, Some(Duration::from_millis(10)));
     // Unknown pairs are always admitted.
     assert_eq!(h.allow("nobody", "a"), Admit::Go);
     h.record("nobody", "a", FAIL, Duration::ZERO);
@@ -315,13 +303,7 @@ fn names(order: Vec<&Candidate>) -> Vec<&str> {
 }
 
 fn ewma_of(h: &Health, m: &str) -> f64 {
-    let mut e = None;
-    h.for_each(|_, model, r| {
-        if model == m {
-            e = r.ewma;
-        }
-    });
-    e.unwrap().as_secs_f64()
+    reading(h, m).ewma.unwrap().as_secs_f64()
 }
 
 #[tokio::test(start_paused = true)]
