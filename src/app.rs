@@ -76,6 +76,9 @@ pub async fn run_worker(
     let (leases, lease_loop) = LeaseKeeper::start(pool.clone(), lease_ttl, keeper_stop.clone());
     let abort = CancellationToken::new();
     let metrics = Arc::new(Metrics::default());
+    // Breakers and latency per provider+model, shown on /metrics.
+    let health = Arc::new(crate::health::Health::new(&cfg));
+    metrics.watch_health(health.clone());
     let infra = Infra::new(client.clone(), metrics.clone());
     let infra_stop = CancellationToken::new();
     let infra_task = tokio::spawn(infra.clone().monitor(pool.clone(), infra_stop.clone()));
@@ -97,6 +100,7 @@ pub async fn run_worker(
     };
     let ctx = Arc::new(Ctx {
         metrics: metrics.clone(),
+        health,
         rules: cfg.parse_rules(),
         router: Router::new(&cfg),
         limiters: Limiters::new(&cfg),

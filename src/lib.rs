@@ -11,6 +11,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod cost;
+pub mod health;
 pub mod job;
 pub mod providers;
 pub mod queue;

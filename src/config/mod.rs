@@ -207,6 +207,7 @@ impl FileConfig {
                 }
             }
         }
+        self.validate_health()?;
         for (i, t) in self.routing.auto_tiers.iter().enumerate() {
             if Tier::parse(t).is_none() {
                 return Err(invalid(
@@ -214,6 +215,45 @@ impl FileConfig {
                     format!("{t:?} is not one of fast, cheap, balanced, premium"),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    fn validate_health(&self) -> Result<(), ConfigError> {
+        let h = &self.health;
+        for (field, v) in [
+            ("health.window_s", h.window_s),
+            ("health.min_calls", u64::from(h.min_calls)),
+            (
+                "health.consecutive_failures",
+                u64::from(h.consecutive_failures),
+            ),
+            ("health.open_s", h.open_s),
+            ("health.half_open_probes", u64::from(h.half_open_probes)),
+        ] {
+            if v == 0 {
+                return Err(invalid(field, "must be greater than 0"));
+            }
+        }
+        if h.window_s > 3600 {
+            return Err(invalid("health.window_s", "must be at most 3600"));
+        }
+        if h.max_open_s < h.open_s {
+            return Err(invalid(
+                "health.max_open_s",
+                "must not be below health.open_s",
+            ));
+        }
+        for (field, v) in [
+            ("health.error_rate", h.error_rate),
+            ("health.ewma_alpha", h.ewma_alpha),
+        ] {
+            if !(v > 0.0 && v <= 1.0) {
+                return Err(invalid(field, format!("{v} is not in (0, 1]")));
+            }
+        }
+        if !(h.slow_factor >= 1.0 && h.slow_factor.is_finite()) {
+            return Err(invalid("health.slow_factor", "must be at least 1"));
         }
         Ok(())
     }

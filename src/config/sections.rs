@@ -20,6 +20,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub routing: RoutingConfig,
     #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(default)]
     pub providers: Vec<ProviderConfig>,
     #[serde(default)]
     pub models: Vec<ModelConfig>,
@@ -164,6 +166,75 @@ impl Default for RoutingConfig {
         RoutingConfig {
             auto_tiers: vec!["fast".into(), "cheap".into(), "balanced".into()],
         }
+    }
+}
+
+/// Circuit breakers and latency tracking per provider+model (see `crate::health`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Breakers and 429 cool-downs on; when off, every call goes ahead (latency is still
+    /// tracked).
+    pub enabled: bool,
+    /// The sliding window the error rate is computed over, in seconds.
+    pub window_s: u64,
+    /// Calls in the window before the error rate can open a breaker.
+    pub min_calls: u32,
+    /// Failed share of the window's calls (0..1] that opens a breaker.
+    #[serde(deserialize_with = "number_or_string")]
+    pub error_rate: f64,
+    /// Failures in a row that open a breaker, whatever the volume.
+    pub consecutive_failures: u32,
+    /// How long a breaker stays open before a probe; doubled on each failed probe …
+    pub open_s: u64,
+    /// … up to this.
+    pub max_open_s: u64,
+    /// Calls let through at a time while half-open.
+    pub half_open_probes: u32,
+    /// Weight of the newest latency in the moving average (0..1].
+    #[serde(deserialize_with = "number_or_string")]
+    pub ewma_alpha: f64,
+    /// Reorder a tier's models by latency for jobs asking for `auto` or a tier.
+    pub latency_order: bool,
+    /// A model slower than this many times the fastest of its tier goes behind the others.
+    #[serde(deserialize_with = "number_or_string")]
+    pub slow_factor: f64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            enabled: true,
+            window_s: 30,
+            min_calls: 10,
+            error_rate: 0.5,
+            consecutive_failures: 5,
+            open_s: 15,
+            max_open_s: 120,
+            half_open_probes: 1,
+            ewma_alpha: 0.2,
+            latency_order: true,
+            slow_factor: 3.0,
+        }
+    }
+}
+
+/// A float from a TOML number or, as environment overrides arrive, a string.
+fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Num {
+        F(f64),
+        I(i64),
+        S(String),
+    }
+    match Num::deserialize(d)? {
+        Num::F(f) => Ok(f),
+        Num::I(i) => Ok(i as f64),
+        Num::S(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a number"))),
     }
 }
 

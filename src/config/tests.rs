@@ -157,3 +157,32 @@ fn response_cap_and_cache_write_price() {
     .unwrap_err();
     assert!(e.to_string().contains("cache_write_per_mtok"), "{e}");
 }
+
+#[test]
+fn health_section_has_defaults_takes_env_floats_and_is_checked() {
+    let c = load(BASE, &[]).unwrap();
+    assert!(c.health.enabled);
+    assert_eq!(c.health.window_s, 30);
+    assert_eq!(c.health.consecutive_failures, 5);
+    let c = load(
+        &format!("{BASE}\n[health]\nerror_rate = 0.25\nslow_factor = 2\n"),
+        &[("SWITCHYARD_HEALTH__EWMA_ALPHA", "0.5")],
+    )
+    .unwrap();
+    assert_eq!(c.health.error_rate, 0.25);
+    assert_eq!(c.health.slow_factor, 2.0);
+    assert_eq!(c.health.ewma_alpha, 0.5);
+    for (extra, field) in [
+        ("error_rate = 1.5", "health.error_rate"),
+        ("error_rate = \"half\"", "health.error_rate"),
+        ("open_s = 30\nmax_open_s = 10", "health.max_open_s"),
+        ("half_open_probes = 0", "health.half_open_probes"),
+        ("slow_factor = 0.5", "health.slow_factor"),
+        ("breakers = true", "breakers"),
+    ] {
+        let e = load(&format!("{BASE}\n[health]\n{extra}\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(field), "{e:?} should name {field}");
+    }
+}

@@ -3,6 +3,7 @@
 //! Counters are kept in a few small maps behind mutexes (one short lock per event, no
 //! allocation once a label set has been seen) and rendered in the text exposition format.
 
+use crate::health::{Health, State as BreakerState};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -10,7 +11,7 @@ use axum::routing::get;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +32,8 @@ pub struct Metrics {
     republished: AtomicU64,
     pub in_flight: AtomicI64,
     pub ready: AtomicBool,
+    /// Breakers and latency averages, read when `/metrics` is scraped.
+    health: OnceLock<Arc<Health>>,
 }
 
 impl Metrics {
@@ -77,6 +80,11 @@ impl Metrics {
 
     pub fn republished(&self) {
         self.republished.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Show `health`'s breakers and latency averages on `/metrics`.
+    pub fn watch_health(&self, health: Arc<Health>) {
+        let _ = self.health.set(health);
     }
 
     pub fn render(&self) -> String {
@@ -129,8 +137,43 @@ impl Metrics {
             self.republished.load(Ordering::Relaxed),
             self.in_flight.load(Ordering::Relaxed),
         );
+        if let Some(h) = self.health.get() {
+            render_health(h, &mut out);
+        }
         out
     }
+}
+
+fn render_health(h: &Health, out: &mut String) {
+    let mut state = String::from("# HELP switchyard_breaker_state Circuit breaker per provider and model: 0 closed, 1 half-open, 2 open.\n# TYPE switchyard_breaker_state gauge\n");
+    let mut moves = String::from("# HELP switchyard_breaker_transitions_total Circuit breaker state changes, by the state entered.\n# TYPE switchyard_breaker_transitions_total counter\n");
+    let mut ewma = String::from("# HELP switchyard_provider_latency_ewma_seconds Moving average of successful calls' latency.\n# TYPE switchyard_provider_latency_ewma_seconds gauge\n");
+    h.for_each(|provider, model, r| {
+        let labels = format!("provider=\"{}\",model=\"{}\"", esc(provider), esc(model));
+        let _ = writeln!(
+            state,
+            "switchyard_breaker_state{{{labels}}} {}",
+            r.state as u8
+        );
+        for to in BreakerState::ALL {
+            let _ = writeln!(
+                moves,
+                "switchyard_breaker_transitions_total{{{labels},to=\"{}\"}} {}",
+                to.as_str(),
+                r.transitions[to as usize]
+            );
+        }
+        if let Some(e) = r.ewma {
+            let _ = writeln!(
+                ewma,
+                "switchyard_provider_latency_ewma_seconds{{{labels}}} {:.6}",
+                e.as_secs_f64()
+            );
+        }
+    });
+    out.push_str(&state);
+    out.push_str(&moves);
+    out.push_str(&ewma);
 }
 
 fn esc(s: &str) -> String {
@@ -201,5 +244,53 @@ mod tests {
         assert!(text.contains(
             r#"switchyard_cost_usd_total{provider="openai",model="gpt-4o-mini"} 0.000001500"#
         ));
+        assert!(!text.contains("switchyard_breaker_state"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renders_breakers_and_latency() {
+        use crate::health::CallOutcome;
+        use crate::providers::FailureClass;
+        let cfg = crate::config::FileConfig::from_toml_with_env(
+            include_str!("../../config/demo.toml"),
+            "demo.toml",
+            &[],
+        )
+        .unwrap();
+        let h = Arc::new(Health::new(&cfg));
+        let m = Metrics::default();
+        m.watch_health(h.clone());
+        let fail = CallOutcome::Failed {
+            class: FailureClass::ServerError,
+            retry_after: None,
+        };
+        for _ in 0..5 {
+            h.record("openai", "gpt-4o", fail, Duration::ZERO);
+        }
+        h.record(
+            "gemini",
+            "gemini-2.0-flash",
+            CallOutcome::Succeeded,
+            Duration::from_millis(250),
+        );
+        let text = m.render();
+        for line in [
+            r#"switchyard_breaker_state{provider="openai",model="gpt-4o"} 2"#,
+            r#"switchyard_breaker_state{provider="openai",model="gpt-4o-mini"} 0"#,
+            r#"switchyard_breaker_transitions_total{provider="openai",model="gpt-4o",to="open"} 1"#,
+            r#"switchyard_breaker_transitions_total{provider="openai",model="gpt-4o",to="closed"} 0"#,
+            r#"switchyard_provider_latency_ewma_seconds{provider="gemini",model="gemini-2.0-flash"} 0.250000"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        assert_eq!(
+            text.matches("# TYPE switchyard_breaker_state gauge")
+                .count(),
+            1
+        );
+        tokio::time::advance(Duration::from_secs(15)).await;
+        assert!(m
+            .render()
+            .contains(r#"switchyard_breaker_state{provider="openai",model="gpt-4o"} 1"#));
     }
 }

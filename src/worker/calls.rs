@@ -1,9 +1,11 @@
-//! Calling the candidates in order until one answers: rate limit, call, and one
-//! [`CallRecord`] per call made, failed ones included, at what the provider billed.
+//! Calling the candidates in order until one answers: health (breakers), rate limit,
+//! call, and one [`CallRecord`] per call made, failed ones included, at what the
+//! provider billed.
 
 use super::Ctx;
 use crate::config::ModelConfig;
 use crate::cost::cost_of;
+use crate::health::{Admit, CallOutcome};
 use crate::job::{Attempt, Job, Output, Usage};
 use crate::providers::{ChatRequest, ChatResponse, FailureClass};
 use crate::ratelimit::Admission;
@@ -47,21 +49,35 @@ pub async fn run_chain(
     };
     let max_wait = Duration::from_millis(ctx.cfg.worker.max_limiter_wait_ms);
     let mut attempt = first_attempt;
-    for cand in &plan.candidates {
+    // health: the latency-aware order, when the job asks for a tier or `auto`.
+    for cand in ctx.health.order(&job.model, &plan.candidates) {
         let m = &cand.model;
         let Some(adapter) = ctx.providers.get(&m.provider) else {
             continue;
         };
+        // health: an open breaker or a 429 cool-down skips the candidate, like the local
+        // rate limit below: no call, no cost row, not a failure of the job.
+        let admit = ctx.health.allow(&m.provider, &m.name);
+        if let Admit::Skip(why, d) = admit {
+            tracing::debug!(provider = %m.provider, model = %m.name, why = why.as_str(),
+                wait_ms = d.as_millis() as u64, "provider unhealthy; next candidate");
+            out.transient = true;
+            out.all_context_too_long = false;
+            out.retry_after = Some(out.retry_after.map_or(d, |r| r.min(d)));
+            continue;
+        }
         let want_tokens = input_estimate + u64::from(cand.max_tokens);
         let admitted = tokio::select! {
             a = ctx.limiters.admit(&m.provider, &m.upstream, want_tokens, max_wait) => a,
             _ = ctx.abort.cancelled() => {
+                give_back(ctx, m, admit);
                 out.cancelled = true;
                 out.transient = true;
                 return out;
             }
         };
         if let Admission::Wait(d) = admitted {
+            give_back(ctx, m, admit);
             tracing::debug!(provider = %m.provider, wait_ms = d.as_millis() as u64, "rate limited locally; next candidate");
             out.transient = true;
             out.all_context_too_long = false;
@@ -80,6 +96,7 @@ pub async fn run_chain(
         };
         // Another delivery owns the job now (this one stalled past its lease): no call.
         if lease.is_lost() {
+            give_back(ctx, m, admit);
             out.cancelled = true;
             out.transient = true;
             return out;
@@ -87,6 +104,7 @@ pub async fn run_chain(
         // Its cost row, `started`, before the call: if this worker dies during the call,
         // the row is there (the next delivery marks it `worker_lost`).
         if !record_start(ctx, job, attempt, m).await {
+            give_back(ctx, m, admit);
             out.cancelled = true;
             out.transient = true;
             return out;
@@ -111,6 +129,7 @@ pub async fn run_chain(
         };
         attempt += 1;
         let Some(result) = result else {
+            give_back(ctx, m, admit);
             attempt_rec.outcome = "cancelled".into();
             attempt_rec.message =
                 Some("cut short: the worker's shutdown grace period ended".into());
@@ -127,6 +146,15 @@ pub async fn run_chain(
             Err(e) => e.rate.as_deref(),
         };
         ctx.limiters.observe(&m.provider, &m.upstream, reading);
+        let judged = match &result {
+            Ok(_) => CallOutcome::Succeeded,
+            Err(e) => CallOutcome::Failed {
+                class: e.class,
+                retry_after: e.retry_after,
+            },
+        };
+        ctx.health
+            .record(&m.provider, &m.name, judged, started.elapsed());
         match result {
             Ok(mut resp) => {
                 sanitize(&mut resp.output);
@@ -183,6 +211,14 @@ pub async fn run_chain(
         }
     }
     out
+}
+
+/// health: a probe that made no call frees its slot.
+fn give_back(ctx: &Ctx, m: &ModelConfig, admit: Admit) {
+    if admit == Admit::Probe {
+        ctx.health
+            .record(&m.provider, &m.name, CallOutcome::Abandoned, Duration::ZERO);
+    }
 }
 
 /// Write the `started` cost row of the call about to be made, waiting in place while

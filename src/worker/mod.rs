@@ -42,6 +42,8 @@ pub struct Ctx {
     pub clock: Arc<dyn crate::clock::Clock>,
     pub publisher: Publisher,
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
+    /// Circuit breakers, 429 cool-downs and latency per provider+model.
+    pub health: Arc<crate::health::Health>,
     /// Cancelled when the shutdown grace period is over: unfinished jobs are handed back.
     pub abort: CancellationToken,
 }
