@@ -4,9 +4,10 @@
 use super::Ctx;
 use crate::config::ModelConfig;
 use crate::cost::cost_of;
+use crate::job::Priority;
 use crate::job::{Attempt, Job, Output, Usage};
 use crate::providers::{ChatRequest, ChatResponse, FailureClass};
-use crate::ratelimit::Admission;
+use crate::ratelimit::Ask;
 use crate::router::Plan;
 use crate::store::{CallRecord, CommitRequest, JobKey};
 use rust_decimal::prelude::ToPrimitive;
@@ -34,6 +35,7 @@ pub async fn run_chain(
     plan: &Plan,
     input_estimate: u64,
     first_attempt: u32,
+    priority: Priority,
 ) -> ChainOutcome {
     let mut out = ChainOutcome {
         calls: Vec::new(),
@@ -43,29 +45,39 @@ pub async fn run_chain(
         all_context_too_long: true,
         cancelled: false,
     };
-    let max_wait = Duration::from_millis(ctx.cfg.worker.max_limiter_wait_ms);
     let mut attempt = first_attempt;
-    for cand in &plan.candidates {
-        let m = &cand.model;
-        let Some(adapter) = ctx.providers.get(&m.provider) else {
-            continue;
-        };
-        let want_tokens = input_estimate + u64::from(cand.max_tokens);
+    // ── Rate limits (issue 11): each round calls the first candidate left that the
+    // limits let go now, or waits (in priority order) for the earliest one. A local limit
+    // is never a failure; each candidate is called at most once per delivery.
+    let mut left: Vec<&crate::router::Candidate> = plan
+        .candidates
+        .iter()
+        .filter(|c| ctx.providers.get(&c.model.provider).is_some())
+        .collect();
+    loop {
+        let asks: Vec<Ask<'_>> = left
+            .iter()
+            .map(|c| Ask {
+                provider: &c.model.provider,
+                model: &c.model.upstream,
+                tokens: input_estimate + u64::from(c.max_tokens),
+            })
+            .collect();
         let admitted = tokio::select! {
-            a = ctx.limiters.admit(&m.provider, &m.upstream, want_tokens, max_wait) => a,
+            a = ctx.limiters.admit_first(&asks, priority) => a,
             _ = ctx.abort.cancelled() => {
                 out.cancelled = true;
                 out.transient = true;
                 return out;
             }
         };
-        if let Admission::Wait(d) = admitted {
-            tracing::debug!(provider = %m.provider, wait_ms = d.as_millis() as u64, "rate limited locally; next candidate");
-            out.transient = true;
-            out.all_context_too_long = false;
-            out.retry_after = Some(out.retry_after.map_or(d, |r| r.min(d)));
+        let Some((i, permit)) = admitted else { break };
+        let cand = left.remove(i);
+        let m = &cand.model;
+        let Some(adapter) = ctx.providers.get(&m.provider) else {
             continue;
-        }
+        };
+        // ── end rate limits
         let req = ChatRequest {
             model: &m.upstream,
             messages: &job.messages,
@@ -119,6 +131,19 @@ pub async fn run_chain(
             Err(e) => e.rate.as_deref(),
         };
         ctx.limiters.observe(&m.provider, &m.upstream, reading);
+        // Rate limits: correct the reservation to the usage; a 429 cools every worker.
+        let used = match &result {
+            Ok(r) => Some(r.usage),
+            Err(e) => e.usage,
+        };
+        permit.settle(used.map(|u| u.input_tokens + u.output_tokens));
+        if let Err(e) = &result {
+            if e.class == FailureClass::RateLimited {
+                ctx.limiters
+                    .cool_down(&m.provider, &m.upstream, e.retry_after)
+                    .await;
+            }
+        }
         match result {
             Ok(mut resp) => {
                 sanitize(&mut resp.output);
