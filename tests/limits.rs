@@ -111,3 +111,71 @@ async fn one_worker_uses_the_limit_without_a_429() {
 async fn three_workers_share_the_limit_without_a_429() {
     a_backlog_of_twice_the_limit(3).await;
 }
+
+/// Two limiters over the real NATS: the limit is split, a 429's cool-down reaches the
+/// other, and a worker that leaves frees its share while its calls still count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_split_the_limit_and_share_cool_downs_over_nats() {
+    use switchyard::ratelimit::{Ask, Limiters};
+    use tokio_util::sync::CancellationToken;
+    let env = TestEnv::new(|c| {
+        for p in &mut c.providers {
+            if p.name == "local" {
+                p.rpm = Some(10);
+            }
+        }
+    })
+    .await;
+    let join = |l: Limiters, stop: CancellationToken| {
+        let (url, prefix) = (env.config.nats.url.clone(), env.prefix.clone());
+        async move {
+            let client = async_nats::connect(url).await.unwrap();
+            l.join(client, &prefix, stop).await.unwrap()
+        }
+    };
+    let (a, b) = (Limiters::new(&env.config), Limiters::new(&env.config));
+    let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
+    let task_a = join(a.clone(), stop_a.clone()).await;
+    let task_b = join(b.clone(), stop_b.clone()).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let local = Ask {
+        provider: "local",
+        model: UPSTREAM,
+        tokens: 10,
+    };
+    let quick = |l: &Limiters, ask: Ask<'static>| {
+        let l = l.clone();
+        async move {
+            tokio::time::timeout(Duration::from_millis(300), l.admit(ask, Priority::Normal))
+                .await
+                .ok()
+                .map(|p| p.settle(None))
+                .is_some()
+        }
+    };
+    for l in [&a, &b] {
+        for i in 0..5 {
+            assert!(quick(l, local).await, "admission {i} of a share of 5");
+        }
+        assert!(!quick(l, local).await, "a 6th is over the share");
+    }
+    // A cool-down announced by a holds that model on b too.
+    let gpt = Ask {
+        provider: "openai",
+        model: "gpt-x",
+        tokens: 1,
+    };
+    a.cool_down("openai", "gpt-x", Some(Duration::from_secs(30)))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!quick(&b, gpt).await, "held on b");
+    let other = Ask { model: "gpt-y", ..gpt };
+    assert!(quick(&b, other).await, "another model is not held");
+    // a leaves: b's share grows to the whole limit, but a's 5 calls still count.
+    stop_a.cancel();
+    task_a.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!quick(&b, local).await, "a's calls still count");
+    stop_b.cancel();
+    task_b.await.unwrap();
+}
