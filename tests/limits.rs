@@ -169,7 +169,10 @@ async fn workers_split_the_limit_and_share_cool_downs_over_nats() {
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!quick(&b, gpt).await, "held on b");
-    let other = Ask { model: "gpt-y", ..gpt };
+    let other = Ask {
+        model: "gpt-y",
+        ..gpt
+    };
     assert!(quick(&b, other).await, "another model is not held");
     // a leaves: b's share grows to the whole limit, but a's 5 calls still count.
     stop_a.cancel();
