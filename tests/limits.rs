@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Rate limits end to end: the simulator enforces exactly the configured `rpm` (real 429s
 //! past it), a backlog of twice the limit waits in JetStream, and one worker or three
 //! share the limit: no 429, and at least 90% of the limit used in the first minute.
