@@ -127,17 +127,20 @@ async fn workers_split_the_limit_and_share_cool_downs_over_nats() {
         }
     })
     .await;
-    let join = |l: Limiters, stop: CancellationToken| {
-        let (url, prefix) = (env.config.nats.url.clone(), env.prefix.clone());
-        async move {
-            let client = async_nats::connect(url).await.unwrap();
-            l.join(client, &prefix, stop).await.unwrap()
-        }
-    };
+    async fn join(
+        l: &Limiters,
+        env: &TestEnv,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let client = async_nats::connect(env.config.nats.url.clone())
+            .await
+            .unwrap();
+        l.join(client, &env.prefix, stop).await.unwrap()
+    }
     let (a, b) = (Limiters::new(&env.config), Limiters::new(&env.config));
     let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
-    let task_a = join(a.clone(), stop_a.clone()).await;
-    let task_b = join(b.clone(), stop_b.clone()).await;
+    let task_a = join(&a, &env, stop_a.clone()).await;
+    let task_b = join(&b, &env, stop_b.clone()).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let local = Ask {
         provider: "local",
