@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::job::Priority;
 use crate::providers::Providers;
 use crate::queue::publish::Publisher;
-use crate::queue::scheduler::Scheduler;
+use crate::queue::scheduler::{PullGate, Scheduler};
 use crate::queue::{streams, Names};
 use crate::ratelimit::Limiters;
 use crate::router::Router;
@@ -43,6 +43,46 @@ pub fn redact_url(url: &str) -> String {
         }
         Ok(u) => u.to_string(),
         Err(_) => "<unparseable url>".into(),
+    }
+}
+
+/// Pull nothing while more than `max` held jobs are not calling a provider (most of them
+/// waiting for a rate limit): the backlog stays in JetStream.
+struct LimitGate {
+    limiters: Limiters,
+    metrics: Arc<Metrics>,
+    max: usize,
+}
+
+impl PullGate for LimitGate {
+    fn room(&self) -> usize {
+        let held = self
+            .metrics
+            .in_flight
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let idle = usize::try_from(held)
+            .unwrap_or(0)
+            .saturating_sub(self.limiters.calling());
+        self.max.saturating_sub(idle)
+    }
+}
+
+/// `worker.max_waiting_at_limits`, or five seconds' worth of the providers' `rpm` (at
+/// least 32), or no limit but the slots when no provider has an `rpm`.
+fn max_waiting_at_limits(cfg: &Config) -> usize {
+    if let Some(n) = cfg.worker.max_waiting_at_limits {
+        return n;
+    }
+    let rpm: Option<u64> = cfg
+        .providers
+        .iter()
+        .filter_map(|p| p.rpm.map(u64::from))
+        .reduce(|a, b| a + b);
+    match rpm {
+        Some(rpm) => usize::try_from(rpm.div_ceil(12))
+            .unwrap_or(usize::MAX)
+            .max(32),
+        None => cfg.worker.max_in_flight,
     }
 }
 
@@ -98,12 +138,18 @@ pub async fn run_worker(
             }
         }))
     };
+    let limiters = Limiters::new(&cfg);
+    let limits_stop = CancellationToken::new();
+    let limits_task = limiters
+        .join(client.clone(), &cfg.nats.prefix, limits_stop.clone())
+        .await
+        .context("subscribing to the other workers' heartbeats")?;
     let ctx = Arc::new(Ctx {
         metrics: metrics.clone(),
         health,
         rules: cfg.parse_rules(),
         router: Router::new(&cfg),
-        limiters: Limiters::new(&cfg),
+        limiters: limiters.clone(),
         budgets: crate::budget::Budgets::new(pool.clone(), clock.clone()),
         providers,
         claimer,
@@ -125,6 +171,11 @@ pub async fn run_worker(
         weights: cfg.worker.priority_weights,
         slots: Arc::new(Semaphore::new(cfg.worker.max_in_flight)),
         ready: infra.ready(),
+        gate: Arc::new(LimitGate {
+            limiters,
+            metrics: metrics.clone(),
+            max: max_waiting_at_limits(&cfg),
+        }),
         dispatch: Arc::new(JobDispatch {
             ctx: ctx.clone(),
             tracker: tracker.clone(),
@@ -152,6 +203,9 @@ pub async fn run_worker(
         tracker.wait().await;
     }
     drop(ctx);
+    // No more calls: give this worker's share of the limits back.
+    limits_stop.cancel();
+    let _ = limits_task.await;
     let _ = claim_loop.await;
     let _ = commit_loop.await;
     keeper_stop.cancel();

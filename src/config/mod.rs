@@ -119,6 +119,19 @@ impl FileConfig {
                 "every weight must be at least 1 (a 0 would starve that priority)",
             ));
         }
+        let r = &self.ratelimit;
+        if r.heartbeat_ms == 0 || r.member_timeout_ms < 2 * r.heartbeat_ms {
+            return Err(invalid(
+                "ratelimit.member_timeout_ms",
+                "heartbeat_ms must be above 0 and member_timeout_ms at least twice it",
+            ));
+        }
+        if w.max_waiting_at_limits == Some(0) {
+            return Err(invalid(
+                "worker.max_waiting_at_limits",
+                "must be greater than 0",
+            ));
+        }
         if self.limits.default_max_tokens > self.limits.max_tokens_cap {
             return Err(invalid(
                 "limits.default_max_tokens",

@@ -16,6 +16,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
+    pub ratelimit: RateLimitConfig,
+    #[serde(default)]
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub routing: RoutingConfig,
@@ -89,8 +91,11 @@ pub struct WorkerConfig {
     /// Jobs per group commit, and how long a commit waits to fill up.
     pub commit_batch: usize,
     pub commit_linger_ms: u64,
-    /// Longest wait for a provider's rate limit before trying the next candidate.
-    pub max_limiter_wait_ms: u64,
+    /// Pull nothing while more than this many held jobs are not calling a provider
+    /// (waiting for a rate limit, mostly), so a backlog stays in JetStream. Unset: five
+    /// seconds' worth of the providers' `rpm` (at least 32), or `max_in_flight` when no
+    /// provider has one.
+    pub max_waiting_at_limits: Option<usize>,
     /// A running job's lease: renewed every third of it while the job runs; a worker that
     /// died gives its jobs up this long after its last renewal.
     pub lease_s: u64,
@@ -108,7 +113,7 @@ impl Default for WorkerConfig {
             retry_max_ms: 60_000,
             commit_batch: 256,
             commit_linger_ms: 2,
-            max_limiter_wait_ms: 2000,
+            max_waiting_at_limits: None,
             lease_s: 15,
         }
     }
@@ -135,6 +140,29 @@ impl Default for LimitsConfig {
             max_tokens_cap: 32_768,
             default_max_tokens: 1024,
             max_response_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// How the workers share the providers' `rpm` / `tpm` (see `ratelimit`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Each worker announces itself (and its use of each limit) this often.
+    pub heartbeat_ms: u64,
+    /// A worker not heard from for this long is gone: its share goes to the others.
+    pub member_timeout_ms: u64,
+    /// Admissions count for 60 s plus this long, so that the time between admission and
+    /// the request reaching the provider cannot push one into a provider's next window.
+    pub margin_ms: u64,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            heartbeat_ms: 1000,
+            member_timeout_ms: 3000,
+            margin_ms: 1000,
         }
     }
 }

@@ -92,6 +92,10 @@ fn bad_configs_name_the_field() {
         ),
         (BASE.replace("rpm = 500", "rpm = 0"), "providers[0].rpm"),
         (
+            format!("{BASE}\n[ratelimit]\nheartbeat_ms = 1000\nmember_timeout_ms = 1500\n"),
+            "ratelimit.member_timeout_ms",
+        ),
+        (
             BASE.replace("tier = \"fast\"", "tier = \"turbo\""),
             "models[0].tier",
         ),

@@ -3,7 +3,9 @@
 //! ([`Weighted`]), so the weights hold even when slots free one at a time. A priority
 //! found empty is skipped for the rest of the round and its slots go to the others at
 //! once. So high is served first under a backlog and low still progresses. Only as many
-//! messages are pulled as there are free slots: a buffered message's ack wait runs.
+//! messages are pulled as there are free slots: a buffered message's ack wait runs. And
+//! no more than the [`PullGate`] has room for: jobs waiting for a provider's rate limit
+//! stay in JetStream, not in the worker.
 
 use super::weighted::Weighted;
 use crate::job::Priority;
@@ -23,6 +25,14 @@ const FETCH_STALL: Duration = Duration::from_secs(2);
 /// How long an idle worker's pull request waits on the server.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
+/// How long to wait before asking a closed [`PullGate`] again.
+const GATE_POLL: Duration = Duration::from_millis(100);
+
+/// How many more messages may be pulled now (`usize::MAX`: no limit).
+pub trait PullGate: Send + Sync + 'static {
+    fn room(&self) -> usize;
+}
+
 /// Receives each pulled message together with the slot it occupies.
 pub trait Dispatch: Send + Sync + 'static {
     fn dispatch(&self, priority: Priority, msg: Message, slot: OwnedSemaphorePermit);
@@ -36,6 +46,7 @@ pub struct Scheduler<D: Dispatch> {
     /// True while our own infrastructure (Postgres, NATS) answers: nothing is pulled
     /// while it is false.
     pub ready: tokio::sync::watch::Receiver<bool>,
+    pub gate: Arc<dyn PullGate>,
 }
 
 impl<D: Dispatch> Scheduler<D> {
@@ -60,8 +71,21 @@ impl<D: Dispatch> Scheduler<D> {
                 },
                 _ = stop.cancelled() => break,
             };
+            let room = self.gate.room();
+            if room == 0 {
+                drop(first);
+                tokio::select! {
+                    _ = tokio::time::sleep(GATE_POLL) => {}
+                    _ = stop.cancelled() => break,
+                }
+                continue;
+            }
             let mut budget = first;
-            let more = self.slots.available_permits().min(MAX_FETCH * 3);
+            let more = self
+                .slots
+                .available_permits()
+                .min(MAX_FETCH * 3)
+                .min(room - 1);
             if more > 0 {
                 if let Ok(p) = self.slots.clone().try_acquire_many_owned(more as u32) {
                     budget.merge(p);

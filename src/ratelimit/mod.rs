@@ -1,296 +1,659 @@
-//! Token-bucket rate limits per provider: requests per minute and tokens per minute
-//! (GCRA via `governor`). Bursts are one second's worth of requests and ten seconds'
-//! worth of tokens, so no 60 s window sees much more than the configured figure.
+//! Rate limits per provider, cluster-wide: `rpm` / `tpm` mean at most that many requests
+//! / tokens in any 60 s across the whole pool of workers. Owns admission to a provider
+//! call; the worker asks before each call and says afterwards what the call used.
 //!
-//! These limits are per worker process: with N workers, configure rpm/tpm divided by N
-//! (a cluster-wide limiter is future work, see the README).
+//! - **Window**: each worker logs its own admissions ([`window::Log`]); an admission
+//!   counts for 60 s plus `ratelimit.margin_ms` (the time between admission and the
+//!   request reaching the provider). A sliding log, not a bucket: no burst above the
+//!   limit in any window.
+//! - **Shares**: workers announce themselves on `<prefix>.ctl.heartbeat` every
+//!   `ratelimit.heartbeat_ms` ([`cluster`]) with their share and their log. A worker's
+//!   share is the limit divided by the live members (the remainder to the lowest ids),
+//!   and it admits only while (a) its own window holds fewer than its share and (b) its
+//!   own window plus, for every other worker, the larger of that worker's share and its
+//!   reported window, stays under the limit. (b) makes joins safe (a newcomer sees what
+//!   the others used) and departures exact (a gone worker's reported log still counts
+//!   until it leaves the window; only its unused share comes back, after
+//!   `member_timeout_ms`). A share shrinks at once and grows only a heartbeat after it
+//!   was announced, so the others always bound a worker by at least what it may use. A
+//!   worker that does not hear its own heartbeat back for `member_timeout_ms` minus one
+//!   heartbeat admits nothing: the others may have counted it gone.
+//!   The one gap: a worker killed outright may have admitted calls after its last
+//!   heartbeat (at most one heartbeat's worth); a worker that stops announces it leaves,
+//!   with its log.
+//! - **Tokens** are reserved at admission (input estimate + `max_tokens`) and corrected
+//!   to what the call used ([`Permit::settle`]). A provider's rate-limit headers hold
+//!   back further: a window it reports exhausted is not called until it resets, and one
+//!   with `remaining` left gets at most `remaining / members` more from this worker
+//!   until it resets.
+//! - **Cool-down**: a 429 with a retry delay holds that provider+model on every worker
+//!   (`<prefix>.ctl.cooldown`).
+//! - **Waiting**: a job whose candidates are all at their limit waits for the earliest
+//!   one, in a queue per provider ordered high → normal → low, first come first served
+//!   within a priority. Nothing here fails a job.
 //!
-//! Time is tokio's (`tokio::time::Instant`, `sleep`), and the buckets read it through
-//! [`TokioClock`]: tests run on a paused clock (`tokio::time::pause` / `advance`), never
-//! sleeping.
+//! Time is tokio's (`tokio::time::Instant`, `sleep`): tests run on a paused clock.
+
+mod cluster;
+#[cfg(test)]
+mod tests;
+mod window;
+
+pub use cluster::Report;
 
 use crate::config::Config;
-use crate::providers::ratelimit_headers::RateReading;
-use governor::clock::Clock;
-use governor::middleware::NoOpMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota, RateLimiter};
-use std::collections::HashMap;
-use std::num::NonZeroU32;
-use std::sync::Mutex;
+use crate::job::Priority;
+use crate::providers::ratelimit_headers::{RateReading, Window};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio::time::Instant;
+use window::{Log, PeerLog};
 
-/// Governor's clock on tokio's time, so a paused tokio clock stops the buckets too.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TokioClock;
+/// The length of the window the limits are stated over.
+pub const MINUTE: Duration = Duration::from_secs(60);
 
-impl Clock for TokioClock {
-    type Instant = std::time::Instant;
+/// What one call asks of a provider: one request and `tokens` tokens.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    pub provider: &'a str,
+    /// The upstream model id (holds and provider readings are per provider+model).
+    pub model: &'a str,
+    pub tokens: u64,
+}
 
-    fn now(&self) -> std::time::Instant {
-        Instant::now().into_std()
+/// Requests and tokens of a limit, a share or a window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Amount {
+    requests: u64,
+    tokens: u64,
+}
+
+impl Amount {
+    fn min(self, o: Amount) -> Amount {
+        Amount {
+            requests: self.requests.min(o.requests),
+            tokens: self.tokens.min(o.tokens),
+        }
+    }
+    fn covers(self, o: Amount) -> bool {
+        self.requests >= o.requests && self.tokens >= o.tokens
     }
 }
 
-type Bucket = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<std::time::Instant>>;
-
-struct ProviderLimits {
-    requests: Option<Bucket>,
-    tokens: Option<(Bucket, u32)>,
+/// `limit` split over `members`: `rank` (0-based, by worker id) gets the floor, plus one
+/// when it is among the first `limit % members`, so the shares add up to the limit.
+fn split(limit: u64, members: usize, rank: usize) -> u64 {
+    let n = members.max(1) as u64;
+    limit / n + u64::from((rank as u64) < limit % n)
 }
 
-pub struct Limiters {
-    by_provider: HashMap<String, ProviderLimits>,
-    clock: TokioClock,
-    /// Provider+model windows the provider itself reported exhausted, until when.
-    held: Mutex<HashMap<(String, String), Instant>>,
+struct ProviderState {
+    rpm: Option<u64>,
+    tpm: Option<u64>,
+    log: Log,
+    /// What this worker enforces on itself.
+    share: Amount,
+    /// What its last heartbeat told the others it may use.
+    announced: Amount,
+    /// Waiting jobs: (priority index, arrival).
+    queue: BTreeSet<(usize, u64)>,
 }
 
-/// The outcome of asking for capacity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
-    /// Capacity taken; go ahead.
+impl ProviderState {
+    fn limited(&self) -> bool {
+        self.rpm.is_some() || self.tpm.is_some()
+    }
+    fn limit(&self) -> Amount {
+        Amount {
+            requests: self.rpm.unwrap_or(u64::MAX),
+            tokens: self.tpm.unwrap_or(u64::MAX),
+        }
+    }
+    /// Tokens an ask counts for: at least 1, at most the share (a call larger than the
+    /// share would never fit; it goes when the window is empty).
+    fn tokens_of(&self, asked: u64) -> u64 {
+        match self.tpm {
+            Some(_) => asked.clamp(1, self.share.tokens.max(1)),
+            None => asked,
+        }
+    }
+}
+
+/// What another worker last said about one provider.
+struct PeerLimit {
+    share: Amount,
+    log: PeerLog,
+}
+
+struct Peer {
+    heard: Instant,
+    leaving: bool,
+    limits: HashMap<String, PeerLimit>,
+}
+
+impl Peer {
+    fn live(&self, now: Instant, timeout: Duration) -> bool {
+        !self.leaving && now < self.heard + timeout
+    }
+}
+
+/// What a provider's headers said is left, for this worker, until when.
+#[derive(Debug, Clone, Copy)]
+struct Headroom {
+    requests: Option<(u64, Instant)>,
+    tokens: Option<(u64, Instant)>,
+}
+
+struct Me {
+    id: String,
+    clustered: bool,
+    /// When this worker last heard its own heartbeat.
+    echo: Instant,
+    members: usize,
+}
+
+struct State {
+    providers: HashMap<String, ProviderState>,
+    /// Provider+model held until then (cool-downs, exhausted windows).
+    holds: HashMap<(String, String), Instant>,
+    headroom: HashMap<(String, String), Headroom>,
+    peers: HashMap<String, Peer>,
+    me: Me,
+    seq: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    window: Duration,
+    heartbeat: Duration,
+    member_timeout: Duration,
+}
+
+impl Timing {
+    /// Longer than this without hearing itself and a worker admits nothing.
+    fn self_hold(&self) -> Duration {
+        self.member_timeout.saturating_sub(self.heartbeat)
+    }
+}
+
+/// What a check found.
+enum Check {
     Go,
-    /// Not before this long: longer than the caller is willing to wait.
-    Wait(Duration),
+    /// This provider+model is held until then (wait outside the queue).
+    Held(Instant),
+    /// The provider's limits are used up; something changes by then at the latest.
+    Later(Instant),
+}
+
+struct Inner {
+    timing: Timing,
+    state: Mutex<State>,
+    /// Woken whenever capacity may have come back.
+    changed: Notify,
+    /// Permits alive: calls admitted and not yet settled.
+    calling: AtomicUsize,
+    /// Jobs waiting in a queue or out a hold.
+    waiting: AtomicUsize,
+    link: OnceLock<cluster::Link>,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The limiters of every provider; cheap to clone (shared).
+#[derive(Clone)]
+pub struct Limiters {
+    inner: Arc<Inner>,
+}
+
+/// One admitted call. Settle it with what the call used; dropping it keeps the full
+/// reservation.
+#[must_use = "settle the permit with the call's usage"]
+pub struct Permit {
+    inner: Arc<Inner>,
+    provider: String,
+    id: u64,
+}
+
+impl Permit {
+    /// Correct the reserved tokens to `used` (what the provider reported), or keep the
+    /// reservation when it reported nothing.
+    pub fn settle(self, used: Option<u64>) {
+        let Some(used) = used else { return };
+        {
+            let mut st = self.inner.lock();
+            if let Some(p) = st.providers.get_mut(&self.provider) {
+                if p.tpm.is_some() {
+                    p.log.set_tokens(self.id, used.max(1));
+                } else {
+                    p.log.set_tokens(self.id, used);
+                }
+            }
+        }
+        self.inner.changed.notify_waiters();
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.inner.calling.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Takes a waiting job out of its queue however its wait ends.
+struct Queued<'a> {
+    inner: &'a Inner,
+    provider: &'a str,
+    key: (usize, u64),
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.inner.lock().providers.get_mut(self.provider) {
+            p.queue.remove(&self.key);
+        }
+        self.inner.changed.notify_waiters();
+    }
+}
+
+/// Counts a job as waiting while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        Waiting(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl State {
+    /// The most the other workers can have in the window of `provider` ending at `now`:
+    /// a live worker the larger of its share and its reported window, a gone one its
+    /// reported window. Also the next moment one of their entries leaves the window.
+    fn others(&self, provider: &str, now: Instant, t: &Timing) -> (Amount, Option<Instant>) {
+        let mut sum = Amount::default();
+        let mut next: Option<Instant> = None;
+        for peer in self.peers.values() {
+            let Some(pl) = peer.limits.get(provider) else {
+                continue;
+            };
+            let (r, tok) = pl.log.in_window(now, t.window);
+            let (r, tok) = if peer.live(now, t.member_timeout) {
+                (r.max(pl.share.requests), tok.max(pl.share.tokens))
+            } else {
+                (r, tok)
+            };
+            sum.requests = sum.requests.saturating_add(r);
+            sum.tokens = sum.tokens.saturating_add(tok);
+            next = min_opt(next, pl.log.next_expiry(now, t.window));
+        }
+        (sum, next)
+    }
+
+    fn check(&mut self, ask: &Ask<'_>, now: Instant, t: &Timing) -> Check {
+        let key = (ask.provider.to_string(), ask.model.to_string());
+        if let Some(until) = self.holds.get(&key).copied() {
+            if until > now {
+                return Check::Held(until);
+            }
+            self.holds.remove(&key);
+        }
+        if let Some(h) = self.headroom.get(&key).copied() {
+            let mut live = false;
+            if let Some((left, until)) = h.requests.filter(|(_, u)| *u > now) {
+                live = true;
+                if left == 0 {
+                    return Check::Held(until);
+                }
+            }
+            if let Some((left, until)) = h.tokens.filter(|(_, u)| *u > now) {
+                live = true;
+                if left < ask.tokens.max(1) {
+                    return Check::Held(until);
+                }
+            }
+            if !live {
+                self.headroom.remove(&key);
+            }
+        }
+        let (others, peers_next) = self.others(ask.provider, now, t);
+        let clustered_and_unheard =
+            self.me.clustered && now.saturating_duration_since(self.me.echo) > t.self_hold();
+        let Some(p) = self.providers.get_mut(ask.provider) else {
+            return Check::Go;
+        };
+        if !p.limited() {
+            return Check::Go;
+        }
+        if clustered_and_unheard {
+            return Check::Later(now + t.heartbeat);
+        }
+        p.log.prune(now, t.window);
+        let later = || {
+            let next = min_opt(p.log.next_expiry(t.window), peers_next);
+            Check::Later(next.unwrap_or(now + t.heartbeat).min(now + t.heartbeat))
+        };
+        let limit = p.limit();
+        let own = Amount {
+            requests: p.log.requests(),
+            tokens: p.log.tokens(),
+        };
+        let want = Amount {
+            requests: 1,
+            tokens: p.tokens_of(ask.tokens),
+        };
+        let fits = |mine: u64, want: u64, share: u64, others: u64, limit: u64| {
+            mine.saturating_add(want) <= share
+                && mine.saturating_add(want).saturating_add(others) <= limit
+        };
+        if p.rpm.is_some()
+            && !fits(
+                own.requests,
+                want.requests,
+                p.share.requests,
+                others.requests,
+                limit.requests,
+            )
+        {
+            return later();
+        }
+        if p.tpm.is_some()
+            && !fits(
+                own.tokens,
+                want.tokens,
+                p.share.tokens,
+                others.tokens,
+                limit.tokens,
+            )
+        {
+            return later();
+        }
+        Check::Go
+    }
+
+    /// Take what `ask` needs (after a [`Check::Go`]); returns the permit's id.
+    fn take(&mut self, ask: &Ask<'_>, now: Instant) -> u64 {
+        self.seq += 1;
+        let id = self.seq;
+        if let Some(p) = self.providers.get_mut(ask.provider) {
+            if p.limited() {
+                let tokens = p.tokens_of(ask.tokens);
+                p.log.push(now, id, tokens);
+            }
+        }
+        let key = (ask.provider.to_string(), ask.model.to_string());
+        if let Some(h) = self.headroom.get_mut(&key) {
+            if let Some((left, _)) = &mut h.requests {
+                *left = left.saturating_sub(1);
+            }
+            if let Some((left, _)) = &mut h.tokens {
+                *left = left.saturating_sub(ask.tokens);
+            }
+        }
+        id
+    }
+
+    /// Someone of the same or a higher priority is already waiting for `provider`.
+    fn queued_ahead(&self, provider: &str, priority: Priority) -> bool {
+        self.providers
+            .get(provider)
+            .and_then(|p| p.queue.first())
+            .is_some_and(|(prio, _)| *prio <= priority.index())
+    }
+
+    fn hold(&mut self, provider: &str, model: &str, until: Instant) {
+        let e = self
+            .holds
+            .entry((provider.to_string(), model.to_string()))
+            .or_insert(until);
+        *e = (*e).max(until);
+    }
+}
+
+fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
 }
 
 impl Limiters {
+    /// Limits from the config, for this worker alone until it joins a cluster
+    /// ([`Limiters::join`]): then it shares them with the other workers.
     pub fn new(config: &Config) -> Limiters {
-        let clock = TokioClock;
-        let mut by_provider = HashMap::new();
-        for p in &config.providers {
-            let requests = p.rpm.and_then(NonZeroU32::new).map(|rpm| {
-                let burst = NonZeroU32::new((rpm.get() / 60).max(1)).unwrap_or(NonZeroU32::MIN);
-                RateLimiter::direct_with_clock(Quota::per_minute(rpm).allow_burst(burst), clock)
-            });
-            let tokens = p.tpm.and_then(NonZeroU32::new).map(|tpm| {
-                let burst = (tpm.get() / 6).max(1);
-                let b = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
-                (
-                    RateLimiter::direct_with_clock(Quota::per_minute(tpm).allow_burst(b), clock),
-                    burst,
-                )
-            });
-            by_provider.insert(p.name.clone(), ProviderLimits { requests, tokens });
-        }
+        let providers = config
+            .providers
+            .iter()
+            .map(|p| {
+                let rpm = p.rpm.map(u64::from);
+                let tpm = p.tpm.map(u64::from);
+                let full = Amount {
+                    requests: rpm.unwrap_or(0),
+                    tokens: tpm.unwrap_or(0),
+                };
+                let state = ProviderState {
+                    rpm,
+                    tpm,
+                    log: Log::default(),
+                    share: full,
+                    announced: full,
+                    queue: BTreeSet::new(),
+                };
+                (p.name.clone(), state)
+            })
+            .collect();
+        let r = &config.ratelimit;
+        let timing = Timing {
+            window: MINUTE + Duration::from_millis(r.margin_ms),
+            heartbeat: Duration::from_millis(r.heartbeat_ms.max(1)),
+            member_timeout: Duration::from_millis(r.member_timeout_ms.max(1)),
+        };
         Limiters {
-            by_provider,
-            clock,
-            held: Mutex::new(HashMap::new()),
+            inner: Arc::new(Inner {
+                timing,
+                state: Mutex::new(State {
+                    providers,
+                    holds: HashMap::new(),
+                    headroom: HashMap::new(),
+                    peers: HashMap::new(),
+                    me: Me {
+                        id: String::new(),
+                        clustered: false,
+                        echo: Instant::now(),
+                        members: 1,
+                    },
+                    seq: 0,
+                }),
+                changed: Notify::new(),
+                calling: AtomicUsize::new(0),
+                waiting: AtomicUsize::new(0),
+                link: OnceLock::new(),
+            }),
         }
+    }
+
+    /// Calls admitted and not yet settled (permits alive).
+    pub fn calling(&self) -> usize {
+        self.inner.calling.load(Ordering::Relaxed)
+    }
+
+    /// Jobs waiting for capacity right now.
+    pub fn waiting(&self) -> usize {
+        self.inner.waiting.load(Ordering::Relaxed)
     }
 
     /// Learn from a provider's rate-limit headers: a window it reports exhausted is not
-    /// sent to again until it resets.
+    /// called again until it resets; one with `remaining` left gets at most
+    /// `remaining / members` more calls (tokens) from this worker until it resets.
     pub fn observe(&self, provider: &str, model: &str, reading: Option<&RateReading>) {
-        let Some(hold) = reading.and_then(RateReading::hold_off) else {
+        let Some(reading) = reading else { return };
+        let now = Instant::now();
+        {
+            let mut st = self.inner.lock();
+            if let Some(hold) = reading.hold_off() {
+                st.hold(provider, model, now + hold);
+            }
+            let members = st.me.members.max(1) as u64;
+            let part = |w: &Window| match (w.remaining, w.reset) {
+                (Some(left), Some(reset)) if left > 0 => Some((left / members, now + reset)),
+                _ => None,
+            };
+            let h = Headroom {
+                requests: part(&reading.requests),
+                tokens: part(&reading.tokens),
+            };
+            let key = (provider.to_string(), model.to_string());
+            if h.requests.is_some() || h.tokens.is_some() {
+                st.headroom.insert(key, h);
+            } else {
+                st.headroom.remove(&key);
+            }
+        }
+        self.inner.changed.notify_waiters();
+    }
+
+    /// A 429 asked to wait `retry_after`: hold `provider`/`model` that long here and on
+    /// every other worker.
+    pub async fn cool_down(&self, provider: &str, model: &str, retry_after: Option<Duration>) {
+        let Some(d) = retry_after.filter(|d| !d.is_zero()) else {
             return;
         };
-        if let Ok(mut held) = self.held.lock() {
-            let until = Instant::now() + hold;
-            let e = held
-                .entry((provider.to_string(), model.to_string()))
-                .or_insert(until);
-            *e = (*e).max(until);
+        self.inner.lock().hold(provider, model, Instant::now() + d);
+        if let Some(link) = self.inner.link.get() {
+            link.announce_cooldown(provider, model, d).await;
         }
     }
 
-    /// Time left before `provider`/`model` may be called again, per its own headers.
-    fn held_for(&self, provider: &str, model: &str) -> Option<Duration> {
-        let mut held = self.held.lock().ok()?;
-        let key = (provider.to_string(), model.to_string());
-        let until = *held.get(&key)?;
-        let now = Instant::now();
-        if until <= now {
-            held.remove(&key);
-            return None;
+    /// Admit one call to `ask`, waiting as long as it takes (drop the future to give up).
+    pub async fn admit(&self, ask: Ask<'_>, priority: Priority) -> Permit {
+        loop {
+            if let Some((_, permit)) = self.admit_first(&[ask], priority).await {
+                return permit;
+            }
         }
-        Some(until - now)
     }
 
-    /// Take one request and `tokens` tokens of `provider`'s capacity, waiting up to
-    /// `max_wait` for it.
-    pub async fn admit(
+    /// Admit a call to the first of `asks` (in order) that the limits let go now; when
+    /// none can, wait for the one expected to be free first. Returns its index and the
+    /// permit; `None` only when `asks` is empty. Drop the future to give up.
+    pub async fn admit_first(
         &self,
-        provider: &str,
-        model: &str,
-        tokens: u64,
-        max_wait: Duration,
-    ) -> Admission {
-        let deadline = Instant::now() + max_wait;
-        if let Some(wait) = self.held_for(provider, model) {
-            if wait > max_wait {
-                return Admission::Wait(wait);
-            }
-            tokio::time::sleep(wait).await;
-        }
-        let Some(l) = self.by_provider.get(provider) else {
-            return Admission::Go;
-        };
-        if let Some(r) = &l.requests {
-            loop {
-                match r.check() {
-                    Ok(()) => break,
-                    Err(not_until) => {
-                        let wait = not_until.wait_time_from(self.clock.now());
-                        if Instant::now() + wait > deadline {
-                            return Admission::Wait(wait);
+        asks: &[Ask<'_>],
+        priority: Priority,
+    ) -> Option<(usize, Permit)> {
+        let t = self.inner.timing;
+        let mut waiting: Option<Waiting<'_>> = None;
+        loop {
+            let now = Instant::now();
+            // The earliest expected: (index, when, held outside the queue).
+            let mut earliest: Option<(usize, Instant, bool)> = None;
+            {
+                let mut st = self.inner.lock();
+                for (i, ask) in asks.iter().enumerate() {
+                    let found = if st.queued_ahead(ask.provider, priority) {
+                        Check::Later(now)
+                    } else {
+                        st.check(ask, now, &t)
+                    };
+                    let (when, held) = match found {
+                        Check::Go => {
+                            let id = st.take(ask, now);
+                            drop(st);
+                            return Some((i, self.permit(ask.provider, id)));
                         }
-                        tokio::time::sleep(wait).await;
+                        Check::Held(until) => (until, true),
+                        Check::Later(at) => (at, false),
+                    };
+                    if earliest.is_none_or(|(_, w, _)| when < w) {
+                        earliest = Some((i, when, held));
                     }
                 }
             }
-        }
-        if let Some((t, burst)) = &l.tokens {
-            let n = NonZeroU32::new(tokens.clamp(1, u64::from(*burst)) as u32)
-                .unwrap_or(NonZeroU32::MIN);
-            loop {
-                match t.check_n(n) {
-                    Ok(Ok(())) => break,
-                    Ok(Err(not_until)) => {
-                        let wait = not_until.wait_time_from(self.clock.now());
-                        if Instant::now() + wait > deadline {
-                            return Admission::Wait(wait);
-                        }
-                        tokio::time::sleep(wait).await;
-                    }
-                    // n is clamped to the burst, so this cannot happen; admit rather than stall.
-                    Err(_) => break,
-                }
+            let (i, when, held) = earliest?;
+            waiting.get_or_insert_with(|| Waiting::new(&self.inner.waiting));
+            if held {
+                tokio::time::sleep_until(when).await;
+                continue;
+            }
+            if let Some(permit) = self.wait_in_queue(&asks[i], priority).await {
+                return Some((i, permit));
             }
         }
-        Admission::Go
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::FileConfig;
-    use crate::providers::ratelimit_headers::{RateReading, Window};
-
-    fn limiters(limits: &str) -> Limiters {
-        let text = format!(
-            "[[providers]]\nname = \"p\"\nkind = \"openai_compatible\"\nbase_url = \"http://x\"\n{limits}\n"
-        );
-        Limiters::new(&FileConfig::from_toml_with_env(&text, "t", &[]).unwrap())
     }
 
-    async fn admit(l: &Limiters, model: &str, tokens: u64, max_wait: Duration) -> Admission {
-        l.admit("p", model, tokens, max_wait).await
-    }
-
-    /// `model` must wait exactly `wait` now (`max_wait` zero), and is admitted once it
-    /// has passed.
-    async fn must_wait_exactly(l: &Limiters, model: &str, tokens: u64, wait: Duration) {
-        assert_eq!(
-            admit(l, model, tokens, Duration::ZERO).await,
-            Admission::Wait(wait)
-        );
-        tokio::time::advance(wait).await;
-        assert_eq!(admit(l, model, tokens, Duration::ZERO).await, Admission::Go);
-    }
-
-    /// How long an admission willing to wait `max_wait` took to go ahead.
-    async fn admitted_after(l: &Limiters, tokens: u64, max_wait: Duration) -> Duration {
-        let start = Instant::now();
-        assert_eq!(admit(l, "m", tokens, max_wait).await, Admission::Go);
-        start.elapsed()
-    }
-
-    fn exhausted_for(reset: Duration) -> RateReading {
-        RateReading {
-            requests: Window {
-                limit: Some(10),
-                remaining: Some(0),
-                reset: Some(reset),
-            },
-            tokens: Window::default(),
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn requests_beyond_the_burst_must_wait() {
-        let l = limiters("rpm = 60"); // burst 1, one per second
-        assert_eq!(admit(&l, "m", 1, Duration::ZERO).await, Admission::Go);
-        match admit(&l, "m", 1, Duration::from_millis(10)).await {
-            Admission::Wait(d) => assert_eq!(d, Duration::from_secs(1)),
-            Admission::Go => panic!("second request inside a second must wait"),
-        }
-        tokio::time::advance(Duration::from_millis(400)).await;
-        must_wait_exactly(&l, "m", 1, Duration::from_millis(600)).await;
-        assert_eq!(
-            l.admit("unknown", "m", 1, Duration::ZERO).await,
-            Admission::Go
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_wait_within_max_wait_is_waited_out() {
-        let l = limiters("rpm = 60");
-        assert_eq!(admit(&l, "m", 1, Duration::ZERO).await, Admission::Go);
-        assert_eq!(
-            admitted_after(&l, 1, Duration::from_secs(2)).await,
-            Duration::from_secs(1)
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn exhausted_windows_reported_by_the_provider_are_held() {
-        let l = limiters("rpm = 600");
-        l.observe("p", "m", Some(&exhausted_for(Duration::from_secs(30))));
-        match admit(&l, "m", 1, Duration::from_millis(10)).await {
-            Admission::Wait(d) => assert_eq!(d, Duration::from_secs(30)),
-            Admission::Go => panic!("held window admitted a call"),
-        }
-        // Other models of the provider are not held.
-        assert_eq!(admit(&l, "other", 1, Duration::ZERO).await, Admission::Go);
-        // A reading with capacity left holds nothing.
-        let fine = RateReading {
-            requests: Window {
-                remaining: Some(5),
-                ..Default::default()
-            },
-            ..Default::default()
+    /// Wait in `ask.provider`'s queue until this job is first and the limits let it go.
+    /// `None`: its model became held meanwhile (the caller waits that out, then asks
+    /// again).
+    async fn wait_in_queue(&self, ask: &Ask<'_>, priority: Priority) -> Option<Permit> {
+        let t = self.inner.timing;
+        let key = {
+            let mut st = self.inner.lock();
+            st.seq += 1;
+            let key = (priority.index(), st.seq);
+            st.providers.get_mut(ask.provider)?.queue.insert(key);
+            key
         };
-        l.observe("p", "x", Some(&fine));
-        assert_eq!(admit(&l, "x", 1, Duration::ZERO).await, Admission::Go);
-        // The hold ends when the window resets.
-        tokio::time::advance(Duration::from_secs(29)).await;
-        must_wait_exactly(&l, "m", 1, Duration::from_secs(1)).await;
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_later_hold_extends_an_earlier_one_and_never_shortens_it() {
-        let l = limiters("");
-        l.observe("p", "m", Some(&exhausted_for(Duration::from_secs(10))));
-        l.observe("p", "m", Some(&exhausted_for(Duration::from_secs(5))));
-        assert_eq!(
-            admitted_after(&l, 1, Duration::from_secs(20)).await,
-            Duration::from_secs(10)
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn burst_is_one_second_of_requests() {
-        let l = limiters("rpm = 600"); // 10 per second
-        for _ in 0..10 {
-            assert_eq!(admit(&l, "m", 1, Duration::ZERO).await, Admission::Go);
+        let queued = Queued {
+            inner: &self.inner,
+            provider: ask.provider,
+            key,
+        };
+        loop {
+            let notified = self.inner.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = Instant::now();
+            let next = {
+                let mut st = self.inner.lock();
+                let first =
+                    st.providers.get(ask.provider).and_then(|p| p.queue.first()) == Some(&key);
+                if first {
+                    match st.check(ask, now, &t) {
+                        Check::Go => {
+                            let id = st.take(ask, now);
+                            drop(st);
+                            // The queue guard takes it out and wakes the next one.
+                            drop(queued);
+                            return Some(self.permit(ask.provider, id));
+                        }
+                        Check::Held(_) => return None,
+                        Check::Later(at) => Some(at),
+                    }
+                } else {
+                    None
+                }
+            };
+            match next {
+                Some(at) => {
+                    tokio::select! {
+                        _ = &mut notified => {}
+                        _ = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                None => notified.await,
+            }
         }
-        must_wait_exactly(&l, "m", 1, Duration::from_millis(100)).await;
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn tokens_burst_is_ten_seconds_and_refills_at_the_rate() {
-        let l = limiters("tpm = 6000"); // 100 tokens per second, burst 1000
-        assert_eq!(admit(&l, "m", 1000, Duration::ZERO).await, Admission::Go);
-        must_wait_exactly(&l, "m", 200, Duration::from_secs(2)).await;
-        // More than the burst is clamped to the burst, so it is admitted eventually.
-        assert_eq!(
-            admitted_after(&l, 50_000, Duration::from_secs(60)).await,
-            Duration::from_secs(10)
-        );
+    fn permit(&self, provider: &str, id: u64) -> Permit {
+        self.inner.calling.fetch_add(1, Ordering::Relaxed);
+        Permit {
+            inner: self.inner.clone(),
+            provider: provider.to_string(),
+            id,
+        }
     }
 }

@@ -6,9 +6,10 @@ use super::Ctx;
 use crate::config::ModelConfig;
 use crate::cost::cost_of;
 use crate::health::{Admit, CallOutcome};
+use crate::job::Priority;
 use crate::job::{Attempt, Job, Output, Usage};
 use crate::providers::{ChatRequest, ChatResponse, FailureClass};
-use crate::ratelimit::Admission;
+use crate::ratelimit::Ask;
 use crate::router::Plan;
 use crate::store::{CallRecord, CommitRequest, JobKey, Lease};
 use rust_decimal::prelude::ToPrimitive;
@@ -37,6 +38,7 @@ pub async fn run_chain(
     plan: &Plan,
     input_estimate: u64,
     first_attempt: u32,
+    priority: Priority,
     lease: &Lease,
 ) -> ChainOutcome {
     let mut out = ChainOutcome {
@@ -47,43 +49,73 @@ pub async fn run_chain(
         all_context_too_long: true,
         cancelled: false,
     };
-    let max_wait = Duration::from_millis(ctx.cfg.worker.max_limiter_wait_ms);
     let mut attempt = first_attempt;
-    // health: the latency-aware order, when the job asks for a tier or `auto`.
-    for cand in ctx.health.order(&job.model, &plan.candidates) {
-        let m = &cand.model;
-        let Some(adapter) = ctx.providers.get(&m.provider) else {
-            continue;
-        };
-        // health: an open breaker or a 429 cool-down skips the candidate, like the local
-        // rate limit below: no call, no cost row, not a failure of the job.
-        let admit = ctx.health.allow(&m.provider, &m.name);
-        if let Admit::Skip(why, d) = admit {
-            tracing::debug!(provider = %m.provider, model = %m.name, why = why.as_str(),
-                wait_ms = d.as_millis() as u64, "provider unhealthy; next candidate");
-            out.transient = true;
-            out.all_context_too_long = false;
-            out.retry_after = Some(out.retry_after.map_or(d, |r| r.min(d)));
-            continue;
-        }
-        let want_tokens = input_estimate + u64::from(cand.max_tokens);
+    // ── Rate limits and health (issue 11): each round drops the candidates whose breaker
+    // is open or cooling (no call, no cost row: not a failure of the job), then calls the
+    // first one left that the limits let go now, or waits (in priority order) for the
+    // earliest one. A local limit is never a failure; each candidate is called at most
+    // once per delivery. The order is latency-aware when the job asks for a tier or auto.
+    let mut left: Vec<&crate::router::Candidate> = ctx
+        .health
+        .order(&job.model, &plan.candidates)
+        .into_iter()
+        .filter(|c| ctx.providers.get(&c.model.provider).is_some())
+        .collect();
+    loop {
+        let mut admits: Vec<Admit> = Vec::with_capacity(left.len());
+        left.retain(|c| {
+            let m = &c.model;
+            match ctx.health.allow(&m.provider, &m.name) {
+                Admit::Skip(why, d) => {
+                    tracing::debug!(provider = %m.provider, model = %m.name, why = why.as_str(),
+                        wait_ms = d.as_millis() as u64, "provider unhealthy; next candidate");
+                    out.transient = true;
+                    out.all_context_too_long = false;
+                    out.retry_after = Some(out.retry_after.map_or(d, |r| r.min(d)));
+                    false
+                }
+                a => {
+                    admits.push(a);
+                    true
+                }
+            }
+        });
+        let asks: Vec<Ask<'_>> = left
+            .iter()
+            .map(|c| Ask {
+                provider: &c.model.provider,
+                model: &c.model.upstream,
+                tokens: input_estimate + u64::from(c.max_tokens),
+            })
+            .collect();
         let admitted = tokio::select! {
-            a = ctx.limiters.admit(&m.provider, &m.upstream, want_tokens, max_wait) => a,
-            _ = ctx.abort.cancelled() => {
-                give_back(ctx, m, admit);
+            a = ctx.limiters.admit_first(&asks, priority) => a,
+            _ = ctx.abort.cancelled() => None,
+        };
+        let Some((i, permit)) = admitted else {
+            // Nothing left, or the worker is stopping: free the probe slots taken above.
+            for (c, a) in left.iter().zip(admits) {
+                give_back(ctx, &c.model, a);
+            }
+            if ctx.abort.is_cancelled() {
                 out.cancelled = true;
                 out.transient = true;
                 return out;
             }
+            break;
         };
-        if let Admission::Wait(d) = admitted {
-            give_back(ctx, m, admit);
-            tracing::debug!(provider = %m.provider, wait_ms = d.as_millis() as u64, "rate limited locally; next candidate");
-            out.transient = true;
-            out.all_context_too_long = false;
-            out.retry_after = Some(out.retry_after.map_or(d, |r| r.min(d)));
-            continue;
+        let cand = left.remove(i);
+        let admit = admits.remove(i);
+        // The others' probe slots go back: they are asked again next round.
+        for (c, a) in left.iter().zip(admits) {
+            give_back(ctx, &c.model, a);
         }
+        let m = &cand.model;
+        let Some(adapter) = ctx.providers.get(&m.provider) else {
+            give_back(ctx, m, admit);
+            continue;
+        };
+        // ── end rate limits and health
         let req = ChatRequest {
             model: &m.upstream,
             messages: &job.messages,
@@ -155,6 +187,19 @@ pub async fn run_chain(
         };
         ctx.health
             .record(&m.provider, &m.name, judged, started.elapsed());
+        // Rate limits: correct the reservation to the usage; a 429 cools every worker.
+        let used = match &result {
+            Ok(r) => Some(r.usage),
+            Err(e) => e.usage,
+        };
+        permit.settle(used.map(|u| u.input_tokens + u.output_tokens));
+        if let Err(e) = &result {
+            if e.class == FailureClass::RateLimited {
+                ctx.limiters
+                    .cool_down(&m.provider, &m.upstream, e.retry_after)
+                    .await;
+            }
+        }
         match result {
             Ok(mut resp) => {
                 sanitize(&mut resp.output);

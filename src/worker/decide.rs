@@ -48,9 +48,7 @@ pub fn decide(o: &ChainOutcome, delivery: u64, policy: &RetryPolicy) -> Verdict 
                 .as_ref()
                 .map(|m| format!("{}/{}: {} ({m})", a.provider, a.model, a.outcome))
         })
-        .unwrap_or_else(|| {
-            "every candidate was rate limited locally or its circuit breaker was open".into()
-        });
+        .unwrap_or_else(|| "every candidate's circuit breaker was open or cooling down".into());
     if o.transient {
         if delivery < u64::from(policy.max_deliveries) {
             return Verdict::Retry {

@@ -245,7 +245,16 @@ async fn attempt(
         }
     };
     let first_attempt = prior.iter().map(|a| a.attempt).max().unwrap_or(0) + 1;
-    let outcome = run_chain(ctx, job, &plan, estimate, first_attempt, &lease).await;
+    let outcome = run_chain(
+        ctx,
+        job,
+        &plan,
+        estimate,
+        first_attempt,
+        s.d.priority,
+        &lease,
+    )
+    .await;
     let policy = RetryPolicy {
         max_deliveries: ctx.cfg.worker.max_deliveries,
         base: Duration::from_millis(ctx.cfg.worker.retry_base_ms),
