@@ -144,19 +144,26 @@ pub async fn run_worker(
         .join(client.clone(), &cfg.nats.prefix, limits_stop.clone())
         .await
         .context("subscribing to the other workers' heartbeats")?;
+    let budgets = Arc::new(crate::budget::Budgets::new(pool.clone(), clock.clone()));
     let ctx = Arc::new(Ctx {
         metrics: metrics.clone(),
         health,
         rules: cfg.parse_rules(),
         router: Router::new(&cfg),
         limiters: limiters.clone(),
-        budgets: crate::budget::Budgets::new(pool.clone(), clock.clone()),
+        budgets: budgets.clone(),
         providers,
         claimer,
         writer,
         leases,
         infra: infra.clone(),
         clock,
+        exact_tokens: cfg
+            .providers
+            .iter()
+            .filter(|p| matches!(p.kind, crate::config::ProviderKind::Openai))
+            .map(|p| p.name.clone())
+            .collect(),
         publisher: Publisher {
             client: client.clone(),
             js,
@@ -165,6 +172,27 @@ pub async fn run_worker(
         abort: abort.clone(),
         cfg: cfg.clone(),
     });
+    // `switchyard budget set` announces a change: read budgets again at once.
+    let mut budget_news = client
+        .subscribe(crate::budget::changed_subject(&cfg.nats.prefix))
+        .await
+        .context("subscribing to budget changes")?;
+    let budget_watch = {
+        let budgets = budgets.clone();
+        let stop = limits_stop.clone();
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            loop {
+                tokio::select! {
+                    m = budget_news.next() => match m {
+                        Some(_) => budgets.invalidate(),
+                        None => break,
+                    },
+                    _ = stop.cancelled() => break,
+                }
+            }
+        })
+    };
     let tracker = TaskTracker::new();
     let scheduler = Scheduler {
         consumers,
@@ -206,6 +234,7 @@ pub async fn run_worker(
     // No more calls: give this worker's share of the limits back.
     limits_stop.cancel();
     let _ = limits_task.await;
+    let _ = budget_watch.await;
     let _ = claim_loop.await;
     let _ = commit_loop.await;
     keeper_stop.cancel();

@@ -382,3 +382,110 @@ async fn a_budget_defer_does_not_spend_a_delivery() {
     stop.cancel();
     worker.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_workers_racing_one_budget_never_overspend_it() {
+    let env = TestEnv::new(|c| {
+        c.worker.max_in_flight = 32;
+    })
+    .await;
+    // A limit that a fraction of the jobs' worst cases fits in.
+    sqlx::query(
+        "INSERT INTO budgets (tenant, period, limit_usd, policy) VALUES ('acme', 'day', 0.004, 'fail')",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    env.sim.set_profile(FaultProfile {
+        latency_ms: 50,
+        ..Default::default()
+    });
+    let workers = [
+        env.start_worker().await,
+        env.start_worker().await,
+        env.start_worker().await,
+    ];
+    const N: usize = 300;
+    for i in 0..N {
+        env.publish(
+            Priority::Normal,
+            "acme",
+            job(
+                &format!("b{i}"),
+                "acme",
+                r#","model":"openai/gpt-4o-mini","max_tokens":200"#,
+            ),
+        )
+        .await;
+    }
+    let mut done = 0;
+    for _ in 0..600 {
+        done = count(&env, "SELECT count(*) FROM jobs WHERE status <> 'running'").await;
+        if done == N as i64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(done, N as i64, "every job ended");
+    let denied = count(
+        &env,
+        "SELECT count(*) FROM jobs WHERE error_kind = 'budget_exceeded'",
+    )
+    .await;
+    assert!(
+        denied > 0 && denied < N as i64,
+        "the budget ran out part way: {denied}"
+    );
+    let (limit, spent, reserved): (Decimal, Decimal, Decimal) = sqlx::query_as(
+        "SELECT limit_usd, spent_usd, reserved_usd FROM budgets WHERE tenant = 'acme'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    let billed: Decimal = sqlx::query_scalar(
+        "SELECT coalesce(sum(cost_usd), 0) FROM cost_rows WHERE tenant = 'acme'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert!(spent <= limit, "spent {spent} of {limit}");
+    assert_eq!(spent, billed, "spend is the cost rows' sum");
+    assert_eq!(reserved, Decimal::ZERO);
+    assert_one_row_per_call(&env).await;
+    for (stop, w) in workers {
+        stop.cancel();
+        w.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_budget_reaches_running_workers_at_once() {
+    let env = TestEnv::new(|_| {}).await;
+    let (stop, worker) = env.start_worker().await;
+    // The worker learns that acme has no budget …
+    env.publish(Priority::Normal, "acme", job("free", "acme", PINNED))
+        .await;
+    assert_eq!(
+        env.result("acme", "free", 20).await.status,
+        Status::Succeeded
+    );
+    // … then an operator sets one of 0 USD: the next job is refused, well within the
+    // 5 s that the worker would otherwise keep its last reading.
+    let (code, _, err) = env
+        .cli(&[
+            "budget", "set", "--tenant", "acme", "--period", "day", "--limit", "0",
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.publish(Priority::Normal, "acme", job("capped", "acme", PINNED))
+        .await;
+    let r = env.result("acme", "capped", 20).await;
+    assert_eq!(
+        r.error.map(|e| e.kind),
+        Some(ErrorKind::BudgetExceeded),
+        "the change was pushed to the worker"
+    );
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+}

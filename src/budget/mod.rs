@@ -7,8 +7,10 @@
 //! `budget_exceeded`; `policy = defer` hands it back until the period turns over (checking
 //! again every few minutes, in case the limit is raised).
 //!
-//! Only tenants that have a budget pay for this round trip: the set of such tenants is
-//! cached and refreshed every few seconds.
+//! Only tenants that have a budget pay for this round trip: the set of such tenants (with
+//! the share of their limits used, for budget-aware routing) is cached, refreshed every
+//! few seconds and at once when `switchyard budget set` announces a change on
+//! `<prefix>.ctl.budgets`.
 
 use crate::clock::Clock;
 use crate::store::{self, budgets::BudgetRow, Lease, StoreError};
@@ -16,7 +18,7 @@ use chrono::{DateTime, Datelike, TimeZone, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use sqlx::PgPool;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -153,10 +155,17 @@ pub fn check(
     Ok(starts)
 }
 
+/// The subject on which `switchyard budget set` tells every worker that budgets changed.
+pub fn changed_subject(prefix: &str) -> String {
+    format!("{prefix}.ctl.budgets")
+}
+
 pub struct Budgets {
     pool: PgPool,
     clock: Arc<dyn Clock>,
-    tenants: Mutex<(Option<tokio::time::Instant>, HashSet<String>)>,
+    /// Tenants with a budget and the largest share of a limit each has used; read again
+    /// every few seconds, and at once when `budget set` says something changed.
+    tenants: Mutex<(Option<tokio::time::Instant>, HashMap<String, Decimal>)>,
 }
 
 impl Budgets {
@@ -164,43 +173,61 @@ impl Budgets {
         Budgets {
             pool,
             clock,
-            tenants: Mutex::new((None, HashSet::new())),
+            tenants: Mutex::new((None, HashMap::new())),
         }
+    }
+
+    /// Budgets changed (`budget set`): read them again on the next job.
+    pub fn invalidate(&self) {
+        if let Ok(mut guard) = self.tenants.lock() {
+            guard.0 = None;
+        }
+    }
+
+    /// The largest share of one of `tenant`'s limits used (spent and held), as last
+    /// read (at most a few seconds old); `None` when it has no budget.
+    pub fn used_share(&self, tenant: &str) -> Option<Decimal> {
+        self.tenants
+            .lock()
+            .ok()
+            .and_then(|g| g.1.get(tenant).copied())
     }
 
     async fn has_budget(&self, tenant: &str) -> Result<bool, StoreError> {
         {
             let guard = self.tenants.lock().map_err(|_| StoreError::Closed)?;
-            if let (Some(at), set) = &*guard {
+            if let (Some(at), map) = &*guard {
                 if at.elapsed() < REFRESH {
-                    return Ok(set.contains(tenant));
+                    return Ok(map.contains_key(tenant));
                 }
             }
         }
-        let set: HashSet<String> = store::budgets::tenants_with_budgets(&self.pool)
+        let map: HashMap<String, Decimal> = store::budgets::tenants_with_budgets(&self.pool)
             .await?
             .into_iter()
             .collect();
-        let has = set.contains(tenant);
+        let has = map.contains_key(tenant);
         if let Ok(mut guard) = self.tenants.lock() {
-            *guard = (Some(tokio::time::Instant::now()), set);
+            *guard = (Some(tokio::time::Instant::now()), map);
         }
         Ok(has)
     }
 
-    /// Reserve `amount` against every budget of the job's tenant (and tenant + feature),
-    /// under the job's lease. `Ok(Ok(None))`: no budget applies, nothing is held.
+    /// Reserve `amount()` (worked out only when a budget applies) against every budget of
+    /// the job's tenant (and tenant + feature), under the job's lease. `Ok(Ok(None))`: no
+    /// budget applies, nothing is held.
     pub async fn reserve(
         &self,
         lease: &Lease,
         tenant: &str,
         job_id: &str,
         feature: Option<&str>,
-        amount: Decimal,
+        amount: impl FnOnce() -> Decimal,
     ) -> Result<Result<Option<Reservation>, Denial>, StoreError> {
         if !self.has_budget(tenant).await? {
             return Ok(Ok(None));
         }
+        let amount = amount();
         let now = self.clock.now();
         let req = store::budgets::ReserveRequest {
             lease_token: lease.token(),

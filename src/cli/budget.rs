@@ -68,6 +68,7 @@ pub async fn run(cfg: Config, cmd: BudgetCommand) -> anyhow::Result<ExitCode> {
                 period_start: p.start(chrono::Utc::now()),
             };
             set_budget(&pool, &budget).await?;
+            announce(&cfg).await;
             let scope = feature.map_or(tenant.clone(), |f| format!("{tenant}/{f}"));
             println!("budget {scope}: {limit} USD per {period}, policy {policy}");
             Ok(ExitCode::SUCCESS)
@@ -121,5 +122,25 @@ pub async fn run(cfg: Config, cmd: BudgetCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Tell running workers that budgets changed, so they read them again at once (without
+/// it they do within a few seconds).
+async fn announce(cfg: &Config) {
+    let subject = crate::budget::changed_subject(&cfg.nats.prefix);
+    let sent = async {
+        let client = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            async_nats::connect(&cfg.nats.url),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out"))??;
+        client.publish(subject, bytes::Bytes::new()).await?;
+        client.flush().await?;
+        anyhow::Ok(())
+    };
+    if let Err(e) = sent.await {
+        eprintln!("note: could not tell the workers at once ({e}); they see the change within 5 s");
     }
 }

@@ -29,12 +29,19 @@ pub struct ReserveRequest<'a> {
     pub now: DateTime<Utc>,
 }
 
-/// Every tenant that has a budget.
-pub async fn tenants_with_budgets(pool: &PgPool) -> Result<Vec<String>, StoreError> {
-    sqlx::query_scalar("SELECT DISTINCT tenant FROM budgets")
-        .fetch_all(pool)
-        .await
-        .map_err(StoreError::classify)
+/// Every tenant that has a budget, with the largest share of a limit it has used
+/// (spent and held, over the limit; 1 for a zero limit) in its current periods.
+pub async fn tenants_with_budgets(pool: &PgPool) -> Result<Vec<(String, Decimal)>, StoreError> {
+    sqlx::query_as(
+        "SELECT tenant, max(CASE
+                  WHEN period_start < date_trunc(period, now(), 'UTC') THEN 0
+                  WHEN limit_usd > 0 THEN (spent_usd + reserved_usd) / limit_usd
+                  ELSE 1 END)
+           FROM budgets GROUP BY tenant",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::classify)
 }
 
 /// Lock the budgets that apply, let `check` decide, and when it allows, hold `amount`

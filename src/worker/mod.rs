@@ -34,12 +34,14 @@ pub struct Ctx {
     pub router: Router,
     pub providers: Providers,
     pub limiters: Limiters,
-    pub budgets: crate::budget::Budgets,
+    pub budgets: Arc<crate::budget::Budgets>,
     pub claimer: Claimer,
     pub writer: Writer,
     pub leases: crate::store::LeaseKeeper,
     pub infra: Arc<infra::Infra>,
     pub clock: Arc<dyn crate::clock::Clock>,
+    /// Providers whose input tokens can be counted exactly (OpenAI's tokenizer).
+    pub exact_tokens: std::collections::HashSet<String>,
     pub publisher: Publisher,
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     /// Circuit breakers, 429 cool-downs and latency per provider+model.

@@ -210,13 +210,23 @@ async fn attempt(
         Ok(p) => p,
         Err(err) => return fail(ctx, s, Some(lease), None, err, &prior, Vec::new()).await,
     };
-    // Hold the worst case against the tenant's budgets before any call.
-    let worst = plan
-        .candidates
-        .iter()
-        .map(|c| crate::cost::worst_case(&c.model, estimate, c.max_tokens))
-        .max()
-        .unwrap_or_default();
+    // Hold the worst case against the tenant's budgets before any call: the dearest
+    // candidate's price for its whole `max_tokens`, with the input counted by the
+    // provider's own tokenizer where there is one (only for tenants with a budget).
+    let worst = || {
+        plan.candidates
+            .iter()
+            .map(|c| {
+                let input = if ctx.exact_tokens.contains(&c.model.provider) {
+                    crate::tokens::openai_input_tokens(job, &c.model.upstream)
+                } else {
+                    estimate
+                };
+                crate::cost::worst_case(&c.model, input, c.max_tokens)
+            })
+            .max()
+            .unwrap_or_default()
+    };
     let route = Some(plan.route.clone());
     let reserved = ctx
         .infra
