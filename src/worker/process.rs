@@ -206,7 +206,8 @@ async fn attempt(
         }
     }
     let estimate = estimate_input_tokens(job);
-    let plan = match ctx.router.plan(job, estimate) {
+    let route_ctx = crate::router::RouteContext::new(s.d.priority);
+    let plan = match ctx.router.plan(job, estimate, route_ctx) {
         Ok(p) => p,
         Err(err) => return fail(ctx, s, Some(lease), None, err, &prior, Vec::new()).await,
     };
