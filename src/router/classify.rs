@@ -41,6 +41,7 @@ const CODE_VERB: u32 = 1 << 10; // write, implement, fix …
 const LONGFORM: u32 = 1 << 11;
 const JSON_WORD: u32 = 1 << 12;
 const CODE_FEATURE: u32 = 1 << 13; // "code" as a word: only meaningful in a feature name
+const TRACE: u32 = 1 << 14; // a stack trace or crash report: debugging
 
 /// What one scan of some text found.
 #[derive(Debug, Default, Clone, Copy)]
@@ -57,7 +58,7 @@ impl Scan {
         self.flags & f != 0
     }
     fn looks_like_code(&self) -> bool {
-        self.has(CODE_MARK)
+        self.has(CODE_MARK | TRACE)
             || self.code_words >= 2
             || (self.code_words >= 1 && self.has(CODE_VERB | CODE_HARD))
             // braces, semicolons, parentheses and `=` dense enough to be source text
@@ -149,13 +150,17 @@ fn words_task(scan: &Scan, tools: usize) -> (Task, &'static str, bool) {
         (Task::Classification, "words", false)
     } else if scan.has(EXTRACT) {
         (Task::Extraction, "words", false)
-    } else if scan.looks_like_code() {
+    } else if scan.has(CODE_MARK | TRACE) {
         (Task::Code, "code", false)
-    } else if scan.has(SUMMARIZE) {
-        (Task::Summarization, "words", false)
     } else if scan.has(TRANSLATE) {
         (Task::Generation, "translate", true)
-    } else if scan.has(PROVE | STEP_BY_STEP | MATH) || scan.plan_words >= 2 {
+    } else if scan.has(SUMMARIZE) {
+        (Task::Summarization, "words", false)
+    } else if scan.has(PROVE) {
+        (Task::Reasoning, "words", false)
+    } else if scan.looks_like_code() {
+        (Task::Code, "code", false)
+    } else if scan.has(STEP_BY_STEP | MATH) || scan.plan_words >= 2 {
         (Task::Reasoning, "words", false)
     } else if scan.has(JSON_WORD) {
         (Task::Extraction, "words", false)
@@ -212,12 +217,12 @@ fn required_tier(
     let (mut tier, mut bump) = match task {
         Task::Classification | Task::Auto => (Tier::Cheap, ""),
         Task::Extraction if json == Some(true) => (Tier::Fast, "strict schema"),
-        Task::Extraction if tokens > 2000 => (Tier::Fast, "long input"),
+        Task::Extraction if tokens > 1000 => (Tier::Fast, "long input"),
         Task::Extraction => (Tier::Cheap, ""),
-        Task::Summarization if tokens > 1500 => (Tier::Fast, "long input"),
+        Task::Summarization if tokens > 1000 => (Tier::Fast, "long input"),
         Task::Summarization => (Tier::Cheap, ""),
         Task::Generation if translation || s.has(TRANSLATE) => {
-            if tokens < 150 {
+            if tokens < 80 {
                 (Tier::Cheap, "")
             } else {
                 (Tier::Fast, "")
@@ -227,11 +232,12 @@ fn required_tier(
             (Tier::Cheap, "short prompt")
         }
         Task::Generation => (Tier::Fast, ""),
-        Task::Code if s.has(CODE_HARD) => (Tier::Balanced, "debugging"),
-        Task::Code if tokens > 1500 => (Tier::Balanced, "long input"),
+        Task::Code if s.has(TRACE) => (Tier::Balanced, "stack trace"),
+        Task::Code if s.has(CODE_HARD) => (Tier::Balanced, "debugging or design"),
+        Task::Code if tokens > 800 => (Tier::Balanced, "long input"),
         Task::Code => (Tier::Fast, ""),
         Task::Reasoning if s.has(PROVE) => (Tier::Premium, "proof"),
-        Task::Reasoning if !s.has(PLAN) && tokens < 250 => (Tier::Fast, "short problem"),
+        Task::Reasoning if !s.has(PLAN) && tokens < 80 => (Tier::Fast, "short problem"),
         Task::Reasoning => (Tier::Balanced, ""),
     };
     let mut at_least = |t: Tier, why: &'static str| {
@@ -374,7 +380,9 @@ fn word_flags(w: &[u8], full_len: usize, camel: bool) -> u32 {
     let starts = |p: &[u8]| w.starts_with(p);
     let mut f = match w.first() {
         Some(b'a') => match w {
-            b"architecture" | b"alternatives" => PLAN,
+            b"architecture" | b"alternatives" | b"assumptions" | b"analyse" | b"analyze"
+            | b"analysis" => PLAN,
+            b"atomics" => CODE_HARD,
             _ if starts(b"algorithm") => CODE_HARD,
             _ => 0,
         },
@@ -387,6 +395,7 @@ fn word_flags(w: &[u8], full_len: usize, camel: bool) -> u32 {
             b"code" | b"coding" | b"codegen" => CODE_FEATURE,
             b"condense" | b"condensed" => SUMMARIZE,
             b"calculate" | b"compute" | b"calculation" => MATH,
+            b"compare" | b"constraints" | b"critically" => PLAN,
             b"concurrency" | b"concurrent" | b"compile" | b"compiler" => CODE_HARD,
             _ if starts(b"classif") || starts(b"categor") => CLASSIFY,
             _ => 0,
@@ -400,11 +409,16 @@ fn word_flags(w: &[u8], full_len: usize, camel: bool) -> u32 {
         Some(b'e') => match w {
             b"essay" | b"article" => LONGFORM,
             b"equation" | b"equations" => MATH,
+            b"estimate" | b"evaluate" => PLAN,
             _ if starts(b"extract") => EXTRACT,
             _ => 0,
         },
         Some(b'f') => match w {
             b"fix" | b"fixes" => CODE_VERB,
+            _ => 0,
+        },
+        Some(b'h') => match w {
+            b"hypotheses" | b"hypothesis" => PLAN,
             _ => 0,
         },
         Some(b'i') => match w {
@@ -421,47 +435,52 @@ fn word_flags(w: &[u8], full_len: usize, camel: bool) -> u32 {
         Some(b'l') => match w {
             b"label" | b"labels" | b"labeled" | b"labelled" => CLASSIFY,
             b"lemma" => PROVE,
+            b"lock" | b"leak" => CODE_HARD,
             _ if starts(b"localiz") || starts(b"localis") => TRANSLATE,
             _ => 0,
         },
         Some(b'm') => match w {
             b"migration" | b"milestones" => PLAN,
+            _ if starts(b"minimi") || starts(b"maximi") => PLAN,
             _ => 0,
         },
         Some(b'o') => match w {
-            b"optimal" | b"optimise" | b"optimize" => PLAN,
+            b"optimal" | b"optimise" | b"optimize" | b"offs" => PLAN,
             _ => 0,
         },
         Some(b'p') => match w {
             b"prove" | b"proof" | b"proofs" => PROVE,
             b"probability" | b"percentage" => MATH,
-            b"panicked" => CODE_MARK,
+            b"panicked" => TRACE,
             b"plan" | b"planning" | b"prioritize" | b"prioritise" => PLAN,
             b"port" => CODE_VERB,
             _ => 0,
         },
         Some(b'r') => match w {
-            b"refactor" | b"race" => CODE_HARD,
+            b"refactor" | b"race" | b"review" | b"rewrite" => CODE_HARD,
+            b"recommend" | b"recommendation" => PLAN,
             b"recap" => SUMMARIZE,
             b"rigorous" | b"rigorously" => PROVE,
             b"roadmap" | b"rollout" => PLAN,
             _ => 0,
         },
         Some(b's') => match w {
-            b"sentiment" | b"spam" => CLASSIFY,
+            b"sentiment" => CLASSIFY,
             b"solve" => MATH,
-            b"strategy" => PLAN,
+            b"strategy" | b"strategies" | b"schedule" => PLAN,
+            b"security" => CODE_HARD,
             b"synopsis" => SUMMARIZE,
-            b"segfault" | b"stacktrace" => CODE_MARK,
+            b"segfault" | b"segmentation" | b"stacktrace" => TRACE,
             _ if starts(b"summar") => SUMMARIZE,
             _ => 0,
         },
         Some(b't') => match w {
             b"tldr" | b"takeaways" => SUMMARIZE,
-            b"triage" | b"tag" | b"tags" => CLASSIFY,
+            b"triage" => CLASSIFY,
             b"theorem" => PROVE,
-            b"traceback" => CODE_MARK,
+            b"traceback" => TRACE,
             b"tradeoff" | b"tradeoffs" => PLAN,
+            b"thread" | b"threads" | b"transactions" => CODE_HARD,
             _ if starts(b"translat") => TRANSLATE,
             _ => 0,
         },
@@ -473,7 +492,7 @@ fn word_flags(w: &[u8], full_len: usize, camel: bool) -> u32 {
         _ => 0,
     };
     if camel && full_len <= WORD_MAX && (w.ends_with(b"exception") || w.ends_with(b"error")) {
-        f |= CODE_MARK;
+        f |= TRACE;
     }
     f
 }

@@ -102,7 +102,7 @@ fn each_signal_names_the_task_and_tier() {
         ("translate short", user("Translate to French: Your order has shipped."), String::new(), Task::Generation, Tier::Cheap, "translate"),
         ("code fence", user("What does this do?\n```rust\nfn main() { println!(\"hi\"); }\n```"), String::new(), Task::Code, Tier::Fast, "code"),
         ("write a function", user("Write a Python function that returns the n-th Fibonacci number."), String::new(), Task::Code, Tier::Fast, "code"),
-        ("stack trace", user(&format!("Why does this fail and how do I fix it?\n{trace}")), String::new(), Task::Code, Tier::Fast, "code"),
+        ("stack trace", user(&format!("Why does this fail and how do I fix it?\n{trace}")), String::new(), Task::Code, Tier::Balanced, "code"),
         ("refactor", user("Refactor this Python function to remove the race:\n```python\ndef f(): pass\n```"), String::new(), Task::Code, Tier::Balanced, "code"),
         ("step by step", user("A shop sells pens at 3 for $2. How much do 12 pens cost? Think step by step."), String::new(), Task::Reasoning, Tier::Fast, "words"),
         ("plan", user("Plan the migration of our billing database to Postgres with zero downtime: milestones, risks, rollback strategy."), String::new(), Task::Reasoning, Tier::Balanced, "words"),
