@@ -194,14 +194,14 @@ fn feature_task(feature: &str) -> Option<(Task, bool)> {
 
 /// The lowest tier that serves `task` at this difficulty, and what raised it.
 ///
-/// | task | base | raised by |
+/// | task | base | moved by |
 /// |---|---|---|
 /// | classification | cheap | |
-/// | extraction | cheap | a strict `json_schema`, or more than 2,000 tokens → fast |
-/// | summarization | cheap | more than 1,500 tokens → fast |
-/// | generation | fast | a short one-turn prompt (< 20 tokens) or translation (< 150) → cheap |
-/// | code | fast | debugging, refactoring, stack traces, concurrency, > 1,500 tokens → balanced |
-/// | reasoning | balanced | proofs → premium; a short word problem (< 250 tokens) → fast |
+/// | extraction | cheap | a strict `json_schema`, or more than 1,000 tokens → fast |
+/// | summarization | cheap | more than 1,000 tokens → fast |
+/// | generation | fast | a short one-turn prompt (< 20 tokens) or translation (< 80) → cheap |
+/// | code | fast | stack traces, debugging, review, concurrency, > 800 tokens → balanced |
+/// | reasoning | balanced | proofs → premium; a short word problem (< 80 tokens, no planning words) → fast |
 ///
 /// Then for every task: tools, images, 4+ user turns or more than 12,000 tokens → at
 /// least fast; 4+ tools or 2+ rounds of tool results → at least balanced.
