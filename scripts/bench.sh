@@ -14,8 +14,11 @@
 #                pure-Python publish + pull/ack loop, a lower bound);
 #                (b) the simulator's HTTP rate alone with wrk (2 threads, 64
 #                connections, 10 s; `apt-get install wrk` when missing).
+#   4. route     (opt-in: --only route, or add it to the list) classify + route per
+#                job, in process: `cargo bench --bench route` plans the labeled
+#                routing set BENCH_ROUTE_N (100000) times; prints ns per job.
 #
-# Usage: scripts/bench.sh [--record] [--only e2e,inflight,parts]
+# Usage: scripts/bench.sh [--record] [--only e2e,inflight,parts,route]
 #   --record   append a dated block with the figures to BENCHMARKS.md
 #              (only when every section ran and passed); otherwise nothing in
 #              the repository is written.
@@ -470,6 +473,20 @@ LUA
 		[[ -n $RPS && -z $NON2XX ]] || FAILED+=("parts: wrk run failed or got non-2xx answers (see $d/wrk.txt)")
 	else
 		fig "simulator requests/s" "skipped (no wrk)"
+	fi
+fi
+
+# =====================================================================================
+if want route; then
+	say "4. classify + route (cargo bench --bench route)"
+	rc=0
+	line=$(cargo bench --quiet --locked --bench route 2>"$TMP/route.log" | tail -1) || rc=$?
+	if ((rc == 0)) && [[ $line == *ns/job* ]]; then
+		ns=$(sed -nE 's/.*: ([0-9]+) ns\/job.*/\1/p' <<<"$line")
+		fig "classify + route, per job" "$ns ns"
+		sum "| classify + route, per job (cargo bench --bench route) | $ns ns |"
+	else
+		FAILED+=("route bench (see $TMP/route.log)")
 	fi
 fi
 

@@ -114,6 +114,13 @@ async fn dead_letters_are_listed_shown_and_replayed_and_costs_reported() {
         .await;
     assert_eq!(code, 0);
     assert!(out.starts_with("day,calls,failed_calls"), "{out}");
+    // by A/B variant (from the stored result's route); none here, so one '' group
+    let (code, out, err) = env
+        .cli(&["report", "costs", "--by", "variant", "--format", "csv"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("variant,calls,failed_calls"), "{out}");
+    assert_eq!(out.lines().count(), 2, "{out}");
     let (code, _, err) = env.cli(&["report", "costs", "--by", "planet"]).await;
     assert_ne!(code, 0);
     assert!(err.contains("planet"));

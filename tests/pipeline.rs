@@ -26,8 +26,10 @@ async fn happy_path_on_every_priority() {
         let reply = next_json(&mut replies, 20).await;
         assert_eq!(reply["id"], id.as_str());
         assert_eq!(reply["status"], "succeeded");
+        // auto: a short one-turn prompt needs the cheap tier, whose cheapest model is first
         assert_eq!(reply["provider"], "openai");
-        assert_eq!(reply["model"], "gpt-4o-mini");
+        assert_eq!(reply["model"], "gpt-4.1-nano");
+        assert_eq!(reply["route"]["tier"], "cheap");
         // metadata comes back untouched, key order included
         assert_eq!(
             serde_json::to_string(&reply["metadata"]).unwrap(),
@@ -75,13 +77,16 @@ async fn happy_path_on_every_priority() {
                 .unwrap(),
             cost
         );
-        // price check: gpt-4o-mini 0.15 in / 0.60 out per million
-        let expect = (Decimal::from(input) * Decimal::new(15, 2)
-            + Decimal::from(output) * Decimal::new(60, 2))
+        // price check: gpt-4.1-nano 0.10 in / 0.40 out per million
+        let expect = (Decimal::from(input) * Decimal::new(10, 2)
+            + Decimal::from(output) * Decimal::new(40, 2))
             / Decimal::from(1_000_000);
         assert_eq!(cost, expect.normalize());
     }
-    assert_eq!(env.sim.stats().calls("openai", "gpt-4o-mini-2024-07-18"), 3);
+    assert_eq!(
+        env.sim.stats().calls("openai", "gpt-4.1-nano-2025-04-14"),
+        3
+    );
     assert_eq!(env.jobs_left().await, 0, "every job acked");
     let ready = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
         .await
@@ -99,7 +104,7 @@ async fn happy_path_on_every_priority() {
         );
         assert!(metrics.contains(&line), "{line} in\n{metrics}");
     }
-    assert!(metrics.contains(r#"switchyard_provider_calls_total{provider="openai",model="gpt-4o-mini",outcome="succeeded"} 3"#));
+    assert!(metrics.contains(r#"switchyard_provider_calls_total{provider="openai",model="gpt-4.1-nano",outcome="succeeded"} 3"#));
     stop.cancel();
     worker.await.unwrap().unwrap();
 }
@@ -354,7 +359,7 @@ async fn failover_to_the_next_candidate_in_one_delivery() {
     let env = TestEnv::new(|_| {}).await;
     let mut per_model = std::collections::HashMap::new();
     per_model.insert(
-        "gpt-4o-mini-2024-07-18".to_string(),
+        "meta-llama/Llama-3.1-8B-Instruct".to_string(),
         FaultProfile {
             error_rate: 1.0,
             error_status: 429,
@@ -375,7 +380,8 @@ async fn failover_to_the_next_candidate_in_one_delivery() {
     .await;
     let r = env.result("acme", "fo", 20).await;
     assert_eq!(r.status, Status::Succeeded);
-    assert_eq!(r.model.as_deref(), Some("llama-3.1-8b"));
+    // `fast` is cheapest first: llama-3.1-8b, then gpt-4o-mini
+    assert_eq!(r.model.as_deref(), Some("gpt-4o-mini"));
     assert_eq!(r.attempts[0].outcome, "rate_limited");
     assert_eq!(r.attempts.len(), 2);
     stop.cancel();
@@ -410,7 +416,7 @@ async fn exhaustion_goes_to_the_dlq_with_every_attempt() {
         r.error.as_ref().unwrap().kind,
         ErrorKind::ProvidersExhausted
     );
-    // 2 candidates (gpt-4o-mini, llama) × 2 deliveries
+    // 2 candidates (llama, gpt-4o-mini) × 2 deliveries
     assert_eq!(r.attempts.len(), 4, "{:?}", r.attempts);
     common::assert_schema("result", &serde_json::to_value(&r).unwrap());
     let dlq = env.dlq("acme", "doomed").await.expect("DLQ entry");

@@ -1250,7 +1250,8 @@ fn succeeded_result() -> JobResult {
         route: Some(Route {
             task: "generation".into(),
             tier: Some("fast".into()),
-            reason: "auto: tiers fast, cheap, balanced".into(),
+            reason: "default; generation; 1200 tokens → fast; rule 0: A/B variant gpt-4o-mini; chain gpt-4o-mini".into(),
+            variant: Some("gpt-4o-mini".into()),
         }),
         attempts: vec![Attempt {
             attempt: 1,

@@ -16,7 +16,8 @@ pub enum ReportCommand {
 
 #[derive(clap::Args, Debug)]
 pub struct CostArgs {
-    /// Comma-separated: tenant, feature, user, provider, model, outcome, day, month.
+    /// Comma-separated: tenant, feature, user, provider, model, outcome, day, month,
+    /// variant (the A/B variant of the job's route).
     #[arg(long, default_value = "tenant,feature,model")]
     pub by: String,
     /// From this time on: RFC 3339, a date (2026-11-01), or a span back from now (24h, 7d).

@@ -221,12 +221,75 @@ impl FileConfig {
             }
         }
         self.validate_health()?;
-        for (i, t) in self.routing.auto_tiers.iter().enumerate() {
+        self.validate_routing(&model_names)
+    }
+
+    fn validate_routing(&self, model_names: &HashSet<&str>) -> Result<(), ConfigError> {
+        let r = &self.routing;
+        for (i, t) in r.auto_tiers.iter().enumerate() {
             if Tier::parse(t).is_none() {
                 return Err(invalid(
                     format!("routing.auto_tiers[{i}]"),
-                    format!("{t:?} is not one of fast, cheap, balanced, premium"),
+                    format!("{t:?} is not one of cheap, fast, balanced, premium"),
                 ));
+            }
+        }
+        if r.auto_tiers.is_empty() {
+            return Err(invalid("routing.auto_tiers", "must name at least one tier"));
+        }
+        if !(r.budget_pressure > 0.0 && r.budget_pressure <= 1.0) {
+            return Err(invalid(
+                "routing.budget_pressure",
+                format!("{} is not a fraction in (0, 1]", r.budget_pressure),
+            ));
+        }
+        for (i, rule) in r.rules.iter().enumerate() {
+            let f = |k: &str| format!("routing.rules[{i}].{k}");
+            if rule.tier.is_none()
+                && rule.model.is_none()
+                && rule.split.is_empty()
+                && !rule.allow_upgrade
+            {
+                return Err(invalid(
+                    f("tier"),
+                    "a rule must set tier, model, split or allow_upgrade",
+                ));
+            }
+            let set = [
+                rule.tier.is_some(),
+                rule.model.is_some(),
+                !rule.split.is_empty(),
+            ];
+            if set.iter().filter(|&&b| b).count() > 1 {
+                return Err(invalid(
+                    f("model"),
+                    "tier, model and split are alternatives: set one",
+                ));
+            }
+            if rule.task == Some(crate::job::Task::Auto) {
+                return Err(invalid(f("task"), "\"auto\" is not a task to match"));
+            }
+            if let Some(m) = &rule.model {
+                if !model_names.contains(m.as_str()) {
+                    return Err(invalid(
+                        f("model"),
+                        format!("{m:?} is not a configured model"),
+                    ));
+                }
+            }
+            for (j, e) in rule.split.iter().enumerate() {
+                if !model_names.contains(e.model.as_str()) {
+                    return Err(invalid(
+                        f(&format!("split[{j}].model")),
+                        format!("{:?} is not a configured model", e.model),
+                    ));
+                }
+                if e.weight == 0 {
+                    return Err(invalid(
+                        f(&format!("split[{j}].weight")),
+                        "must be greater than 0",
+                    ));
+                }
             }
         }
         Ok(())

@@ -185,14 +185,22 @@ impl Default for MetricsConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingConfig {
-    /// Tiers tried, in order, for `model: "auto"`.
+    /// The tiers `model: "auto"` may use (a set; order does not matter). A job whose task
+    /// needs a tier outside it gets the nearest allowed tier above, else the highest below.
     pub auto_tiers: Vec<String>,
+    /// Fraction of a budget above which `auto` prefers a cheaper tier (one below the
+    /// task's required tier) for jobs that are not high priority.
+    pub budget_pressure: f64,
+    /// Per tenant / feature / task overrides for `auto` jobs; the first match wins.
+    pub rules: Vec<RouteRule>,
 }
 
 impl Default for RoutingConfig {
     fn default() -> Self {
         RoutingConfig {
-            auto_tiers: vec!["fast".into(), "cheap".into(), "balanced".into()],
+            auto_tiers: Tier::ALL.iter().map(|t| t.as_str().to_string()).collect(),
+            budget_pressure: 0.8,
+            rules: Vec::new(),
         }
     }
 }
@@ -266,6 +274,40 @@ fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Er
     }
 }
 
+/// `[[routing.rules]]`: when every `match` key given equals the job's, the rule sets the
+/// tier, the model or an A/B split for an `auto` job, and may allow fallback to climb.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRule {
+    #[serde(default)]
+    pub tenant: Option<String>,
+    #[serde(default)]
+    pub feature: Option<String>,
+    /// The job's task (as given, or as classified).
+    #[serde(default)]
+    pub task: Option<crate::job::Task>,
+    /// Route to this tier instead of the classifier's.
+    #[serde(default)]
+    pub tier: Option<Tier>,
+    /// Route to this model (name or alias) first, then its tier.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Fallback may climb to pricier tiers (as it does for high-priority jobs).
+    #[serde(default)]
+    pub allow_upgrade: bool,
+    /// A/B split between models: each job goes to one, chosen by a stable hash of its
+    /// tenant and id, in proportion to the weights.
+    #[serde(default)]
+    pub split: Vec<SplitEntry>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitEntry {
+    pub model: String,
+    pub weight: u32,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProviderKind {
@@ -308,16 +350,21 @@ fn default_connect_timeout_s() -> u64 {
     5
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+/// Model tiers, from least to most capable (and costly): the derived order is the
+/// contract's `cheap` < `fast` < `balanced` < `premium`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Tier {
-    Fast,
     Cheap,
+    Fast,
     Balanced,
     Premium,
 }
 
 impl Tier {
+    /// Every tier, cheapest first.
+    pub const ALL: [Tier; 4] = [Tier::Cheap, Tier::Fast, Tier::Balanced, Tier::Premium];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Tier::Fast => "fast",
@@ -325,6 +372,14 @@ impl Tier {
             Tier::Balanced => "balanced",
             Tier::Premium => "premium",
         }
+    }
+    /// 0 for `cheap` … 3 for `premium`.
+    pub fn rank(self) -> usize {
+        self as usize
+    }
+    /// The next tier down, if any.
+    pub fn below(self) -> Option<Tier> {
+        self.rank().checked_sub(1).map(|r| Tier::ALL[r])
     }
     pub fn parse(s: &str) -> Option<Tier> {
         match s {

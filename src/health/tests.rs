@@ -294,6 +294,7 @@ fn candidates(cfg: &Config) -> Vec<Candidate> {
         .map(|m| Candidate {
             model: Arc::new(m.clone()),
             max_tokens: 10,
+            input_tokens: 100,
         })
         .collect()
 }

@@ -67,8 +67,13 @@ fn is_zero(n: &u64) -> bool {
 #[serde(deny_unknown_fields)]
 pub struct Route {
     pub task: String,
+    /// The tier of the model the route starts with.
     pub tier: Option<String>,
     pub reason: String,
+    /// The A/B variant (a model name) a `[[routing.rules]]` split gave this job, else null.
+    /// Absent in results stored before the field existed.
+    #[serde(default)]
+    pub variant: Option<String>,
 }
 
 /// One provider call.

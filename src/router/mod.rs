@@ -1,11 +1,28 @@
-//! Routing: from a job's `model` (auto, a tier, a name or alias, or `<provider>/<name>`)
-//! to an ordered list of configured candidates, filtered by the job's provider allow/deny
-//! list, region, context window and cost cap.
+//! Routing: the router decides, `worker/` executes. From a job's `model` (auto, a tier,
+//! a name or alias, or `<provider>/<name>`) to an ordered list of configured candidates,
+//! filtered by the job's provider allow/deny list, region, context window and cost cap.
+//!
+//! For `auto`, [`classify`] names the job's task and the lowest tier that serves it;
+//! `[[routing.rules]]` (first match on tenant / feature / task) may set the tier, a model
+//! or an A/B split instead. Within a tier, models are tried cheapest first. Fallback
+//! never climbs to a pricier tier unless the job is high priority or its rule says
+//! `allow_upgrade`; it may go one tier below the required one (still acceptable quality).
+//! When the budget is above `routing.budget_pressure`, a job that is not high priority
+//! starts one tier below its required tier (see README, "Routing").
+
+pub mod classify;
+mod rules;
+
+pub use classify::{classify, Classification};
+pub use rules::variant_bucket;
 
 use crate::config::{Config, ModelConfig, ProviderKind, Tier};
 use crate::cost;
-use crate::job::{ErrorBody, ErrorKind, Job, ResponseFormat, Route, Task};
-use std::collections::HashMap;
+use crate::job::{ErrorBody, ErrorKind, Job, Priority, Route};
+use rules::{Rule, Target};
+use rust_decimal::Decimal;
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 /// One model a job may be sent to.
@@ -14,6 +31,9 @@ pub struct Candidate {
     pub model: Arc<ModelConfig>,
     /// `max_tokens` for this model (the job's, clamped to the model's output limit).
     pub max_tokens: u32,
+    /// The input tokens counted for this model: the tokenizer's count where the router
+    /// took it (an OpenAI model near its window), else the estimate it was given.
+    pub input_tokens: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -22,14 +42,57 @@ pub struct Plan {
     pub route: Route,
 }
 
+impl Plan {
+    /// The most any candidate could cost, with each one's own input count (a budget
+    /// reservation's worst case).
+    pub fn worst_case(&self) -> Decimal {
+        self.candidates
+            .iter()
+            .map(|c| cost::worst_case(&c.model, c.input_tokens, c.max_tokens))
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+/// What routing needs to know about a job besides the job itself.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RouteContext {
+    /// From the subject: high-priority jobs may fall back to pricier tiers and are not
+    /// moved down under budget pressure.
+    pub priority: Priority,
+    /// The largest used fraction (spent + reserved over limit) of the budgets that apply
+    /// to the job, when known.
+    pub budget_used_fraction: Option<f64>,
+}
+
+impl RouteContext {
+    pub fn new(priority: Priority) -> RouteContext {
+        RouteContext {
+            priority,
+            budget_used_fraction: None,
+        }
+    }
+}
+
 pub struct Router {
     models: Vec<Arc<ModelConfig>>,
     by_name: HashMap<String, usize>,
     regions: HashMap<String, Option<String>>,
     /// Providers that speak OpenAI's API (their models can be counted exactly).
-    openai_like: std::collections::HashSet<String>,
-    auto_tiers: Vec<Tier>,
+    openai_like: HashSet<String>,
+    /// Model indexes per tier (by [`Tier::rank`]), cheapest first.
+    by_tier: [Vec<usize>; 4],
+    /// Which tiers `auto` may use (by rank).
+    auto_tiers: [bool; 4],
+    rules: Vec<Rule>,
+    budget_pressure: f64,
     default_max_tokens: u32,
+}
+
+/// The price a tier's models are ordered by: USD per million tokens at 3 input tokens
+/// to 1 output token.
+fn blended_price(m: &ModelConfig) -> Decimal {
+    m.input_per_mtok * Decimal::from(3) + m.output_per_mtok
 }
 
 impl Router {
@@ -42,6 +105,30 @@ impl Router {
                 by_name.insert(a.clone(), i);
             }
         }
+        let mut by_tier: [Vec<usize>; 4] = Default::default();
+        for (i, m) in models.iter().enumerate() {
+            by_tier[m.tier.rank()].push(i);
+        }
+        for list in &mut by_tier {
+            // stable: equal prices keep the config's order
+            list.sort_by_key(|&i| blended_price(&models[i]));
+        }
+        let mut auto_tiers = [false; 4];
+        for t in config
+            .routing
+            .auto_tiers
+            .iter()
+            .filter_map(|t| Tier::parse(t))
+        {
+            auto_tiers[t.rank()] = true;
+        }
+        let rules = config
+            .routing
+            .rules
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| Rule::new(i, r, &by_name))
+            .collect();
         Router {
             models,
             by_name,
@@ -56,12 +143,10 @@ impl Router {
                 .filter(|p| matches!(p.kind, ProviderKind::Openai))
                 .map(|p| p.name.clone())
                 .collect(),
-            auto_tiers: config
-                .routing
-                .auto_tiers
-                .iter()
-                .filter_map(|t| Tier::parse(t))
-                .collect(),
+            by_tier,
+            auto_tiers,
+            rules,
+            budget_pressure: config.routing.budget_pressure,
             default_max_tokens: config.limits.default_max_tokens,
         }
     }
@@ -70,10 +155,24 @@ impl Router {
         self.by_name.get(name).map(|&i| &self.models[i])
     }
 
-    /// The ordered candidates for `job`, or the error that ends it without a call.
-    pub fn plan(&self, job: &Job, input_tokens: u64) -> Result<Plan, ErrorBody> {
-        let task = classify(job);
-        let (resolved, tier, why) = self.resolve(&job.model)?;
+    /// The ordered candidates for `job`, whose input is about `input_tokens` tokens, or the
+    /// error that ends it without a call.
+    pub fn plan(&self, job: &Job, input_tokens: u64, ctx: RouteContext) -> Result<Plan, ErrorBody> {
+        let class = classify(job, input_tokens);
+        let mut reason = String::with_capacity(192);
+        let (resolved, variant) = if job.model == "auto" {
+            self.resolve_auto(job, &class, ctx, input_tokens, &mut reason)
+        } else {
+            let r = self.resolve(&job.model)?;
+            let _ = write!(
+                reason,
+                "{}; {} ({}); ~{input_tokens} tokens",
+                r.1,
+                class.task.as_str(),
+                class.signal
+            );
+            (r.0, None)
+        };
         let requested = job.max_tokens.unwrap_or(self.default_max_tokens);
 
         let mut candidates = Vec::with_capacity(resolved.len());
@@ -108,6 +207,7 @@ impl Router {
             candidates.push(Candidate {
                 model: m.clone(),
                 max_tokens,
+                input_tokens: tokens,
             });
         }
         if candidates.is_empty() {
@@ -137,39 +237,164 @@ impl Router {
             };
             return Err(err);
         }
-        let names: Vec<&str> = candidates.iter().map(|c| c.model.name.as_str()).collect();
+        reason.push_str("; chain ");
+        for (i, c) in candidates.iter().enumerate() {
+            if i > 0 {
+                reason.push_str(" > ");
+            }
+            reason.push_str(&c.model.name);
+        }
         Ok(Plan {
             route: Route {
-                task: task.as_str().to_string(),
-                tier: tier.map(|t| t.as_str().to_string()),
-                reason: format!(
-                    "{why}; ~{input_tokens} input tokens; chain {}",
-                    names.join(" > ")
-                ),
+                task: class.task.as_str().to_string(),
+                tier: candidates
+                    .first()
+                    .map(|c| c.model.tier.as_str().to_string()),
+                reason,
+                variant: variant.map(str::to_string),
             },
             candidates,
         })
     }
 
-    /// Model indexes for the requested model, in preference order.
-    fn resolve(&self, requested: &str) -> Result<(Vec<usize>, Option<Tier>, String), ErrorBody> {
-        if requested == "auto" {
-            let mut out = Vec::new();
-            for t in &self.auto_tiers {
-                out.extend(self.tier_models(*t));
-            }
-            let tiers: Vec<&str> = self.auto_tiers.iter().map(|t| t.as_str()).collect();
-            let first = self.auto_tiers.first().copied();
-            return Ok((out, first, format!("auto: tiers {}", tiers.join(", "))));
+    /// `auto`: a rule's target, or the classifier's tier (moved for `routing.auto_tiers`
+    /// and budget pressure), then the fallback tiers. Writes the reason as it decides.
+    fn resolve_auto(
+        &self,
+        job: &Job,
+        class: &Classification,
+        ctx: RouteContext,
+        tokens: u64,
+        reason: &mut String,
+    ) -> (Vec<usize>, Option<&str>) {
+        let _ = write!(
+            reason,
+            "{}; {}{}; {tokens} tokens",
+            class.signal,
+            class.task.as_str(),
+            if class.translation {
+                " (translation)"
+            } else {
+                ""
+            },
+        );
+        if !class.bump.is_empty() {
+            let _ = write!(reason, "; {}", class.bump);
         }
+        let _ = write!(reason, " → {}", class.tier.as_str());
+        let high = ctx.priority == Priority::High;
+        let rule = self.rules.iter().find(|r| r.matches(job, class.task));
+        let upgrade = high || rule.is_some_and(|r| r.allow_upgrade);
+        let mut out = Vec::with_capacity(self.models.len());
+        let mut variant = None;
+        let (start, floor) = match rule.map(|r| (r, &r.target)) {
+            Some((r, Target::Tier(t))) => {
+                let _ = write!(reason, "; rule {}: tier {}", r.index, t.as_str());
+                (*t, self.allowed_below(*t).unwrap_or(*t))
+            }
+            Some((r, Target::Model(i))) => {
+                let t = self.models[*i].tier;
+                let _ = write!(reason, "; rule {}: model {}", r.index, self.models[*i].name);
+                out.push(*i);
+                (t, self.allowed_below(t).unwrap_or(t))
+            }
+            Some((r, Target::Split(split))) => {
+                let i = split.pick(&job.tenant, &job.id);
+                let name = self.models[i].name.as_str();
+                let _ = write!(reason, "; rule {}: A/B variant {name}", r.index);
+                variant = Some(name);
+                out.push(i);
+                out.extend(split.models().filter(|&j| j != i));
+                let t = self.models[i].tier;
+                (t, self.allowed_below(t).unwrap_or(t))
+            }
+            _ => {
+                if let Some(r) = rule {
+                    let _ = write!(reason, "; rule {}: allow_upgrade", r.index);
+                }
+                let required = self.allowed_tier(class.tier);
+                if required != class.tier {
+                    let _ = write!(
+                        reason,
+                        "; {} not in routing.auto_tiers → {}",
+                        class.tier.as_str(),
+                        required.as_str()
+                    );
+                }
+                let floor = self.allowed_below(required).unwrap_or(required);
+                match ctx.budget_used_fraction {
+                    Some(f) if !high && f >= self.budget_pressure && floor != required => {
+                        let _ = write!(
+                            reason,
+                            "; budget {:.0}% used ≥ {:.0}% → {}",
+                            f * 100.0,
+                            self.budget_pressure * 100.0,
+                            floor.as_str()
+                        );
+                        (floor, floor)
+                    }
+                    _ => (required, floor),
+                }
+            }
+        };
+        if upgrade {
+            let _ = write!(
+                reason,
+                "; may climb ({})",
+                if high { "high priority" } else { "rule" }
+            );
+        }
+        let push_tier = |t: Tier, out: &mut Vec<usize>| {
+            for &i in &self.by_tier[t.rank()] {
+                if !out.contains(&i) {
+                    out.push(i);
+                }
+            }
+        };
+        push_tier(start, &mut out);
+        if upgrade {
+            for t in Tier::ALL
+                .into_iter()
+                .filter(|&t| t > start && self.auto_tiers[t.rank()])
+            {
+                push_tier(t, &mut out);
+            }
+        }
+        for t in Tier::ALL.into_iter().rev() {
+            if t < start && t >= floor && self.auto_tiers[t.rank()] {
+                push_tier(t, &mut out);
+            }
+        }
+        (out, variant)
+    }
+
+    /// The tier `auto` uses for a job that needs `t`: `t` when allowed, else the lowest
+    /// allowed tier above it, else the highest allowed tier below it.
+    fn allowed_tier(&self, t: Tier) -> Tier {
+        Tier::ALL
+            .into_iter()
+            .find(|&x| x >= t && self.auto_tiers[x.rank()])
+            .or_else(|| self.allowed_below(t))
+            .unwrap_or(t)
+    }
+
+    /// The highest allowed tier below `t`.
+    fn allowed_below(&self, t: Tier) -> Option<Tier> {
+        Tier::ALL
+            .into_iter()
+            .rev()
+            .find(|&x| x < t && self.auto_tiers[x.rank()])
+    }
+
+    /// Model indexes for an explicit `model` (not `auto`), in preference order.
+    fn resolve(&self, requested: &str) -> Result<(Vec<usize>, String), ErrorBody> {
         if let Some(t) = Tier::parse(requested) {
-            return Ok((self.tier_models(t), Some(t), format!("tier {requested}")));
+            return Ok((self.by_tier[t.rank()].clone(), format!("tier {requested}")));
         }
         if let Some((provider, name)) = requested.split_once('/') {
             return match self.by_name.get(name) {
                 Some(&i) if self.models[i].provider == provider => {
-                    let tier = self.models[i].tier;
-                    Ok((vec![i], Some(tier), format!("pinned {requested}")))
+                    Ok((vec![i], format!("pinned {requested}")))
                 }
                 _ => Err(ErrorBody::new(
                     ErrorKind::UnknownModel,
@@ -181,8 +406,8 @@ impl Router {
             Some(&i) => {
                 let tier = self.models[i].tier;
                 let mut out = vec![i];
-                out.extend(self.tier_models(tier).into_iter().filter(|&j| j != i));
-                Ok((out, Some(tier), format!("model {requested}, then its tier")))
+                out.extend(self.by_tier[tier.rank()].iter().filter(|&&j| j != i));
+                Ok((out, format!("model {requested}, then its tier")))
             }
             None => Err(ErrorBody::new(
                 ErrorKind::UnknownModel,
@@ -191,12 +416,6 @@ impl Router {
                 ),
             )),
         }
-    }
-
-    fn tier_models(&self, tier: Tier) -> Vec<usize> {
-        (0..self.models.len())
-            .filter(|&i| self.models[i].tier == tier)
-            .collect()
     }
 
     fn provider_allowed(&self, job: &Job, provider: &str) -> bool {
@@ -215,33 +434,6 @@ impl Router {
             None => true,
             Some(r) => self.regions.get(provider).and_then(|x| x.as_ref()) == Some(r),
         }
-    }
-}
-
-/// The job's task; for `auto`, a first guess from its shape.
-pub fn classify(job: &Job) -> Task {
-    if job.task != Task::Auto {
-        return job.task;
-    }
-    if matches!(
-        job.response_format,
-        Some(ResponseFormat::JsonObject) | Some(ResponseFormat::JsonSchema { .. })
-    ) {
-        return Task::Extraction;
-    }
-    if job.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Task::Generation;
-    }
-    let text = job.messages.last().map(|m| m.text()).unwrap_or_default();
-    let lower = text.to_ascii_lowercase();
-    if lower.contains("summar") {
-        Task::Summarization
-    } else if lower.contains("classif") || lower.contains("categor") {
-        Task::Classification
-    } else if lower.contains("```") || lower.contains("fn ") || lower.contains("def ") {
-        Task::Code
-    } else {
-        Task::Generation
     }
 }
 

@@ -19,10 +19,13 @@ pub enum CostDimension {
     Day,
     /// UTC month, `YYYY-MM`.
     Month,
+    /// The A/B variant of the job's route (`jobs.result->'route'->>'variant'`), `''` when
+    /// none.
+    Variant,
 }
 
 impl CostDimension {
-    pub const ALL: [CostDimension; 8] = [
+    pub const ALL: [CostDimension; 9] = [
         CostDimension::Tenant,
         CostDimension::Feature,
         CostDimension::User,
@@ -31,6 +34,7 @@ impl CostDimension {
         CostDimension::Outcome,
         CostDimension::Day,
         CostDimension::Month,
+        CostDimension::Variant,
     ];
 
     pub fn name(self) -> &'static str {
@@ -43,6 +47,7 @@ impl CostDimension {
             CostDimension::Outcome => "outcome",
             CostDimension::Day => "day",
             CostDimension::Month => "month",
+            CostDimension::Variant => "variant",
         }
     }
 
@@ -60,6 +65,11 @@ impl CostDimension {
             CostDimension::Outcome => "outcome",
             CostDimension::Day => "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
             CostDimension::Month => "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM')",
+            // one index lookup per row on jobs' (tenant, id) key
+            CostDimension::Variant => {
+                "coalesce((SELECT j.result->'route'->>'variant' FROM jobs j
+                            WHERE j.tenant = cost_rows.tenant AND j.id = cost_rows.job_id), '')"
+            }
         }
     }
 }

@@ -206,7 +206,13 @@ async fn attempt(
         }
     }
     let estimate = estimate_input_tokens(job);
-    let plan = match ctx.router.plan(job, estimate) {
+    let mut route_ctx = crate::router::RouteContext::new(s.d.priority);
+    // Budget-aware routing: the share of the tenant's budgets used, as last read.
+    route_ctx.budget_used_fraction = ctx
+        .budgets
+        .used_share(&job.tenant)
+        .and_then(|d| rust_decimal::prelude::ToPrimitive::to_f64(&d));
+    let plan = match ctx.router.plan(job, estimate, route_ctx) {
         Ok(p) => p,
         Err(err) => return fail(ctx, s, Some(lease), None, err, &prior, Vec::new()).await,
     };
@@ -337,6 +343,11 @@ async fn succeed(
         .chain(calls.iter().map(|c| c.attempt.clone()))
         .collect();
     let cost_usd: Decimal = all.iter().map(|a| a.cost_usd).sum();
+    // `route.tier` names the tier that answered (a fallback may have changed it).
+    let route = route.map(|r| Route {
+        tier: Some(model.tier.as_str().to_string()),
+        ..r
+    });
     let result = JobResult {
         id: job.id.clone(),
         tenant: job.tenant.clone(),
