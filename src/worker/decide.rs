@@ -20,18 +20,26 @@ pub enum Verdict {
     Succeeded,
     Failed(ErrorBody),
     /// Keep the calls made, hand the job back; redeliver no sooner than `at_least`
-    /// (what a provider asked for), after the policy's backoff.
+    /// (what a provider asked for), after the policy's backoff. `free`: no call was made
+    /// (every candidate's breaker was open or cooling down after a 429), so the delivery
+    /// does not count against `max_deliveries`.
     Retry {
         at_least: Option<Duration>,
+        free: bool,
     },
     /// The worker is stopping and cut calls short: hand the job back at once, not
     /// counted as a failure of the job.
     HandBack,
 }
 
+/// Free hand-backs (no call made) a job may take, as a multiple of `max_deliveries`,
+/// before it fails anyway: a provider whose breaker never closes does not hold a job for
+/// ever.
+pub const FREE_FACTOR: u64 = 20;
+
 /// `delivery` counts the deliveries that were the job's own tries (hand-backs that were
-/// not its fault excluded), 1 on the first.
-pub fn decide(o: &ChainOutcome, delivery: u64, policy: &RetryPolicy) -> Verdict {
+/// not its fault excluded), 1 on the first; `total` every delivery.
+pub fn decide(o: &ChainOutcome, delivery: u64, total: u64, policy: &RetryPolicy) -> Verdict {
     if o.success.is_some() {
         return Verdict::Succeeded;
     }
@@ -50,9 +58,17 @@ pub fn decide(o: &ChainOutcome, delivery: u64, policy: &RetryPolicy) -> Verdict 
         })
         .unwrap_or_else(|| "every candidate's circuit breaker was open or cooling down".into());
     if o.transient {
-        if delivery < u64::from(policy.max_deliveries) {
+        let max = u64::from(policy.max_deliveries);
+        if o.calls.is_empty() && total < max * FREE_FACTOR {
             return Verdict::Retry {
                 at_least: o.retry_after,
+                free: true,
+            };
+        }
+        if delivery < max {
+            return Verdict::Retry {
+                at_least: o.retry_after,
+                free: false,
             };
         }
         return Verdict::Failed(ErrorBody::new(
@@ -142,18 +158,20 @@ mod tests {
     fn transient_failures_retry_until_the_last_delivery() {
         let o = outcome(vec![call("rate_limited", Some("429"))], true, false);
         assert_eq!(
-            decide(&o, 1, &POLICY),
+            decide(&o, 1, 1, &POLICY),
             Verdict::Retry {
-                at_least: Some(Duration::from_secs(7))
+                at_least: Some(Duration::from_secs(7)),
+                free: false,
             }
         );
         assert_eq!(
-            decide(&o, 2, &POLICY),
+            decide(&o, 2, 2, &POLICY),
             Verdict::Retry {
-                at_least: Some(Duration::from_secs(7))
+                at_least: Some(Duration::from_secs(7)),
+                free: false,
             }
         );
-        match decide(&o, 3, &POLICY) {
+        match decide(&o, 3, 3, &POLICY) {
             Verdict::Failed(e) => {
                 assert_eq!(e.kind, ErrorKind::ProvidersExhausted);
                 assert!(e.message.contains("openai/gpt-4o-mini: rate_limited (429)"));
@@ -166,23 +184,41 @@ mod tests {
     fn permanent_failures_name_their_kind() {
         let o = outcome(vec![call("bad_request", Some("nope"))], false, false);
         assert!(
-            matches!(decide(&o, 1, &POLICY), Verdict::Failed(e) if e.kind == ErrorKind::ProviderRejected)
+            matches!(decide(&o, 1, 1, &POLICY), Verdict::Failed(e) if e.kind == ErrorKind::ProviderRejected)
         );
         let o = outcome(vec![call("context_too_long", Some("long"))], false, true);
         assert!(
-            matches!(decide(&o, 1, &POLICY), Verdict::Failed(e) if e.kind == ErrorKind::ContextTooLong)
+            matches!(decide(&o, 1, 1, &POLICY), Verdict::Failed(e) if e.kind == ErrorKind::ContextTooLong)
         );
         let o = outcome(vec![], false, true);
         assert!(
-            matches!(decide(&o, 1, &POLICY), Verdict::Failed(e) if e.kind == ErrorKind::NoRoute)
+            matches!(decide(&o, 1, 1, &POLICY), Verdict::Failed(e) if e.kind == ErrorKind::NoRoute)
         );
+    }
+
+    #[test]
+    fn skipping_every_candidate_is_a_free_hand_back_within_a_bound() {
+        // No call made: every breaker open or cooling down.
+        let o = outcome(vec![], true, false);
+        assert_eq!(
+            decide(&o, 3, 10, &POLICY),
+            Verdict::Retry {
+                at_least: Some(Duration::from_secs(7)),
+                free: true,
+            }
+        );
+        let cap = u64::from(POLICY.max_deliveries) * FREE_FACTOR;
+        assert!(matches!(
+            decide(&o, 3, cap, &POLICY),
+            Verdict::Failed(e) if e.kind == ErrorKind::ProvidersExhausted
+        ));
     }
 
     #[test]
     fn a_cancelled_chain_is_handed_back_not_failed() {
         let mut o = outcome(vec![call("cancelled", Some("shutdown"))], true, false);
         o.cancelled = true;
-        assert_eq!(decide(&o, 99, &POLICY), Verdict::HandBack);
+        assert_eq!(decide(&o, 99, 99, &POLICY), Verdict::HandBack);
     }
 
     #[test]

@@ -276,19 +276,20 @@ async fn attempt(
         base: Duration::from_millis(ctx.cfg.worker.retry_base_ms),
         max: Duration::from_millis(ctx.cfg.worker.retry_max_ms),
     };
-    match decide(&outcome, own_delivery, &policy) {
+    match decide(&outcome, own_delivery, s.d.delivered, &policy) {
         Verdict::Succeeded => succeed(ctx, s, job, lease, reservation, route, prior, outcome).await,
         Verdict::Failed(err) => {
             let _ = reservation.map(Reservation::settle);
             fail(ctx, s, Some(lease), route, err, &prior, outcome.calls).await
         }
-        Verdict::Retry { at_least } => {
+        Verdict::Retry { at_least, free } => {
             let delay = retry_delay(ctx, own_delivery, at_least);
             tracing::info!(
                 delay_ms = delay.as_millis() as u64,
-                "every candidate failed; retrying later"
+                free,
+                "every candidate failed or was skipped; retrying later"
             );
-            hand_back(ctx, s, job, lease, reservation, outcome.calls, false, delay).await
+            hand_back(ctx, s, job, lease, reservation, outcome.calls, free, delay).await
         }
         Verdict::HandBack if lease.is_lost() => {
             // Another delivery took the job over: keep the calls made, then claim again
