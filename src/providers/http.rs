@@ -140,13 +140,14 @@ fn redact_keys(s: &str) -> String {
 /// Where a key starts in a word: `sk-` or `AIza` at its start or after a character that
 /// is not alphanumeric (`key=sk-…`, `'AIza…'`), not inside a word (`task-1`).
 fn key_start(w: &str) -> Option<usize> {
-    w.char_indices()
-        .map(|(i, _)| i)
-        .find(|&i| {
-            let rest = &w[i..];
-            (rest.starts_with("sk-") || rest.starts_with("AIza"))
-                && w[..i].chars().next_back().is_none_or(|c| !c.is_alphanumeric())
-        })
+    w.char_indices().map(|(i, _)| i).find(|&i| {
+        let rest = &w[i..];
+        (rest.starts_with("sk-") || rest.starts_with("AIza"))
+            && w[..i]
+                .chars()
+                .next_back()
+                .is_none_or(|c| !c.is_alphanumeric())
+    })
 }
 
 #[cfg(test)]
@@ -161,7 +162,10 @@ mod tests {
             "Incorrect API key provided: [redacted] You can find your API key"
         );
         assert!(!clip("bad key AIzaSyA-123456").contains("AIza"));
-        assert_eq!(clip("key='sk-abc', x=AIza1"), "key='[redacted] x=[redacted]");
+        assert_eq!(
+            clip("key='sk-abc', x=AIza1"),
+            "key='[redacted] x=[redacted]"
+        );
     }
 
     #[test]
