@@ -291,11 +291,12 @@ async fn attempt(
             );
             hand_back(ctx, s, job, lease, reservation, outcome.calls, free, delay).await
         }
-        Verdict::HandBack if lease.is_lost() => {
-            // Another delivery took the job over: keep the calls made, then claim again
-            // (it finds that delivery's result, or its lease).
-            tracing::warn!("the lease was taken over during the calls; claiming again");
-            let _ = hand_back(
+        Verdict::HandBack => {
+            // Another delivery took the job over (or the worker is stopping): keep the
+            // calls made; when taken over, claim again (it finds that delivery's result,
+            // or its lease).
+            let lost = lease.is_lost();
+            let back = hand_back(
                 ctx,
                 s,
                 job,
@@ -306,20 +307,11 @@ async fn attempt(
                 Duration::ZERO,
             )
             .await;
-            None
-        }
-        Verdict::HandBack => {
-            hand_back(
-                ctx,
-                s,
-                job,
-                lease,
-                reservation,
-                outcome.calls,
-                true,
-                Duration::ZERO,
-            )
-            .await
+            if lost {
+                tracing::warn!("the lease was taken over during the calls; claiming again");
+                return None;
+            }
+            back
         }
     }
 }
