@@ -185,12 +185,28 @@ WITH input AS (
        AND NOT (jobs.status = 'failed' AND jobs.stream_seq = EXCLUDED.stream_seq)
     RETURNING tenant, id
 ), lost AS (
-    -- (Runs whether or not it is read, as every data-modifying WITH does.)
+    -- (This and the CTEs below run whether or not they are read, as every
+    -- data-modifying WITH does.)
     -- Calls a dead delivery started and never finished: the provider may have billed them.
     UPDATE cost_rows c SET outcome = 'worker_lost',
            message = 'the worker died during this call; the provider may have billed it'
       FROM up u
      WHERE c.tenant = u.tenant AND c.job_id = u.id AND c.outcome = 'started'
+    RETURNING 1
+), stale AS (
+    -- A budget reservation of an earlier lease on a job just claimed belongs to a dead
+    -- delivery (this one reserves after its claim): give it back now, not at the sweep.
+    DELETE FROM budget_reservations r USING up u
+     WHERE r.tenant = u.tenant AND r.job_id = u.id
+    RETURNING r.tenant, r.feature, r.amount_usd
+), stale_agg AS (
+    SELECT b.tenant, b.feature, b.period, sum(x.amount_usd) AS amount
+      FROM budgets b JOIN stale x ON b.tenant = x.tenant AND (b.feature IS NULL OR b.feature = x.feature)
+     GROUP BY b.tenant, b.feature, b.period
+), stale_released AS (
+    UPDATE budgets b SET reserved_usd = greatest(b.reserved_usd - a.amount, 0), updated_at = now()
+      FROM stale_agg a
+     WHERE b.tenant = a.tenant AND b.feature IS NOT DISTINCT FROM a.feature AND b.period = a.period
     RETURNING 1
 )
 SELECT i.tenant, i.id, (u.id IS NOT NULL) AS claimed, p.status,
