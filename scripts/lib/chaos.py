@@ -906,7 +906,9 @@ def main():
         for n in s.get("notes") or []:
             print("  %s: note: %s" % (s["scenario"], n))
     print("\nsummary: %s" % os.path.join(out, "summary.json"))
-    return 0 if all(s.get("ok") for s in summaries) else 1
+    passed = sum(1 for s in summaries if s.get("ok"))
+    print("chaos: %d passed, %d failed" % (passed, len(summaries) - passed))
+    return 0 if passed == len(summaries) else 1
 
 
 if __name__ == "__main__":
