@@ -86,8 +86,9 @@ async fn a_backlog_of_twice_the_limit(workers: usize) {
     );
     assert!(in_first_minute <= R);
 
-    // Everything is served, in the next window, without a failure.
-    let done = env.wait_succeeded(jobs as i64, 60).await;
+    // Everything is served, in the next windows, without a failure (generous: on a
+    // loaded box the heartbeats that shares depend on arrive late).
+    let done = env.wait_succeeded(jobs as i64, 150).await;
     assert_eq!(done, jobs as i64);
     let stats = env.sim.stats();
     assert_eq!(stats.count(API, UPSTREAM, 429), 0, "{:?}", stats.by_key);

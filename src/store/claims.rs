@@ -181,7 +181,9 @@ WITH input AS (
            started_at = now(), finished_at = NULL, error_kind = NULL, error_message = NULL,
            lease_token = EXCLUDED.lease_token, lease_until = EXCLUDED.lease_until
      WHERE jobs.status <> 'succeeded'
-       AND (jobs.lease_until IS NULL OR jobs.lease_until < now())
+       -- The same token again: a retried claim whose first answer was lost.
+       AND (jobs.lease_until IS NULL OR jobs.lease_until < now()
+            OR jobs.lease_token = EXCLUDED.lease_token)
        AND NOT (jobs.status = 'failed' AND jobs.stream_seq = EXCLUDED.stream_seq)
     RETURNING tenant, id
 ), lost AS (
