@@ -19,6 +19,36 @@ async fn count(env: &TestEnv, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(&env.pool).await.unwrap()
 }
 
+/// A budget for tenant `acme`.
+async fn add_budget(env: &TestEnv, period: &str, limit: &str, policy: &str) {
+    sqlx::query(
+        "INSERT INTO budgets (tenant, period, limit_usd, policy) VALUES ('acme', $1, $2::numeric, $3)",
+    )
+    .bind(period)
+    .bind(limit)
+    .bind(policy)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+}
+
+/// `acme`'s budget: limit, spent, reserved, and the sum of its cost rows.
+async fn acme_budget(env: &TestEnv) -> (Decimal, Decimal, Decimal, Decimal) {
+    let (limit, spent, reserved): (Decimal, Decimal, Decimal) = sqlx::query_as(
+        "SELECT limit_usd, spent_usd, reserved_usd FROM budgets WHERE tenant = 'acme'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    let billed: Decimal = sqlx::query_scalar(
+        "SELECT coalesce(sum(cost_usd), 0) FROM cost_rows WHERE tenant = 'acme'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    (limit, spent, reserved, billed)
+}
+
 /// Every job's cost rows against the simulator: one row per request it received.
 async fn assert_one_row_per_call(env: &TestEnv) {
     let rows = count(env, "SELECT count(*) FROM cost_rows").await;
@@ -256,12 +286,7 @@ async fn a_killed_workers_reservations_are_swept_and_its_calls_have_rows() {
         c.worker.ack_wait_s = 3;
     })
     .await;
-    sqlx::query(
-        "INSERT INTO budgets (tenant, period, limit_usd, policy) VALUES ('acme', 'month', 100, 'fail')",
-    )
-    .execute(&env.pool)
-    .await
-    .unwrap();
+    add_budget(&env, "month", "100", "fail").await;
     env.sim.set_profile(FaultProfile {
         latency_ms: 3000,
         ..Default::default()
@@ -331,17 +356,7 @@ async fn a_killed_workers_reservations_are_swept_and_its_calls_have_rows() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!(left, 0, "every reservation released");
-    let (reserved, spent): (Decimal, Decimal) =
-        sqlx::query_as("SELECT reserved_usd, spent_usd FROM budgets WHERE tenant = 'acme'")
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
-    let billed: Decimal = sqlx::query_scalar(
-        "SELECT coalesce(sum(cost_usd), 0) FROM cost_rows WHERE tenant = 'acme'",
-    )
-    .fetch_one(&env.pool)
-    .await
-    .unwrap();
+    let (_, spent, reserved, billed) = acme_budget(&env).await;
     assert_eq!(reserved, Decimal::ZERO, "nothing held");
     assert_eq!(spent, billed, "spend is what the cost rows say");
     stop.cancel();
@@ -354,12 +369,7 @@ async fn a_budget_defer_does_not_spend_a_delivery() {
         c.worker.max_deliveries = 1;
     })
     .await;
-    sqlx::query(
-        "INSERT INTO budgets (tenant, period, limit_usd, policy) VALUES ('acme', 'month', 0, 'defer')",
-    )
-    .execute(&env.pool)
-    .await
-    .unwrap();
+    add_budget(&env, "month", "0", "defer").await;
     let (stop, worker) = env.start_worker().await;
     env.publish(Priority::Normal, "acme", job("d1", "acme", PINNED))
         .await;
@@ -390,12 +400,7 @@ async fn three_workers_racing_one_budget_never_overspend_it() {
     })
     .await;
     // A limit that a fraction of the jobs' worst cases fits in.
-    sqlx::query(
-        "INSERT INTO budgets (tenant, period, limit_usd, policy) VALUES ('acme', 'day', 0.004, 'fail')",
-    )
-    .execute(&env.pool)
-    .await
-    .unwrap();
+    add_budget(&env, "day", "0.004", "fail").await;
     env.sim.set_profile(FaultProfile {
         latency_ms: 50,
         ..Default::default()
@@ -436,18 +441,7 @@ async fn three_workers_racing_one_budget_never_overspend_it() {
         denied > 0 && denied < N as i64,
         "the budget ran out part way: {denied}"
     );
-    let (limit, spent, reserved): (Decimal, Decimal, Decimal) = sqlx::query_as(
-        "SELECT limit_usd, spent_usd, reserved_usd FROM budgets WHERE tenant = 'acme'",
-    )
-    .fetch_one(&env.pool)
-    .await
-    .unwrap();
-    let billed: Decimal = sqlx::query_scalar(
-        "SELECT coalesce(sum(cost_usd), 0) FROM cost_rows WHERE tenant = 'acme'",
-    )
-    .fetch_one(&env.pool)
-    .await
-    .unwrap();
+    let (limit, spent, reserved, billed) = acme_budget(&env).await;
     assert!(spent <= limit, "spent {spent} of {limit}");
     assert_eq!(spent, billed, "spend is the cost rows' sum");
     assert_eq!(reserved, Decimal::ZERO);

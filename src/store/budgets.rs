@@ -105,13 +105,11 @@ pub async fn reserve<D>(
     Ok(Some(Ok(())))
 }
 
-/// Delete the reservations held by `tokens` and give their amounts back to the budgets.
-/// Idempotent: a reservation is released once, whoever gets there first.
-const RELEASE_SQL: &str = r#"
-WITH freed AS (
-    DELETE FROM budget_reservations WHERE lease_token = ANY($1::text[])
-    RETURNING tenant, feature, amount_usd
-), agg AS (
+/// The end of a statement whose CTE `freed` deleted reservations (tenant, feature,
+/// amount_usd): their amounts go back to every budget they were held against.
+macro_rules! give_back_freed {
+    () => {
+        r#"), agg AS (
     SELECT b.tenant, b.feature, b.period, sum(f.amount_usd) AS amount
       FROM budgets b JOIN freed f ON b.tenant = f.tenant AND (b.feature IS NULL OR b.feature = f.feature)
      GROUP BY b.tenant, b.feature, b.period
@@ -119,7 +117,20 @@ WITH freed AS (
 UPDATE budgets b SET reserved_usd = greatest(b.reserved_usd - agg.amount, 0), updated_at = now()
   FROM agg
  WHERE b.tenant = agg.tenant AND b.feature IS NOT DISTINCT FROM agg.feature AND b.period = agg.period
-"#;
+"#
+    };
+}
+
+/// Delete the reservations held by `tokens` and give their amounts back to the budgets.
+/// Idempotent: a reservation is released once, whoever gets there first.
+const RELEASE_SQL: &str = concat!(
+    r#"
+WITH freed AS (
+    DELETE FROM budget_reservations WHERE lease_token = ANY($1::text[])
+    RETURNING tenant, feature, amount_usd
+"#,
+    give_back_freed!()
+);
 
 pub async fn release_reservations(
     tx: &mut Transaction<'_, Postgres>,
@@ -134,23 +145,18 @@ pub async fn release_reservations(
 
 /// Reservations whose lease is no longer live (its worker died, or it ended without
 /// releasing): give them back. Safe to run on every worker at once.
-const SWEEP_SQL: &str = r#"
-WITH dead AS (
+const SWEEP_SQL: &str = concat!(
+    r#"
+WITH freed AS (
     DELETE FROM budget_reservations r
      WHERE r.created_at < now() - interval '5 seconds'
        AND NOT EXISTS (SELECT 1 FROM jobs j
                         WHERE j.tenant = r.tenant AND j.id = r.job_id
                           AND j.lease_token = r.lease_token AND j.lease_until > now())
     RETURNING r.tenant, r.feature, r.amount_usd
-), agg AS (
-    SELECT b.tenant, b.feature, b.period, sum(d.amount_usd) AS amount
-      FROM budgets b JOIN dead d ON b.tenant = d.tenant AND (b.feature IS NULL OR b.feature = d.feature)
-     GROUP BY b.tenant, b.feature, b.period
-)
-UPDATE budgets b SET reserved_usd = greatest(b.reserved_usd - agg.amount, 0), updated_at = now()
-  FROM agg
- WHERE b.tenant = agg.tenant AND b.feature IS NOT DISTINCT FROM agg.feature AND b.period = agg.period
-"#;
+"#,
+    give_back_freed!()
+);
 
 pub async fn sweep_reservations(pool: &PgPool) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(SWEEP_SQL).execute(pool).await?.rows_affected())
