@@ -16,7 +16,9 @@ pub use message::{
     Content, ContentPart, FunctionCall, FunctionDef, ImageUrl, JsonSchemaFormat, Message,
     ResponseFormat, Role, Tool, ToolCall,
 };
-pub use parse::{parse_job, Envelope, ParseFailure, ParseRules, ParsedJob, SubjectInfo};
+pub use parse::{
+    parse_job, parse_job_checked, Envelope, ParseFailure, ParseRules, ParsedJob, SubjectInfo,
+};
 pub use result::{Attempt, JobResult, Output, Route, Status, Usage};
 
 use chrono::{DateTime, Utc};
@@ -141,7 +143,11 @@ pub struct Job {
     pub response_format: Option<ResponseFormat>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tools: Option<Vec<Tool>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "parse::strict_value"
+    )]
     pub tool_choice: Option<serde_json::Value>,
     #[serde(
         default,
@@ -160,7 +166,11 @@ pub struct Job {
     pub cache: CacheMode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "parse::strict_value"
+    )]
     pub metadata: Option<serde_json::Value>,
 }
 

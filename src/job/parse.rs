@@ -93,6 +93,63 @@ pub fn parse_job(
     rules: &ParseRules,
 ) -> Result<ParsedJob, Box<ParseFailure>> {
     let subj = SubjectInfo::parse(subject, &rules.prefix);
+    if let Some(parsed) = parse_fast(payload, &subj, rules) {
+        return Ok(parsed);
+    }
+    parse_checked(payload, subject, subj, stream_seq, rules)
+}
+
+/// [`parse_job`] without its fast path: for the tests and the fuzzer that hold the two
+/// together.
+#[doc(hidden)]
+pub fn parse_job_checked(
+    payload: &[u8],
+    subject: &str,
+    stream_seq: u64,
+    rules: &ParseRules,
+) -> Result<ParsedJob, Box<ParseFailure>> {
+    let subj = SubjectInfo::parse(subject, &rules.prefix);
+    parse_checked(payload, subject, subj, stream_seq, rules)
+}
+
+/// The common case in one pass: a payload within the size limit, on an exact subject,
+/// deserialized straight into a [`Job`] (derived structs refuse duplicate fields, and
+/// the free-form values use [`strict_value`]) and checked. Anything it does not take goes
+/// the long way, [`parse_checked`], which finds and names the problem: the fast path
+/// only ever accepts what the long way accepts, with the same [`Job`] (a test holds the
+/// two together on every fixture and fuzz input).
+fn parse_fast(payload: &[u8], subj: &SubjectInfo, rules: &ParseRules) -> Option<ParsedJob> {
+    if !subj.exact || payload.len() > rules.max_payload_bytes {
+        return None;
+    }
+    let text = std::str::from_utf8(payload).ok()?;
+    if text.contains("\\u0000") {
+        return None;
+    }
+    let job: Job = serde_json::from_str(text).ok()?;
+    check_rules(&job, subj, rules).ok()?;
+    let envelope = Envelope {
+        id: job.id.clone(),
+        tenant: subj.tenant.clone(),
+        priority: subj.priority,
+        reply_to: job.reply_to.clone(),
+        feature: None,
+        user: None,
+        metadata: None,
+    };
+    Some(ParsedJob { job, envelope })
+}
+
+/// The long way: the bytes to a duplicate-free JSON tree (`malformed_job` when that
+/// fails), then the tree to a [`Job`] and the contract's rules (`invalid_job`, naming
+/// the field).
+fn parse_checked(
+    payload: &[u8],
+    subject: &str,
+    subj: SubjectInfo,
+    stream_seq: u64,
+    rules: &ParseRules,
+) -> Result<ParsedJob, Box<ParseFailure>> {
     let mut envelope = Envelope {
         id: format!("_seq{stream_seq}"),
         tenant: subj.tenant.clone(),
@@ -459,6 +516,12 @@ fn display_path(p: &str) -> String {
     } else {
         p.to_string()
     }
+}
+
+/// For a job's free-form fields (`metadata`, `tool_choice`, a tool's `parameters`, a
+/// JSON schema): an optional value that refuses duplicate keys, as the long way does.
+pub(super) fn strict_value<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Option::<StrictValue>::deserialize(d).map(|v| v.map(|StrictValue(v)| v))
 }
 
 /// A JSON value that refuses duplicate object keys anywhere in the document.

@@ -102,12 +102,18 @@ impl Publisher {
     }
 
     /// Result to the results stream (awaiting its ack) and to `reply_to` when given.
+    /// `encoded`: the result already encoded whole (as committed), used when it fits in a
+    /// message.
     pub async fn result_of(
         &self,
         result: &JobResult,
+        encoded: Option<Bytes>,
         reply_to: Option<&str>,
     ) -> Result<(), PublishError> {
-        let body = self.encode_result(result)?;
+        let body = match encoded {
+            Some(b) if b.len() <= self.max_payload() => b,
+            _ => self.encode_result(result)?,
+        };
         let subject = self.names.result_subject(&result.tenant, &result.id);
         let ack = self
             .js

@@ -292,7 +292,7 @@ async fn record_start(ctx: &Ctx, job: &Job, attempt: u32, m: &ModelConfig) -> bo
         job: None,
         release: None,
     };
-    match super::process::commit(ctx, req).await {
+    match Box::pin(super::process::commit(ctx, req)).await {
         Ok(_) => true,
         Err(super::process::CommitFailed::Stopping) => false,
         // Postgres refuses this job's rows: the final commit meets the same refusal and

@@ -70,8 +70,13 @@ impl Dispatch for JobDispatch {
         ctx.metrics
             .in_flight
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Boxed: the task then holds a pointer, not the job's whole state machine, which
+        // spawning would otherwise copy several times.
+        let job = Box::pin(handle(ctx.clone(), priority, msg));
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| eprintln!("SIZE handle {}", std::mem::size_of_val(&*job)));
         self.tracker.spawn(async move {
-            handle(ctx.clone(), priority, msg).await;
+            job.await;
             ctx.metrics
                 .in_flight
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -117,18 +122,21 @@ async fn handle(ctx: Arc<Ctx>, priority: Priority, msg: Message) {
     let period = Duration::from_secs(ctx.cfg.worker.ack_wait_s)
         .div_f64(3.0)
         .max(Duration::from_millis(500));
-    let work = process::process(&ctx, delivery, &message);
-    tokio::pin!(work);
-    let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    let disposition = loop {
-        tokio::select! {
-            d = &mut work => break d,
-            _ = keepalive.tick() => {
-                if let Err(e) = acker.ack_with(AckKind::Progress).await {
-                    tracing::warn!(error = %e, "in-progress ack failed");
+    let disposition = {
+        let work = process::process(&ctx, delivery, &message);
+        tokio::pin!(work);
+        let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            tokio::select! {
+                d = &mut work => break d,
+                _ = keepalive.tick() => {
+                    // Boxed: rare, and kept out of the state a job holds while it runs.
+                    if let Err(e) = Box::pin(acker.ack_with(AckKind::Progress)).await {
+                        tracing::warn!(error = %e, "in-progress ack failed");
+                    }
                 }
+                _ = ctx.abort.cancelled() => break Disposition::Retry(Duration::ZERO),
             }
-            _ = ctx.abort.cancelled() => break Disposition::Retry(Duration::ZERO),
         }
     };
     let sent = match disposition {

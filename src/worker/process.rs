@@ -36,7 +36,7 @@ pub(super) async fn process(ctx: &Ctx, d: Delivery, msg: &async_nats::Message) -
         Ok(p) => p,
         Err(f) => {
             let span = tracing::info_span!("job", tenant = %f.envelope.tenant, id = %f.envelope.id);
-            return fail_unparsed(ctx, d, msg, *f).instrument(span).await;
+            return Box::pin(fail_unparsed(ctx, d, msg, *f).instrument(span)).await;
         }
     };
     let span = tracing::info_span!("job", tenant = %parsed.job.tenant, id = %parsed.job.id,
@@ -94,7 +94,7 @@ async fn run(
         },
     };
     for _ in 0..RECLAIMS {
-        let (lease, prior, free) = match claim(ctx, scope, job).await {
+        let (lease, prior, free) = match Box::pin(claim(ctx, scope, job)).await {
             Claimed::Run { lease, prior, free } => (lease, prior, free),
             Claimed::Done(disposition) => return disposition,
         };
@@ -145,12 +145,12 @@ async fn claim(ctx: &Ctx, s: Scope<'_>, job: &Job) -> Claimed {
             Ok(ClaimOutcome::Succeeded(stored)) => {
                 tracing::info!("already succeeded; publishing the stored result again");
                 ctx.metrics.republished();
-                return Claimed::Done(deliver(ctx, s, &stored).await);
+                return Claimed::Done(deliver(ctx, s, &stored, None).await);
             }
             Ok(ClaimOutcome::Finished(stored)) => {
                 tracing::info!("this message's failed result is committed; publishing it again");
                 ctx.metrics.republished();
-                return Claimed::Done(deliver(ctx, s, &stored).await);
+                return Claimed::Done(deliver(ctx, s, &stored, None).await);
             }
             Ok(ClaimOutcome::Busy(left)) => {
                 if started.elapsed() > BUSY_WAIT_MAX {
@@ -202,7 +202,7 @@ async fn attempt(
                     deadline.to_rfc3339()
                 ),
             );
-            return fail(ctx, s, Some(lease), None, err, &prior, Vec::new()).await;
+            return Box::pin(fail(ctx, s, Some(lease), None, err, &prior, Vec::new())).await;
         }
     }
     let estimate = estimate_input_tokens(job);
@@ -214,7 +214,9 @@ async fn attempt(
         .and_then(|d| rust_decimal::prelude::ToPrimitive::to_f64(&d));
     let plan = match ctx.router.plan(job, estimate, route_ctx) {
         Ok(p) => p,
-        Err(err) => return fail(ctx, s, Some(lease), None, err, &prior, Vec::new()).await,
+        Err(err) => {
+            return Box::pin(fail(ctx, s, Some(lease), None, err, &prior, Vec::new())).await
+        }
     };
     // Hold the worst case against the tenant's budgets before any call: the dearest
     // candidate's price for its whole `max_tokens`, with the input counted by the
@@ -245,19 +247,29 @@ async fn attempt(
         Ok(Ok(r)) => r,
         Ok(Err(Denial::Fail(why))) => {
             let err = ErrorBody::new(ErrorKind::BudgetExceeded, why);
-            return fail(ctx, s, Some(lease), route, err, &prior, Vec::new()).await;
+            return Box::pin(fail(ctx, s, Some(lease), route, err, &prior, Vec::new())).await;
         }
         Ok(Err(Denial::Defer(why, delay))) => {
             tracing::info!(delay_s = delay.as_secs(), reason = %why, "budget reached; deferring");
             // Not the job's fault: this hand-back does not count against max_deliveries.
-            return hand_back(ctx, s, job, lease, None, Vec::new(), true, delay).await;
+            return Box::pin(hand_back(ctx, s, job, lease, None, Vec::new(), true, delay)).await;
         }
         Err(Gave::Stopping(_)) => {
-            return hand_back(ctx, s, job, lease, None, Vec::new(), true, Duration::ZERO).await
+            return Box::pin(hand_back(
+                ctx,
+                s,
+                job,
+                lease,
+                None,
+                Vec::new(),
+                true,
+                Duration::ZERO,
+            ))
+            .await
         }
         Err(Gave::Refused(e)) => {
             let err = internal(format!("postgres refused the budget reservation: {e}"));
-            return fail(ctx, s, Some(lease), route, err, &prior, Vec::new()).await;
+            return Box::pin(fail(ctx, s, Some(lease), route, err, &prior, Vec::new())).await;
         }
     };
     let first_attempt = prior.iter().map(|a| a.attempt).max().unwrap_or(0) + 1;
@@ -277,10 +289,22 @@ async fn attempt(
         max: Duration::from_millis(ctx.cfg.worker.retry_max_ms),
     };
     match decide(&outcome, own_delivery, s.d.delivered, &policy) {
-        Verdict::Succeeded => succeed(ctx, s, job, lease, reservation, route, prior, outcome).await,
+        Verdict::Succeeded => {
+            Box::pin(succeed(
+                ctx,
+                s,
+                job,
+                lease,
+                reservation,
+                route,
+                prior,
+                outcome,
+            ))
+            .await
+        }
         Verdict::Failed(err) => {
             let _ = reservation.map(Reservation::settle);
-            fail(ctx, s, Some(lease), route, err, &prior, outcome.calls).await
+            Box::pin(fail(ctx, s, Some(lease), route, err, &prior, outcome.calls)).await
         }
         Verdict::Retry { at_least, free } => {
             let delay = retry_delay(ctx, own_delivery, at_least);
@@ -289,14 +313,24 @@ async fn attempt(
                 free,
                 "every candidate failed or was skipped; retrying later"
             );
-            hand_back(ctx, s, job, lease, reservation, outcome.calls, free, delay).await
+            Box::pin(hand_back(
+                ctx,
+                s,
+                job,
+                lease,
+                reservation,
+                outcome.calls,
+                free,
+                delay,
+            ))
+            .await
         }
         Verdict::HandBack => {
             // Another delivery took the job over (or the worker is stopping): keep the
             // calls made; when taken over, claim again (it finds that delivery's result,
             // or its lease).
             let lost = lease.is_lost();
-            let back = hand_back(
+            let back = Box::pin(hand_back(
                 ctx,
                 s,
                 job,
@@ -305,7 +339,7 @@ async fn attempt(
                 outcome.calls,
                 true,
                 Duration::ZERO,
-            )
+            ))
             .await;
             if lost {
                 tracing::warn!("the lease was taken over during the calls; claiming again");
@@ -495,18 +529,20 @@ async fn finish(
             return Some(Disposition::Retry(retry_delay(ctx, d.delivered, None)));
         }
     };
+    // The bytes committed are the bytes published: encoded once.
+    let encoded = bytes::Bytes::copy_from_slice(row.result.get().as_bytes());
     let req = CommitRequest {
         key: key_of(s, s.job),
         calls,
         job: Some(row),
         release: None,
     };
-    let result = match commit(ctx, req).await {
+    let (result, encoded) = match commit(ctx, req).await {
         Ok(landed) if landed => {
             if let Some(l) = lease {
                 l.finish();
             }
-            result
+            (result, Some(encoded))
         }
         Ok(_) => {
             if let Some(l) = lease {
@@ -532,7 +568,7 @@ async fn finish(
             let minimal = minimal_failure(&result, &e);
             match refused_again(ctx, s, lease, &minimal, req.calls).await {
                 Some(disposition) => return Some(disposition),
-                None => minimal,
+                None => (minimal, None),
             }
         }
     };
@@ -542,7 +578,7 @@ async fn finish(
         result.error.as_ref().map_or("", |e| e.kind.as_str()),
         d.received.elapsed(),
     );
-    Some(deliver(ctx, s, &result).await)
+    Some(deliver(ctx, s, &result, encoded).await)
 }
 
 /// The second commit of a refused job: its minimal failed row and its calls. When even
@@ -575,7 +611,7 @@ async fn refused_again(
             tracing::error!(error = %e, calls = ?calls,
                 "postgres refused even the minimal failed row; publishing without it");
             drop(lease);
-            Some(deliver(ctx, s, minimal).await)
+            Some(deliver(ctx, s, minimal, None).await)
         }
     }
 }
@@ -674,7 +710,13 @@ pub(super) async fn commit(ctx: &Ctx, mut req: CommitRequest) -> Result<bool, Co
 /// stream and `reply_to`; then ack. Bounded: a result that cannot be published after a few tries hands the message
 /// back (the redelivery publishes the stored result without a call), and on the last
 /// delivery the message is acked with the result safe in Postgres.
-async fn deliver(ctx: &Ctx, s: Scope<'_>, result: &JobResult) -> Disposition {
+/// `encoded`: the result as committed, when at hand (else it is encoded here).
+async fn deliver(
+    ctx: &Ctx,
+    s: Scope<'_>,
+    result: &JobResult,
+    encoded: Option<bytes::Bytes>,
+) -> Disposition {
     let mut dead_lettered = result.status != Status::Failed;
     let mut pause = Duration::from_millis(200);
     for _ in 0..PUBLISH_TRIES {
@@ -694,7 +736,7 @@ async fn deliver(ctx: &Ctx, s: Scope<'_>, result: &JobResult) -> Disposition {
         }
         match ctx
             .publisher
-            .result_of(result, s.env.reply_to.as_deref())
+            .result_of(result, encoded.clone(), s.env.reply_to.as_deref())
             .await
         {
             Ok(()) => return Disposition::Ack,

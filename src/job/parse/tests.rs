@@ -187,3 +187,79 @@ fn nul_in_a_metadata_key_is_invalid() {
     );
     assert!(!f.error.message.contains('\0'));
 }
+
+/// The fast path and the long way agree on every input we have: the fuzz corpus (subject,
+/// newline, payload), the examples, and the labeled routing set.
+#[test]
+fn fast_path_accepts_only_what_the_long_way_accepts() {
+    let rules = ParseRules {
+        prefix: "llm".into(),
+        max_payload_bytes: 64 * 1024,
+        max_messages: 16,
+        max_tokens_cap: 32_768,
+        providers: vec!["openai".into(), "anthropic".into(), "gemini".into()],
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut inputs: Vec<(String, Vec<u8>)> = Vec::new();
+    for entry in std::fs::read_dir(root.join("fuzz/corpus/parse_job")).unwrap() {
+        let data = std::fs::read(entry.unwrap().path()).unwrap();
+        let (subject, payload) = match data.iter().position(|&b| b == b'\n') {
+            Some(i) => (
+                String::from_utf8_lossy(&data[..i]).into_owned(),
+                data[i + 1..].to_vec(),
+            ),
+            None => ("llm.jobs.normal.acme".to_string(), data),
+        };
+        inputs.push((subject, payload));
+    }
+    let as_input = |job: &Value| {
+        let tenant = job["tenant"].as_str().unwrap_or("acme").to_string();
+        (
+            format!("llm.jobs.low.{tenant}"),
+            serde_json::to_vec(job).unwrap(),
+        )
+    };
+    let labeled =
+        std::fs::read_to_string(root.join("tests/fixtures/routing/labeled.jsonl")).unwrap();
+    for line in labeled.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(line).unwrap();
+        inputs.push(as_input(&v["job"]));
+    }
+    for name in ["job-full.json", "job-minimal.json", "job-tools.json"] {
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(root.join("examples").join(name)).unwrap())
+                .unwrap();
+        inputs.push(as_input(&v));
+    }
+    let (mut fast, mut refused) = (0, 0);
+    for (subject, payload) in &inputs {
+        let quick = parse_job(payload, subject, 9, &rules);
+        let slow = parse_job_checked(payload, subject, 9, &rules);
+        match (quick, slow) {
+            (Ok(q), Ok(s)) => {
+                assert_eq!(
+                    q.job,
+                    s.job,
+                    "{subject}: {}",
+                    String::from_utf8_lossy(payload)
+                );
+                assert_eq!(q.envelope, s.envelope);
+                fast += 1;
+            }
+            (Err(q), Err(s)) => {
+                assert_eq!(q.error, s.error);
+                assert_eq!(q.envelope, s.envelope);
+                refused += 1;
+            }
+            (q, s) => panic!(
+                "{subject}: {} -> fast {:?}, long way {:?}",
+                String::from_utf8_lossy(payload),
+                q.map(|p| p.job.id),
+                s.map(|p| p.job.id)
+            ),
+        }
+    }
+    // The inputs hold both kinds in numbers, so the comparison means something.
+    assert!(fast >= 370, "only {fast} inputs parsed");
+    assert!(refused >= 300, "only {refused} inputs refused");
+}
