@@ -214,25 +214,102 @@ async fn renumber(pool: &PgPool, key: &JobKey, calls: &[&CallRecord]) -> Result<
     Err(last.unwrap_or(StoreError::Rejected("attempt numbers clash".into())))
 }
 
-/// A cost row as the statement reads it.
-#[derive(Serialize)]
-struct CostRowOut<'a> {
-    tenant: &'a str,
-    job_id: &'a str,
-    attempt: u32,
-    feature: Option<&'a str>,
-    user_id: Option<&'a str>,
-    provider: &'a str,
-    model: &'a str,
-    outcome: &'a str,
-    status_code: Option<u16>,
-    input_tokens: u64,
-    cached_input_tokens: u64,
-    output_tokens: u64,
-    reasoning_tokens: u64,
-    cost_usd: Decimal,
-    latency_ms: u64,
-    message: Option<&'a str>,
+/// The cost rows of a statement, column by column (bound as arrays and unnested: binary,
+/// no JSON for either side to write or parse).
+#[derive(Default)]
+struct CostColumns<'a> {
+    tenant: Vec<&'a str>,
+    job_id: Vec<&'a str>,
+    attempt: Vec<i32>,
+    feature: Vec<Option<&'a str>>,
+    user_id: Vec<Option<&'a str>>,
+    provider: Vec<&'a str>,
+    model: Vec<&'a str>,
+    outcome: Vec<&'a str>,
+    status_code: Vec<Option<i32>>,
+    input_tokens: Vec<i64>,
+    cached_input_tokens: Vec<i64>,
+    output_tokens: Vec<i64>,
+    reasoning_tokens: Vec<i64>,
+    cost_usd: Vec<Decimal>,
+    latency_ms: Vec<i64>,
+    message: Vec<Option<&'a str>>,
+}
+
+impl<'a> CostColumns<'a> {
+    fn push(&mut self, k: &'a JobKey, c: &'a CallRecord) {
+        let a = &c.attempt;
+        self.tenant.push(&k.tenant);
+        self.job_id.push(&k.id);
+        self.attempt.push(a.attempt as i32);
+        self.feature.push(k.feature.as_deref());
+        self.user_id.push(k.user_id.as_deref());
+        self.provider.push(&a.provider);
+        self.model.push(&a.model);
+        self.outcome.push(&a.outcome);
+        self.status_code.push(a.status.map(i32::from));
+        self.input_tokens.push(big(c.usage.input_tokens));
+        self.cached_input_tokens
+            .push(big(c.usage.cached_input_tokens));
+        self.output_tokens.push(big(c.usage.output_tokens));
+        self.reasoning_tokens.push(big(c.usage.reasoning_tokens));
+        self.cost_usd.push(a.cost_usd);
+        self.latency_ms.push(big(a.latency_ms));
+        self.message.push(a.message.as_deref());
+    }
+}
+
+/// The final rows of a statement, column by column.
+#[derive(Default)]
+struct JobColumns<'a> {
+    tenant: Vec<&'a str>,
+    id: Vec<&'a str>,
+    feature: Vec<Option<&'a str>>,
+    user_id: Vec<Option<&'a str>>,
+    priority: Vec<Option<&'a str>>,
+    task: Vec<Option<&'a str>>,
+    requested_model: Vec<Option<&'a str>>,
+    status: Vec<&'a str>,
+    provider: Vec<Option<&'a str>>,
+    model: Vec<Option<&'a str>>,
+    input_tokens: Vec<i64>,
+    cached_input_tokens: Vec<i64>,
+    output_tokens: Vec<i64>,
+    cost_usd: Vec<Decimal>,
+    error_kind: Vec<Option<&'a str>>,
+    error_message: Vec<Option<&'a str>>,
+    result: Vec<&'a str>,
+    lease_token: Vec<Option<&'a str>>,
+    stream_seq: Vec<i64>,
+}
+
+impl<'a> JobColumns<'a> {
+    fn push(&mut self, j: &'a CommitJob) {
+        self.tenant.push(&j.tenant);
+        self.id.push(&j.id);
+        self.feature.push(j.feature.as_deref());
+        self.user_id.push(j.user_id.as_deref());
+        self.priority.push(j.priority);
+        self.task.push(j.task);
+        self.requested_model.push(j.requested_model.as_deref());
+        self.status.push(j.status);
+        self.provider.push(j.provider.as_deref());
+        self.model.push(j.model.as_deref());
+        self.input_tokens.push(big(j.input_tokens));
+        self.cached_input_tokens.push(big(j.cached_input_tokens));
+        self.output_tokens.push(big(j.output_tokens));
+        self.cost_usd.push(j.cost_usd);
+        self.error_kind.push(j.error_kind);
+        self.error_message.push(j.error_message.as_deref());
+        self.result.push(j.result.get());
+        self.lease_token.push(j.lease_token.as_deref());
+        self.stream_seq.push(big(j.stream_seq));
+    }
+}
+
+/// A count as Postgres's bigint (saturating: no count of ours comes near it).
+fn big(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 const COMMIT_SQL: &str = r#"
@@ -243,11 +320,13 @@ WITH c AS (
     SELECT tenant, job_id, attempt, feature, user_id, provider, model, outcome, status_code,
            input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, cost_usd,
            latency_ms, message
-      FROM jsonb_to_recordset($1::jsonb) AS x(
-           tenant text, job_id text, attempt integer, feature text, user_id text,
-           provider text, model text, outcome text, status_code integer, input_tokens bigint,
-           cached_input_tokens bigint, output_tokens bigint, reasoning_tokens bigint,
-           cost_usd numeric, latency_ms bigint, message text)
+      FROM unnest($1::text[], $2::text[], $3::integer[], $4::text[], $5::text[],
+                  $6::text[], $7::text[], $8::text[], $9::integer[], $10::bigint[],
+                  $11::bigint[], $12::bigint[], $13::bigint[], $14::numeric[], $15::bigint[],
+                  $16::text[]) AS x(
+           tenant, job_id, attempt, feature, user_id, provider, model, outcome, status_code,
+           input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, cost_usd,
+           latency_ms, message)
     ON CONFLICT (tenant, job_id, attempt) DO UPDATE
        SET outcome = EXCLUDED.outcome, status_code = EXCLUDED.status_code,
            input_tokens = EXCLUDED.input_tokens,
@@ -267,11 +346,18 @@ WITH c AS (
            model, input_tokens, cached_input_tokens, output_tokens, cost_usd, error_kind,
            error_message, nullif(result -> 'output', 'null'::jsonb), result, 1, now(), now(),
            lease_token, NULL, stream_seq
-      FROM jsonb_to_recordset($2::jsonb) AS x(
-           tenant text, id text, feature text, user_id text, priority text, task text,
-           requested_model text, status text, provider text, model text, input_tokens bigint,
-           cached_input_tokens bigint, output_tokens bigint, cost_usd numeric, error_kind text,
-           error_message text, result jsonb, lease_token text, stream_seq bigint)
+      FROM (SELECT tenant, id, feature, user_id, priority, task, requested_model, status,
+                   provider, model, input_tokens, cached_input_tokens, output_tokens,
+                   cost_usd, error_kind, error_message, result::jsonb AS result, lease_token,
+                   stream_seq
+              FROM unnest($17::text[], $18::text[], $19::text[], $20::text[], $21::text[],
+                          $22::text[], $23::text[], $24::text[], $25::text[], $26::text[],
+                          $27::bigint[], $28::bigint[], $29::bigint[], $30::numeric[],
+                          $31::text[], $32::text[], $33::text[], $34::text[], $35::bigint[])
+                AS y(tenant, id, feature, user_id, priority, task, requested_model, status,
+                     provider, model, input_tokens, cached_input_tokens, output_tokens,
+                     cost_usd, error_kind, error_message, result, lease_token, stream_seq)
+           ) AS x
     ON CONFLICT (tenant, id) DO UPDATE
        SET status = EXCLUDED.status, provider = EXCLUDED.provider, model = EXCLUDED.model,
            input_tokens = EXCLUDED.input_tokens,
@@ -293,11 +379,11 @@ WITH c AS (
 ), r AS (
     UPDATE jobs j SET lease_token = NULL, lease_until = NULL,
                       free_deliveries = j.free_deliveries + x.free
-      FROM unnest($3::text[], $4::integer[]) AS x(token, free)
+      FROM unnest($36::text[], $37::integer[]) AS x(token, free)
      WHERE j.lease_token = x.token
     RETURNING 1
 ), freed AS (
-    DELETE FROM budget_reservations WHERE lease_token = ANY($5::text[])
+    DELETE FROM budget_reservations WHERE lease_token = ANY($38::text[])
     RETURNING tenant, feature, amount_usd
 ), deltas AS (
     SELECT tenant, feature, cost_usd AS spent, 0::numeric AS freed FROM c
@@ -345,7 +431,7 @@ async fn insert<'a>(
     pool: &PgPool,
     reqs: &'a [CommitRequest],
 ) -> Result<(Vec<bool>, Missing<'a>), StoreError> {
-    let mut costs: Vec<CostRowOut<'_>> = Vec::new();
+    let mut costs = CostColumns::default();
     // One final row per job per statement: the last one wins (the others learn that theirs
     // did not land).
     let mut finals: HashMap<(&str, &str), usize> = HashMap::with_capacity(reqs.len());
@@ -353,27 +439,8 @@ async fn insert<'a>(
     let mut frees: Vec<i32> = Vec::new();
     let mut reservations: Vec<&str> = Vec::new();
     for (i, r) in reqs.iter().enumerate() {
-        let k = &r.key;
         for c in &r.calls {
-            let a = &c.attempt;
-            costs.push(CostRowOut {
-                tenant: &k.tenant,
-                job_id: &k.id,
-                attempt: a.attempt,
-                feature: k.feature.as_deref(),
-                user_id: k.user_id.as_deref(),
-                provider: &a.provider,
-                model: &a.model,
-                outcome: &a.outcome,
-                status_code: a.status,
-                input_tokens: c.usage.input_tokens,
-                cached_input_tokens: c.usage.cached_input_tokens,
-                output_tokens: c.usage.output_tokens,
-                reasoning_tokens: c.usage.reasoning_tokens,
-                cost_usd: a.cost_usd,
-                latency_ms: a.latency_ms,
-                message: a.message.as_deref(),
-            });
+            costs.push(&r.key, c);
         }
         if let Some(j) = &r.job {
             finals.insert((j.tenant.as_str(), j.id.as_str()), i);
@@ -387,13 +454,50 @@ async fn insert<'a>(
             reservations.push(&rel.lease_token);
         }
     }
-    let jobs: Vec<&CommitJob> = finals
-        .values()
-        .filter_map(|&i| reqs[i].job.as_ref())
-        .collect();
+    let mut jobs = JobColumns::default();
+    for &i in finals.values() {
+        if let Some(j) = &reqs[i].job {
+            jobs.push(j);
+        }
+    }
+    let n_costs = costs.tenant.len();
+    let c = costs;
     let rows: Vec<(bool, String, String, i32)> = sqlx::query_as(COMMIT_SQL)
-        .bind(sqlx::types::Json(&costs))
-        .bind(sqlx::types::Json(&jobs))
+        .bind(c.tenant)
+        .bind(c.job_id)
+        .bind(c.attempt)
+        .bind(c.feature)
+        .bind(c.user_id)
+        .bind(c.provider)
+        .bind(c.model)
+        .bind(c.outcome)
+        .bind(c.status_code)
+        .bind(c.input_tokens)
+        .bind(c.cached_input_tokens)
+        .bind(c.output_tokens)
+        .bind(c.reasoning_tokens)
+        .bind(c.cost_usd)
+        .bind(c.latency_ms)
+        .bind(c.message)
+        .bind(jobs.tenant)
+        .bind(jobs.id)
+        .bind(jobs.feature)
+        .bind(jobs.user_id)
+        .bind(jobs.priority)
+        .bind(jobs.task)
+        .bind(jobs.requested_model)
+        .bind(jobs.status)
+        .bind(jobs.provider)
+        .bind(jobs.model)
+        .bind(jobs.input_tokens)
+        .bind(jobs.cached_input_tokens)
+        .bind(jobs.output_tokens)
+        .bind(jobs.cost_usd)
+        .bind(jobs.error_kind)
+        .bind(jobs.error_message)
+        .bind(jobs.result)
+        .bind(jobs.lease_token)
+        .bind(jobs.stream_seq)
         .bind(&tokens)
         .bind(&frees)
         .bind(&reservations)
@@ -401,7 +505,7 @@ async fn insert<'a>(
         .await
         .map_err(StoreError::classify)?;
     let mut landed: HashSet<(String, String)> = HashSet::new();
-    let mut written: HashSet<(String, String, u32)> = HashSet::with_capacity(costs.len());
+    let mut written: HashSet<(String, String, u32)> = HashSet::with_capacity(n_costs);
     for (is_final, t, id, attempt) in rows {
         if is_final {
             landed.insert((t, id));
@@ -410,7 +514,7 @@ async fn insert<'a>(
         }
     }
     let mut missing: Missing<'a> = Vec::new();
-    if written.len() < costs.len() {
+    if written.len() < n_costs {
         for (i, r) in reqs.iter().enumerate() {
             let lost: Vec<&CallRecord> = r
                 .calls
