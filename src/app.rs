@@ -122,6 +122,17 @@ pub async fn run_worker(
     let infra = Infra::new(client.clone(), metrics.clone());
     let infra_stop = CancellationToken::new();
     let infra_task = tokio::spawn(infra.clone().monitor(pool.clone(), infra_stop.clone()));
+    // Give freed memory back after bursts (jobs held, or calls in flight).
+    tokio::spawn(crate::alloc::trim_after_bursts(
+        {
+            let m = metrics.clone();
+            move || {
+                let jobs = m.in_flight.load(std::sync::atomic::Ordering::Relaxed);
+                usize::try_from(jobs).unwrap_or(0) + crate::providers::calls_in_flight()
+            }
+        },
+        infra_stop.clone(),
+    ));
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let metrics_stop = CancellationToken::new();
     let metrics_task = if cfg.metrics.addr.is_empty() {

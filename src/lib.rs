@@ -5,6 +5,7 @@
 //! row per provider call to Postgres, then publish the result and acknowledge the message.
 //! See `DESIGN.md` (Part 1 is the contract) and `README.md`.
 
+pub mod alloc;
 pub mod app;
 pub mod budget;
 pub mod cli;

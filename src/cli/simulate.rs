@@ -1,6 +1,8 @@
 //! `switchyard simulate`: the provider simulator on one port.
 
-use crate::providers::simulator::{FaultProfile, Simulator};
+use crate::providers::simulator::{
+    FaultProfile, ServeOptions, Simulator, TlsIdentity, DEFAULT_H2_MAX_STREAMS,
+};
 use anyhow::Context as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +31,17 @@ pub struct SimulateArgs {
     /// With --profile: apply the file again whenever it changes.
     #[arg(long, requires = "profile")]
     pub watch: bool,
+    /// Calls one HTTP/2 connection may carry at once (SETTINGS_MAX_CONCURRENT_STREAMS;
+    /// real providers allow ~100-256). HTTP/2 is spoken to clients that open with its
+    /// preface (h2c) or, with TLS, that choose it through ALPN.
+    #[arg(long, default_value_t = DEFAULT_H2_MAX_STREAMS)]
+    pub h2_max_streams: u32,
+    /// Serve TLS with this PEM certificate chain (ALPN h2 and http/1.1).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
@@ -47,6 +60,14 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
             ..FaultProfile::default()
         },
     };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsIdentity::from_pem_files(cert, key)?),
+        _ => None,
+    };
+    let opts = ServeOptions {
+        h2_max_streams: args.h2_max_streams.max(1),
+        tls,
+    };
     let listener = tokio::net::TcpListener::bind(&args.addr)
         .await
         .with_context(|| format!("binding {}", args.addr))?;
@@ -57,6 +78,6 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     if let (true, Some(path)) = (args.watch, args.profile.clone()) {
         tokio::spawn(sim.watch_profile_file(path, shutdown.clone()));
     }
-    sim.serve(listener, shutdown).await?;
+    sim.serve_with(listener, shutdown, opts).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -174,6 +174,23 @@ impl FileConfig {
             if p.timeout_s == 0 || p.connect_timeout_s == 0 {
                 return Err(invalid(f("timeout_s"), "timeouts must be greater than 0"));
             }
+            if p.max_concurrent_calls == Some(0) {
+                return Err(invalid(f("max_concurrent_calls"), "must be greater than 0"));
+            }
+            if p.http2_streams_per_connection == 0 {
+                return Err(invalid(
+                    f("http2_streams_per_connection"),
+                    "must be greater than 0",
+                ));
+            }
+            if p.http2_prior_knowledge == Some(true)
+                && p.http_setting.is_some_and(|v| v != HttpVersion::Http2)
+            {
+                return Err(invalid(
+                    f("http2_prior_knowledge"),
+                    "deprecated alias of http = \"http2\"; it contradicts `http`: drop it",
+                ));
+            }
         }
         let mut model_names = HashSet::new();
         for (i, m) in self.models.iter().enumerate() {

@@ -338,9 +338,50 @@ pub struct ProviderConfig {
     pub timeout_s: u64,
     #[serde(default = "default_connect_timeout_s")]
     pub connect_timeout_s: u64,
-    /// Speak HTTP/2 without TLS negotiation (h2c), for self-hosted servers that offer it.
+    /// Which HTTP to speak: `auto` (HTTP/2 when TLS ALPN offers it, else HTTP/1.1; an
+    /// `http://` URL gets HTTP/1.1), `http1`, or `http2` (ALPN `h2` only for `https://`,
+    /// cleartext h2c with prior knowledge for `http://`). See [`ProviderConfig::http`].
+    #[serde(default, rename = "http")]
+    pub http_setting: Option<HttpVersion>,
+    /// Deprecated: `true` is `http = "http2"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_prior_knowledge: Option<bool>,
+    /// Calls to this provider in flight at once from this worker; a call over the cap
+    /// waits for a free slot (not a failure). Unset: no cap but `worker.max_in_flight`.
     #[serde(default)]
-    pub http2_prior_knowledge: bool,
+    pub max_concurrent_calls: Option<usize>,
+    /// With HTTP/2: calls sent on one connection before another is opened; the server's
+    /// own limit (SETTINGS_MAX_CONCURRENT_STREAMS) is typically 100 (Google) to 256
+    /// (Cloudflare, in front of OpenAI and Anthropic). Above the server's limit the
+    /// extra calls queue in the connection; below it only more connections are opened.
+    #[serde(default = "default_http2_streams_per_connection")]
+    pub http2_streams_per_connection: usize,
+}
+
+/// `[[providers]] http`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpVersion {
+    #[default]
+    Auto,
+    Http1,
+    Http2,
+}
+
+impl ProviderConfig {
+    /// The HTTP version setting, the deprecated `http2_prior_knowledge = true` read as
+    /// `http2` (config validation refuses it beside another `http`).
+    pub fn http(&self) -> HttpVersion {
+        match (self.http_setting, self.http2_prior_knowledge) {
+            (Some(v), _) => v,
+            (None, Some(true)) => HttpVersion::Http2,
+            (None, _) => HttpVersion::Auto,
+        }
+    }
+}
+
+fn default_http2_streams_per_connection() -> usize {
+    100
 }
 
 fn default_timeout_s() -> u64 {

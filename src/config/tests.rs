@@ -190,3 +190,55 @@ fn health_section_has_defaults_takes_env_floats_and_is_checked() {
         assert!(e.contains(field), "{e:?} should name {field}");
     }
 }
+
+#[test]
+fn provider_http_settings_have_defaults_aliases_and_checks() {
+    let c = load(BASE, &[]).unwrap();
+    let p = &c.providers[0];
+    assert_eq!(p.http(), HttpVersion::Auto);
+    assert_eq!(p.max_concurrent_calls, None);
+    assert_eq!(p.http2_streams_per_connection, 100);
+    let c = load(
+        BASE,
+        &[
+            ("SWITCHYARD_PROVIDERS__OPENAI__HTTP", "http2"),
+            ("SWITCHYARD_PROVIDERS__OPENAI__MAX_CONCURRENT_CALLS", "500"),
+            (
+                "SWITCHYARD_PROVIDERS__OPENAI__HTTP2_STREAMS_PER_CONNECTION",
+                "256",
+            ),
+        ],
+    )
+    .unwrap();
+    let p = &c.providers[0];
+    assert_eq!(p.http(), HttpVersion::Http2);
+    assert_eq!(p.max_concurrent_calls, Some(500));
+    assert_eq!(p.http2_streams_per_connection, 256);
+    // The deprecated key still works, as `http = "http2"`; beside `http` it must agree.
+    let old = BASE.replace("rpm = 500\n", "rpm = 500\nhttp2_prior_knowledge = true\n");
+    let c = load(&old, &[]).unwrap();
+    assert_eq!(c.providers[0].http(), HttpVersion::Http2);
+    let c = load(&old, &[("SWITCHYARD_PROVIDERS__OPENAI__HTTP", "http2")]).unwrap();
+    assert_eq!(c.providers[0].http(), HttpVersion::Http2);
+    let e = load(&old, &[("SWITCHYARD_PROVIDERS__OPENAI__HTTP", "http1")]).unwrap_err();
+    assert!(e.to_string().contains("http2_prior_knowledge"), "{e}");
+    for (var, value, field) in [
+        ("HTTP", "h3", "providers[0].http"),
+        (
+            "MAX_CONCURRENT_CALLS",
+            "0",
+            "providers[0].max_concurrent_calls",
+        ),
+        (
+            "HTTP2_STREAMS_PER_CONNECTION",
+            "0",
+            "providers[0].http2_streams_per_connection",
+        ),
+    ] {
+        let var = format!("SWITCHYARD_PROVIDERS__OPENAI__{var}");
+        let e = load(BASE, &[(var.as_str(), value)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(field), "{e:?} should name {field}");
+    }
+}

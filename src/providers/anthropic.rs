@@ -32,7 +32,7 @@ const JSON_INSTRUCTION: &str =
 pub struct Anthropic {
     url: String,
     key: Option<SecretString>,
-    client: reqwest::Client,
+    client: http::Pool,
     max_response_bytes: usize,
 }
 
@@ -40,7 +40,7 @@ impl Anthropic {
     pub fn new(
         p: &ProviderConfig,
         key: Option<SecretString>,
-        client: reqwest::Client,
+        client: http::Pool,
         max_response_bytes: usize,
     ) -> Self {
         Anthropic {
@@ -59,15 +59,17 @@ impl Provider for Anthropic {
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
         Box::pin(async move {
             let body = build_body(&req)?;
-            let mut http = self
-                .client
-                .post(&self.url)
-                .header("anthropic-version", VERSION)
-                .json(&body);
-            if let Some(key) = &self.key {
-                http = http.header("x-api-key", secret_header(key)?);
-            }
-            let a = http::send(http, self.max_response_bytes).await?;
+            let build = |c: &reqwest::Client| {
+                let http = c
+                    .post(&self.url)
+                    .header("anthropic-version", VERSION)
+                    .json(&body);
+                Ok(match &self.key {
+                    Some(key) => http.header("x-api-key", secret_header(key)?),
+                    None => http,
+                })
+            };
+            let a = self.client.send(build, self.max_response_bytes).await?;
             read_answer(&req, a.status, &a.headers, &a.body)
         })
     }

@@ -27,7 +27,7 @@ use std::time::Duration;
 pub struct Gemini {
     base: String,
     key: Option<SecretString>,
-    client: reqwest::Client,
+    client: http::Pool,
     max_response_bytes: usize,
 }
 
@@ -35,7 +35,7 @@ impl Gemini {
     pub fn new(
         p: &ProviderConfig,
         key: Option<SecretString>,
-        client: reqwest::Client,
+        client: http::Pool,
         max_response_bytes: usize,
     ) -> Self {
         Gemini {
@@ -59,11 +59,14 @@ impl Provider for Gemini {
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
         Box::pin(async move {
             let body = build_body(&req)?;
-            let mut http = self.client.post(self.url(req.model)).json(&body);
-            if let Some(key) = &self.key {
-                http = http.header("x-goog-api-key", secret_header(key)?);
-            }
-            let a = http::send(http, self.max_response_bytes).await?;
+            let build = |c: &reqwest::Client| {
+                let http = c.post(self.url(req.model)).json(&body);
+                Ok(match &self.key {
+                    Some(key) => http.header("x-goog-api-key", secret_header(key)?),
+                    None => http,
+                })
+            };
+            let a = self.client.send(build, self.max_response_bytes).await?;
             read_answer(&req, a.status, &a.headers, &a.body)
         })
     }

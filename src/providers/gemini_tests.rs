@@ -230,7 +230,7 @@ base_url = "https://generativelanguage.googleapis.com/v1beta/"
 api_key_env = "GEMINI_API_KEY""#,
     )
     .unwrap();
-    let g = Gemini::new(&p, None, reqwest::Client::new(), 1 << 20);
+    let g = Gemini::new(&p, None, super::http::Pool::new(&p).unwrap(), 1 << 20);
     let want =
         "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.0-flash:generateContent";
     assert_eq!(g.url("gemini-2.0-flash"), want);

@@ -1,34 +1,345 @@
 //! The HTTP client every adapter uses, and what all wire formats share: sending a JSON
 //! body and reading the answer (its body capped at `limits.max_response_bytes`),
-//! timeouts and connection errors.
+//! timeouts and connection errors, and the pool of clients per provider ([`Pool`]).
 
 use super::{FailureClass, ProviderError};
-use crate::config::ProviderConfig;
+use crate::config::{HttpVersion, ProviderConfig};
 use reqwest::header::HeaderMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Semaphore;
 
-/// One pooled client per provider: keep-alive, connect and request timeouts, HTTP/2 where
-/// the server offers it through TLS ALPN (or always, with `http2_prior_knowledge`).
-pub fn client(p: &ProviderConfig) -> Result<reqwest::Client, reqwest::Error> {
-    let mut b = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(p.connect_timeout_s))
-        .timeout(Duration::from_secs(p.timeout_s))
-        .tcp_nodelay(true)
-        .pool_idle_timeout(Duration::from_secs(90))
-        // A burst of thousands of concurrent calls opens thousands of HTTP/1.1
-        // connections (~45 KB each in the worker); keep only enough warm ones afterwards.
-        .pool_max_idle_per_host(512)
-        .http2_adaptive_window(true)
-        .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")));
-    if p.http2_prior_knowledge {
-        b = b.http2_prior_knowledge();
+/// HTTP/2 flow-control windows: the answers are small JSON, so small windows bound what
+/// a server can push ahead of the reader (hyper's defaults are 2 MiB per stream and
+/// 5 MiB per connection, grown further by the adaptive window).
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+
+/// Calls in flight through every [`Pool`] of this process (for the allocator's trim).
+static CALLS_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Provider calls in flight in this process right now, waiting at a cap or not.
+pub fn calls_in_flight() -> usize {
+    CALLS_IN_FLIGHT.load(Ordering::Relaxed)
+}
+
+/// One provider's HTTP clients.
+///
+/// HTTP/1.1 holds one connection per call in flight, so one client (one pool of
+/// connections) is all it takes. HTTP/2 carries many calls on one connection, but
+/// reqwest keeps a single HTTP/2 connection per host per client and queues the calls
+/// above the server's SETTINGS_MAX_CONCURRENT_STREAMS inside it; so with HTTP/2 the pool
+/// holds several clients (one connection each), fills them in order up to
+/// `http2_streams_per_connection` calls each, and opens another client when all are
+/// full. The tail clients are dropped (closing their connections) when the load falls.
+/// `max_concurrent_calls` caps the calls in flight: a call over it waits for a slot.
+pub struct Pool {
+    build: ClientSpec,
+    /// Calls per connection before another client is opened (HTTP/2 only).
+    streams: usize,
+    slots: Mutex<Vec<Arc<Slot>>>,
+    /// What the server answered with: 0 not known yet, 1 HTTP/1.x, 2 HTTP/2.
+    seen: AtomicU8,
+    /// `auto` over TLS: the first call waits for one `HEAD base_url` that learns the
+    /// protocol (see [`Pool::probe`]).
+    probed: tokio::sync::OnceCell<()>,
+    /// More than one client now (releases then check whether the tail can go).
+    extra: AtomicBool,
+    cap: Option<Semaphore>,
+}
+
+/// One client and the calls in flight on it.
+struct Slot {
+    client: reqwest::Client,
+    in_flight: AtomicUsize,
+}
+
+/// Everything needed to build one more client for the provider.
+struct ClientSpec {
+    http: HttpVersion,
+    https: bool,
+    base_url: String,
+    connect_timeout: Duration,
+    timeout: Duration,
+    tls: Option<rustls::ClientConfig>,
+    /// With `auto` over TLS once the server chose HTTP/2: ALPN `h2` only.
+    tls_h2: Option<rustls::ClientConfig>,
+}
+
+impl ClientSpec {
+    /// A client speaking `http` (`auto` only for the first client of a pool).
+    fn client(&self, http: HttpVersion) -> Result<reqwest::Client, reqwest::Error> {
+        let mut b = reqwest::Client::builder()
+            .connect_timeout(self.connect_timeout)
+            .timeout(self.timeout)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            // A burst of thousands of concurrent HTTP/1.1 calls opens thousands of
+            // connections (~45 KB each in the worker); keep only enough warm ones.
+            .pool_max_idle_per_host(512)
+            .http2_initial_stream_window_size(H2_STREAM_WINDOW)
+            .http2_initial_connection_window_size(H2_CONNECTION_WINDOW)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .http2_keep_alive_timeout(Duration::from_secs(20))
+            .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")));
+        let tls = match http {
+            HttpVersion::Http2 if self.http == HttpVersion::Auto => &self.tls_h2,
+            _ => &self.tls,
+        };
+        if let Some(tls) = tls {
+            b = b.use_preconfigured_tls(tls.clone());
+        }
+        b = match http {
+            HttpVersion::Http1 => b.http1_only(),
+            // h2c with prior knowledge over http://, ALPN `h2` only over https://.
+            HttpVersion::Http2 => b.http2_prior_knowledge(),
+            HttpVersion::Auto => b,
+        };
+        b.build()
     }
-    b.build()
+}
+
+/// One rustls configuration for all of a provider's clients (the system's roots are
+/// read once, not once per client), offering the ALPN protocols `http` allows.
+fn tls_config(
+    http: HttpVersion,
+    extra_root: Option<&[u8]>,
+    need_roots: bool,
+) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    if let Some(der) = extra_root {
+        roots
+            .add(rustls::pki_types::CertificateDer::from(der.to_vec()))
+            .map_err(|e| e.to_string())?;
+    }
+    if roots.is_empty() && need_roots {
+        return Err("no trusted root certificates found on this system".into());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = match http {
+        HttpVersion::Http1 => vec![b"http/1.1".to_vec()],
+        HttpVersion::Http2 => vec![b"h2".to_vec()],
+        HttpVersion::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+    };
+    Ok(tls)
+}
+
+/// A call holding a slot of the pool; gives it back when dropped.
+struct Lease<'a> {
+    pool: &'a Pool,
+    slot: Arc<Slot>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        CALLS_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+        self.slot.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.pool.extra.load(Ordering::Relaxed) {
+            self.pool.shrink();
+        }
+    }
+}
+
+impl Pool {
+    /// The pool for one provider (no connection is opened yet).
+    pub fn new(p: &ProviderConfig) -> Result<Pool, PoolError> {
+        Self::with_root(p, None)
+    }
+
+    /// As [`Pool::new`], also trusting the DER certificate `extra_root` (tests).
+    pub(crate) fn with_root(
+        p: &ProviderConfig,
+        extra_root: Option<&[u8]>,
+    ) -> Result<Pool, PoolError> {
+        let https = p.base_url.starts_with("https:");
+        let http = p.http();
+        // Given to every client, also for http:// (where it is never used): a client
+        // built without one reads the system's roots itself (~110 KB per client).
+        let tls = |http| {
+            tls_config(http, extra_root, https)
+                .map(Some)
+                .map_err(PoolError::Tls)
+        };
+        let build = ClientSpec {
+            http,
+            https,
+            base_url: p.base_url.clone(),
+            tls: tls(http)?,
+            tls_h2: tls(HttpVersion::Http2)?,
+            connect_timeout: Duration::from_secs(p.connect_timeout_s),
+            timeout: Duration::from_secs(p.timeout_s),
+        };
+        let first = Arc::new(Slot {
+            client: build.client(http).map_err(PoolError::Client)?,
+            in_flight: AtomicUsize::new(0),
+        });
+        Ok(Pool {
+            build,
+            streams: p.http2_streams_per_connection.max(1),
+            slots: Mutex::new(vec![first]),
+            seen: AtomicU8::new(0),
+            probed: tokio::sync::OnceCell::new(),
+            extra: AtomicBool::new(false),
+            cap: p.max_concurrent_calls.map(Semaphore::new),
+        })
+    }
+
+    /// More than one client only helps where calls go over HTTP/2.
+    fn multiplexed(&self) -> bool {
+        match self.build.http {
+            HttpVersion::Http1 => false,
+            HttpVersion::Http2 => true,
+            // Only once an answer came over HTTP/2 (plain `http://` never negotiates it).
+            HttpVersion::Auto => self.seen.load(Ordering::Relaxed) == 2,
+        }
+    }
+
+    /// The first client with room, else a new one (HTTP/2), else the least busy.
+    fn lease(&self) -> Lease<'_> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let room = |s: &Arc<Slot>| s.in_flight.load(Ordering::Acquire) < self.streams;
+        let slot = if !self.multiplexed() {
+            Arc::clone(&slots[0])
+        } else if let Some(s) = slots.iter().find(|s| room(s)) {
+            Arc::clone(s)
+        } else {
+            // Once HTTP/2 is known, the new client speaks only HTTP/2: it then opens one
+            // connection for all the calls given to it at once, where `auto` would race
+            // one TLS connection per call until ALPN has answered.
+            let http = match self.build.http {
+                HttpVersion::Auto => HttpVersion::Http2,
+                v => v,
+            };
+            match self.build.client(http) {
+                Ok(client) => {
+                    let s = Arc::new(Slot {
+                        client,
+                        in_flight: AtomicUsize::new(0),
+                    });
+                    slots.push(Arc::clone(&s));
+                    self.extra.store(true, Ordering::Relaxed);
+                    s
+                }
+                // Building the first client worked, so this is not expected; the
+                // least busy client queues the call instead.
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open another HTTP client");
+                    let least = slots
+                        .iter()
+                        .min_by_key(|s| s.in_flight.load(Ordering::Acquire));
+                    Arc::clone(least.unwrap_or(&slots[0]))
+                }
+            }
+        };
+        slot.in_flight.fetch_add(1, Ordering::AcqRel);
+        CALLS_IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+        Lease { pool: self, slot }
+    }
+
+    /// Drop idle clients from the tail while the others keep half a connection's worth
+    /// of room for the calls in flight (so a load at a boundary does not reconnect on
+    /// every call); with HTTP/1.1 (learnt from an answer) only the first is used.
+    fn shrink(&self) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        while slots.len() > 1 {
+            let last_idle = slots
+                .last()
+                .is_some_and(|s| s.in_flight.load(Ordering::Acquire) == 0);
+            if !last_idle {
+                break;
+            }
+            if self.multiplexed() {
+                let busy: usize = slots
+                    .iter()
+                    .map(|s| s.in_flight.load(Ordering::Acquire))
+                    .sum();
+                if busy + self.streams / 2 > (slots.len() - 1) * self.streams {
+                    break;
+                }
+            }
+            slots.pop();
+        }
+        self.extra.store(slots.len() > 1, Ordering::Relaxed);
+    }
+
+    /// `auto` over TLS: learn whether the server speaks HTTP/2 with one `HEAD` of the base
+    /// URL on the first client, before the first calls. Without it a burst of calls on a
+    /// fresh client opens one connection per call (each racing its own ALPN answer).
+    /// A failed probe leaves the protocol unknown; the calls then go ahead as they are.
+    async fn probe(&self) {
+        let client = {
+            let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots[0].client.clone()
+        };
+        match client.head(&self.build.base_url).send().await {
+            Ok(resp) => {
+                let v = if resp.version() >= reqwest::Version::HTTP_2 {
+                    2
+                } else {
+                    1
+                };
+                self.seen.store(v, Ordering::Relaxed);
+            }
+            Err(e) => tracing::debug!(error = %e.without_url(), "HTTP version probe failed"),
+        }
+    }
+
+    /// Connections (clients) the pool holds now.
+    pub fn clients(&self) -> usize {
+        self.slots.lock().map_or(0, |s| s.len())
+    }
+
+    /// Wait for a slot under `max_concurrent_calls`, build the request on a client with
+    /// room, send it and read the answer (see [`send`]). The wait is not part of the
+    /// call's timeout, and is not an error.
+    pub async fn send(
+        &self,
+        build: impl FnOnce(&reqwest::Client) -> Result<reqwest::RequestBuilder, ProviderError>,
+        max_bytes: usize,
+    ) -> Result<Answer, ProviderError> {
+        let _permit = match &self.cap {
+            Some(cap) => Some(cap.acquire().await.map_err(|_| {
+                ProviderError::new(FailureClass::Connection, None, "HTTP pool closed")
+            })?),
+            None => None,
+        };
+        if self.build.http == HttpVersion::Auto && self.build.https {
+            self.probed.get_or_init(|| self.probe()).await;
+        }
+        let lease = self.lease();
+        let answer = send(build(&lease.slot.client)?, max_bytes).await;
+        if let Ok(a) = &answer {
+            let v = if a.version >= reqwest::Version::HTTP_2 {
+                2
+            } else {
+                1
+            };
+            self.seen.store(v, Ordering::Relaxed);
+        }
+        answer
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("{0}")]
+    Client(reqwest::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// One HTTP answer, its body read whole but never past the cap.
 pub struct Answer {
     pub status: u16,
+    pub version: reqwest::Version,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
 }
@@ -39,6 +350,7 @@ pub struct Answer {
 pub async fn send(req: reqwest::RequestBuilder, max_bytes: usize) -> Result<Answer, ProviderError> {
     let mut resp = req.send().await.map_err(transport_error)?;
     let status = resp.status().as_u16();
+    let version = resp.version();
     let headers = std::mem::take(resp.headers_mut());
     let too_large = || body_too_large(status, max_bytes);
     let announced = resp.content_length().unwrap_or(0);
@@ -54,6 +366,7 @@ pub async fn send(req: reqwest::RequestBuilder, max_bytes: usize) -> Result<Answ
     }
     Ok(Answer {
         status,
+        version,
         headers,
         body,
     })

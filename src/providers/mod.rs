@@ -8,6 +8,9 @@ pub mod anthropic;
 mod error;
 pub mod gemini;
 mod http;
+#[cfg(test)]
+#[allow(clippy::expect_used, clippy::unwrap_used)]
+mod http_pool_tests;
 pub mod openai;
 pub mod ratelimit_headers;
 pub mod simulator;
@@ -16,6 +19,7 @@ mod test_support;
 pub mod tools;
 
 pub use error::{FailureClass, ProviderError};
+pub use http::calls_in_flight;
 
 use crate::config::{Config, ProviderConfig, ProviderKind};
 use crate::job::{Message, Output, ResponseFormat, Tool, Usage};
@@ -83,7 +87,7 @@ pub enum SetupError {
     #[error("providers[{provider}]: cannot build the HTTP client: {source}")]
     Client {
         provider: String,
-        source: reqwest::Error,
+        source: http::PoolError,
     },
 }
 
@@ -100,7 +104,13 @@ impl Providers {
         let mut by_name: HashMap<String, Arc<dyn Provider>> = HashMap::new();
         for p in &config.providers {
             let key = read_key(p)?;
-            let client = http::client(p).map_err(|source| SetupError::Client {
+            if p.http2_prior_knowledge.is_some() {
+                tracing::warn!(
+                    provider = %p.name,
+                    "providers.http2_prior_knowledge is deprecated: use http = \"http2\" (or \"auto\")"
+                );
+            }
+            let client = http::Pool::new(p).map_err(|source| SetupError::Client {
                 provider: p.name.clone(),
                 source,
             })?;

@@ -15,7 +15,7 @@ use std::time::Duration;
 pub struct OpenAi {
     url: String,
     key: Option<SecretString>,
-    client: reqwest::Client,
+    client: http::Pool,
     /// OpenAI proper takes `max_completion_tokens`; compatible servers `max_tokens`.
     compatible: bool,
     max_response_bytes: usize,
@@ -25,7 +25,7 @@ impl OpenAi {
     pub fn new(
         p: &ProviderConfig,
         key: Option<SecretString>,
-        client: reqwest::Client,
+        client: http::Pool,
         max_response_bytes: usize,
     ) -> Self {
         OpenAi {
@@ -141,11 +141,14 @@ impl Provider for OpenAi {
                     .tool_choice
                     .filter(|_| req.tools.is_some_and(|t| !t.is_empty())),
             };
-            let mut http = self.client.post(&self.url).json(&body);
-            if let Some(key) = &self.key {
-                http = http.bearer_auth(key.expose_secret());
-            }
-            let a = http::send(http, self.max_response_bytes).await?;
+            let build = |c: &reqwest::Client| {
+                let http = c.post(&self.url).json(&body);
+                Ok(match &self.key {
+                    Some(key) => http.bearer_auth(key.expose_secret()),
+                    None => http,
+                })
+            };
+            let a = self.client.send(build, self.max_response_bytes).await?;
             read_answer(&req, a.status, &a.headers, &a.body)
         })
     }

@@ -54,6 +54,7 @@ mod openai;
 mod openai_messages;
 mod openai_validate;
 mod schema;
+pub(crate) mod serve;
 mod state;
 mod text;
 mod watch;
@@ -76,6 +77,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use latency::LatencyDist;
 pub use log::LogEntry;
+pub use serve::{ServeOptions, TlsIdentity, DEFAULT_H2_MAX_STREAMS};
 use state::Inner;
 pub(crate) use state::{Fault, RateSnapshot};
 
@@ -88,6 +90,7 @@ const DEFAULT_LOG_LIMIT: usize = 100;
 #[derive(Clone)]
 pub struct Simulator {
     inner: Arc<Inner>,
+    conns: Arc<serve::ConnCounts>,
 }
 
 impl std::fmt::Debug for Simulator {
@@ -290,6 +293,7 @@ impl Simulator {
     pub fn new(profile: FaultProfile) -> Self {
         Self {
             inner: Arc::new(Inner::new(profile)),
+            conns: Arc::default(),
         }
     }
 
@@ -312,24 +316,48 @@ impl Simulator {
             .with_state(self.clone())
     }
 
-    /// Serve on `listener` until `shutdown` is cancelled. Requests held by `hang` or a
-    /// latency sleep are then answered with a 503 so that the server can drain.
+    /// Serve on `listener` until `shutdown` is cancelled, with the default
+    /// [`ServeOptions`] (cleartext HTTP/1.1 and h2c, 100 streams per HTTP/2 connection).
+    /// Requests held by `hang` or a latency sleep are then answered with a 503 so that
+    /// the server can drain.
     pub async fn serve(
         &self,
         listener: tokio::net::TcpListener,
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
+        self.serve_with(listener, shutdown, ServeOptions::default())
+            .await
+    }
+
+    /// [`Simulator::serve`] with TLS or another HTTP/2 stream limit.
+    pub async fn serve_with(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: CancellationToken,
+        opts: ServeOptions,
+    ) -> std::io::Result<()> {
         let inner = Arc::clone(&self.inner);
         inner.arm();
         if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, "provider simulator listening");
+            tracing::info!(%addr, tls = opts.tls.is_some(), h2_max_streams = opts.h2_max_streams, "provider simulator listening");
         }
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(async move {
-                shutdown.cancelled().await;
+        let counts = Arc::clone(&self.conns);
+        serve::run(
+            self.router(),
+            listener,
+            shutdown,
+            &opts,
+            counts,
+            move || {
                 inner.release_held();
-            })
-            .await
+            },
+        )
+        .await
+    }
+
+    /// Connections accepted since start, and open now.
+    pub fn connections(&self) -> (u64, u64) {
+        (self.conns.accepted(), self.conns.open())
     }
 
     /// A snapshot of the counters.
@@ -752,3 +780,7 @@ mod tests;
 #[cfg(test)]
 #[allow(clippy::expect_used, clippy::unwrap_used)]
 mod fault_tests;
+
+#[cfg(test)]
+#[allow(clippy::expect_used, clippy::unwrap_used)]
+mod serve_tests;

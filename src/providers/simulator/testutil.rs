@@ -18,6 +18,13 @@ impl Running {
 }
 
 pub async fn start(profile: FaultProfile) -> Running {
+    start_with(profile, ServeOptions::default()).await
+}
+
+/// [`start`] with other serving options (TLS, HTTP/2 stream limit); the base URL is
+/// `https://127.0.0.1:port` with TLS.
+pub async fn start_with(profile: FaultProfile, opts: ServeOptions) -> Running {
+    let scheme = if opts.tls.is_some() { "https" } else { "http" };
     let sim = Simulator::new(profile);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -27,11 +34,11 @@ pub async fn start(profile: FaultProfile) -> Running {
     let task = tokio::spawn({
         let sim = sim.clone();
         let shutdown = shutdown.clone();
-        async move { sim.serve(listener, shutdown).await }
+        async move { sim.serve_with(listener, shutdown, opts).await }
     });
     Running {
         sim,
-        base: format!("http://{addr}"),
+        base: format!("{scheme}://{addr}"),
         shutdown,
         task,
         client: reqwest::Client::new(),
