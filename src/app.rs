@@ -155,7 +155,12 @@ pub async fn run_worker(
         .join(client.clone(), &cfg.nats.prefix, limits_stop.clone())
         .await
         .context("subscribing to the other workers' heartbeats")?;
-    let budgets = Arc::new(crate::budget::Budgets::new(pool.clone(), clock.clone()));
+    let budgets = Arc::new(crate::budget::Budgets::new(
+        pool.clone(),
+        clock.clone(),
+        cfg.worker.commit_batch,
+        linger,
+    ));
     let ctx = Arc::new(Ctx {
         metrics: metrics.clone(),
         health,

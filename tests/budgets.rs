@@ -122,3 +122,61 @@ async fn budgets_fail_or_defer_jobs_and_track_spend_exactly() {
     stop.cancel();
     worker.await.unwrap().unwrap();
 }
+
+/// Many reservations in one batch (one transaction) are decided one after another against
+/// what the earlier ones hold: a limit of 1 takes three holds of 0.3 and denies the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_batch_of_reservations_never_holds_more_than_the_limit() {
+    use switchyard::budget::Denial;
+    use switchyard::store::budgets::{ReserveRequest, Reserver};
+    let env = TestEnv::new(|_| {}).await;
+    let (code, _, err) = env
+        .cli(&[
+            "budget", "set", "--tenant", "acme", "--period", "day", "--limit", "1",
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    // A long linger: the requests below all land in one batch.
+    let reserver = Reserver::start(env.pool.clone(), 64, Duration::from_millis(300));
+    let ask = |i: usize, tenant: &str| ReserveRequest {
+        lease_token: format!("tok-{tenant}-{i}"),
+        tenant: tenant.to_string(),
+        job_id: format!("j{i}"),
+        feature: None,
+        amount: Decimal::new(3, 1),
+        now: chrono::Utc::now(),
+    };
+    let asks: Vec<_> = (0..5)
+        .map(|i| ask(i, "acme"))
+        .chain([ask(9, "globex")])
+        .map(|req| {
+            let r = reserver.clone();
+            tokio::spawn(async move { r.reserve(req).await })
+        })
+        .collect();
+    let (mut held, mut denied, mut none) = (0, 0, 0);
+    for a in asks {
+        match a.await.unwrap().unwrap() {
+            Some(Ok(())) => held += 1,
+            Some(Err(Denial::Fail(msg))) => {
+                assert!(msg.contains("day budget of acme"), "{msg}");
+                denied += 1;
+            }
+            Some(Err(other)) => panic!("unexpected denial {other:?}"),
+            None => none += 1,
+        }
+    }
+    assert_eq!((held, denied, none), (3, 2, 1));
+    let reserved: Decimal =
+        sqlx::query_scalar("SELECT reserved_usd FROM budgets WHERE tenant = 'acme'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(reserved, Decimal::new(9, 1));
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM budget_reservations")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 3);
+    env.cleanup().await;
+}

@@ -1,7 +1,9 @@
 //! Spend limits per tenant (and per tenant + feature), by UTC day or month.
 //!
 //! Before its calls, a job reserves its worst-case cost against every budget that applies
-//! to it (all or nothing, in one transaction, rows locked); after, the commit that lands
+//! to it (all or nothing, rows locked; the reservations of many jobs share one
+//! transaction, each decided in turn against what the earlier ones hold); after, the
+//! commit that lands
 //! its cost rows settles the reservation: `reserved -= reserved amount`, `spent += actual`.
 //! A budget that would be overrun denies the job: `policy = fail` fails it as
 //! `budget_exceeded`; `policy = defer` hands it back until the period turns over (checking
@@ -162,6 +164,7 @@ pub fn changed_subject(prefix: &str) -> String {
 
 pub struct Budgets {
     pool: PgPool,
+    reserver: store::budgets::Reserver,
     clock: Arc<dyn Clock>,
     /// Tenants with a budget and the largest share of a limit each has used; read again
     /// every few seconds, and at once when `budget set` says something changed.
@@ -169,8 +172,11 @@ pub struct Budgets {
 }
 
 impl Budgets {
-    pub fn new(pool: PgPool, clock: Arc<dyn Clock>) -> Budgets {
+    /// Starts the reservation loop (batches of up to `max_batch`, lingering at most
+    /// `linger` for more), so call it inside the runtime.
+    pub fn new(pool: PgPool, clock: Arc<dyn Clock>, max_batch: usize, linger: Duration) -> Budgets {
         Budgets {
+            reserver: store::budgets::Reserver::start(pool.clone(), max_batch, linger),
             pool,
             clock,
             tenants: Mutex::new((None, HashMap::new())),
@@ -228,18 +234,15 @@ impl Budgets {
             return Ok(Ok(None));
         }
         let amount = amount();
-        let now = self.clock.now();
         let req = store::budgets::ReserveRequest {
-            lease_token: lease.token(),
-            tenant,
-            job_id,
-            feature,
+            lease_token: lease.token().to_string(),
+            tenant: tenant.to_string(),
+            job_id: job_id.to_string(),
+            feature: feature.map(str::to_string),
             amount,
-            now,
+            now: self.clock.now(),
         };
-        let done =
-            store::budgets::reserve(&self.pool, &req, |rows| check(tenant, rows, amount, now))
-                .await?;
+        let done = self.reserver.reserve(req).await?;
         Ok(match done {
             None => Ok(None),
             Some(Err(denial)) => Err(denial),

@@ -1,8 +1,43 @@
-//! The group-commit loop shared by claims and commits: take what is queued, up to a batch,
+//! The group-commit loop shared by claims, reservations and commits: take what is queued, up to a batch,
 //! waiting at most `linger` for more once the first request is in.
 
+use super::StoreError;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+
+/// Where one request's answer goes.
+pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// The asking side of a batch loop: send a request, await its answer.
+pub struct Asker<Req, Resp> {
+    tx: mpsc::Sender<(Req, Reply<Resp>)>,
+}
+
+impl<Req, Resp> Clone for Asker<Req, Resp> {
+    fn clone(&self) -> Self {
+        Asker {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<Req, Resp> Asker<Req, Resp> {
+    /// An asker and the queue its loop reads (a few batches deep).
+    pub fn channel(max_batch: usize) -> (Self, mpsc::Receiver<(Req, Reply<Resp>)>) {
+        let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
+        (Asker { tx }, rx)
+    }
+
+    /// `Closed` when the loop is gone.
+    pub async fn ask(&self, req: Req) -> Result<Resp, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send((req, tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
 
 /// Receive the next batch; `None` when every sender is gone and the queue is empty.
 pub async fn next_batch<T>(

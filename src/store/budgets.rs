@@ -2,10 +2,14 @@
 //! those whose owner died. What a budget allows is decided in [`crate::budget`]; spend is
 //! added by the group commit from the cost rows it inserts ([`super::writer`]).
 
+use super::batch::{next_batch, Asker, Reply};
 use super::StoreError;
+use crate::budget::{check, Denial};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sqlx::{PgPool, Postgres, Transaction};
+use std::time::Duration;
+use tokio::sync::mpsc;
 
 /// One budget row that applies to a job, as read (locked) by a reservation.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -19,15 +23,19 @@ pub struct BudgetRow {
     pub period_start: DateTime<Utc>,
 }
 
-/// What a reservation asks for.
-pub struct ReserveRequest<'a> {
-    pub lease_token: &'a str,
-    pub tenant: &'a str,
-    pub job_id: &'a str,
-    pub feature: Option<&'a str>,
+/// What a reservation asks for (owned: it goes to the batch loop).
+#[derive(Debug, Clone)]
+pub struct ReserveRequest {
+    pub lease_token: String,
+    pub tenant: String,
+    pub job_id: String,
+    pub feature: Option<String>,
     pub amount: Decimal,
     pub now: DateTime<Utc>,
 }
+
+/// How one reservation came out: `None` when no budget applies.
+pub type ReserveOutcome = Option<Result<(), Denial>>;
 
 /// Every tenant that has a budget, with the largest share of a limit it has used
 /// (spent and held, over the limit; 1 for a zero limit) in its current periods.
@@ -44,65 +52,188 @@ pub async fn tenants_with_budgets(pool: &PgPool) -> Result<Vec<(String, Decimal)
     .map_err(StoreError::classify)
 }
 
-/// Lock the budgets that apply, let `check` decide, and when it allows, hold `amount`
-/// against each of them and record the reservation under the job's lease, all in one
-/// transaction. `Ok(None)`: no budget applies. `check` returns the periods' current
-/// starts (a period that turned over starts from zero).
-pub async fn reserve<D>(
+/// Reservations go through one loop per worker that takes many at a time: one
+/// transaction (one WAL flush) per batch, not per job.
+#[derive(Clone)]
+pub struct Reserver {
+    asker: Asker<ReserveRequest, ReserveOutcome>,
+}
+
+type ReserveReply = Reply<ReserveOutcome>;
+
+impl Reserver {
+    /// Start the loop; it ends when every `Reserver` clone is dropped.
+    pub fn start(pool: PgPool, max_batch: usize, linger: Duration) -> Reserver {
+        let (asker, rx) = Asker::channel(max_batch);
+        tokio::spawn(reserve_loop(pool, rx, max_batch, linger));
+        Reserver { asker }
+    }
+
+    pub async fn reserve(&self, req: ReserveRequest) -> Result<ReserveOutcome, StoreError> {
+        self.asker.ask(req).await
+    }
+}
+
+async fn reserve_loop(
+    pool: PgPool,
+    mut rx: mpsc::Receiver<(ReserveRequest, ReserveReply)>,
+    max_batch: usize,
+    linger: Duration,
+) {
+    while let Some(batch) = next_batch(&mut rx, max_batch, linger).await {
+        let (reqs, replies): (Vec<ReserveRequest>, Vec<ReserveReply>) = batch.into_iter().unzip();
+        match reserve_batch(&pool, &reqs).await {
+            Ok(outcomes) => {
+                for (reply, o) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(o));
+                }
+            }
+            // Refused for its data (a lease token again, say): each on its own, so only
+            // the one at fault gets the error.
+            Err(e) if !e.is_unavailable() && reqs.len() > 1 => {
+                for (req, reply) in reqs.iter().zip(replies) {
+                    let one = reserve_batch(&pool, std::slice::from_ref(req)).await;
+                    let _ = reply.send(one.map(|mut o| o.pop().flatten()));
+                }
+            }
+            Err(e) => {
+                let (msg, unavailable) = (e.to_string(), e.is_unavailable());
+                for reply in replies {
+                    let _ = reply.send(Err(if unavailable {
+                        StoreError::Unavailable(msg.clone())
+                    } else {
+                        StoreError::Rejected(msg.clone())
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// One transaction for many reservations: lock every budget row of the batch's tenants
+/// (in one order, so two workers' batches cannot deadlock), decide each request in turn
+/// against the amounts held so far ([`crate::budget::check`]), then write the rows that
+/// changed and the reservations held, all or nothing.
+async fn reserve_batch(
     pool: &PgPool,
-    req: &ReserveRequest<'_>,
-    check: impl FnOnce(&[BudgetRow]) -> Result<Vec<(bool, DateTime<Utc>)>, D>,
-) -> Result<Option<Result<(), D>>, StoreError> {
+    reqs: &[ReserveRequest],
+) -> Result<Vec<ReserveOutcome>, StoreError> {
+    let mut tenants: Vec<&str> = reqs.iter().map(|r| r.tenant.as_str()).collect();
+    tenants.sort_unstable();
+    tenants.dedup();
     let mut tx = pool.begin().await.map_err(StoreError::classify)?;
-    let rows: Vec<BudgetRow> = sqlx::query_as(
-        "SELECT feature, period, limit_usd, spent_usd, reserved_usd, policy, period_start
-           FROM budgets WHERE tenant = $1 AND (feature IS NULL OR feature = $2)
-          ORDER BY feature NULLS FIRST, period FOR UPDATE",
+    let locked: Vec<(String, BudgetRow)> = sqlx::query_as::<_, LockedRow>(
+        "SELECT tenant, feature, period, limit_usd, spent_usd, reserved_usd, policy, period_start
+           FROM budgets WHERE tenant = ANY($1)
+          ORDER BY tenant, feature NULLS FIRST, period FOR UPDATE",
     )
-    .bind(req.tenant)
-    .bind(req.feature)
+    .bind(&tenants)
     .fetch_all(&mut *tx)
     .await
-    .map_err(StoreError::classify)?;
-    if rows.is_empty() {
-        return Ok(None);
+    .map_err(StoreError::classify)?
+    .into_iter()
+    .map(LockedRow::split)
+    .collect();
+    let mut rows: Vec<(String, BudgetRow, bool)> =
+        locked.into_iter().map(|(t, r)| (t, r, false)).collect();
+    let mut outcomes = Vec::with_capacity(reqs.len());
+    let mut held: Vec<&ReserveRequest> = Vec::new();
+    for req in reqs {
+        let applies: Vec<usize> = (0..rows.len())
+            .filter(|&i| {
+                let (t, r, _) = &rows[i];
+                *t == req.tenant && (r.feature.is_none() || r.feature == req.feature)
+            })
+            .collect();
+        if applies.is_empty() {
+            outcomes.push(None);
+            continue;
+        }
+        let view: Vec<BudgetRow> = applies.iter().map(|&i| rows[i].1.clone()).collect();
+        match check(&req.tenant, &view, req.amount, req.now) {
+            Err(denial) => outcomes.push(Some(Err(denial))),
+            Ok(starts) => {
+                for (&i, (rolled, start)) in applies.iter().zip(starts) {
+                    let (_, r, changed) = &mut rows[i];
+                    if rolled {
+                        r.spent_usd = Decimal::ZERO;
+                        r.reserved_usd = Decimal::ZERO;
+                    }
+                    r.reserved_usd += req.amount;
+                    r.period_start = start;
+                    *changed = true;
+                }
+                held.push(req);
+                outcomes.push(Some(Ok(())));
+            }
+        }
     }
-    let starts = match check(&rows) {
-        Ok(s) => s,
-        Err(denial) => return Ok(Some(Err(denial))),
-    };
-    for (row, (rolled, start)) in rows.iter().zip(starts) {
+    let changed: Vec<&(String, BudgetRow, bool)> = rows.iter().filter(|r| r.2).collect();
+    if !changed.is_empty() {
         sqlx::query(
-            "UPDATE budgets SET
-                spent_usd = CASE WHEN $5 THEN 0 ELSE spent_usd END,
-                reserved_usd = CASE WHEN $5 THEN 0 ELSE reserved_usd END + $4,
-                period_start = $6, updated_at = now()
-              WHERE tenant = $1 AND feature IS NOT DISTINCT FROM $2 AND period = $3",
+            "UPDATE budgets b SET spent_usd = x.spent, reserved_usd = x.reserved,
+                    period_start = x.start, updated_at = now()
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::numeric[],
+                           $6::timestamptz[]) AS x(tenant, feature, period, spent, reserved, start)
+              WHERE b.tenant = x.tenant AND b.feature IS NOT DISTINCT FROM x.feature
+                AND b.period = x.period",
         )
-        .bind(req.tenant)
-        .bind(&row.feature)
-        .bind(&row.period)
-        .bind(req.amount)
-        .bind(rolled)
-        .bind(start)
+        .bind(changed.iter().map(|c| c.0.as_str()).collect::<Vec<_>>())
+        .bind(
+            changed
+                .iter()
+                .map(|c| c.1.feature.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            changed
+                .iter()
+                .map(|c| c.1.period.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(changed.iter().map(|c| c.1.spent_usd).collect::<Vec<_>>())
+        .bind(changed.iter().map(|c| c.1.reserved_usd).collect::<Vec<_>>())
+        .bind(changed.iter().map(|c| c.1.period_start).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::classify)?;
+        sqlx::query(
+            "INSERT INTO budget_reservations (lease_token, tenant, job_id, feature, amount_usd)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[])",
+        )
+        .bind(
+            held.iter()
+                .map(|r| r.lease_token.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(held.iter().map(|r| r.tenant.as_str()).collect::<Vec<_>>())
+        .bind(held.iter().map(|r| r.job_id.as_str()).collect::<Vec<_>>())
+        .bind(
+            held.iter()
+                .map(|r| r.feature.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(held.iter().map(|r| r.amount).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await
         .map_err(StoreError::classify)?;
     }
-    sqlx::query(
-        "INSERT INTO budget_reservations (lease_token, tenant, job_id, feature, amount_usd)
-         VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(req.lease_token)
-    .bind(req.tenant)
-    .bind(req.job_id)
-    .bind(req.feature)
-    .bind(req.amount)
-    .execute(&mut *tx)
-    .await
-    .map_err(StoreError::classify)?;
     tx.commit().await.map_err(StoreError::classify)?;
-    Ok(Some(Ok(())))
+    Ok(outcomes)
+}
+
+/// A locked budget row with its tenant.
+#[derive(sqlx::FromRow)]
+struct LockedRow {
+    tenant: String,
+    #[sqlx(flatten)]
+    row: BudgetRow,
+}
+
+impl LockedRow {
+    fn split(self) -> (String, BudgetRow) {
+        (self.tenant, self.row)
+    }
 }
 
 /// The end of a statement whose CTE `freed` deleted reservations (tenant, feature,

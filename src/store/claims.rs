@@ -6,14 +6,14 @@
 //! of earlier deliveries (attempt numbers go on from them), the stored result to publish
 //! again, or how long the other lease still runs.
 
-use super::batch::next_batch;
+use super::batch::{next_batch, Asker};
 use super::{parse_result, StoreError};
 use crate::job::{Attempt, JobResult};
 use serde::Serialize;
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ClaimRequest {
@@ -47,11 +47,11 @@ pub enum ClaimOutcome {
     Busy(Duration),
 }
 
-type Reply = oneshot::Sender<Result<ClaimOutcome, StoreError>>;
+type Reply = super::batch::Reply<ClaimOutcome>;
 
 #[derive(Clone)]
 pub struct Claimer {
-    tx: mpsc::Sender<(ClaimRequest, Reply)>,
+    asker: Asker<ClaimRequest, ClaimOutcome>,
 }
 
 impl Claimer {
@@ -62,18 +62,13 @@ impl Claimer {
         linger: Duration,
         lease: Duration,
     ) -> (Claimer, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(max_batch * 4);
+        let (asker, rx) = Asker::channel(max_batch);
         let handle = tokio::spawn(run(pool, rx, max_batch, linger, lease));
-        (Claimer { tx }, handle)
+        (Claimer { asker }, handle)
     }
 
     pub async fn claim(&self, req: ClaimRequest) -> Result<ClaimOutcome, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send((req, tx))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.asker.ask(req).await
     }
 }
 

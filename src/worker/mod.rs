@@ -73,8 +73,6 @@ impl Dispatch for JobDispatch {
         // Boxed: the task then holds a pointer, not the job's whole state machine, which
         // spawning would otherwise copy several times.
         let job = Box::pin(handle(ctx.clone(), priority, msg));
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| eprintln!("SIZE handle {}", std::mem::size_of_val(&*job)));
         self.tracker.spawn(async move {
             job.await;
             ctx.metrics
