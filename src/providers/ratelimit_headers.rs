@@ -4,7 +4,7 @@
 //! 429s), and `Retry-After`. Headers are untrusted input: every wait read here saturates
 //! at [`MAX_WAIT`], and nothing here panics on any value.
 
-use reqwest::header::HeaderMap;
+use reqwest::header::{HeaderMap, HeaderName};
 use std::time::Duration;
 
 /// The longest wait any header may ask for; longer (or absurd) values saturate here.
@@ -126,25 +126,67 @@ impl RateReading {
     }
 }
 
-fn num(h: &HeaderMap, k: &str) -> Option<u64> {
+fn num(h: &HeaderMap, k: &HeaderName) -> Option<u64> {
     h.get(k)?.to_str().ok()?.trim().parse().ok()
 }
 
-fn text<'a>(h: &'a HeaderMap, k: &str) -> Option<&'a str> {
+fn text<'a>(h: &'a HeaderMap, k: &HeaderName) -> Option<&'a str> {
     h.get(k)?.to_str().ok()
 }
+
+/// The names of one window's three headers (limit, remaining, reset), known at compile
+/// time: read on every answer, so no name is built or parsed per call.
+type Names = [HeaderName; 3];
+
+fn names(limit: &'static str, remaining: &'static str, reset: &'static str) -> Names {
+    [
+        HeaderName::from_static(limit),
+        HeaderName::from_static(remaining),
+        HeaderName::from_static(reset),
+    ]
+}
+
+static OPENAI: std::sync::LazyLock<[Names; 2]> = std::sync::LazyLock::new(|| {
+    [
+        names(
+            "x-ratelimit-limit-requests",
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
+        ),
+        names(
+            "x-ratelimit-limit-tokens",
+            "x-ratelimit-remaining-tokens",
+            "x-ratelimit-reset-tokens",
+        ),
+    ]
+});
+
+static ANTHROPIC: std::sync::LazyLock<[Names; 2]> = std::sync::LazyLock::new(|| {
+    [
+        names(
+            "anthropic-ratelimit-requests-limit",
+            "anthropic-ratelimit-requests-remaining",
+            "anthropic-ratelimit-requests-reset",
+        ),
+        names(
+            "anthropic-ratelimit-tokens-limit",
+            "anthropic-ratelimit-tokens-remaining",
+            "anthropic-ratelimit-tokens-reset",
+        ),
+    ]
+});
 
 /// OpenAI (and compatible servers that copy it): `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`,
 /// resets as Go durations (`6m0s`, `1s`, `150ms`).
 pub fn openai(h: &HeaderMap) -> Option<RateReading> {
-    let window = |kind: &str| Window {
-        limit: num(h, &format!("x-ratelimit-limit-{kind}")),
-        remaining: num(h, &format!("x-ratelimit-remaining-{kind}")),
-        reset: text(h, &format!("x-ratelimit-reset-{kind}")).and_then(parse_go_duration),
+    let window = |[limit, remaining, reset]: &Names| Window {
+        limit: num(h, limit),
+        remaining: num(h, remaining),
+        reset: text(h, reset).and_then(parse_go_duration),
     };
     let r = RateReading {
-        requests: window("requests"),
-        tokens: window("tokens"),
+        requests: window(&OPENAI[0]),
+        tokens: window(&OPENAI[1]),
     };
     (!r.is_empty()).then_some(r)
 }
@@ -152,16 +194,16 @@ pub fn openai(h: &HeaderMap) -> Option<RateReading> {
 /// Anthropic: `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}`, resets as
 /// RFC 3339 instants.
 pub fn anthropic(h: &HeaderMap) -> Option<RateReading> {
-    let window = |kind: &str| Window {
-        limit: num(h, &format!("anthropic-ratelimit-{kind}-limit")),
-        remaining: num(h, &format!("anthropic-ratelimit-{kind}-remaining")),
-        reset: text(h, &format!("anthropic-ratelimit-{kind}-reset"))
+    let window = |[limit, remaining, reset]: &Names| Window {
+        limit: num(h, limit),
+        remaining: num(h, remaining),
+        reset: text(h, reset)
             .and_then(|v| chrono::DateTime::parse_from_rfc3339(v.trim()).ok())
             .map(wait_until),
     };
     let r = RateReading {
-        requests: window("requests"),
-        tokens: window("tokens"),
+        requests: window(&ANTHROPIC[0]),
+        tokens: window(&ANTHROPIC[1]),
     };
     (!r.is_empty()).then_some(r)
 }
