@@ -27,9 +27,10 @@
 #   route     (opt-in: --only route) classify + route per job, in process
 #             (`cargo bench --bench route`, BENCH_ROUTE_N plans); ns per job.
 #   profile   (BENCH_PROFILE=callgrind, or --only profile) the worker under
-#             `valgrind --tool=callgrind` for BENCH_PROFILE_N (2000) jobs, counters
-#             zeroed after start-up and dumped after the last result: instructions
-#             per job (Ir / N) and the top 25 entries, inclusive and self.
+#             `valgrind --tool=callgrind`: BENCH_PROFILE_WARMUP (200) jobs, then the
+#             counters are zeroed, BENCH_PROFILE_N (2000) jobs, a dump after the last
+#             result: instructions per job (Ir / N) and the top 25 entries,
+#             inclusive and self.
 #
 # Usage: scripts/bench.sh [--record] [--only e2e,latency,inflight,parts,route,profile]
 #   --record   append a dated block with the figures to BENCHMARKS.md
@@ -550,34 +551,47 @@ fi
 # =====================================================================================
 if want profile; then
 	say "profile: the worker under valgrind --tool=callgrind, $PROFILE_N jobs, responder at 0 ms"
-	section profile "$PROFILE_N" prof 0
+	WARM=${BENCH_PROFILE_WARMUP:-200}
+	section profile "$((WARM + PROFILE_N))" prof 0
+	head -n "$WARM" "$d/jobs.jsonl" >"$d/warmup.jsonl"
+	tail -n +"$((WARM + 1))" "$d/jobs.jsonl" >"$d/measured.jsonl"
 	fresh_db
 	sy_prepare
 	prefix="${RUN}c"
 	START_TIMEOUT_S=600 start_worker "$prefix" 4000 "$d/process.log" \
 		valgrind --tool=callgrind --callgrind-out-file="$d/callgrind.out.%p" --dump-instr=no
 	sleep "$SETTLE_S"
-	# count from here: start-up (config, migrations, tokenizer tables) is not per job
-	callgrind_control -z "$PID" >/dev/null
+	# warm-up jobs first: the tokenizer's tables are built on the first job, connections
+	# opened, allocator arenas grown; then count from zero
+	load "$prefix" "$d/warmup.jsonl" "$d/warmup.json" --timeout-s 1200 || FAILED+=("profile: warm-up jobs")
+	callgrind_control -z "$PID" >/dev/null || sy_log "callgrind_control -z failed: the counts include start-up"
 	rc=0
-	load "$prefix" "$d/jobs.jsonl" "$d/load.json" --timeout-s 1200 || rc=$?
-	callgrind_control -d "$PID" >/dev/null
+	load "$prefix" "$d/measured.jsonl" "$d/load.json" --timeout-s 1200 || rc=$?
+	callgrind_control -d "$PID" >/dev/null || sy_log "callgrind_control -d failed"
 	stop "$prefix"
 	stop_responder
 	dump=$(find "$d" -name 'callgrind.out.*.1' | head -n 1)
 	if ((rc != 0)) || [[ -z $dump ]]; then
 		FAILED+=("profile: bench_load exit $rc, dump '${dump:-none}'")
 	else
-		total=$(callgrind_annotate "$dump" | awk '/PROG TOTALS/ {gsub(",", "", $1); print $1; exit}')
+		total=$(awk '/^summary:/ {print $2; exit}' "$dump")
 		per_job=$((total / PROFILE_N))
-		fig "instructions (Ir) from the first job to the last result" "$total"
+		fig "instructions (Ir) for $PROFILE_N jobs, after $WARM warm-up jobs" "$total"
 		fig "Ir per job" "$per_job"
 		fig "jobs" "$(jfile "$d/load.json" 'j["results"]') results of $PROFILE_N"
-		fig "callgrind data" "$dump"
-		say "profile: top 25, inclusive (callgrind_annotate --inclusive=yes)"
-		callgrind_annotate --inclusive=yes "$dump" 2>/dev/null | awk '/file:function/ {on=1; next} on && NF' | head -n 25 | cut -c1-180
-		say "profile: top 25, self"
-		callgrind_annotate "$dump" 2>/dev/null | awk '/file:function/ {on=1; next} on && NF' | head -n 25 | cut -c1-180
+		fig "callgrind data" "$dump (callgrind_annotate --tree=caller ... for callers)"
+		callgrind_annotate --inclusive=yes --threshold=100 --auto=no "$dump" >"$d/inclusive.txt" 2>&1 || true
+		callgrind_annotate --threshold=100 --auto=no "$dump" >"$d/self.txt" 2>&1 || true
+		# the entries of an annotation: the lines after the "file:function" header
+		entries() { awk '/file:function/ {on = 1; next} on && /^ *[0-9,]+ \(/' "$1"; }
+		say "profile: top 25, inclusive"
+		entries "$d/inclusive.txt" | awk 'NR <= 25' | cut -c1-200
+		# Frames that were already on a stack when the counters were zeroed (thread and
+		# runtime roots) show their inclusive cost as self cost: left out of this list.
+		say "profile: top 25, self (thread and runtime roots left out)"
+		entries "$d/self.txt" |
+			grep -Ev 'clone\.S:clone|start_thread|thread_start|vtable\.shim|__rust_begin_short_backtrace|blocking::pool::Inner::run|task::raw::poll|Harness<T,S>::poll|Core<T,S>::poll|__libc_start_main|\(below main\)|lang_start|block_on|switchyard::main|cli::main|???:main|ld-linux' |
+			awk 'NR <= 25' | cut -c1-200
 		sum "| profile: worker instructions per job (callgrind, $PROFILE_N jobs) | $per_job Ir |"
 	fi
 fi
