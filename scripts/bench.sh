@@ -39,7 +39,7 @@
 #   BENCH_N, BENCH_RUNS, BENCH_RATE, BENCH_LAT_S, BENCH_INFLIGHT_N, BENCH_AFTER_S,
 #   BENCH_PROFILE, BENCH_PROFILE_N: see above. BENCH_RPM / BENCH_TPM (100000000 /
 #   4000000000): the rate limits set on every provider, so the limiter runs but never
-#   binds. CARGO_TARGET_DIR, NATS_URL, DATABASE_URL: see scripts/lib/services.sh.
+#   binds (BENCH_RPM=0: none, as in config/demo.toml). CARGO_TARGET_DIR, NATS_URL, DATABASE_URL: see scripts/lib/services.sh.
 #   BENCH_WORKER_ENV="K=V ..."  extra environment for the worker, for experiments
 #   (e.g. SWITCHYARD_PROVIDERS__OPENAI__HTTP2_PRIOR_KNOWLEDGE=true); --record
 #   notes it in the block. BENCH_BARE_ARGS="..." extra arguments for the bare loop
@@ -247,8 +247,9 @@ sy_prepare() {
 }
 # every provider of the config -> the responder (base URL by kind), with rate limits
 provider_env() {
-	python3 "$ROOT/scripts/lib/bench_provider_env.py" "$CONFIG" "$RESP_URL" sk-bench |
-		sed -nE "p; s/^(SWITCHYARD_PROVIDERS__[A-Z0-9_]+__)BASE_URL=.*/\\1RPM=$RPM\\n\\1TPM=$TPM/p"
+	local limits="s/^(SWITCHYARD_PROVIDERS__[A-Z0-9_]+__)BASE_URL=.*/\\1RPM=$RPM\\n\\1TPM=$TPM/p"
+	[[ $RPM != 0 ]] || limits='' # BENCH_RPM=0: no rate limits configured
+	python3 "$ROOT/scripts/lib/bench_provider_env.py" "$CONFIG" "$RESP_URL" sk-bench | sed -nE "p; $limits"
 }
 PID=''       # the process under test (worker or bare loop)
 PID_LABEL='' # worker | bare
@@ -350,6 +351,17 @@ measure() {
 	report run "$RUNS_FILE" "$section" "$kind" "$r" "$dir/load.json" "$cpu" "${EXTRA[@]}"
 }
 EXTRA=()
+# pg_per_job N: what the database of the run just stopped counted (pg_stat_database,
+# flushed when the connections closed), per job
+pg_per_job() {
+	sleep 0.5
+	fig "  Postgres per job (pg_stat_database)" "$(psql -X -At -d "$ADMIN_URL" -c "
+		SELECT format('%s commits, %s rollbacks, %s rows inserted, %s updated, %s deleted, %s fetched',
+		       round(xact_commit::numeric / $1, 2), round(xact_rollback::numeric / $1, 2),
+		       round(tup_inserted::numeric / $1, 2), round(tup_updated::numeric / $1, 2),
+		       round(tup_deleted::numeric / $1, 2), round(tup_fetched::numeric / $1, 2))
+		  FROM pg_stat_database WHERE datname = '$RUN'")"
+}
 # section NAME JOBS TAG RESPONDER_LATENCY_MS: the section's dir ($d), its jobs file
 # ($d/jobs.jsonl, JOBS jobs) and a responder
 section() {
@@ -373,6 +385,7 @@ if want e2e; then
 			start "$kind" "$prefix" 4000 "$rd/process.log"
 			measure e2e "$kind" "$r" "$prefix" "$d/jobs.jsonl" "$rd" --timeout-s 900
 			stop "$prefix"
+			pg_per_job "$N"
 			((STOP_RC == 0)) || FAILED+=("e2e: $kind run $r exited $STOP_RC after SIGTERM")
 		done
 	done
