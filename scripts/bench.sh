@@ -39,7 +39,8 @@
 #   BENCH_N, BENCH_RUNS, BENCH_RATE, BENCH_LAT_S, BENCH_INFLIGHT_N, BENCH_AFTER_S,
 #   BENCH_PROFILE, BENCH_PROFILE_N: see above. BENCH_RPM / BENCH_TPM (100000000 /
 #   4000000000): the rate limits set on every provider, so the limiter runs but never
-#   binds (BENCH_RPM=0: none, as in config/demo.toml). CARGO_TARGET_DIR, NATS_URL, DATABASE_URL: see scripts/lib/services.sh.
+#   binds (BENCH_RPM=0: none, as in config/demo.toml). BENCH_BUDGET=0: no budget
+#   (by default tenant acme has one, never reached). CARGO_TARGET_DIR, NATS_URL, DATABASE_URL: see scripts/lib/services.sh.
 #   BENCH_WORKER_ENV="K=V ..."  extra environment for the worker, for experiments
 #   (e.g. SWITCHYARD_PROVIDERS__OPENAI__HTTP2_PRIOR_KNOWLEDGE=true); --record
 #   notes it in the block. BENCH_BARE_ARGS="..." extra arguments for the bare loop
@@ -243,7 +244,8 @@ resp_stats() { curl -fsS "$RESP_URL/stats${1:-}"; } # [/reset]
 # switchyard's side of a run: tables, and a budget for one tenant (never reached)
 sy_prepare() {
 	SWITCHYARD_CONFIG="$CONFIG" DATABASE_URL="$DB_URL" "$BIN" migrate >/dev/null
-	SWITCHYARD_CONFIG="$CONFIG" DATABASE_URL="$DB_URL" "$BIN" budget set --tenant acme --period day --limit 1000000 >/dev/null
+	[[ ${BENCH_BUDGET:-1} == 0 ]] ||
+		SWITCHYARD_CONFIG="$CONFIG" DATABASE_URL="$DB_URL" "$BIN" budget set --tenant acme --period day --limit 1000000 >/dev/null
 }
 # every provider of the config -> the responder (base URL by kind), with rate limits
 provider_env() {
@@ -321,7 +323,7 @@ load() { # PREFIX JOBS OUT [bench_load args ...]
 	"$EX/bench_load" --nats "$NATS_URL" --prefix "$prefix" --jobs "$jobs" "$@" >"$out" 2>"$out.err"
 }
 cpu_snap() { python3 "$ROOT/scripts/lib/bench_cpu.py" snap "$1"; }
-cpu_diff() { python3 "$ROOT/scripts/lib/bench_cpu.py" diff "$@"; }
+cpu_diff() { python3 "$ROOT/scripts/lib/bench_cpu.py" diff "$@" --pg-db "$RUN"; }
 # on a failed load: what the stream and the database say
 diagnose() { # PREFIX LOG
 	local prefix=$1 log=$2
