@@ -597,16 +597,21 @@ if want profile; then
 		fig "callgrind data" "$dump (callgrind_annotate --tree=caller ... for callers)"
 		callgrind_annotate --inclusive=yes --threshold=100 --auto=no "$dump" >"$d/inclusive.txt" 2>&1 || true
 		callgrind_annotate --threshold=100 --auto=no "$dump" >"$d/self.txt" 2>&1 || true
-		# the entries of an annotation: the lines after the "file:function" header
-		entries() { awk '/file:function/ {on = 1; next} on && /^ *[0-9,]+ \(/' "$1"; }
-		say "profile: top 25, inclusive"
-		entries "$d/inclusive.txt" | awk 'NR <= 25' | cut -c1-200
-		# Frames that were already on a stack when the counters were zeroed (thread and
-		# runtime roots) show their inclusive cost as self cost: left out of this list.
-		say "profile: top 25, self (thread and runtime roots left out)"
-		entries "$d/self.txt" |
-			grep -Ev 'clone\.S:clone|start_thread|thread_start|vtable\.shim|__rust_begin_short_backtrace|blocking::pool::Inner::run|task::raw::poll|Harness<T,S>::poll|Core<T,S>::poll|__libc_start_main|\(below main\)|lang_start|block_on|switchyard::main|cli::main|???:main|ld-linux' |
-			awk 'NR <= 25' | cut -c1-200
+		# the entries of an annotation: the lines after the "file:function" header, with
+		# shorter paths. Frames that were already on a stack when the counters were
+		# zeroed (thread and runtime roots) show their inclusive cost as self cost, and
+		# lead every inclusive list: both lists leave them out.
+		roots='clone\.S:clone|start_thread|thread_start|vtable\.shim|__rust_begin_short_backtrace|blocking::pool::Inner::run|task::raw::poll|Harness<T,S>::poll|Core<T,S>::poll|worker::run|Context::run|__libc_start_main|\(below main\)|lang_start|block_on|switchyard::main|cli::main|\?\?\?:main|ld-linux'
+		entries() {
+			awk '/file:function/ {on = 1; next} on && /^ *[0-9,]+ \(/' "$1" | grep -Ev "$roots" |
+				sed -E 's|/root/\.cargo/registry/src/[^/]+/||; s|/rustc/[0-9a-f]+/library/||; s| \[/[^]]*\]$||' | cut -c1-180
+		}
+		say "profile: top 25, inclusive (thread and runtime roots left out)"
+		entries "$d/inclusive.txt" | awk 'NR <= 25'
+		say "profile: top 25 of switchyard's own functions, inclusive"
+		entries "$d/inclusive.txt" | grep 'switchyard::' | awk 'NR <= 25'
+		say "profile: top 25, self"
+		entries "$d/self.txt" | awk 'NR <= 25'
 		sum "| profile: worker instructions per job (callgrind, $PROFILE_N jobs) | $per_job Ir |"
 	fi
 fi
