@@ -631,8 +631,9 @@ if ((RECORD)); then
 		{
 			printf '\n### %s — commit %s\n\n' "$(date -u '+%Y-%m-%d %H:%M UTC')" "$COMMIT"
 			# shellcheck disable=SC2016  # literal backquotes (markdown)
-			printf '`scripts/bench.sh --record%s` (BENCH_N=%s, BENCH_RUNS=%s, BENCH_INFLIGHT_N=%s); %s cores, %s GiB; NATS %s, PostgreSQL %s; load average %s before, %s after.\n\n' \
-				"$([[ $ONLY == e2e,latency,inflight,parts ]] || echo " --only $ONLY")" "$N" "$RUNS" "$INFLIGHT_N" "$NPROC" "$MEM_GIB" "$NATS_VERSION" "$PG_VERSION" "$LOAD_START" "$LOAD_END"
+			printf '`%sscripts/bench.sh --record%s` (BENCH_N=%s, BENCH_RUNS=%s, BENCH_INFLIGHT_N=%s); %s cores, %s GiB; NATS %s, PostgreSQL %s; load average %s before, %s after.\n\n' \
+				"${BENCH_PROFILE:+BENCH_PROFILE=$BENCH_PROFILE }" \
+				"$([[ $ONLY == e2e,latency,inflight,parts || $ONLY == e2e,latency,inflight,parts,profile ]] || echo " --only $ONLY")" "$N" "$RUNS" "$INFLIGHT_N" "$NPROC" "$MEM_GIB" "$NATS_VERSION" "$PG_VERSION" "$LOAD_START" "$LOAD_END"
 			# shellcheck disable=SC2016  # literal backquotes (markdown)
 			[[ -z ${BENCH_WORKER_ENV:-} ]] || printf 'Worker environment: `%s`.\n\n' "$BENCH_WORKER_ENV"
 			printf '| what | figure |\n|---|---|\n'
