@@ -4,10 +4,14 @@
     bench_cpu.py snap OUT.json
         Saves the machine's busy/total jiffies (/proc/stat) and every process's
         utime+stime (/proc/PID/stat) with its command name.
-    bench_cpu.py diff BEFORE.json AFTER.json [--name LABEL=PID ...]
+    bench_cpu.py diff BEFORE.json AFTER.json [--name LABEL=PID ...] [--pg-db NAME]
         Prints one JSON object: wall-clock CPU-seconds per group over the interval.
         Groups: each --name LABEL=PID (that process), "nats-server" and "postgres"
-        (every process with that command name), "other" (the rest of the machine's
+        (every process with that command name; with --pg-db, only the backends
+        connected to database NAME and the server's shared processes (WAL writer,
+        checkpointer, background writer, autovacuum ...): the backends of other
+        databases, other users' tests on a shared server, count as "other" under
+        the name "postgres (other databases)"), "other" (the rest of the machine's
         busy time: the submit client, the kernel, other users' builds ...),
         "top_other" (the five command names that used most of it, among the
         processes alive at both snapshots or started in between and still alive),
@@ -52,8 +56,27 @@ def procs():
             start = rest[19]
         except (IndexError, ValueError):
             continue
-        out[pid] = [comm, ticks, start]
+        db = None
+        if comm == "postgres":
+            db = pg_database(pid)
+        out[pid] = [comm, ticks, start, db]
     return out
+
+
+def pg_database(pid):
+    """The database of a backend, from its process title ("postgres: [15/main: ]user
+    db host(port) state"); "" for the server's own processes."""
+    try:
+        with open("/proc/%s/cmdline" % pid, "rb") as f:
+            title = f.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+    words = title.split()
+    if len(words) >= 4 and words[0] == "postgres:" and words[1].endswith(":"):
+        words = words[:1] + words[2:]  # cluster name
+    if len(words) >= 4 and ("(" in words[3] or words[3] in ("[local]", "local")):
+        return words[2]
+    return ""
 
 
 def snap(path):
@@ -62,7 +85,7 @@ def snap(path):
         json.dump({"busy": busy, "total": total, "procs": procs()}, f)
 
 
-def diff(a_path, b_path, names):
+def diff(a_path, b_path, names, pg_db=None):
     with open(a_path) as f:
         a = json.load(f)
     with open(b_path) as f:
@@ -75,7 +98,9 @@ def diff(a_path, b_path, names):
     groups["postgres"] = 0.0
     by_pid = {pid: label for label, pid in names.items()}
     others = {}
-    for pid, (comm, ticks, start) in b["procs"].items():
+    for pid, entry in b["procs"].items():
+        comm, ticks, start = entry[:3]
+        db = entry[3] if len(entry) > 3 else None
         before = a["procs"].get(pid)
         if before and before[2] == start:
             d = (ticks - before[1]) / HZ
@@ -88,7 +113,10 @@ def diff(a_path, b_path, names):
         elif comm == "nats-server":
             groups["nats-server"] += d
         elif comm == "postgres" or comm.startswith("postgres"):
-            groups["postgres"] += d
+            if pg_db and db and db != pg_db:
+                others["postgres (other databases)"] = others.get("postgres (other databases)", 0.0) + d
+            else:
+                groups["postgres"] += d
         else:
             others[comm] = others.get(comm, 0.0) + d
     known = sum(groups.values())
@@ -109,6 +137,7 @@ def main(argv):
         return 0
     if len(argv) >= 3 and argv[0] == "diff":
         names = {}
+        pg_db = None
         rest = argv[3:]
         i = 0
         while i < len(rest):
@@ -116,9 +145,12 @@ def main(argv):
                 label, _, pid = rest[i + 1].partition("=")
                 names[label] = pid
                 i += 2
+            elif rest[i] == "--pg-db" and i + 1 < len(rest):
+                pg_db = rest[i + 1]
+                i += 2
             else:
                 i += 1
-        diff(argv[1], argv[2], names)
+        diff(argv[1], argv[2], names, pg_db)
         return 0
     print(__doc__, file=sys.stderr)
     return 2
