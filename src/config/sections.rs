@@ -351,9 +351,9 @@ pub struct ProviderConfig {
     #[serde(default)]
     pub max_concurrent_calls: Option<usize>,
     /// With HTTP/2: calls sent on one connection before another is opened; the server's
-    /// own limit (SETTINGS_MAX_CONCURRENT_STREAMS) is typically 100 (Google) to 256
-    /// (Cloudflare, in front of OpenAI and Anthropic). Above the server's limit the
-    /// extra calls queue in the connection; below it only more connections are opened.
+    /// own limit (SETTINGS_MAX_CONCURRENT_STREAMS) is commonly 100 to 256. Above the
+    /// server's limit the extra calls queue in the connection; below it only more
+    /// connections are opened.
     #[serde(default = "default_http2_streams_per_connection")]
     pub http2_streams_per_connection: usize,
 }

@@ -2,8 +2,46 @@
 //! waiting at most `linger` for more once the first request is in.
 
 use super::StoreError;
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// Statements a batch loop keeps in flight at once: the next batch is cut and sent while
+/// the last one is still in Postgres, so one round trip does not hold every job behind
+/// it. (Each job's own requests still go one after another: it awaits each answer.)
+pub const LANES: u32 = 2;
+
+/// The statements of one batch loop in flight, at most [`LANES`].
+pub struct Lanes {
+    free: Arc<Semaphore>,
+}
+
+impl Default for Lanes {
+    fn default() -> Lanes {
+        Lanes {
+            free: Arc::new(Semaphore::new(LANES as usize)),
+        }
+    }
+}
+
+impl Lanes {
+    /// Run `work` once a lane is free (waiting here, which holds the loop back).
+    pub async fn run(&self, work: impl Future<Output = ()> + Send + 'static) {
+        let Ok(lane) = self.free.clone().acquire_owned().await else {
+            return;
+        };
+        tokio::spawn(async move {
+            work.await;
+            drop(lane);
+        });
+    }
+
+    /// Wait for every statement in flight to finish.
+    pub async fn drain(&self) {
+        let _ = self.free.acquire_many(LANES).await;
+    }
+}
 
 /// Where one request's answer goes.
 pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;

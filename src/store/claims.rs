@@ -6,7 +6,7 @@
 //! of earlier deliveries (attempt numbers go on from them), the stored result to publish
 //! again, or how long the other lease still runs.
 
-use super::batch::{next_batch, Asker};
+use super::batch::{next_batch, Asker, Lanes};
 use super::{parse_result, StoreError};
 use crate::job::{Attempt, JobResult};
 use serde::Serialize;
@@ -80,12 +80,16 @@ async fn run(
     lease: Duration,
 ) {
     let mut carry: Vec<(ClaimRequest, Reply)> = Vec::new();
+    let lanes = Lanes::default();
     loop {
         let mut batch = std::mem::take(&mut carry);
         if batch.is_empty() {
             match next_batch(&mut rx, max_batch, linger).await {
                 Some(b) => batch = b,
-                None => return,
+                None => {
+                    lanes.drain().await;
+                    return;
+                }
             }
         }
         // The same job twice in one statement cannot be upserted: defer the second (it
@@ -99,41 +103,47 @@ async fn run(
                 carry.push(item);
             }
         }
-        let reqs: Vec<&ClaimRequest> = now.iter().map(|(r, _)| r).collect();
-        match claim_batch(&pool, &reqs, lease).await {
-            Ok(mut found) => {
-                for (req, reply) in now {
-                    let outcome = found
+        let pool = pool.clone();
+        lanes.run(claim_and_reply(pool, now, lease)).await;
+    }
+}
+
+/// One batch: claim its jobs and answer each request.
+async fn claim_and_reply(pool: PgPool, now: Vec<(ClaimRequest, Reply)>, lease: Duration) {
+    let reqs: Vec<&ClaimRequest> = now.iter().map(|(r, _)| r).collect();
+    match claim_batch(&pool, &reqs, lease).await {
+        Ok(mut found) => {
+            for (req, reply) in now {
+                let outcome = found
+                    .remove(&(req.tenant.clone(), req.id.clone()))
+                    .unwrap_or(Ok(ClaimOutcome::Busy(Duration::from_millis(500))));
+                let _ = reply.send(outcome);
+            }
+        }
+        Err(e) if e.is_unavailable() || now.len() == 1 => {
+            tracing::warn!(error = %e, jobs = now.len(), "claim failed");
+            let msg = e.to_string();
+            let unavailable = e.is_unavailable();
+            for (_, reply) in now {
+                let _ = reply.send(Err(if unavailable {
+                    StoreError::Unavailable(msg.clone())
+                } else {
+                    StoreError::Rejected(msg.clone())
+                }));
+            }
+        }
+        Err(e) => {
+            // Postgres refused something in the batch: claim each job alone, so only
+            // the job at fault fails.
+            tracing::warn!(error = %e, jobs = now.len(), "claim batch refused; claiming one by one");
+            for (req, reply) in now {
+                let outcome = match claim_batch(&pool, &[&req], lease).await {
+                    Ok(mut found) => found
                         .remove(&(req.tenant.clone(), req.id.clone()))
-                        .unwrap_or(Ok(ClaimOutcome::Busy(Duration::from_millis(500))));
-                    let _ = reply.send(outcome);
-                }
-            }
-            Err(e) if e.is_unavailable() || now.len() == 1 => {
-                tracing::warn!(error = %e, jobs = now.len(), "claim failed");
-                let msg = e.to_string();
-                let unavailable = e.is_unavailable();
-                for (_, reply) in now {
-                    let _ = reply.send(Err(if unavailable {
-                        StoreError::Unavailable(msg.clone())
-                    } else {
-                        StoreError::Rejected(msg.clone())
-                    }));
-                }
-            }
-            Err(e) => {
-                // Postgres refused something in the batch: claim each job alone, so only
-                // the job at fault fails.
-                tracing::warn!(error = %e, jobs = now.len(), "claim batch refused; claiming one by one");
-                for (req, reply) in now {
-                    let outcome = match claim_batch(&pool, &[&req], lease).await {
-                        Ok(mut found) => found
-                            .remove(&(req.tenant.clone(), req.id.clone()))
-                            .unwrap_or(Ok(ClaimOutcome::Busy(Duration::from_millis(500)))),
-                        Err(e) => Err(e),
-                    };
-                    let _ = reply.send(outcome);
-                }
+                        .unwrap_or(Ok(ClaimOutcome::Busy(Duration::from_millis(500)))),
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(outcome);
             }
         }
     }

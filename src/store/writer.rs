@@ -15,7 +15,7 @@
 //!   job at fault gets the error; when Postgres is away, every job gets
 //!   [`StoreError::Unavailable`] and its request back, to try again in place.
 
-use super::batch::next_batch;
+use super::batch::{next_batch, Lanes};
 use super::StoreError;
 use crate::job::{Attempt, Usage};
 use rust_decimal::Decimal;
@@ -135,39 +135,47 @@ async fn run(
     max_batch: usize,
     linger: Duration,
 ) {
+    let lanes = Lanes::default();
     while let Some(batch) = next_batch(&mut rx, max_batch, linger).await {
-        let (reqs, replies): (Vec<CommitRequest>, Vec<Reply>) = batch.into_iter().unzip();
-        match commit_batch(&pool, &reqs).await {
-            Ok(landed) => {
-                for (reply, ok) in replies.into_iter().zip(landed) {
-                    let _ = reply.send(Ok(CommitOutcome { final_landed: ok }));
-                }
+        let pool = pool.clone();
+        lanes.run(commit_and_reply(pool, batch)).await;
+    }
+    lanes.drain().await;
+}
+
+/// One batch: commit it and answer each request.
+async fn commit_and_reply(pool: PgPool, batch: Vec<(CommitRequest, Reply)>) {
+    let (reqs, replies): (Vec<CommitRequest>, Vec<Reply>) = batch.into_iter().unzip();
+    match commit_batch(&pool, &reqs).await {
+        Ok(landed) => {
+            for (reply, ok) in replies.into_iter().zip(landed) {
+                let _ = reply.send(Ok(CommitOutcome { final_landed: ok }));
             }
-            Err(e) if e.is_unavailable() || reqs.len() == 1 => {
-                tracing::warn!(error = %e, jobs = replies.len(), "group commit failed");
-                let msg = e.to_string();
-                let unavailable = e.is_unavailable();
-                for (req, reply) in reqs.into_iter().zip(replies) {
-                    let err = if unavailable {
-                        StoreError::Unavailable(msg.clone())
-                    } else {
-                        StoreError::Rejected(msg.clone())
-                    };
-                    let _ = reply.send(Err(Box::new((err, req))));
-                }
+        }
+        Err(e) if e.is_unavailable() || reqs.len() == 1 => {
+            tracing::warn!(error = %e, jobs = replies.len(), "group commit failed");
+            let msg = e.to_string();
+            let unavailable = e.is_unavailable();
+            for (req, reply) in reqs.into_iter().zip(replies) {
+                let err = if unavailable {
+                    StoreError::Unavailable(msg.clone())
+                } else {
+                    StoreError::Rejected(msg.clone())
+                };
+                let _ = reply.send(Err(Box::new((err, req))));
             }
-            Err(e) => {
-                tracing::warn!(error = %e, jobs = replies.len(),
-                    "group commit refused; committing one job at a time");
-                for (req, reply) in reqs.into_iter().zip(replies) {
-                    let out = match commit_batch(&pool, std::slice::from_ref(&req)).await {
-                        Ok(landed) => Ok(CommitOutcome {
-                            final_landed: landed.first().copied().unwrap_or(false),
-                        }),
-                        Err(e) => Err(Box::new((e, req))),
-                    };
-                    let _ = reply.send(out);
-                }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, jobs = replies.len(),
+                "group commit refused; committing one job at a time");
+            for (req, reply) in reqs.into_iter().zip(replies) {
+                let out = match commit_batch(&pool, std::slice::from_ref(&req)).await {
+                    Ok(landed) => Ok(CommitOutcome {
+                        final_landed: landed.first().copied().unwrap_or(false),
+                    }),
+                    Err(e) => Err(Box::new((e, req))),
+                };
+                let _ = reply.send(out);
             }
         }
     }
