@@ -44,6 +44,13 @@ fn tools_len(job: &Job) -> usize {
         .sum()
 }
 
+/// Build the encodings these models use (each is built once, on first use).
+pub fn warm_up<'a>(upstreams: impl Iterator<Item = &'a str>) {
+    for u in upstreams {
+        encoding_for(u);
+    }
+}
+
 fn encoding_for(upstream: &str) -> &'static CoreBPE {
     let m = upstream.rsplit('/').next().unwrap_or(upstream);
     let legacy = (m.starts_with("gpt-4") && !m.starts_with("gpt-4o") && !m.starts_with("gpt-4.1"))

@@ -82,7 +82,7 @@ async fn reserve_loop(
 ) {
     while let Some(batch) = next_batch(&mut rx, max_batch, linger).await {
         let (reqs, replies): (Vec<ReserveRequest>, Vec<ReserveReply>) = batch.into_iter().unzip();
-        match reserve_batch(&pool, &reqs).await {
+        match super::retry_conflicts(|| reserve_batch(&pool, &reqs)).await {
             Ok(outcomes) => {
                 for (reply, o) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(o));

@@ -110,8 +110,10 @@ async fn run(
 
 /// One batch: claim its jobs and answer each request.
 async fn claim_and_reply(pool: PgPool, now: Vec<(ClaimRequest, Reply)>, lease: Duration) {
-    let reqs: Vec<&ClaimRequest> = now.iter().map(|(r, _)| r).collect();
-    match claim_batch(&pool, &reqs, lease).await {
+    // In (tenant, id) order, as every batch statement locks job rows (see the writer).
+    let mut reqs: Vec<&ClaimRequest> = now.iter().map(|(r, _)| r).collect();
+    reqs.sort_unstable_by(|a, b| (&a.tenant, &a.id).cmp(&(&b.tenant, &b.id)));
+    match super::retry_conflicts(|| claim_batch(&pool, &reqs, lease)).await {
         Ok(mut found) => {
             for (req, reply) in now {
                 let outcome = found

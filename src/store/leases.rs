@@ -209,10 +209,20 @@ async fn keep(
     }
 }
 
+/// The rows are locked first, in (tenant, id) order, as every batch statement locks
+/// them (claims and commits send theirs sorted): a renewal and a commit never deadlock.
 const RENEW_SQL: &str = r#"
+WITH held AS (
+    SELECT j.tenant, j.id, x.token
+      FROM jobs j
+      JOIN unnest($1::text[], $2::text[], $3::text[]) AS x(tenant, id, token)
+        ON j.tenant = x.tenant AND j.id = x.id AND j.lease_token = x.token
+     ORDER BY j.tenant, j.id
+       FOR UPDATE OF j
+)
 UPDATE jobs j SET lease_until = now() + make_interval(secs => $4)
-  FROM unnest($1::text[], $2::text[], $3::text[]) AS x(tenant, id, token)
- WHERE j.tenant = x.tenant AND j.id = x.id AND j.lease_token = x.token
+  FROM held h
+ WHERE j.tenant = h.tenant AND j.id = h.id AND j.lease_token = h.token
 RETURNING j.lease_token
 "#;
 

@@ -35,6 +35,10 @@ pub enum StoreError {
     /// this job is wrong, so the caller waits and tries again in place.
     #[error("postgres unavailable: {0}")]
     Unavailable(String),
+    /// The statement lost a race with another (a deadlock, a serialization failure):
+    /// Postgres is fine, and the same statement is tried again at once.
+    #[error("postgres conflict: {0}")]
+    Conflict(String),
     /// Postgres refused this job's rows (a data or constraint error): trying again will
     /// not help, the job ends as `internal`.
     #[error("postgres refused the rows: {0}")]
@@ -56,8 +60,12 @@ impl StoreError {
                 let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
                 // 08: connection; 53: resources; 57: operator intervention (shutdown,
                 // cannot connect now); 55: not accepting connections, lock not available;
-                // 40: serialization failure or deadlock (retry).
-                if ["08", "53", "55", "57", "40", "58"]
+                // 40: serialization failure or deadlock: nothing is away, the statement
+                // lost a race and is tried again at once.
+                if code.starts_with("40") {
+                    return StoreError::Conflict(format!("{} ({code})", db.message()));
+                }
+                if ["08", "53", "55", "57", "58"]
                     .iter()
                     .any(|class| code.starts_with(class))
                 {
@@ -77,8 +85,35 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            StoreError::Unavailable(_) | StoreError::Db(_) | StoreError::Closed
+            StoreError::Unavailable(_)
+                | StoreError::Db(_)
+                | StoreError::Closed
+                | StoreError::Conflict(_)
         )
+    }
+}
+
+/// How many times a batch statement that lost a race is sent again before its requests
+/// hear of it (as unavailable: they wait and retry in place).
+pub const CONFLICT_TRIES: u32 = 5;
+
+/// Run `op` again while it fails with a [`StoreError::Conflict`] (a deadlock between two
+/// batches, say), after a short pause, at most [`CONFLICT_TRIES`] times.
+pub async fn retry_conflicts<T, F, Fut>(mut op: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut tries = 1;
+    loop {
+        match op().await {
+            Err(StoreError::Conflict(m)) if tries < CONFLICT_TRIES => {
+                tracing::debug!(error = %m, tries, "statement lost a race; sending it again");
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(u64::from(tries) * 2)).await;
+            }
+            other => return other,
+        }
     }
 }
 
@@ -150,4 +185,48 @@ pub(crate) fn parse_result(
         id: id.to_string(),
         message: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod conflict_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_statement_that_loses_a_race_is_sent_again_a_few_times() {
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let out = retry_conflicts(|| {
+            let n = tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if n < 2 {
+                    Err(StoreError::Conflict("deadlock detected (40P01)".into()))
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(out.unwrap(), 2);
+        // Past CONFLICT_TRIES the conflict is the caller's (as unavailable: it waits).
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let out: Result<(), StoreError> = retry_conflicts(|| {
+            tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Err(StoreError::Conflict("deadlock detected (40P01)".into())) }
+        })
+        .await;
+        assert!(matches!(out, Err(StoreError::Conflict(_))));
+        assert!(out.unwrap_err().is_unavailable());
+        assert_eq!(
+            tries.load(std::sync::atomic::Ordering::SeqCst),
+            CONFLICT_TRIES
+        );
+        // Anything else is not retried here.
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let out: Result<(), StoreError> = retry_conflicts(|| {
+            tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Err(StoreError::Rejected("bad row".into())) }
+        })
+        .await;
+        assert!(matches!(out, Err(StoreError::Rejected(_))));
+        assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
 }

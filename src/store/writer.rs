@@ -419,7 +419,8 @@ SELECT false, c.tenant, c.job_id, c.attempt FROM c
 /// Commit `reqs` in one statement; for each request, whether its final row landed. Cost
 /// rows that clashed are renumbered and inserted after.
 async fn commit_batch(pool: &PgPool, reqs: &[CommitRequest]) -> Result<Vec<bool>, StoreError> {
-    let (landed, missing) = insert(pool, reqs).await?;
+    // One statement, all or nothing: sent again when it loses a race (a deadlock).
+    let (landed, missing) = super::retry_conflicts(|| insert(pool, reqs)).await?;
     for (i, calls) in missing {
         let r = &reqs[i];
         if let Err(e) = renumber(pool, &r.key, &calls).await {
@@ -462,8 +463,13 @@ async fn insert<'a>(
             reservations.push(&rel.lease_token);
         }
     }
+    // Rows are locked in (tenant, id) order by every batch statement (claims, commits,
+    // lease renewals), so two of them never wait for each other in a circle.
+    let mut order: Vec<(&str, &str, usize)> =
+        finals.iter().map(|(&(t, id), &i)| (t, id, i)).collect();
+    order.sort_unstable();
     let mut jobs = JobColumns::default();
-    for &i in finals.values() {
+    for (_, _, i) in order {
         if let Some(j) = &reqs[i].job {
             jobs.push(j);
         }
