@@ -117,14 +117,14 @@ const DEFER_RECHECK: Duration = Duration::from_secs(300);
 
 /// Would holding `amount` more overrun any of `rows` at `now`? If not, each row's
 /// (period turned over, current period start).
-pub fn check(
+pub fn check<R: std::borrow::Borrow<BudgetRow>>(
     tenant: &str,
-    rows: &[BudgetRow],
+    rows: &[R],
     amount: Decimal,
     now: DateTime<Utc>,
 ) -> Result<Vec<(bool, DateTime<Utc>)>, Denial> {
     let mut starts = Vec::with_capacity(rows.len());
-    for r in rows {
+    for r in rows.iter().map(std::borrow::Borrow::borrow) {
         let Some(p) = Period::parse(&r.period) else {
             starts.push((false, r.period_start));
             continue;

@@ -138,43 +138,31 @@ fn text<'a>(h: &'a HeaderMap, k: &HeaderName) -> Option<&'a str> {
 /// time: read on every answer, so no name is built or parsed per call.
 type Names = [HeaderName; 3];
 
-fn names(limit: &'static str, remaining: &'static str, reset: &'static str) -> Names {
+const OPENAI: [Names; 2] = [
     [
-        HeaderName::from_static(limit),
-        HeaderName::from_static(remaining),
-        HeaderName::from_static(reset),
-    ]
-}
+        HeaderName::from_static("x-ratelimit-limit-requests"),
+        HeaderName::from_static("x-ratelimit-remaining-requests"),
+        HeaderName::from_static("x-ratelimit-reset-requests"),
+    ],
+    [
+        HeaderName::from_static("x-ratelimit-limit-tokens"),
+        HeaderName::from_static("x-ratelimit-remaining-tokens"),
+        HeaderName::from_static("x-ratelimit-reset-tokens"),
+    ],
+];
 
-static OPENAI: std::sync::LazyLock<[Names; 2]> = std::sync::LazyLock::new(|| {
+const ANTHROPIC: [Names; 2] = [
     [
-        names(
-            "x-ratelimit-limit-requests",
-            "x-ratelimit-remaining-requests",
-            "x-ratelimit-reset-requests",
-        ),
-        names(
-            "x-ratelimit-limit-tokens",
-            "x-ratelimit-remaining-tokens",
-            "x-ratelimit-reset-tokens",
-        ),
-    ]
-});
-
-static ANTHROPIC: std::sync::LazyLock<[Names; 2]> = std::sync::LazyLock::new(|| {
+        HeaderName::from_static("anthropic-ratelimit-requests-limit"),
+        HeaderName::from_static("anthropic-ratelimit-requests-remaining"),
+        HeaderName::from_static("anthropic-ratelimit-requests-reset"),
+    ],
     [
-        names(
-            "anthropic-ratelimit-requests-limit",
-            "anthropic-ratelimit-requests-remaining",
-            "anthropic-ratelimit-requests-reset",
-        ),
-        names(
-            "anthropic-ratelimit-tokens-limit",
-            "anthropic-ratelimit-tokens-remaining",
-            "anthropic-ratelimit-tokens-reset",
-        ),
-    ]
-});
+        HeaderName::from_static("anthropic-ratelimit-tokens-limit"),
+        HeaderName::from_static("anthropic-ratelimit-tokens-remaining"),
+        HeaderName::from_static("anthropic-ratelimit-tokens-reset"),
+    ],
+];
 
 /// OpenAI (and compatible servers that copy it): `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`,
 /// resets as Go durations (`6m0s`, `1s`, `150ms`).

@@ -97,13 +97,8 @@ async fn reserve_loop(
                 }
             }
             Err(e) => {
-                let (msg, unavailable) = (e.to_string(), e.is_unavailable());
                 for reply in replies {
-                    let _ = reply.send(Err(if unavailable {
-                        StoreError::Unavailable(msg.clone())
-                    } else {
-                        StoreError::Rejected(msg.clone())
-                    }));
+                    let _ = reply.send(Err(e.shared()));
                 }
             }
         }
@@ -149,7 +144,7 @@ async fn reserve_batch(
             outcomes.push(None);
             continue;
         }
-        let view: Vec<BudgetRow> = applies.iter().map(|&i| rows[i].1.clone()).collect();
+        let view: Vec<&BudgetRow> = applies.iter().map(|&i| &rows[i].1).collect();
         match check(&req.tenant, &view, req.amount, req.now) {
             Err(denial) => outcomes.push(Some(Err(denial))),
             Ok(starts) => {

@@ -124,14 +124,8 @@ async fn claim_and_reply(pool: PgPool, now: Vec<(ClaimRequest, Reply)>, lease: D
         }
         Err(e) if e.is_unavailable() || now.len() == 1 => {
             tracing::warn!(error = %e, jobs = now.len(), "claim failed");
-            let msg = e.to_string();
-            let unavailable = e.is_unavailable();
             for (_, reply) in now {
-                let _ = reply.send(Err(if unavailable {
-                    StoreError::Unavailable(msg.clone())
-                } else {
-                    StoreError::Rejected(msg.clone())
-                }));
+                let _ = reply.send(Err(e.shared()));
             }
         }
         Err(e) => {

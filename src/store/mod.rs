@@ -81,6 +81,16 @@ impl StoreError {
         }
     }
 
+    /// The same error for each request of a batch that failed: unavailable stays
+    /// unavailable (they wait and retry), anything else is a refusal.
+    pub fn shared(&self) -> StoreError {
+        if self.is_unavailable() {
+            StoreError::Unavailable(self.to_string())
+        } else {
+            StoreError::Rejected(self.to_string())
+        }
+    }
+
     /// Nothing is wrong with the job: wait for Postgres and try again in place.
     pub fn is_unavailable(&self) -> bool {
         matches!(

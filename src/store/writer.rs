@@ -19,7 +19,6 @@ use super::batch::{next_batch, Lanes};
 use super::StoreError;
 use crate::job::{Attempt, Usage};
 use rust_decimal::Decimal;
-use serde::Serialize;
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -43,7 +42,7 @@ pub struct CallRecord {
 }
 
 /// A job's final row (`status` succeeded or failed).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct CommitJob {
     pub tenant: String,
     pub id: String,
@@ -154,15 +153,8 @@ async fn commit_and_reply(pool: PgPool, batch: Vec<(CommitRequest, Reply)>) {
         }
         Err(e) if e.is_unavailable() || reqs.len() == 1 => {
             tracing::warn!(error = %e, jobs = replies.len(), "group commit failed");
-            let msg = e.to_string();
-            let unavailable = e.is_unavailable();
             for (req, reply) in reqs.into_iter().zip(replies) {
-                let err = if unavailable {
-                    StoreError::Unavailable(msg.clone())
-                } else {
-                    StoreError::Rejected(msg.clone())
-                };
-                let _ = reply.send(Err(Box::new((err, req))));
+                let _ = reply.send(Err(Box::new((e.shared(), req))));
             }
         }
         Err(e) => {
