@@ -87,7 +87,7 @@ async fn happy_path_on_every_priority() {
         env.sim.stats().calls("openai", "gpt-4.1-nano-2025-04-14"),
         3
     );
-    assert_eq!(env.jobs_left().await, 0, "every job acked");
+    assert_eq!(env.wait_jobs_left(0, 10).await, 0, "every job acked");
     let ready = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
         .await
         .unwrap();
@@ -310,7 +310,11 @@ async fn bad_inputs_fail_cleanly_and_the_worker_keeps_serving() {
         env.result("acme", "after", 20).await.status,
         Status::Succeeded
     );
-    assert_eq!(env.jobs_left().await, 0, "nothing left to redeliver");
+    assert_eq!(
+        env.wait_jobs_left(0, 10).await,
+        0,
+        "nothing left to redeliver"
+    );
     stop.cancel();
     worker.await.unwrap().unwrap();
 }
@@ -431,7 +435,7 @@ async fn exhaustion_goes_to_the_dlq_with_every_attempt() {
         .unwrap();
     assert_eq!(rows, 4);
     assert_eq!(env.sim.stats().total, 4);
-    assert_eq!(env.jobs_left().await, 0);
+    assert_eq!(env.wait_jobs_left(0, 10).await, 0);
     stop.cancel();
     worker.await.unwrap().unwrap();
 }
@@ -498,7 +502,7 @@ async fn a_committed_job_delivered_again_makes_no_second_call() {
         .await
         .unwrap();
     assert_eq!(rows, 1, "no double charge");
-    assert_eq!(env.jobs_left().await, 0);
+    assert_eq!(env.wait_jobs_left(0, 10).await, 0);
     stop.cancel();
     worker.await.unwrap().unwrap();
 }

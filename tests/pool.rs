@@ -110,13 +110,11 @@ async fn two_workers_never_run_one_key_at_once() {
     }
     assert_eq!(env.wait_succeeded(N as i64, 60).await, N as i64);
     // Both copies are acked: the second one found the first's result.
-    for _ in 0..200 {
-        if env.jobs_left().await == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(env.jobs_left().await, 0, "both copies of every job acked");
+    assert_eq!(
+        env.wait_jobs_left(0, 10).await,
+        0,
+        "both copies of every job acked"
+    );
     assert_eq!(
         env.sim.stats().total,
         N as u64,

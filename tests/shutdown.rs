@@ -96,7 +96,7 @@ async fn sigterm_drains_in_flight_jobs_and_loses_nothing() {
         assert_eq!(r.attempts.len(), 1, "s{i}");
     }
     assert_eq!(env.sim.stats().total, N as u64, "one provider call per job");
-    assert_eq!(env.jobs_left().await, 0);
+    assert_eq!(env.wait_jobs_left(0, 10).await, 0);
     stop.cancel();
     worker.await.unwrap().unwrap();
 }
@@ -160,7 +160,7 @@ async fn a_killed_worker_loses_nothing() {
     .await
     .unwrap();
     assert_eq!(doubled, 0);
-    assert_eq!(env.jobs_left().await, 0);
+    assert_eq!(env.wait_jobs_left(0, 10).await, 0);
     stop.cancel();
     worker.await.unwrap().unwrap();
 }

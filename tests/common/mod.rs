@@ -236,6 +236,20 @@ impl TestEnv {
         s.info().await.expect("stream info").state.messages
     }
 
+    /// Wait until the jobs stream holds `n` messages, at most `secs`; returns the last
+    /// count seen. A result is published before its message is acked, so a test that has
+    /// just read a result must wait for the ack rather than look once.
+    pub async fn wait_jobs_left(&self, n: u64, secs: u64) -> u64 {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let left = self.jobs_left().await;
+            if left == n || tokio::time::Instant::now() >= deadline {
+                return left;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn subscribe(&self, subject: &str) -> async_nats::Subscriber {
         let sub = self
             .client
