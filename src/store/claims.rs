@@ -9,13 +9,12 @@
 use super::batch::{next_batch, Asker, Lanes};
 use super::{parse_result, StoreError};
 use crate::job::{Attempt, JobResult};
-use serde::Serialize;
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct ClaimRequest {
     pub tenant: String,
     pub id: String,
@@ -162,9 +161,10 @@ type Found = HashMap<(String, String), Result<ClaimOutcome, StoreError>>;
 
 const CLAIM_SQL: &str = r#"
 WITH input AS (
-    SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(
-        tenant text, id text, feature text, user_id text, priority text, task text,
-        requested_model text, lease_token text, stream_seq bigint)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $6::text[], $7::text[], $8::text[], $9::bigint[])
+        AS x(tenant, id, feature, user_id, priority, task, requested_model, lease_token,
+             stream_seq)
 ), prior AS (
     SELECT j.tenant, j.id, j.status, j.free_deliveries, j.lease_until,
            CASE WHEN j.status <> 'running' THEN j.result END AS result
@@ -173,7 +173,7 @@ WITH input AS (
     INSERT INTO jobs (tenant, id, feature, user_id, priority, task, requested_model,
                       status, deliveries, started_at, lease_token, lease_until, stream_seq)
     SELECT tenant, id, feature, user_id, priority, task, requested_model, 'running', 1,
-           now(), lease_token, now() + make_interval(secs => $2), stream_seq
+           now(), lease_token, now() + make_interval(secs => $10), stream_seq
       FROM input
     ON CONFLICT (tenant, id) DO UPDATE
        SET status = 'running', feature = EXCLUDED.feature, user_id = EXCLUDED.user_id,
@@ -187,19 +187,24 @@ WITH input AS (
             OR jobs.lease_token = EXCLUDED.lease_token)
        AND NOT (jobs.status = 'failed' AND jobs.stream_seq = EXCLUDED.stream_seq)
     RETURNING tenant, id
+), again AS (
+    -- Jobs claimed before (a redelivery, a takeover): only they can have a dead
+    -- delivery's calls or reservation. Driving the two statements below from this (empty
+    -- for new jobs) keeps them on the primary keys, never a scan of the whole ledger.
+    SELECT u.tenant, u.id FROM up u JOIN prior p ON p.tenant = u.tenant AND p.id = u.id
 ), lost AS (
     -- (This and the CTEs below run whether or not they are read, as every
     -- data-modifying WITH does.)
     -- Calls a dead delivery started and never finished: the provider may have billed them.
     UPDATE cost_rows c SET outcome = 'worker_lost',
            message = 'the worker died during this call; the provider may have billed it'
-      FROM up u
+      FROM again u
      WHERE c.tenant = u.tenant AND c.job_id = u.id AND c.outcome = 'started'
     RETURNING 1
 ), stale AS (
     -- A budget reservation of an earlier lease on a job just claimed belongs to a dead
     -- delivery (this one reserves after its claim): give it back now, not at the sweep.
-    DELETE FROM budget_reservations r USING up u
+    DELETE FROM budget_reservations r USING again u
      WHERE r.tenant = u.tenant AND r.job_id = u.id
     RETURNING r.tenant, r.feature, r.amount_usd
 ), stale_agg AS (
@@ -238,8 +243,37 @@ async fn claim_batch(
     reqs: &[&ClaimRequest],
     lease: Duration,
 ) -> Result<Found, StoreError> {
+    let n = reqs.len();
+    let mut tenant = Vec::with_capacity(n);
+    let mut id = Vec::with_capacity(n);
+    let mut feature = Vec::with_capacity(n);
+    let mut user_id = Vec::with_capacity(n);
+    let mut priority = Vec::with_capacity(n);
+    let mut task = Vec::with_capacity(n);
+    let mut requested_model = Vec::with_capacity(n);
+    let mut lease_token = Vec::with_capacity(n);
+    let mut stream_seq = Vec::with_capacity(n);
+    for r in reqs {
+        tenant.push(r.tenant.as_str());
+        id.push(r.id.as_str());
+        feature.push(r.feature.as_deref());
+        user_id.push(r.user_id.as_deref());
+        priority.push(r.priority);
+        task.push(r.task);
+        requested_model.push(r.requested_model.as_str());
+        lease_token.push(r.lease_token.as_str());
+        stream_seq.push(i64::try_from(r.stream_seq).unwrap_or(i64::MAX));
+    }
     let rows: Vec<ClaimRow> = sqlx::query_as(CLAIM_SQL)
-        .bind(sqlx::types::Json(reqs))
+        .bind(tenant)
+        .bind(id)
+        .bind(feature)
+        .bind(user_id)
+        .bind(priority)
+        .bind(task)
+        .bind(requested_model)
+        .bind(lease_token)
+        .bind(stream_seq)
         .bind(lease.as_secs_f64())
         .fetch_all(pool)
         .await

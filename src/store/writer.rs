@@ -379,11 +379,14 @@ WITH c AS (
 ), r AS (
     UPDATE jobs j SET lease_token = NULL, lease_until = NULL,
                       free_deliveries = j.free_deliveries + x.free
-      FROM unnest($36::text[], $37::integer[]) AS x(token, free)
-     WHERE j.lease_token = x.token
+      FROM unnest($36::text[], $37::text[], $38::text[], $39::integer[])
+           AS x(tenant, id, token, free)
+     -- By key, then token: the key is the primary key (a join on the token alone scans
+     -- the whole table).
+     WHERE j.tenant = x.tenant AND j.id = x.id AND j.lease_token = x.token
     RETURNING 1
 ), freed AS (
-    DELETE FROM budget_reservations WHERE lease_token = ANY($38::text[])
+    DELETE FROM budget_reservations WHERE lease_token = ANY($40::text[])
     RETURNING tenant, feature, amount_usd
 ), deltas AS (
     SELECT tenant, feature, cost_usd AS spent, 0::numeric AS freed FROM c
@@ -436,8 +439,7 @@ async fn insert<'a>(
     // One final row per job per statement: the last one wins (the others learn that theirs
     // did not land).
     let mut finals: HashMap<(&str, &str), usize> = HashMap::with_capacity(reqs.len());
-    let mut tokens: Vec<&str> = Vec::new();
-    let mut frees: Vec<i32> = Vec::new();
+    let mut releases: Vec<(&str, &str, &str, i32)> = Vec::new();
     let mut reservations: Vec<&str> = Vec::new();
     for (i, r) in reqs.iter().enumerate() {
         for c in &r.calls {
@@ -450,8 +452,12 @@ async fn insert<'a>(
             }
         }
         if let Some(rel) = &r.release {
-            tokens.push(&rel.lease_token);
-            frees.push(i32::from(rel.free));
+            releases.push((
+                &r.key.tenant,
+                &r.key.id,
+                &rel.lease_token,
+                i32::from(rel.free),
+            ));
             reservations.push(&rel.lease_token);
         }
     }
@@ -465,6 +471,17 @@ async fn insert<'a>(
         if let Some(j) = &reqs[i].job {
             jobs.push(j);
         }
+    }
+    releases.sort_unstable();
+    let mut rel_tenants = Vec::with_capacity(releases.len());
+    let mut rel_ids = Vec::with_capacity(releases.len());
+    let mut tokens = Vec::with_capacity(releases.len());
+    let mut frees = Vec::with_capacity(releases.len());
+    for (t, id, token, free) in releases {
+        rel_tenants.push(t);
+        rel_ids.push(id);
+        tokens.push(token);
+        frees.push(free);
     }
     let n_costs = costs.tenant.len();
     let c = costs;
@@ -504,6 +521,8 @@ async fn insert<'a>(
         .bind(jobs.result)
         .bind(jobs.lease_token)
         .bind(jobs.stream_seq)
+        .bind(&rel_tenants)
+        .bind(&rel_ids)
         .bind(&tokens)
         .bind(&frees)
         .bind(&reservations)
