@@ -13,6 +13,7 @@ use crate::router::Router;
 use crate::store::{self, Claimer, LeaseKeeper, Writer};
 use crate::telemetry::metrics::{serve as serve_metrics, Metrics};
 use crate::worker::infra::Infra;
+use crate::worker::reload::{CtxCell, Reloader};
 use crate::worker::{Ctx, JobDispatch};
 use anyhow::Context as _;
 use std::sync::Arc;
@@ -88,10 +89,13 @@ fn max_waiting_at_limits(cfg: &Config) -> usize {
 
 /// Run a worker until `shutdown` is cancelled, then drain: stop pulling, let in-flight
 /// jobs finish within `worker.shutdown_grace_s`, hand the rest back, flush, return.
+/// With `reload`, the config is read again when it is triggered (SIGHUP) or its file
+/// changes ([`crate::worker::reload`]).
 pub async fn run_worker(
     cfg: Config,
     providers: Providers,
     shutdown: CancellationToken,
+    reload: Option<Reloader>,
 ) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     let client = connect_nats(&cfg.nats.url).await?;
@@ -174,12 +178,7 @@ pub async fn run_worker(
         leases,
         infra: infra.clone(),
         clock,
-        exact_tokens: cfg
-            .providers
-            .iter()
-            .filter(|p| matches!(p.kind, crate::config::ProviderKind::Openai))
-            .map(|p| p.name.clone())
-            .collect(),
+        exact_tokens: crate::worker::exact_tokens(&cfg),
         publisher: Publisher {
             client: client.clone(),
             js,
@@ -188,19 +187,16 @@ pub async fn run_worker(
         abort: abort.clone(),
         cfg: cfg.clone(),
     });
-    // The tokenizers OpenAI's models need, built now rather than inside the first job
-    // that counts tokens (sorting their tables takes ~0.1 s of CPU each).
-    {
-        let upstreams: Vec<String> = cfg
-            .models
-            .iter()
-            .filter(|m| ctx.exact_tokens.contains(&m.provider))
-            .map(|m| m.upstream.clone())
-            .collect();
-        tokio::task::spawn_blocking(move || {
-            crate::tokens::warm_up(upstreams.iter().map(String::as_str));
-        });
-    }
+    crate::worker::warm_up_tokenizers(&ctx);
+    let ctx = Arc::new(CtxCell::new(ctx));
+    let reload_stop = CancellationToken::new();
+    let reload_task = reload.map(|r| {
+        tokio::spawn(crate::worker::reload::run(
+            ctx.clone(),
+            r,
+            reload_stop.clone(),
+        ))
+    });
     // `switchyard budget set` announces a change: read budgets again at once.
     let mut budget_news = client
         .subscribe(crate::budget::changed_subject(&cfg.nats.prefix))
@@ -258,6 +254,10 @@ pub async fn run_worker(
         );
         abort.cancel();
         tracker.wait().await;
+    }
+    reload_stop.cancel();
+    if let Some(t) = reload_task {
+        let _ = t.await;
     }
     drop(ctx);
     // No more calls: give this worker's share of the limits back.

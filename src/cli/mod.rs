@@ -94,7 +94,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let providers = crate::providers::Providers::from_config(&cfg)?;
             let shutdown = CancellationToken::new();
             tokio::spawn(shutdown_on_signal(shutdown.clone()));
-            crate::app::run_worker(cfg, providers, shutdown).await?;
+            let path = cli.config.clone();
+            let reloader = crate::worker::reload::Reloader {
+                watch: path.clone().filter(|_| cfg.worker.watch_config),
+                load: std::sync::Arc::new(move || load_config(&path)),
+                trigger: std::sync::Arc::new(tokio::sync::Notify::new()),
+                report: None,
+            };
+            tokio::spawn(reload_on_hangup(reloader.trigger.clone()));
+            crate::app::run_worker(cfg, providers, shutdown, Some(reloader)).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Submit(args) => submit::run(load_config(&cli.config)?, args).await,
@@ -114,6 +122,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// Cancel `token` on SIGTERM or Ctrl-C.
+/// SIGHUP: read the config again (see [`crate::worker::reload`]).
+async fn reload_on_hangup(trigger: std::sync::Arc<tokio::sync::Notify>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: config reload by signal is off");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading the config");
+            trigger.notify_one();
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = trigger;
+    }
+}
+
 pub async fn shutdown_on_signal(token: CancellationToken) {
     #[cfg(unix)]
     {

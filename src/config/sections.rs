@@ -99,6 +99,9 @@ pub struct WorkerConfig {
     /// A running job's lease: renewed every third of it while the job runs; a worker that
     /// died gives its jobs up this long after its last renewal.
     pub lease_s: u64,
+    /// Also reload when the config file's content changes (checked every 2 s), besides
+    /// SIGHUP: for a file that a deployment replaces (a Kubernetes ConfigMap).
+    pub watch_config: bool,
 }
 
 impl Default for WorkerConfig {
@@ -115,6 +118,7 @@ impl Default for WorkerConfig {
             commit_linger_ms: 2,
             max_waiting_at_limits: None,
             lease_s: 15,
+            watch_config: false,
         }
     }
 }

@@ -15,7 +15,9 @@ use crate::config::{Config, Tier};
 use crate::router::Candidate;
 use breaker::{Breaker, Settings, Transition};
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+type Entries = BTreeMap<String, BTreeMap<String, Arc<Mutex<Breaker>>>>;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -28,7 +30,9 @@ pub struct Health {
     latency_order: bool,
     slow_factor: f64,
     /// provider → model name → breaker.
-    entries: BTreeMap<String, BTreeMap<String, Mutex<Breaker>>>,
+    /// Shared with the registry a config reload builds, so a model that stays keeps
+    /// its breaker and latency average.
+    entries: BTreeMap<String, BTreeMap<String, Arc<Mutex<Breaker>>>>,
 }
 
 /// One entry as `/metrics` shows it.
@@ -44,12 +48,12 @@ impl Health {
     pub fn new(config: &Config) -> Health {
         let settings = Settings::from_config(&config.health);
         let now = Instant::now();
-        let mut entries: BTreeMap<String, BTreeMap<String, Mutex<Breaker>>> = BTreeMap::new();
+        let mut entries: Entries = BTreeMap::new();
         for m in &config.models {
-            entries
-                .entry(m.provider.clone())
-                .or_default()
-                .insert(m.name.clone(), Mutex::new(Breaker::new(&settings, now)));
+            entries.entry(m.provider.clone()).or_default().insert(
+                m.name.clone(),
+                Arc::new(Mutex::new(Breaker::new(&settings, now))),
+            );
         }
         Health {
             settings,
@@ -59,8 +63,23 @@ impl Health {
         }
     }
 
+    /// The registry for a reloaded `config`: the entries of models that stay are shared
+    /// with this one (their state goes on); new models start closed; the breaker
+    /// settings are the new ones.
+    pub fn reconfigured(&self, config: &Config) -> Health {
+        let mut next = Health::new(config);
+        for (provider, models) in next.entries.iter_mut() {
+            for (model, entry) in models.iter_mut() {
+                if let Some(old) = self.entries.get(provider).and_then(|m| m.get(model)) {
+                    *entry = old.clone();
+                }
+            }
+        }
+        next
+    }
+
     fn entry(&self, provider: &str, model: &str) -> Option<&Mutex<Breaker>> {
-        self.entries.get(provider)?.get(model)
+        self.entries.get(provider)?.get(model).map(|e| &**e)
     }
 
     /// May `provider`/`model` be called now? An unknown pair always may.

@@ -86,6 +86,7 @@ pub fn encode_result(result: &JobResult, max_payload: usize) -> Result<Bytes, Pu
     Ok(Bytes::from(body))
 }
 
+#[derive(Clone)]
 pub struct Publisher {
     pub client: async_nats::Client,
     pub js: jetstream::Context,

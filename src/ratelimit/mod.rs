@@ -485,6 +485,42 @@ impl Limiters {
         }
     }
 
+    /// A config reload: each provider's `rpm` / `tpm` become the new ones (a new provider
+    /// gets its own state). Alone, this worker enforces them at once; in a cluster its
+    /// next heartbeat splits them again (a lower limit binds from then on). What was
+    /// used in the window still counts.
+    pub fn reconfigure(&self, config: &Config) {
+        let mut st = self.inner.lock();
+        let clustered = st.me.clustered;
+        for p in &config.providers {
+            let rpm = p.rpm.map(u64::from);
+            let tpm = p.tpm.map(u64::from);
+            let full = Amount {
+                requests: rpm.unwrap_or(0),
+                tokens: tpm.unwrap_or(0),
+            };
+            let state = st
+                .providers
+                .entry(p.name.clone())
+                .or_insert_with(|| ProviderState {
+                    rpm,
+                    tpm,
+                    log: Log::default(),
+                    share: if clustered { Amount::default() } else { full },
+                    announced: if clustered { Amount::default() } else { full },
+                    queue: BTreeSet::new(),
+                });
+            state.rpm = rpm;
+            state.tpm = tpm;
+            if !clustered {
+                state.share = full;
+                state.announced = full;
+            }
+        }
+        drop(st);
+        self.inner.changed.notify_waiters();
+    }
+
     /// Calls admitted and not yet settled (permits alive).
     pub fn calling(&self) -> usize {
         self.inner.calling.load(Ordering::Relaxed)

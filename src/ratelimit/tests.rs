@@ -419,3 +419,33 @@ async fn a_newcomer_waits_for_what_the_others_used_and_a_leaver_s_calls_still_co
     // The newcomers waited for w0's window to pass.
     assert!(times[60] - times[0] >= MINUTE);
 }
+
+/// A config reload changes the limits in place: a lower rpm binds at once (what the
+/// window already holds still counts), a higher one frees capacity at once.
+#[tokio::test(start_paused = true)]
+async fn a_reload_changes_the_limits_in_place() {
+    let l = limiters("rpm = 10");
+    for _ in 0..4 {
+        now_or_never(&l, ask("m", 1)).await.unwrap().settle(None);
+    }
+    let lower = |rpm: u32| {
+        let text = format!(
+            "[[providers]]\nname = \"p\"\nkind = \"openai_compatible\"\nbase_url = \"http://x\"\nrpm = {rpm}\n"
+        );
+        FileConfig::from_toml_with_env(&text, "t", &[]).unwrap()
+    };
+    l.reconfigure(&lower(5));
+    now_or_never(&l, ask("m", 1)).await.unwrap().settle(None);
+    assert!(
+        now_or_never(&l, ask("m", 1)).await.is_none(),
+        "5 in the window: the new limit binds"
+    );
+    l.reconfigure(&lower(20));
+    for _ in 0..15 {
+        now_or_never(&l, ask("m", 1)).await.unwrap().settle(None);
+    }
+    assert!(
+        now_or_never(&l, ask("m", 1)).await.is_none(),
+        "20 in the window"
+    );
+}

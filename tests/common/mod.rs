@@ -133,12 +133,21 @@ impl TestEnv {
 
     /// Start an in-process worker; stop it with the returned token.
     pub async fn start_worker(&self) -> (CancellationToken, JoinHandle<anyhow::Result<()>>) {
+        self.start_worker_with(None).await
+    }
+
+    /// Start an in-process worker that reloads its config through `reload`.
+    pub async fn start_worker_with(
+        &self,
+        reload: Option<switchyard::worker::reload::Reloader>,
+    ) -> (CancellationToken, JoinHandle<anyhow::Result<()>>) {
         let providers = Providers::from_config(&self.config).expect("providers");
         let stop = CancellationToken::new();
         let handle = tokio::spawn(switchyard::app::run_worker(
             self.config.clone(),
             providers,
             stop.clone(),
+            reload,
         ));
         self.wait_for_consumers().await;
         (stop, handle)
