@@ -167,6 +167,9 @@ pub async fn run_chain(
         let Some(result) = result else {
             give_back(ctx, m, admit);
             attempt_rec.outcome = "cancelled".into();
+            let none = Usage::default();
+            let event = call_event(job, m, "cancelled", started.elapsed(), &none, Decimal::ZERO);
+            ctx.metrics.call(event);
             attempt_rec.message =
                 Some("cut short: the worker's shutdown grace period ended".into());
             out.calls.push(CallRecord {
