@@ -166,23 +166,24 @@ impl Scrape {
     }
 }
 
-async fn scrape(port: u16) -> Scrape {
-    let resp = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .expect("scrape");
+async fn scrape(port: u16) -> Result<Scrape, reqwest::Error> {
+    let resp = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await?;
     assert!(resp.status().is_success());
     let ctype = resp.headers()["content-type"].to_str().unwrap().to_string();
     assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
-    parse(resp.text().await.unwrap())
+    Ok(parse(resp.text().await?))
 }
 
-/// Scrape until `ready` holds, at most `secs`; the last scrape either way.
+/// Scrape until `ready` holds, at most `secs`; the last scrape either way. The endpoint
+/// may not listen yet when the worker's consumers exist: a refused connection is retried.
 async fn scrape_until(port: u16, secs: u64, ready: impl Fn(&Scrape) -> bool) -> Scrape {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     loop {
-        let s = scrape(port).await;
-        if ready(&s) || tokio::time::Instant::now() >= deadline {
-            return s;
+        let late = tokio::time::Instant::now() >= deadline;
+        match scrape(port).await {
+            Ok(s) if late || ready(&s) => return s,
+            Err(e) if late => panic!("scraping /metrics: {e}"),
+            _ => {}
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -249,12 +250,27 @@ async fn scraped_metrics_count_the_jobs_run() {
         assert_eq!(env.result("acme", id, 30).await.status.as_str(), "failed");
     }
 
-    // Counted after the result is published: wait for the last ones, and for the poller.
+    // The ledger is final: every result is published after its commit.
+    let (rows, input, cached, output, cost): (i64, Decimal, Decimal, Decimal, Decimal) =
+        sqlx::query_as(
+            "SELECT count(*), coalesce(sum(input_tokens), 0)::numeric,
+                    coalesce(sum(cached_input_tokens), 0)::numeric,
+                    coalesce(sum(output_tokens), 0)::numeric, coalesce(sum(cost_usd), 0)
+               FROM cost_rows",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    let f = |d: Decimal| d.to_f64().unwrap();
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 + b.abs() * 1e-9;
+    // Counted after the result is published: wait for the last ones, and for the poller
+    // to have read the final stream and budget state.
+    let budget = [("tenant", "acme"), ("feature", ""), ("period", "day")];
     let m = scrape_until(port, 20, |s| {
         s.sum("switchyard_jobs_total", &[]) >= 9.0
             && s.one("switchyard_dlq_messages", &[]) >= 3.0
             && s.sum("switchyard_consumer_ack_pending_messages", &[]) == 0.0
-            && s.sum("switchyard_budget_spent_usd", &[]) > 0.0
+            && close(s.sum("switchyard_budget_spent_usd", &budget), f(cost))
     })
     .await;
 
@@ -298,16 +314,6 @@ async fn scraped_metrics_count_the_jobs_run() {
     );
 
     // Calls, tokens and cost agree with the ledger (cost_rows).
-    let (rows, input, cached, output, cost): (i64, Decimal, Decimal, Decimal, Decimal) =
-        sqlx::query_as(
-            "SELECT count(*), coalesce(sum(input_tokens), 0)::numeric,
-                    coalesce(sum(cached_input_tokens), 0)::numeric,
-                    coalesce(sum(output_tokens), 0)::numeric, coalesce(sum(cost_usd), 0)
-               FROM cost_rows",
-        )
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
     let calls = m.sum("switchyard_provider_calls_total", &[]);
     assert_eq!(calls, rows as f64, "one call per cost row");
     assert!(calls > 6.0, "failed calls were made too");
@@ -343,7 +349,6 @@ async fn scraped_metrics_count_the_jobs_run() {
         f(output)
     );
     assert!(f(output) > 0.0);
-    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 + b.abs() * 1e-9;
     let cost_metric = m.sum("switchyard_cost_usd_total", &[]);
     assert!(
         f(cost) > 0.0 && close(cost_metric, f(cost)),
@@ -363,7 +368,6 @@ async fn scraped_metrics_count_the_jobs_run() {
         assert_eq!(m.one("switchyard_oldest_pending_job_age_seconds", &l), 0.0);
     }
     assert_eq!(m.one("switchyard_dlq_messages", &[]), 3.0);
-    let budget = [("tenant", "acme"), ("feature", ""), ("period", "day")];
     assert_eq!(m.one("switchyard_budget_limit_usd", &budget), 10.0);
     let spent = m.one("switchyard_budget_spent_usd", &budget);
     assert!(close(spent, f(cost)), "{spent} vs {cost}");
