@@ -185,11 +185,20 @@ struct Spend {
 }
 
 impl Spend {
+    /// Beyond the cap an unseen label set costs a read lock, not the write lock.
     fn add(&self, tenant: &str, feature: &str, usd: f64) {
         if let Ok(seen) = self.seen.read() {
-            if let Some(c) = seen.0.get(tenant).and_then(|f| f.get(feature)) {
-                c.inc_by(usd);
-                return;
+            match seen.0.get(tenant).and_then(|f| f.get(feature)) {
+                Some(c) => {
+                    c.inc_by(usd);
+                    return;
+                }
+                None if seen.1 >= SPEND_LABEL_SETS_MAX => {
+                    drop(seen);
+                    self.other().inc_by(usd);
+                    return;
+                }
+                None => {}
             }
         }
         let Ok(mut seen) = self.seen.write() else {
@@ -202,14 +211,7 @@ impl Spend {
         }
         if *sets >= SPEND_LABEL_SETS_MAX {
             drop(seen);
-            self.other
-                .get_or_init(|| {
-                    self.family.get_or_create_owned(&SpendLabels {
-                        tenant: "_other".into(),
-                        feature: "_other".into(),
-                    })
-                })
-                .inc_by(usd);
+            self.other().inc_by(usd);
             return;
         }
         let labels = SpendLabels {
@@ -222,6 +224,15 @@ impl Spend {
             .or_default()
             .insert(labels.feature, c);
         *sets += 1;
+    }
+
+    fn other(&self) -> &FloatCounter {
+        self.other.get_or_init(|| {
+            self.family.get_or_create_owned(&SpendLabels {
+                tenant: "_other".into(),
+                feature: "_other".into(),
+            })
+        })
     }
 }
 
