@@ -52,8 +52,9 @@ impl Poller {
 
     async fn streams(&self) -> Result<(), async_nats::Error> {
         let m = &self.metrics;
-        let mut jobs = self.js.get_stream(self.names.jobs_stream()).await?;
-        let first_seq = jobs.info().await?.state.first_sequence;
+        // Fetched with its info (one request each).
+        let jobs = self.js.get_stream(self.names.jobs_stream()).await?;
+        let first_seq = jobs.cached_info().state.first_sequence;
         let now_ns = i128::from(chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0));
         for p in Priority::ALL {
             let labels = PriorityLabels {
@@ -83,8 +84,8 @@ impl Poller {
             };
             m.oldest_age.get_or_create(&labels).set(age);
         }
-        let mut dlq = self.js.get_stream(self.names.dlq_stream()).await?;
-        let dead = dlq.info().await?.state.messages;
+        let dlq = self.js.get_stream(self.names.dlq_stream()).await?;
+        let dead = dlq.cached_info().state.messages;
         m.dlq_messages.set(i64::try_from(dead).unwrap_or(i64::MAX));
         Ok(())
     }
