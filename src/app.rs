@@ -119,7 +119,7 @@ pub async fn run_worker(
     let keeper_stop = CancellationToken::new();
     let (leases, lease_loop) = LeaseKeeper::start(pool.clone(), lease_ttl, keeper_stop.clone());
     let abort = CancellationToken::new();
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new(&cfg));
     // Breakers and latency per provider+model, shown on /metrics.
     let health = Arc::new(crate::health::Health::new(&cfg));
     metrics.watch_health(health.clone());
@@ -147,10 +147,21 @@ pub async fn run_worker(
             metrics.clone(),
             metrics_stop.clone(),
         );
+        // Backlog and budget gauges, read every `metrics.poll_ms`.
+        let poller = crate::telemetry::poll::Poller {
+            metrics: metrics.clone(),
+            js: async_nats::jetstream::new(client.clone()),
+            names: Names::new(&cfg.nats.prefix),
+            pool: pool.clone(),
+            every: Duration::from_millis(cfg.metrics.poll_ms),
+        };
+        let poll_stop = stop.clone();
         Some(tokio::spawn(async move {
+            let polling = tokio::spawn(poller.run(poll_stop));
             if let Err(e) = serve_metrics(&addr, m, stop).await {
                 tracing::error!(addr = %addr, error = %e, "metrics endpoint failed");
             }
+            let _ = polling.await;
         }))
     };
     let limiters = Limiters::new(&cfg);

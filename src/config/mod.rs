@@ -108,6 +108,7 @@ impl FileConfig {
                 self.limits.max_response_bytes as u64,
             ),
             ("nats.replicas", self.nats.replicas as u64),
+            ("metrics.poll_ms", self.metrics.poll_ms),
         ] {
             if v == 0 {
                 return Err(invalid(field, "must be greater than 0"));

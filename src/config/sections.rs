@@ -20,6 +20,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub metrics: MetricsConfig,
     #[serde(default)]
+    pub logging: LoggingConfig,
+    #[serde(default)]
     pub routing: RoutingConfig,
     #[serde(default)]
     pub health: HealthConfig,
@@ -176,14 +178,26 @@ impl Default for RateLimitConfig {
 pub struct MetricsConfig {
     /// `/metrics`, `/healthz`, `/readyz`; empty to disable.
     pub addr: String,
+    /// How often the backlog and budget gauges are read (JetStream consumer and stream
+    /// info, the `budgets` table).
+    pub poll_ms: u64,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             addr: "127.0.0.1:9464".into(),
+            poll_ms: 5000,
         }
     }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// Put the prompt (the job's messages) and the output text in each finished job's
+    /// log line. Off by default: they may hold personal data.
+    pub log_content: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

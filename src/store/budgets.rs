@@ -287,3 +287,30 @@ WITH freed AS (
 pub async fn sweep_reservations(pool: &PgPool) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(SWEEP_SQL).execute(pool).await?.rows_affected())
 }
+
+/// One budget as `/metrics` shows it: spend in its current period (0 once the period has
+/// turned over and no commit has rolled it yet) and what is held.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct BudgetLevel {
+    pub tenant: String,
+    /// Empty for a tenant-wide budget.
+    pub feature: String,
+    pub period: String,
+    pub limit_usd: Decimal,
+    pub spent_usd: Decimal,
+    pub reserved_usd: Decimal,
+}
+
+/// Every configured budget's level (for the metrics poller).
+pub async fn budget_levels(pool: &PgPool) -> Result<Vec<BudgetLevel>, StoreError> {
+    sqlx::query_as(
+        "SELECT tenant, coalesce(feature, '') AS feature, period, limit_usd,
+                CASE WHEN period_start < date_trunc(period, now(), 'UTC') THEN 0
+                     ELSE spent_usd END AS spent_usd,
+                reserved_usd
+           FROM budgets",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::classify)
+}

@@ -1,185 +1,614 @@
-//! Prometheus metrics, served with `/healthz` and `/readyz` on `metrics.addr`.
+//! Prometheus metrics (`prometheus-client`), served with `/healthz` and `/readyz` on
+//! `metrics.addr`. The names are contract (dashboards and alert rules use them): see the
+//! README's metrics table. Owns every metric and the finished-job log line, so a job's
+//! log line and its metrics come from one place and cannot drift apart.
 //!
-//! Counters are kept in a few small maps behind mutexes (one short lock per event, no
-//! allocation once a label set has been seen) and rendered in the text exposition format.
+//! Hot path: label sets are `&'static str` or `Arc<str>` built once per configured
+//! provider+model ([`ModelMetrics`]), so recording allocates nothing for a label set
+//! already seen; no lock is held across an await. Breakers, readiness and jobs in flight
+//! are read when `/metrics` is scraped ([`super::live`]); backlog and budget gauges are
+//! set by a poller ([`super::poll`]).
 
-use crate::health::{Health, State as BreakerState};
+use super::live::Live;
+use crate::config::Config;
+use crate::health::Health;
+use crate::job::{Job, JobResult, Priority, Usage};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use rust_decimal::prelude::ToPrimitive;
+use rust_decimal::Decimal;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// (provider, model, outcome) → (calls, microseconds)
-type CallKey = (String, String, String);
+/// The standard buckets of every `_seconds` histogram.
+pub const SECONDS_BUCKETS: [f64; 15] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
 
+/// Label sets of `switchyard_spend_usd_total` kept apart; later ones count under `_other`.
+pub const SPEND_LABEL_SETS_MAX: usize = 1_000;
+
+/// A float counter or gauge (USD, seconds, ratios).
+pub type FloatCounter = Counter<f64, AtomicU64>;
+pub type FloatGauge = Gauge<f64, AtomicU64>;
+
+fn seconds_histogram() -> Histogram {
+    Histogram::new(SECONDS_BUCKETS)
+}
+
+fn seconds_family<L: Clone + std::hash::Hash + Eq>() -> Family<L, Histogram> {
+    Family::new_with_constructor(seconds_histogram)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    priority: &'static str,
+    status: &'static str,
+    error_kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LatencyLabels {
+    priority: &'static str,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct PriorityLabels {
+    pub priority: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    provider: Arc<str>,
+    model: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    provider: Arc<str>,
+    model: Arc<str>,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    provider: Arc<str>,
+    model: Arc<str>,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SpendLabels {
+    tenant: String,
+    feature: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeadLetterLabels {
+    priority: &'static str,
+    error_kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct BudgetLabels {
+    pub tenant: String,
+    pub feature: String,
+    pub period: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    kind: &'static str,
+    result: &'static str,
+}
+
+/// Which cache a lookup asked (`switchyard_cache_lookups_total{kind}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheKind {
+    Exact,
+    Semantic,
+}
+
+impl CacheKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheKind::Exact => "exact",
+            CacheKind::Semantic => "semantic",
+        }
+    }
+}
+
+/// The handles of one provider+model, made once: recording a call finds them by name
+/// and clones nothing but two `Arc`s.
+struct ModelMetrics {
+    labels: ModelLabels,
+    input_tokens: Counter,
+    cached_input_tokens: Counter,
+    output_tokens: Counter,
+    cost_usd: FloatCounter,
+    limiter_wait: Histogram,
+}
+
+/// One provider call, as [`Metrics::call`] records it.
+pub struct CallEvent<'a> {
+    pub provider: &'a str,
+    pub model: &'a str,
+    /// `succeeded` or a failure class.
+    pub outcome: &'static str,
+    pub duration: Duration,
+    /// What the provider billed (zeros when it reported nothing).
+    pub usage: &'a Usage,
+    pub cost_usd: Decimal,
+    pub tenant: &'a str,
+    pub feature: Option<&'a str>,
+}
+
+/// A job that reached its terminal result, as [`Metrics::job_finished`] records it.
+pub struct FinishedJob<'a> {
+    pub priority: Priority,
+    pub result: &'a JobResult,
+    /// The job as parsed (absent when the payload was refused).
+    pub job: Option<&'a Job>,
+    /// Deliveries so far, this one included.
+    pub deliveries: u64,
+    /// Publish → this worker took the message.
+    pub queued: Duration,
+    /// Publish → result published.
+    pub latency: Duration,
+}
+
+/// outer name → inner name → `T` (tenant → feature, provider → model): found by two
+/// `&str`s without allocating.
+type TwoKeys<T> = HashMap<String, HashMap<String, T>>;
+
+/// Spend per tenant and feature, with at most [`SPEND_LABEL_SETS_MAX`] label sets.
 #[derive(Default)]
+struct Spend {
+    family: Family<SpendLabels, FloatCounter>,
+    /// tenant → feature → counter (found by `&str`: no allocation once seen), and how
+    /// many label sets there are.
+    seen: RwLock<(TwoKeys<FloatCounter>, usize)>,
+    /// `tenant="_other", feature="_other"`, made when the cap is first reached.
+    other: OnceLock<FloatCounter>,
+}
+
+impl Spend {
+    /// Beyond the cap an unseen label set costs a read lock, not the write lock.
+    fn add(&self, tenant: &str, feature: &str, usd: f64) {
+        if let Ok(seen) = self.seen.read() {
+            match seen.0.get(tenant).and_then(|f| f.get(feature)) {
+                Some(c) => {
+                    c.inc_by(usd);
+                    return;
+                }
+                None if seen.1 >= SPEND_LABEL_SETS_MAX => {
+                    drop(seen);
+                    self.other().inc_by(usd);
+                    return;
+                }
+                None => {}
+            }
+        }
+        let Ok(mut seen) = self.seen.write() else {
+            return;
+        };
+        let (map, sets) = &mut *seen;
+        if let Some(c) = map.get(tenant).and_then(|f| f.get(feature)) {
+            c.inc_by(usd);
+            return;
+        }
+        if *sets >= SPEND_LABEL_SETS_MAX {
+            drop(seen);
+            self.other().inc_by(usd);
+            return;
+        }
+        let labels = SpendLabels {
+            tenant: tenant.to_string(),
+            feature: feature.to_string(),
+        };
+        let c = self.family.get_or_create_owned(&labels);
+        c.inc_by(usd);
+        map.entry(labels.tenant)
+            .or_default()
+            .insert(labels.feature, c);
+        *sets += 1;
+    }
+
+    fn other(&self) -> &FloatCounter {
+        self.other.get_or_init(|| {
+            self.family.get_or_create_owned(&SpendLabels {
+                tenant: "_other".into(),
+                feature: "_other".into(),
+            })
+        })
+    }
+}
+
 pub struct Metrics {
-    /// (priority, status, error_kind)
-    jobs: Mutex<BTreeMap<(&'static str, &'static str, &'static str), u64>>,
-    /// (provider, model, outcome)
-    calls: Mutex<BTreeMap<CallKey, (u64, u64)>>,
-    /// (provider, model) → nano-dollars, for dashboards (cost_rows is the ledger)
-    cost_nanousd: Mutex<BTreeMap<(String, String), u64>>,
-    job_seconds_sum_us: AtomicU64,
-    job_seconds_count: AtomicU64,
-    retries: AtomicU64,
-    republished: AtomicU64,
-    pub in_flight: AtomicI64,
-    pub ready: AtomicBool,
-    /// Breakers and latency averages, read when `/metrics` is scraped.
-    health: OnceLock<Arc<Health>>,
+    registry: Registry,
+    /// Jobs held by this worker (read by the pull gate, shown as `switchyard_jobs_in_flight`).
+    pub in_flight: Arc<AtomicI64>,
+    /// `/readyz` and `switchyard_worker_ready`.
+    pub ready: Arc<AtomicBool>,
+    live: Arc<Live>,
+    log_content: bool,
+    jobs: Family<JobLabels, Counter>,
+    job_latency: Family<LatencyLabels, Histogram>,
+    queue_wait: Family<PriorityLabels, Histogram>,
+    call_duration: Family<CallLabels, Histogram>,
+    calls: Family<CallLabels, Counter>,
+    tokens: Family<TokenLabels, Counter>,
+    cost: Family<ModelLabels, FloatCounter>,
+    limiter_wait: Family<ModelLabels, Histogram>,
+    spend: Spend,
+    pub(super) pending: Family<PriorityLabels, Gauge>,
+    pub(super) ack_pending: Family<PriorityLabels, Gauge>,
+    pub(super) oldest_age: Family<PriorityLabels, FloatGauge>,
+    pub(super) dlq_messages: Gauge,
+    dead_letters: Family<DeadLetterLabels, Counter>,
+    pub(super) budget_used: Family<BudgetLabels, FloatGauge>,
+    pub(super) budget_spent: Family<BudgetLabels, FloatGauge>,
+    pub(super) budget_limit: Family<BudgetLabels, FloatGauge>,
+    cache_lookups: Family<CacheLabels, Counter>,
+    retries: Counter,
+    republished: Counter,
+    /// provider → model → handles; the configured models are made at start.
+    models: RwLock<TwoKeys<Arc<ModelMetrics>>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::build(false)
+    }
 }
 
 impl Metrics {
-    pub fn job_finished(
-        &self,
-        priority: &'static str,
-        status: &'static str,
-        error_kind: &'static str,
-        latency: Duration,
-    ) {
-        if let Ok(mut m) = self.jobs.lock() {
-            *m.entry((priority, status, error_kind)).or_default() += 1;
+    /// Metrics for a worker with `config`'s models (their handles made now) and
+    /// `[logging] log_content`.
+    pub fn new(config: &Config) -> Metrics {
+        let m = Metrics::build(config.logging.log_content);
+        for model in &config.models {
+            m.model(&model.provider, &model.name);
         }
-        self.job_seconds_sum_us
-            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
-        self.job_seconds_count.fetch_add(1, Ordering::Relaxed);
+        m
     }
 
-    pub fn call(
-        &self,
-        provider: &str,
-        model: &str,
-        outcome: &str,
-        latency: Duration,
-        cost_nanousd: u64,
-    ) {
-        if let Ok(mut m) = self.calls.lock() {
-            let key = (provider.to_string(), model.to_string(), outcome.to_string());
-            let e = m.entry(key).or_default();
-            e.0 += 1;
-            e.1 += latency.as_micros() as u64;
+    fn build(log_content: bool) -> Metrics {
+        let in_flight = Arc::new(AtomicI64::new(0));
+        let ready = Arc::new(AtomicBool::new(false));
+        let live = Arc::new(Live::new(in_flight.clone(), ready.clone()));
+        let mut m = Metrics {
+            registry: Registry::default(),
+            in_flight,
+            ready,
+            live,
+            log_content,
+            jobs: Family::default(),
+            job_latency: seconds_family(),
+            queue_wait: seconds_family(),
+            call_duration: seconds_family(),
+            calls: Family::default(),
+            tokens: Family::default(),
+            cost: Family::default(),
+            limiter_wait: seconds_family(),
+            spend: Spend::default(),
+            pending: Family::default(),
+            ack_pending: Family::default(),
+            oldest_age: Family::default(),
+            dlq_messages: Gauge::default(),
+            dead_letters: Family::default(),
+            budget_used: Family::default(),
+            budget_spent: Family::default(),
+            budget_limit: Family::default(),
+            cache_lookups: Family::default(),
+            retries: Counter::default(),
+            republished: Counter::default(),
+            models: RwLock::new(HashMap::new()),
+        };
+        // Series that exist before anything happens, so dashboards show 0, not nothing.
+        for p in Priority::ALL {
+            let l = PriorityLabels {
+                priority: p.as_str(),
+            };
+            m.pending.get_or_create_owned(&l);
+            m.ack_pending.get_or_create_owned(&l);
+            m.oldest_age.get_or_create_owned(&l);
         }
-        if cost_nanousd > 0 {
-            if let Ok(mut m) = self.cost_nanousd.lock() {
-                *m.entry((provider.to_string(), model.to_string()))
-                    .or_default() += cost_nanousd;
+        for kind in [CacheKind::Exact, CacheKind::Semantic] {
+            for result in ["hit", "miss"] {
+                m.cache_lookups.get_or_create_owned(&CacheLabels {
+                    kind: kind.as_str(),
+                    result,
+                });
             }
         }
+        m.register();
+        m
+    }
+
+    /// Names without `_total`: the encoder appends it to counters.
+    fn register(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "switchyard_jobs",
+            "Jobs that reached a terminal result (error_kind empty on success)",
+            self.jobs.clone(),
+        );
+        r.register(
+            "switchyard_job_latency_seconds",
+            "Publish (JetStream timestamp) to result published",
+            self.job_latency.clone(),
+        );
+        r.register(
+            "switchyard_queue_wait_seconds",
+            "Publish (JetStream timestamp) to the worker starting the delivery",
+            self.queue_wait.clone(),
+        );
+        r.register(
+            "switchyard_provider_call_duration_seconds",
+            "One provider call, by outcome",
+            self.call_duration.clone(),
+        );
+        r.register(
+            "switchyard_provider_calls",
+            "Provider calls, by outcome",
+            self.calls.clone(),
+        );
+        r.register(
+            "switchyard_tokens",
+            "Tokens billed by providers; kind input counts every input token (cached ones included)",
+            self.tokens.clone(),
+        );
+        r.register(
+            "switchyard_cost_usd",
+            "Spend by provider and model (cost_rows is the exact ledger)",
+            self.cost.clone(),
+        );
+        r.register(
+            "switchyard_spend_usd",
+            "Spend by tenant and feature (feature empty when none; label sets past 1000 under _other)",
+            self.spend.family.clone(),
+        );
+        r.register(
+            "switchyard_consumer_pending_messages",
+            "Messages not yet delivered to the priority's consumer (polled)",
+            self.pending.clone(),
+        );
+        r.register(
+            "switchyard_consumer_ack_pending_messages",
+            "Messages delivered to the priority's consumer and not yet acked (polled)",
+            self.ack_pending.clone(),
+        );
+        r.register(
+            "switchyard_oldest_pending_job_age_seconds",
+            "Age of the oldest message still in the priority's part of the jobs stream (0 when empty; polled)",
+            self.oldest_age.clone(),
+        );
+        r.register(
+            "switchyard_dlq_messages",
+            "Messages in the dead-letter stream (polled)",
+            self.dlq_messages.clone(),
+        );
+        r.register(
+            "switchyard_dead_letters",
+            "Dead letters this worker published",
+            self.dead_letters.clone(),
+        );
+        r.register(
+            "switchyard_limiter_wait_seconds",
+            "Time a call waited at the worker's own rate limiter (0-wait admissions included)",
+            self.limiter_wait.clone(),
+        );
+        r.register(
+            "switchyard_budget_used_ratio",
+            "(spent + reserved) / limit per configured budget (feature empty for tenant-wide; polled)",
+            self.budget_used.clone(),
+        );
+        r.register(
+            "switchyard_budget_spent_usd",
+            "Spent in the budget's current period (polled)",
+            self.budget_spent.clone(),
+        );
+        r.register(
+            "switchyard_budget_limit_usd",
+            "The budget's limit (polled)",
+            self.budget_limit.clone(),
+        );
+        r.register(
+            "switchyard_cache_lookups",
+            "Response cache lookups by kind (exact, semantic) and result (hit, miss)",
+            self.cache_lookups.clone(),
+        );
+        r.register(
+            "switchyard_retries",
+            "Deliveries handed back for a later retry",
+            self.retries.clone(),
+        );
+        r.register(
+            "switchyard_republished",
+            "Stored results published again without a provider call",
+            self.republished.clone(),
+        );
+        r.register_collector(Box::new(self.live.clone()));
+    }
+
+    /// The handles of `provider`/`model`, made on first use.
+    fn model(&self, provider: &str, model: &str) -> Option<Arc<ModelMetrics>> {
+        if let Ok(models) = self.models.read() {
+            if let Some(m) = models.get(provider).and_then(|p| p.get(model)) {
+                return Some(m.clone());
+            }
+        }
+        let mut models = self.models.write().ok()?;
+        let labels = ModelLabels {
+            provider: Arc::from(provider),
+            model: Arc::from(model),
+        };
+        let token = |kind| {
+            self.tokens.get_or_create_owned(&TokenLabels {
+                provider: labels.provider.clone(),
+                model: labels.model.clone(),
+                kind,
+            })
+        };
+        let made = Arc::new(ModelMetrics {
+            input_tokens: token("input"),
+            cached_input_tokens: token("cached_input"),
+            output_tokens: token("output"),
+            cost_usd: self.cost.get_or_create_owned(&labels),
+            limiter_wait: self.limiter_wait.get_or_create_owned(&labels),
+            labels,
+        });
+        models
+            .entry(provider.to_string())
+            .or_default()
+            .insert(model.to_string(), made.clone());
+        Some(made)
+    }
+
+    /// A delivery starts: how long its message waited since it was published.
+    pub fn job_started(&self, priority: Priority, queued: Duration) {
+        self.queue_wait
+            .get_or_create(&PriorityLabels {
+                priority: priority.as_str(),
+            })
+            .observe(queued.as_secs_f64());
+    }
+
+    /// A job reached its terminal result: its counters, latency, and its one log line
+    /// (target `switchyard::job`; prompt and output only with `[logging] log_content`).
+    pub fn job_finished(&self, f: FinishedJob<'_>) {
+        let r = f.result;
+        let priority = f.priority.as_str();
+        let status = r.status.as_str();
+        let error_kind = r.error.as_ref().map_or("", |e| e.kind.as_str());
+        self.jobs
+            .get_or_create(&JobLabels {
+                priority,
+                status,
+                error_kind,
+            })
+            .inc();
+        self.job_latency
+            .get_or_create(&LatencyLabels { priority, status })
+            .observe(f.latency.as_secs_f64());
+        let (prompt, output) = if self.log_content {
+            (
+                f.job.and_then(|j| serde_json::to_string(&j.messages).ok()),
+                r.output.as_ref().and_then(|o| o.content.clone()),
+            )
+        } else {
+            (None, None)
+        };
+        tracing::info!(
+            target: "switchyard::job",
+            id = %r.id,
+            tenant = %r.tenant,
+            feature = r.feature.as_deref().unwrap_or(""),
+            priority,
+            provider = r.provider.as_deref().unwrap_or(""),
+            model = r.model.as_deref().unwrap_or(""),
+            attempts = r.attempts.len(),
+            deliveries = f.deliveries,
+            input_tokens = r.usage.input_tokens,
+            cached_input_tokens = r.usage.cached_input_tokens,
+            output_tokens = r.usage.output_tokens,
+            cost_usd = %r.cost_usd,
+            latency_ms = f.latency.as_millis() as u64,
+            queued_ms = f.queued.as_millis() as u64,
+            cache = if r.cache_hit { "hit" } else { "miss" },
+            outcome = status,
+            error_kind,
+            prompt,
+            output,
+            "job finished"
+        );
+    }
+
+    /// One provider call: its duration, outcome, tokens and spend.
+    pub fn call(&self, c: CallEvent<'_>) {
+        let Some(m) = self.model(c.provider, c.model) else {
+            return;
+        };
+        let labels = CallLabels {
+            provider: m.labels.provider.clone(),
+            model: m.labels.model.clone(),
+            outcome: c.outcome,
+        };
+        self.calls.get_or_create(&labels).inc();
+        self.call_duration
+            .get_or_create(&labels)
+            .observe(c.duration.as_secs_f64());
+        m.input_tokens.inc_by(c.usage.input_tokens);
+        m.cached_input_tokens.inc_by(c.usage.cached_input_tokens);
+        m.output_tokens.inc_by(c.usage.output_tokens);
+        if c.cost_usd > Decimal::ZERO {
+            let usd = c.cost_usd.to_f64().unwrap_or(0.0);
+            m.cost_usd.inc_by(usd);
+            self.spend.add(c.tenant, c.feature.unwrap_or(""), usd);
+        }
+    }
+
+    /// A call was admitted by the rate limiter after waiting `waited` (zero included).
+    pub fn limiter_waited(&self, provider: &str, model: &str, waited: Duration) {
+        if let Some(m) = self.model(provider, model) {
+            m.limiter_wait.observe(waited.as_secs_f64());
+        }
+    }
+
+    pub fn dead_lettered(&self, priority: Priority, error_kind: &'static str) {
+        self.dead_letters
+            .get_or_create(&DeadLetterLabels {
+                priority: priority.as_str(),
+                error_kind,
+            })
+            .inc();
+    }
+
+    pub fn cache_lookup(&self, kind: CacheKind, hit: bool) {
+        self.cache_lookups
+            .get_or_create(&CacheLabels {
+                kind: kind.as_str(),
+                result: if hit { "hit" } else { "miss" },
+            })
+            .inc();
     }
 
     pub fn retried(&self) {
-        self.retries.fetch_add(1, Ordering::Relaxed);
+        self.retries.inc();
     }
 
     pub fn republished(&self) {
-        self.republished.fetch_add(1, Ordering::Relaxed);
+        self.republished.inc();
     }
 
     /// Show `health`'s breakers and latency averages on `/metrics`.
     pub fn watch_health(&self, health: Arc<Health>) {
-        let _ = self.health.set(health);
+        self.live.watch_health(health);
     }
 
+    /// The Prometheus text exposition (version 0.0.4).
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        out.push_str("# HELP switchyard_jobs_total Jobs that reached a terminal result.\n# TYPE switchyard_jobs_total counter\n");
-        if let Ok(m) = self.jobs.lock() {
-            for ((p, s, k), n) in m.iter() {
-                let _ = writeln!(out, "switchyard_jobs_total{{priority=\"{p}\",status=\"{s}\",error_kind=\"{k}\"}} {n}");
-            }
-        }
-        out.push_str("# HELP switchyard_provider_calls_total Provider calls by outcome.\n# TYPE switchyard_provider_calls_total counter\n");
-        out.push_str("# HELP switchyard_provider_call_seconds_total Time spent in provider calls.\n# TYPE switchyard_provider_call_seconds_total counter\n");
-        if let Ok(m) = self.calls.lock() {
-            for ((p, mo, o), (n, us)) in m.iter() {
-                let labels = format!(
-                    "provider=\"{}\",model=\"{}\",outcome=\"{}\"",
-                    esc(p),
-                    esc(mo),
-                    esc(o)
-                );
-                let _ = writeln!(out, "switchyard_provider_calls_total{{{labels}}} {n}");
-                let _ = writeln!(
-                    out,
-                    "switchyard_provider_call_seconds_total{{{labels}}} {:.6}",
-                    *us as f64 / 1e6
-                );
-            }
-        }
-        out.push_str("# HELP switchyard_cost_usd_total Spend by provider and model (approximate; cost_rows is exact).\n# TYPE switchyard_cost_usd_total counter\n");
-        if let Ok(m) = self.cost_nanousd.lock() {
-            for ((p, mo), n) in m.iter() {
-                let _ = writeln!(
-                    out,
-                    "switchyard_cost_usd_total{{provider=\"{}\",model=\"{}\"}} {:.9}",
-                    esc(p),
-                    esc(mo),
-                    *n as f64 / 1e9
-                );
-            }
-        }
-        let sum = self.job_seconds_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        let count = self.job_seconds_count.load(Ordering::Relaxed);
-        let _ = write!(
-            out,
-            "# HELP switchyard_job_seconds Worker-side time from pull to result.\n# TYPE switchyard_job_seconds summary\nswitchyard_job_seconds_sum {sum:.6}\nswitchyard_job_seconds_count {count}\n\
-# HELP switchyard_retries_total Deliveries handed back for a later retry.\n# TYPE switchyard_retries_total counter\nswitchyard_retries_total {}\n\
-# HELP switchyard_republished_total Stored results published again without a provider call.\n# TYPE switchyard_republished_total counter\nswitchyard_republished_total {}\n\
-# HELP switchyard_jobs_in_flight Jobs held by this worker.\n# TYPE switchyard_jobs_in_flight gauge\nswitchyard_jobs_in_flight {}\n",
-            self.retries.load(Ordering::Relaxed),
-            self.republished.load(Ordering::Relaxed),
-            self.in_flight.load(Ordering::Relaxed),
-        );
-        if let Some(h) = self.health.get() {
-            render_health(h, &mut out);
+        let mut out = String::with_capacity(32 * 1024);
+        if let Err(e) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        {
+            tracing::warn!(error = %e, "encoding metrics failed");
         }
         out
     }
-}
-
-fn render_health(h: &Health, out: &mut String) {
-    let mut state = String::from("# HELP switchyard_breaker_state Circuit breaker per provider and model: 0 closed, 1 half-open, 2 open.\n# TYPE switchyard_breaker_state gauge\n");
-    let mut moves = String::from("# HELP switchyard_breaker_transitions_total Circuit breaker state changes, by the state entered.\n# TYPE switchyard_breaker_transitions_total counter\n");
-    let mut ewma = String::from("# HELP switchyard_provider_latency_ewma_seconds Moving average of successful calls' latency.\n# TYPE switchyard_provider_latency_ewma_seconds gauge\n");
-    h.for_each(|provider, model, r| {
-        let labels = format!("provider=\"{}\",model=\"{}\"", esc(provider), esc(model));
-        let _ = writeln!(
-            state,
-            "switchyard_breaker_state{{{labels}}} {}",
-            r.state as u8
-        );
-        for to in BreakerState::ALL {
-            let _ = writeln!(
-                moves,
-                "switchyard_breaker_transitions_total{{{labels},to=\"{}\"}} {}",
-                to.as_str(),
-                r.transitions[to as usize]
-            );
-        }
-        if let Some(e) = r.ewma {
-            let _ = writeln!(
-                ewma,
-                "switchyard_provider_latency_ewma_seconds{{{labels}}} {:.6}",
-                e.as_secs_f64()
-            );
-        }
-    });
-    out.push_str(&state);
-    out.push_str(&moves);
-    out.push_str(&ewma);
-}
-
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// Serve `/metrics`, `/healthz` and `/readyz` on `addr` until `stop`.
@@ -194,7 +623,13 @@ pub async fn serve(
         .route(
             "/metrics",
             get(|State(m): State<Arc<Metrics>>| async move {
-                ([("content-type", "text/plain; version=0.0.4")], m.render())
+                (
+                    [(
+                        "content-type",
+                        prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+                    )],
+                    m.render(),
+                )
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
@@ -215,82 +650,4 @@ pub async fn serve(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renders_counters() {
-        let m = Metrics::default();
-        m.job_finished("high", "failed", "invalid_job", Duration::from_millis(5));
-        m.call(
-            "openai",
-            "gpt-4o-mini",
-            "rate_limited",
-            Duration::from_millis(30),
-            0,
-        );
-        m.call(
-            "openai",
-            "gpt-4o-mini",
-            "succeeded",
-            Duration::from_millis(30),
-            1500,
-        );
-        let text = m.render();
-        assert!(text.contains(
-            r#"switchyard_jobs_total{priority="high",status="failed",error_kind="invalid_job"} 1"#
-        ));
-        assert!(text.contains(r#"switchyard_provider_calls_total{provider="openai",model="gpt-4o-mini",outcome="rate_limited"} 1"#));
-        assert!(text.contains(
-            r#"switchyard_cost_usd_total{provider="openai",model="gpt-4o-mini"} 0.000001500"#
-        ));
-        assert!(!text.contains("switchyard_breaker_state"));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn renders_breakers_and_latency() {
-        use crate::health::CallOutcome;
-        use crate::providers::FailureClass;
-        let cfg = crate::config::FileConfig::from_toml_with_env(
-            include_str!("../../config/demo.toml"),
-            "demo.toml",
-            &[],
-        )
-        .unwrap();
-        let h = Arc::new(Health::new(&cfg));
-        let m = Metrics::default();
-        m.watch_health(h.clone());
-        let fail = CallOutcome::Failed {
-            class: FailureClass::ServerError,
-            retry_after: None,
-        };
-        for _ in 0..5 {
-            h.record("openai", "gpt-4o", fail, Duration::ZERO);
-        }
-        h.record(
-            "gemini",
-            "gemini-2.0-flash",
-            CallOutcome::Succeeded,
-            Duration::from_millis(250),
-        );
-        let text = m.render();
-        for line in [
-            r#"switchyard_breaker_state{provider="openai",model="gpt-4o"} 2"#,
-            r#"switchyard_breaker_state{provider="openai",model="gpt-4o-mini"} 0"#,
-            r#"switchyard_breaker_transitions_total{provider="openai",model="gpt-4o",to="open"} 1"#,
-            r#"switchyard_breaker_transitions_total{provider="openai",model="gpt-4o",to="closed"} 0"#,
-            r#"switchyard_provider_latency_ewma_seconds{provider="gemini",model="gemini-2.0-flash"} 0.250000"#,
-        ] {
-            assert!(text.contains(line), "{line} in\n{text}");
-        }
-        assert_eq!(
-            text.matches("# TYPE switchyard_breaker_state gauge")
-                .count(),
-            1
-        );
-        tokio::time::advance(Duration::from_secs(15)).await;
-        assert!(m
-            .render()
-            .contains(r#"switchyard_breaker_state{provider="openai",model="gpt-4o"} 1"#));
-    }
-}
+mod tests;

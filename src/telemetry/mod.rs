@@ -1,7 +1,15 @@
-//! Logging: `tracing` to stderr, filtered by `SWITCHYARD_LOG` (or `RUST_LOG`), plain text
-//! or JSON lines (`SWITCHYARD_LOG_FORMAT=json`). Spans carry tenant, job id and priority.
+//! Telemetry: logs ([`init`]), Prometheus metrics and the finished-job log line
+//! ([`metrics`]), what is read at scrape time ([`live`]) and the poller of backlog and
+//! budget gauges ([`poll`]).
+//!
+//! Logs go to stderr, filtered by `SWITCHYARD_LOG` (or `RUST_LOG`), plain text or JSON
+//! lines (`SWITCHYARD_LOG_FORMAT=json`, which also names each event's target, e.g.
+//! `switchyard::job` for the line each finished job writes). Spans carry tenant, job id
+//! and priority.
 
+pub mod live;
 pub mod metrics;
+pub mod poll;
 
 use tracing_subscriber::EnvFilter;
 
@@ -13,11 +21,10 @@ pub fn init(default_level: &str) {
     let json = std::env::var("SWITCHYARD_LOG_FORMAT").is_ok_and(|v| v == "json");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
+        .with_writer(std::io::stderr);
     let _ = if json {
         builder.json().try_init()
     } else {
-        builder.try_init()
+        builder.with_target(false).try_init()
     };
 }

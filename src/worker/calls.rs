@@ -12,7 +12,7 @@ use crate::providers::{ChatRequest, ChatResponse, FailureClass};
 use crate::ratelimit::Ask;
 use crate::router::Plan;
 use crate::store::{CallRecord, CommitRequest, JobKey, Lease};
-use rust_decimal::prelude::ToPrimitive;
+use crate::telemetry::metrics::CallEvent;
 use rust_decimal::Decimal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -88,10 +88,12 @@ pub async fn run_chain(
                 tokens: input_estimate + u64::from(c.max_tokens),
             })
             .collect();
+        let asked = Instant::now();
         let admitted = tokio::select! {
             a = ctx.limiters.admit_first(&asks, priority) => a,
             _ = ctx.abort.cancelled() => None,
         };
+        let waited = asked.elapsed();
         let Some((i, permit)) = admitted else {
             // Nothing left, or the worker is stopping: free the probe slots taken above.
             for (c, a) in left.iter().zip(admits) {
@@ -106,6 +108,8 @@ pub async fn run_chain(
         };
         let cand = left.remove(i);
         let admit = admits.remove(i);
+        ctx.metrics
+            .limiter_waited(&cand.model.provider, &cand.model.name, waited);
         // The others' probe slots go back: they are asked again next round.
         for (c, a) in left.iter().zip(admits) {
             give_back(ctx, &c.model, a);
@@ -163,6 +167,9 @@ pub async fn run_chain(
         let Some(result) = result else {
             give_back(ctx, m, admit);
             attempt_rec.outcome = "cancelled".into();
+            let none = Usage::default();
+            let event = call_event(job, m, "cancelled", started.elapsed(), &none, Decimal::ZERO);
+            ctx.metrics.call(event);
             attempt_rec.message =
                 Some("cut short: the worker's shutdown grace period ended".into());
             out.calls.push(CallRecord {
@@ -207,13 +214,14 @@ pub async fn run_chain(
                 attempt_rec.outcome = "succeeded".into();
                 attempt_rec.status = Some(200);
                 attempt_rec.cost_usd = cost;
-                ctx.metrics.call(
-                    &m.provider,
-                    &m.name,
+                ctx.metrics.call(call_event(
+                    job,
+                    m,
                     "succeeded",
                     started.elapsed(),
-                    nano_usd(cost),
-                );
+                    &resp.usage,
+                    cost,
+                ));
                 out.calls.push(CallRecord {
                     attempt: attempt_rec,
                     usage: resp.usage,
@@ -228,13 +236,14 @@ pub async fn run_chain(
                 let cost = e.usage.map_or(Decimal::ZERO, |u| cost_of(m, &u));
                 tracing::info!(provider = %m.provider, model = %m.name, outcome = e.class.as_str(),
                     status = e.status, latency_ms, "provider call failed");
-                ctx.metrics.call(
-                    &m.provider,
-                    &m.name,
+                ctx.metrics.call(call_event(
+                    job,
+                    m,
                     e.class.as_str(),
                     started.elapsed(),
-                    nano_usd(cost),
-                );
+                    &usage,
+                    cost,
+                ));
                 attempt_rec.outcome = e.class.as_str().to_string();
                 attempt_rec.status = e.status;
                 attempt_rec.cost_usd = cost;
@@ -304,11 +313,24 @@ async fn record_start(ctx: &Ctx, job: &Job, attempt: u32, m: &ModelConfig) -> bo
     }
 }
 
-fn nano_usd(cost: Decimal) -> u64 {
-    (cost * Decimal::from(1_000_000_000u64))
-        .trunc()
-        .to_u64()
-        .unwrap_or(0)
+fn call_event<'a>(
+    job: &'a Job,
+    m: &'a ModelConfig,
+    outcome: &'static str,
+    duration: Duration,
+    usage: &'a Usage,
+    cost_usd: Decimal,
+) -> CallEvent<'a> {
+    CallEvent {
+        provider: &m.provider,
+        model: &m.name,
+        outcome,
+        duration,
+        usage,
+        cost_usd,
+        tenant: &job.tenant,
+        feature: job.feature.as_deref(),
+    }
 }
 
 /// Postgres cannot store U+0000: replace it in what a provider returned.

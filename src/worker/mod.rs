@@ -143,6 +143,7 @@ async fn handle(ctx: Arc<Ctx>, priority: Priority, msg: Message) {
             return;
         }
     };
+    ctx.metrics.job_started(priority, delivery.queued);
     let (message, acker) = msg.split();
     let period = Duration::from_secs(ctx.cfg.worker.ack_wait_s)
         .div_f64(3.0)

@@ -17,6 +17,7 @@ use crate::store::writer::Release;
 use crate::store::{
     CallRecord, ClaimOutcome, ClaimRequest, CommitJob, CommitRequest, JobKey, Lease, StoreError,
 };
+use crate::telemetry::metrics::FinishedJob;
 use crate::tokens::estimate_input_tokens;
 use base64::Engine;
 use rust_decimal::Decimal;
@@ -572,13 +573,16 @@ async fn finish(
             }
         }
     };
-    ctx.metrics.job_finished(
-        d.priority.as_str(),
-        result.status.as_str(),
-        result.error.as_ref().map_or("", |e| e.kind.as_str()),
-        d.received.elapsed(),
-    );
-    Some(deliver(ctx, s, &result, encoded).await)
+    let disposition = deliver(ctx, s, &result, encoded).await;
+    ctx.metrics.job_finished(FinishedJob {
+        priority: d.priority,
+        result: &result,
+        job: s.job,
+        deliveries: d.delivered,
+        queued: d.queued,
+        latency: d.queued + d.received.elapsed(),
+    });
+    Some(disposition)
 }
 
 /// The second commit of a refused job: its minimal failed row and its calls. When even
@@ -801,7 +805,9 @@ async fn dead_letter(
     };
     ctx.publisher
         .dead_letter(&result.tenant, &result.id, &entry, src.raw)
-        .await
+        .await?;
+    ctx.metrics.dead_lettered(s.d.priority, err.kind.as_str());
+    Ok(())
 }
 
 /// Exponential from `worker.retry_base_ms`, capped at `worker.retry_max_ms`, with jitter,
