@@ -10,12 +10,13 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, RwLock};
 
 pub struct Live {
     in_flight: Arc<AtomicI64>,
     ready: Arc<AtomicBool>,
-    health: OnceLock<Arc<Health>>,
+    /// The registry in use (a config reload hands over a new one).
+    health: RwLock<Option<Arc<Health>>>,
 }
 
 /// One breaker as read at scrape time.
@@ -32,17 +33,24 @@ impl Live {
         Live {
             in_flight,
             ready,
-            health: OnceLock::new(),
+            health: RwLock::new(None),
         }
     }
 
     pub fn watch_health(&self, health: Arc<Health>) {
-        let _ = self.health.set(health);
+        match self.health.write() {
+            Ok(mut g) => *g = Some(health),
+            Err(e) => *e.into_inner() = Some(health),
+        }
     }
 
     fn breakers(&self) -> Vec<BreakerRow> {
         let mut rows = Vec::new();
-        if let Some(h) = self.health.get() {
+        let health = match self.health.read() {
+            Ok(g) => g.clone(),
+            Err(e) => e.into_inner().clone(),
+        };
+        if let Some(h) = health {
             h.for_each(|provider, model, r| {
                 rows.push(BreakerRow {
                     provider: provider.to_string(),

@@ -108,6 +108,7 @@ pub fn apply(cell: &CtxCell, mut new: Config) -> anyhow::Result<Applied> {
     new.metrics = cur.cfg.metrics.clone();
     let providers = Providers::from_config(&new).context("providers")?;
     let health = Arc::new(cur.health.reconfigured(&new));
+    cur.metrics.watch_health(health.clone());
     cur.limiters.reconfigure(&new);
     let cfg = Arc::new(new);
     let ctx = Ctx {
