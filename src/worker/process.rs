@@ -29,6 +29,10 @@ use tracing::Instrument;
 const BUSY_WAIT_MAX: Duration = Duration::from_secs(600);
 /// Tries to publish a committed result (and dead letter) before handing the message back.
 const PUBLISH_TRIES: u32 = 5;
+/// The share of a tenant's budgets in use from which a reservation counts input tokens
+/// exactly (below it, a byte bound is held).
+const EXACT_TOKENS_FROM: f64 = 0.5;
+
 /// Times a delivery goes back to its claim after losing its lease at commit.
 const RECLAIMS: u32 = 3;
 
@@ -213,6 +217,7 @@ async fn attempt(
         .budgets
         .used_share(&job.tenant)
         .and_then(|d| rust_decimal::prelude::ToPrimitive::to_f64(&d));
+    let used = route_ctx.budget_used_fraction;
     let plan = match ctx.router.plan(job, estimate, route_ctx) {
         Ok(p) => p,
         Err(err) => {
@@ -222,14 +227,20 @@ async fn attempt(
     // Hold the worst case against the tenant's budgets before any call: the dearest
     // candidate's price for its whole `max_tokens`, with the input counted by the
     // provider's own tokenizer where there is one (only for tenants with a budget).
+    // Counting costs ~50k instructions a job, so while the tenant's budgets are less than
+    // half used (as last read) a bound is held instead (a token is at least one byte):
+    // it only holds more, and holding more matters only near a limit.
+    let counted = used.is_none_or(|f| f >= EXACT_TOKENS_FROM);
     let worst = || {
         plan.candidates
             .iter()
             .map(|c| {
-                let input = if ctx.exact_tokens.contains(&c.model.provider) {
+                let input = if !ctx.exact_tokens.contains(&c.model.provider) {
+                    estimate
+                } else if counted {
                     crate::tokens::openai_input_tokens(job, &c.model.upstream)
                 } else {
-                    estimate
+                    crate::tokens::openai_input_tokens_bound(job).max(estimate)
                 };
                 crate::cost::worst_case(&c.model, input, c.max_tokens)
             })
