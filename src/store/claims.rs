@@ -115,10 +115,7 @@ async fn claim_and_reply(pool: PgPool, now: Vec<(ClaimRequest, Reply)>, lease: D
     match super::retry_conflicts(|| claim_batch(&pool, &reqs, lease)).await {
         Ok(mut found) => {
             for (req, reply) in now {
-                let outcome = found
-                    .remove(&(req.tenant.clone(), req.id.clone()))
-                    .unwrap_or(Ok(ClaimOutcome::Busy(Duration::from_millis(500))));
-                let _ = reply.send(outcome);
+                let _ = reply.send(take(&mut found, &req));
             }
         }
         Err(e) if e.is_unavailable() || now.len() == 1 => {
@@ -133,9 +130,7 @@ async fn claim_and_reply(pool: PgPool, now: Vec<(ClaimRequest, Reply)>, lease: D
             tracing::warn!(error = %e, jobs = now.len(), "claim batch refused; claiming one by one");
             for (req, reply) in now {
                 let outcome = match claim_batch(&pool, &[&req], lease).await {
-                    Ok(mut found) => found
-                        .remove(&(req.tenant.clone(), req.id.clone()))
-                        .unwrap_or(Ok(ClaimOutcome::Busy(Duration::from_millis(500)))),
+                    Ok(mut found) => take(&mut found, &req),
                     Err(e) => Err(e),
                 };
                 let _ = reply.send(outcome);
@@ -158,6 +153,23 @@ type ClaimRow = (
 );
 
 type Found = HashMap<(String, String), Result<ClaimOutcome, StoreError>>;
+
+/// What the claim found for `req`: a row only comes back when there is something to say;
+/// none means a new job claimed, with no earlier calls.
+fn take(found: &mut Found, req: &ClaimRequest) -> Result<ClaimOutcome, StoreError> {
+    let fresh = || {
+        Ok(ClaimOutcome::Claimed {
+            prior: Vec::new(),
+            free_deliveries: 0,
+        })
+    };
+    if found.is_empty() {
+        return fresh();
+    }
+    found
+        .remove(&(req.tenant.clone(), req.id.clone()))
+        .unwrap_or_else(fresh)
+}
 
 const CLAIM_SQL: &str = r#"
 WITH input AS (
@@ -236,6 +248,8 @@ SELECT i.tenant, i.id, (u.id IS NOT NULL) AS claimed, p.status,
   FROM input i
   LEFT JOIN up u ON u.tenant = i.tenant AND u.id = i.id
   LEFT JOIN prior p ON p.tenant = i.tenant AND p.id = i.id
+ -- A new job claimed (the common case) has nothing to say: no row comes back for it.
+ WHERE u.id IS NULL OR p.id IS NOT NULL
 "#;
 
 async fn claim_batch(

@@ -406,9 +406,16 @@ WITH c AS (
     RETURNING 1
 )
 -- r and bu run whether or not they are read, as every data-modifying WITH does.
-SELECT true AS final, f.tenant, f.id, 0 AS attempt FROM f
+-- Only what did not go in comes back (nothing, as a rule): final rows another delivery
+-- owns, and cost rows that clashed.
+SELECT true AS final, y.tenant, y.id, 0 AS attempt
+  FROM unnest($17::text[], $18::text[]) AS y(tenant, id)
+ WHERE NOT EXISTS (SELECT 1 FROM f WHERE f.tenant = y.tenant AND f.id = y.id)
 UNION ALL
-SELECT false, c.tenant, c.job_id, c.attempt FROM c
+SELECT false, x.tenant, x.job_id, x.attempt
+  FROM unnest($1::text[], $2::text[], $3::integer[]) AS x(tenant, job_id, attempt)
+ WHERE NOT EXISTS (SELECT 1 FROM c
+                    WHERE c.tenant = x.tenant AND c.job_id = x.job_id AND c.attempt = x.attempt)
 "#;
 
 /// Commit `reqs` in one statement; for each request, whether its final row landed. Cost
@@ -483,7 +490,6 @@ async fn insert<'a>(
         tokens.push(token);
         frees.push(free);
     }
-    let n_costs = costs.tenant.len();
     let c = costs;
     let rows: Vec<(bool, String, String, i32)> = sqlx::query_as(COMMIT_SQL)
         .bind(c.tenant)
@@ -529,23 +535,24 @@ async fn insert<'a>(
         .fetch_all(pool)
         .await
         .map_err(StoreError::classify)?;
-    let mut landed: HashSet<(String, String)> = HashSet::new();
-    let mut written: HashSet<(String, String, u32)> = HashSet::with_capacity(n_costs);
+    // What did not go in: final rows another delivery owns, cost rows that clashed.
+    let mut refused: HashSet<(String, String)> = HashSet::new();
+    let mut clashed: HashSet<(String, String, u32)> = HashSet::new();
     for (is_final, t, id, attempt) in rows {
         if is_final {
-            landed.insert((t, id));
+            refused.insert((t, id));
         } else {
-            written.insert((t, id, attempt.max(0) as u32));
+            clashed.insert((t, id, attempt.max(0) as u32));
         }
     }
     let mut missing: Missing<'a> = Vec::new();
-    if written.len() < n_costs {
+    if !clashed.is_empty() {
         for (i, r) in reqs.iter().enumerate() {
             let lost: Vec<&CallRecord> = r
                 .calls
                 .iter()
                 .filter(|c| {
-                    !written.contains(&(r.key.tenant.clone(), r.key.id.clone(), c.attempt.attempt))
+                    clashed.contains(&(r.key.tenant.clone(), r.key.id.clone(), c.attempt.attempt))
                 })
                 .collect();
             if !lost.is_empty() {
@@ -559,7 +566,7 @@ async fn insert<'a>(
         .map(|(i, r)| match &r.job {
             Some(j) => {
                 finals.get(&(j.tenant.as_str(), j.id.as_str())) == Some(&i)
-                    && landed.contains(&(j.tenant.clone(), j.id.clone()))
+                    && (refused.is_empty() || !refused.contains(&(j.tenant.clone(), j.id.clone())))
             }
             None => true,
         })
