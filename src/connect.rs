@@ -73,7 +73,7 @@ pub async fn nats(
             ConnectErrorKind::Authentication => {
                 return Err(nats_err(format!("could not sign in with {login}: {e}")))
             }
-            ConnectErrorKind::Tls => {
+            _ if e.kind() == ConnectErrorKind::Tls || is_tls_failure(&e) => {
                 return Err(nats_err(format!(
                     "TLS failed ({e}); see nats.tls_ca_file, nats.tls_cert_file, nats.tls_key_file"
                 )))
@@ -87,6 +87,23 @@ pub async fn nats(
         tracing::warn!(servers = %shown, error = %problem, "NATS not reachable yet; trying again");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// A handshake that failed inside TLS (a certificate we do not trust, say): the client
+/// reports it as an I/O error, but trying again will not help.
+fn is_tls_failure(e: &async_nats::ConnectError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        let inner = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .map_or(s, |i| i as &(dyn std::error::Error + 'static));
+        if inner.is::<async_nats::rustls::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// The client's options, and how it logs in, for messages (no secret in it).
