@@ -4,9 +4,10 @@
 
 use super::{invalid, ConfigError};
 use serde::{Deserialize, Deserializer, Serialize};
+use std::fmt;
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
     /// One server, or a cluster's members: a comma-separated string or a TOML array
@@ -63,6 +64,29 @@ impl Default for NatsConfig {
     }
 }
 
+/// As derived, but the URL's userinfo masked.
+impl fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("url", &self.redacted_url())
+            .field("prefix", &self.prefix)
+            .field("results_max_age_days", &self.results_max_age_days)
+            .field("replicas", &self.replicas)
+            .field("duplicate_window_s", &self.duplicate_window_s)
+            .field("user", &self.user)
+            .field("password_env", &self.password_env)
+            .field("token_env", &self.token_env)
+            .field("nkey_env", &self.nkey_env)
+            .field("nkey_seed_file", &self.nkey_seed_file)
+            .field("credentials_file", &self.credentials_file)
+            .field("tls_required", &self.tls_required)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .finish()
+    }
+}
+
 /// A server of `nats.url`, its userinfo taken out (the client is given credentials
 /// separately, and addresses appear in its logs).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,8 +103,8 @@ pub enum UrlCredentials {
     Token(String),
 }
 
-impl std::fmt::Debug for UrlCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for UrlCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             UrlCredentials::UserPassword { user, .. } => write!(f, "UserPassword({user:?}, ***)"),
             UrlCredentials::Token(_) => f.write_str("Token(***)"),
@@ -237,7 +261,7 @@ pub enum PgSslMode {
     VerifyFull,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PostgresConfig {
     /// `DATABASE_URL` overrides. It may carry `sslmode`, `sslrootcert`, `sslcert`,
@@ -266,6 +290,21 @@ impl Default for PostgresConfig {
             ssl_cert: None,
             ssl_key: None,
         }
+    }
+}
+
+/// As derived, but the URL's password masked.
+impl fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("password_env", &self.password_env)
+            .field("ssl_mode", &self.ssl_mode)
+            .field("ssl_root_cert", &self.ssl_root_cert)
+            .field("ssl_cert", &self.ssl_cert)
+            .field("ssl_key", &self.ssl_key)
+            .finish()
     }
 }
 

@@ -341,6 +341,9 @@ fn nats_url_takes_a_list_of_members() {
         })
     );
     assert!(!format!("{s:?}").contains("pw"));
+    assert!(!format!("{c:?}").contains(":pw@"), "{c:?}");
+    let pg = load(BASE, &[("DATABASE_URL", "postgres://u:pg-secret@h/db")]).unwrap();
+    assert!(!format!("{pg:?}").contains("pg-secret"));
     assert_eq!(c.nats.redacted_url(), "nats://sy:***@x:1,nats://sy:***@y:2");
     let c = load(BASE, &[("NATS_URL", "nats://s3cr%40t@x:1")]).unwrap();
     assert_eq!(
