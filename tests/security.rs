@@ -182,6 +182,54 @@ async fn nats_token_right_and_wrong() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_nkey_from_a_variable_or_a_file() {
+    let user = nkeys::KeyPair::new_user();
+    let other = nkeys::KeyPair::new_user();
+    let server = NatsServer::start(&format!(
+        "authorization {{ users: [ {{ nkey: {:?} }} ] }}",
+        user.public_key()
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let seed_file = dir.path().join("user.nk");
+    std::fs::write(&seed_file, format!("{}\n", user.seed().unwrap())).unwrap();
+    std::env::set_var("SY_SEC_NKEY_RIGHT", user.seed().unwrap());
+    std::env::set_var("SY_SEC_NKEY_OTHER", other.seed().unwrap());
+    round_trip(&NatsConfig {
+        nkey_seed_file: Some(seed_file),
+        ..nats_cfg(&server.url())
+    })
+    .await
+    .unwrap();
+    round_trip(&NatsConfig {
+        nkey_env: Some("SY_SEC_NKEY_RIGHT".into()),
+        ..nats_cfg(&server.url())
+    })
+    .await
+    .unwrap();
+    let e = round_trip(&NatsConfig {
+        nkey_env: Some("SY_SEC_NKEY_OTHER".into()),
+        ..nats_cfg(&server.url())
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        e.contains("refused the login") && e.contains("nats.nkey_env"),
+        "{e}"
+    );
+    assert!(!e.contains(&other.seed().unwrap()), "{e}");
+    let e = round_trip(&NatsConfig {
+        nkey_seed_file: Some(dir.path().join("missing.nk")),
+        ..nats_cfg(&server.url())
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        e.contains("nats.nkey_seed_file") && e.contains("missing.nk"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_over_tls_with_our_ca() {
     let dir = tempfile::tempdir().unwrap();
     let ck =
@@ -216,6 +264,29 @@ async fn nats_over_tls_with_our_ca() {
         e.contains("nats.tls_ca_file") && e.contains("missing.pem"),
         "{e}"
     );
+
+    // A server that verifies clients: our certificate and key get us in; none does not.
+    let client = rcgen::generate_simple_self_signed(vec!["switchyard".into()]).unwrap();
+    let (client_cert, client_key) = (dir.path().join("client.pem"), dir.path().join("client.key"));
+    std::fs::write(&client_cert, client.cert.pem()).unwrap();
+    std::fs::write(&client_key, client.key_pair.serialize_pem()).unwrap();
+    let verifying = NatsServer::start(&format!(
+        "tls {{ cert_file: {:?}, key_file: {:?}, ca_file: {:?}, verify: true }}",
+        cert.display().to_string(),
+        key.display().to_string(),
+        client_cert.display().to_string()
+    ));
+    let mut with_client_cert = NatsConfig {
+        tls_ca_file: Some(cert.clone()),
+        tls_cert_file: Some(client_cert.clone()),
+        tls_key_file: Some(client_key.clone()),
+        ..nats_cfg(&verifying.url())
+    };
+    round_trip(&with_client_cert).await.unwrap();
+    with_client_cert.tls_cert_file = None;
+    with_client_cert.tls_key_file = None;
+    let e = round_trip(&with_client_cert).await.unwrap_err();
+    assert!(e.contains("TLS failed"), "{e}");
 
     // tls_required against a server without TLS is refused, not silently plain.
     let plain = NatsServer::start("");
