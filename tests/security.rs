@@ -352,6 +352,7 @@ async fn a_worker_logs_in_and_the_password_never_shows() {
         cfg.clone(),
         providers,
         stop.clone(),
+        None,
     ));
     let client = connect::nats(&cfg.nats, Duration::from_secs(5))
         .await

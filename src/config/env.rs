@@ -8,13 +8,14 @@
 use super::ConfigError;
 
 /// The top-level sections of the file (a test holds this equal to `FileConfig`'s).
-pub(super) const SECTIONS: [&str; 11] = [
+pub(super) const SECTIONS: [&str; 12] = [
     "nats",
     "postgres",
     "worker",
     "limits",
     "ratelimit",
     "metrics",
+    "logging",
     "routing",
     "health",
     "reply_to",
