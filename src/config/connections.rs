@@ -348,6 +348,29 @@ fn together(a: (&str, bool), b: (&str, bool)) -> Result<(), ConfigError> {
     Err(invalid(missing, format!("{} and {} go together", a.0, b.0)))
 }
 
+/// `text` with the userinfo of every URL in it masked (`nats://***@host`): for messages
+/// that quote the file or a value, such as a TOML syntax error.
+pub fn mask_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c.is_whitespace() || "/?#\"',]".contains(c))
+            .unwrap_or(tail.len());
+        match tail[..end].rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                rest = &tail[at..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// A URL for messages and logs: a password, or a lone user name (a NATS token), masked.
 pub fn redact_url(url: &str) -> String {
     match reqwest::Url::parse(url) {

@@ -12,6 +12,7 @@ mod env;
 mod reply_to;
 mod sections;
 
+use connections::mask_userinfo;
 pub use connections::{
     redact_url, NatsConfig, NatsServer, PgSslMode, PostgresConfig, UrlCredentials,
 };
@@ -72,13 +73,13 @@ impl FileConfig {
             text.parse()
                 .map_err(|e: toml::de::Error| ConfigError::Parse {
                     path: name.to_string(),
-                    message: e.to_string(),
+                    message: mask_userinfo(&e.to_string()),
                 })?;
         let applied = env::apply(&mut doc, vars)?;
         let cfg: FileConfig =
             serde_path_to_error::deserialize(toml::Value::Table(doc)).map_err(|e| {
                 let (path, inner) = (e.path().to_string(), e.inner().to_string());
-                let message = format!("{path}: {inner}");
+                let message = mask_userinfo(&format!("{path}: {inner}"));
                 match applied.iter().find(|a| a.explains(&path, &inner)) {
                     Some(a) => ConfigError::Env {
                         var: a.var.clone(),

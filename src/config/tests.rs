@@ -486,3 +486,31 @@ fn reply_to_allow_list_defaults_to_inboxes_and_is_checked() {
         assert!(e.contains(field), "{extra}: {e:?} should name {field}");
     }
 }
+
+#[test]
+fn errors_that_quote_the_file_or_a_value_mask_passwords() {
+    let e = load(
+        &BASE.replace(
+            "prefix = \"llm\"",
+            "prefix = \"llm\"\nurl = \"nats://sy:hunter2@a:4222\" x",
+        ),
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("nats://***@a:4222") && !e.contains("hunter2"),
+        "{e}"
+    );
+    let e = load(
+        BASE,
+        &[("SWITCHYARD_WORKER__MAX_IN_FLIGHT", "nats://u:hunter2@h")],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(!e.contains("hunter2"), "{e}");
+    assert_eq!(
+        connections::mask_userinfo("a postgres://u:p@h/db, nats://t@x:1 and http://plain/x@y"),
+        "a postgres://***@h/db, nats://***@x:1 and http://plain/x@y"
+    );
+}
