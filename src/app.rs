@@ -22,30 +22,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Connect to NATS with the options a long-running worker wants.
-pub async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
-    async_nats::ConnectOptions::new()
-        .name("switchyard")
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(5))
-        .client_capacity(65_536)
-        .subscription_capacity(65_536)
-        .connect(url)
-        .await
-        .with_context(|| format!("connecting to NATS at {}", redact_url(url)))
-}
-
-/// The URL without a password, for messages.
-pub fn redact_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => "<unparseable url>".into(),
-    }
-}
+/// How long a starting worker waits for a NATS server that does not answer yet.
+const WORKER_NATS_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Pull nothing while more than `max` held jobs are not calling a provider (most of them
 /// waiting for a rate limit): the backlog stays in JetStream.
@@ -98,17 +76,10 @@ pub async fn run_worker(
     reload: Option<Reloader>,
 ) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
-    let client = connect_nats(&cfg.nats.url).await?;
+    let client = crate::connect::nats(&cfg.nats, WORKER_NATS_PATIENCE).await?;
     let js = async_nats::jetstream::new(client.clone());
     let consumers = streams::ensure(&js, &cfg).await?;
-    let pool = store::connect(&cfg.postgres.url, cfg.postgres.max_connections)
-        .await
-        .with_context(|| {
-            format!(
-                "connecting to Postgres at {}",
-                redact_url(&cfg.postgres.url)
-            )
-        })?;
+    let pool = crate::connect::postgres(&cfg.postgres, cfg.postgres.max_connections).await?;
     store::migrate(&pool).await?;
 
     let linger = Duration::from_millis(cfg.worker.commit_linger_ms);

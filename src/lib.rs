@@ -11,6 +11,7 @@ pub mod budget;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod connect;
 pub mod cost;
 pub mod health;
 pub mod job;

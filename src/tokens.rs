@@ -132,6 +132,7 @@ mod tests {
             max_messages: 10,
             max_tokens_cap: 1000,
             providers: vec![],
+            reply_to: crate::job::ReplyToRules::any(),
         };
         parse_job(payload.to_string().as_bytes(), "llm.jobs.low.t", 1, &rules)
             .unwrap()

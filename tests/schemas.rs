@@ -86,6 +86,7 @@ fn rules() -> ParseRules {
             "anthropic".into(),
             "gemini".into(),
         ],
+        reply_to: switchyard::job::ReplyToRules::any(),
     }
 }
 

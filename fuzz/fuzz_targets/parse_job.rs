@@ -15,6 +15,7 @@ fuzz_target!(|data: &[u8]| {
         max_messages: 16,
         max_tokens_cap: 32_768,
         providers: vec!["openai".into(), "anthropic".into(), "gemini".into()],
+        reply_to: switchyard::job::ReplyToRules::any(),
     };
     let seq = data.len() as u64;
     let checked = parse_job_checked(payload, &subject, seq, &rules);

@@ -39,7 +39,7 @@ pub enum BudgetCommand {
 }
 
 pub async fn run(cfg: Config, cmd: BudgetCommand) -> anyhow::Result<ExitCode> {
-    let pool = crate::store::connect(&cfg.postgres.url, 1).await?;
+    let pool = crate::connect::postgres(&cfg.postgres, 1).await?;
     crate::store::migrate(&pool).await?;
     match cmd {
         BudgetCommand::Set {
@@ -130,12 +130,7 @@ pub async fn run(cfg: Config, cmd: BudgetCommand) -> anyhow::Result<ExitCode> {
 async fn announce(cfg: &Config) {
     let subject = crate::budget::changed_subject(&cfg.nats.prefix);
     let sent = async {
-        let client = tokio::time::timeout(
-            std::time::Duration::from_secs(2),
-            async_nats::connect(&cfg.nats.url),
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("timed out"))??;
+        let client = crate::connect::nats(&cfg.nats, std::time::Duration::from_secs(2)).await?;
         client.publish(subject, bytes::Bytes::new()).await?;
         client.flush().await?;
         anyhow::Ok(())

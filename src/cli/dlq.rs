@@ -63,7 +63,7 @@ pub struct Filters {
 }
 
 pub async fn run(cfg: Config, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
-    let client = crate::app::connect_nats(&cfg.nats.url).await?;
+    let client = crate::connect::nats(&cfg.nats, crate::connect::NATS_PATIENCE).await?;
     let js = jetstream::new(client.clone());
     let names = Names::new(&cfg.nats.prefix);
     match cmd {

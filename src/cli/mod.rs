@@ -109,7 +109,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(load_config(&cli.config)?, args).await,
         Command::Migrate => {
             let cfg = load_config(&cli.config)?;
-            let pool = crate::store::connect(&cfg.postgres.url, 2).await?;
+            let pool = crate::connect::postgres(&cfg.postgres, 2).await?;
             crate::store::migrate(&pool).await?;
             println!("migrations applied");
             Ok(ExitCode::SUCCESS)

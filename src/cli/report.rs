@@ -49,7 +49,7 @@ pub async fn run(cfg: Config, cmd: ReportCommand) -> anyhow::Result<ExitCode> {
         until: args.until.as_deref().map(parse_time).transpose()?,
         tenant: args.tenant.as_deref(),
     };
-    let pool = crate::store::connect(&cfg.postgres.url, 1).await?;
+    let pool = crate::connect::postgres(&cfg.postgres, 1).await?;
     let lines = costs(&pool, &query).await?;
     let mut header: Vec<&str> = dims.iter().map(|d| d.name()).collect();
     header.extend([

@@ -13,7 +13,7 @@ pub struct StatusArgs {
 }
 
 pub async fn run(cfg: Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let pool = crate::store::connect(&cfg.postgres.url, 1).await?;
+    let pool = crate::connect::postgres(&cfg.postgres, 1).await?;
     match crate::store::job_row(&pool, &args.tenant, &args.id).await? {
         Some(row) => {
             println!("{}", serde_json::to_string_pretty(&row)?);

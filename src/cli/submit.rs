@@ -59,7 +59,7 @@ pub async fn run(cfg: Config, args: SubmitArgs) -> anyhow::Result<ExitCode> {
     }
     let names = Names::new(&cfg.nats.prefix);
     let rules = cfg.parse_rules();
-    let client = crate::app::connect_nats(&cfg.nats.url).await?;
+    let client = crate::connect::nats(&cfg.nats, crate::connect::NATS_PATIENCE).await?;
     let js = async_nats::jetstream::new(client.clone());
 
     // Subscribe before publishing so that no result is missed.

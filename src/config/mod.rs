@@ -3,14 +3,24 @@
 //! `SWITCHYARD_<SECTION>__<KEY>=value` overrides `[section] key` (e.g.
 //! `SWITCHYARD_WORKER__MAX_IN_FLIGHT=500`); `SWITCHYARD_PROVIDERS__<NAME>__<KEY>` and
 //! `SWITCHYARD_MODELS__<NAME>__<KEY>` override one provider's or model's key. `NATS_URL`
-//! and `DATABASE_URL` override the URLs. A bad file fails at start naming the field.
+//! and `DATABASE_URL` override the URLs. Other variables, `SWITCHYARD_` ones without
+//! `__` included, are not the config's (see `env`). A bad file or variable fails at
+//! start naming the field or the variable.
 
+mod connections;
+mod env;
+mod reply_to;
 mod sections;
 
+use connections::mask_userinfo;
+pub use connections::{
+    redact_url, NatsConfig, NatsServer, PgSslMode, PostgresConfig, UrlCredentials,
+};
+pub use reply_to::{ReplyToConfig, TenantReplyTo};
 pub use sections::*;
 
 use crate::job::names::is_valid_prefix;
-use crate::job::ParseRules;
+use crate::job::{ParseRules, ReplyToRules};
 use rust_decimal::Decimal;
 use std::collections::HashSet;
 use std::path::Path;
@@ -30,7 +40,7 @@ pub enum ConfigError {
     Invalid { field: String, message: String },
 }
 
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field: field.into(),
         message: message.into(),
@@ -63,14 +73,22 @@ impl FileConfig {
             text.parse()
                 .map_err(|e: toml::de::Error| ConfigError::Parse {
                     path: name.to_string(),
-                    message: e.to_string(),
+                    message: mask_userinfo(&e.to_string()),
                 })?;
-        apply_env(&mut doc, vars)?;
+        let applied = env::apply(&mut doc, vars)?;
         let cfg: FileConfig =
             serde_path_to_error::deserialize(toml::Value::Table(doc)).map_err(|e| {
-                ConfigError::Parse {
-                    path: name.to_string(),
-                    message: format!("{}: {}", e.path(), e.inner()),
+                let (path, inner) = (e.path().to_string(), e.inner().to_string());
+                let message = mask_userinfo(&format!("{path}: {inner}"));
+                match applied.iter().find(|a| a.explains(&path, &inner)) {
+                    Some(a) => ConfigError::Env {
+                        var: a.var.clone(),
+                        message,
+                    },
+                    None => ConfigError::Parse {
+                        path: name.to_string(),
+                        message,
+                    },
                 }
             })?;
         cfg.validate()?;
@@ -87,6 +105,9 @@ impl FileConfig {
                 ),
             ));
         }
+        self.nats.validate()?;
+        self.postgres.validate()?;
+        self.reply_to.compile(&self.nats.prefix)?;
         let w = &self.worker;
         for (field, v) in [
             ("worker.max_in_flight", w.max_in_flight as u64),
@@ -363,81 +384,13 @@ impl FileConfig {
             max_messages: self.limits.max_messages,
             max_tokens_cap: self.limits.max_tokens_cap,
             providers: self.providers.iter().map(|p| p.name.clone()).collect(),
+            // Checked by `validate`; were it to fail here, no reply_to would be allowed.
+            reply_to: self
+                .reply_to
+                .compile(&self.nats.prefix)
+                .unwrap_or_else(|_| ReplyToRules::new(Vec::new(), [])),
         }
     }
-}
-
-/// Overlay `SWITCHYARD_*`, `NATS_URL` and `DATABASE_URL` on the parsed file.
-fn apply_env(doc: &mut toml::Table, vars: &[(String, String)]) -> Result<(), ConfigError> {
-    for (var, value) in vars {
-        let path: Vec<String> = match var.as_str() {
-            "NATS_URL" => vec!["nats".into(), "url".into()],
-            "DATABASE_URL" => vec!["postgres".into(), "url".into()],
-            "SWITCHYARD_CONFIG" | "SWITCHYARD_LOG" | "SWITCHYARD_LOG_FORMAT" => continue,
-            v => match v.strip_prefix("SWITCHYARD_") {
-                Some(rest) => rest.split("__").map(str::to_ascii_lowercase).collect(),
-                None => continue,
-            },
-        };
-        let env_err = |message: String| ConfigError::Env {
-            var: var.clone(),
-            message,
-        };
-        let scalar = env_scalar(value);
-        match path.as_slice() {
-            [section, key] => {
-                let table = doc
-                    .entry(section.clone())
-                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-                let table = table
-                    .as_table_mut()
-                    .ok_or_else(|| env_err(format!("[{section}] is not a table")))?;
-                table.insert(key.clone(), scalar);
-            }
-            [list, name, key] if list == "providers" || list == "models" => {
-                let items = doc
-                    .get_mut(list.as_str())
-                    .and_then(|v| v.as_array_mut())
-                    .ok_or_else(|| env_err(format!("no [[{list}]] in the config")))?;
-                let item = items
-                    .iter_mut()
-                    .filter_map(|v| v.as_table_mut())
-                    .find(|t| {
-                        t.get("name")
-                            .and_then(|n| n.as_str())
-                            .is_some_and(|n| n.eq_ignore_ascii_case(name))
-                    })
-                    .ok_or_else(|| env_err(format!("no {list} entry named {name:?}")))?;
-                item.insert(key.clone(), scalar);
-            }
-            _ => {
-                return Err(env_err(
-                    "expected SWITCHYARD_<SECTION>__<KEY> or SWITCHYARD_PROVIDERS__<NAME>__<KEY>"
-                        .into(),
-                ))
-            }
-        }
-    }
-    Ok(())
-}
-
-/// An environment value as TOML: an integer, boolean or array when it parses as one,
-/// else a string (prices are decimal strings, so no floats).
-fn env_scalar(v: &str) -> toml::Value {
-    if let Ok(i) = v.parse::<i64>() {
-        return toml::Value::Integer(i);
-    }
-    if let Ok(b) = v.parse::<bool>() {
-        return toml::Value::Boolean(b);
-    }
-    if v.starts_with('[') {
-        if let Ok(t) = format!("x = {v}").parse::<toml::Table>() {
-            if let Some(x) = t.get("x") {
-                return x.clone();
-            }
-        }
-    }
-    toml::Value::String(v.to_string())
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The TOML file's sections as serde structs. Unknown keys are refused, so a typo fails
 //! at start instead of being silently ignored.
 
+use super::{NatsConfig, PostgresConfig, ReplyToConfig};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -26,52 +27,11 @@ pub struct FileConfig {
     #[serde(default)]
     pub health: HealthConfig,
     #[serde(default)]
+    pub reply_to: ReplyToConfig,
+    #[serde(default)]
     pub providers: Vec<ProviderConfig>,
     #[serde(default)]
     pub models: Vec<ModelConfig>,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NatsConfig {
-    /// `NATS_URL` overrides.
-    pub url: String,
-    /// Subjects `<prefix>.*`, streams `<PREFIX>_*`.
-    pub prefix: String,
-    pub results_max_age_days: u32,
-    /// Stream replicas (1 for a single server; 3 in a cluster).
-    pub replicas: usize,
-    /// JetStream duplicate window for `Nats-Msg-Id` on the jobs stream.
-    pub duplicate_window_s: u64,
-}
-
-impl Default for NatsConfig {
-    fn default() -> Self {
-        NatsConfig {
-            url: "nats://127.0.0.1:4222".into(),
-            prefix: "llm".into(),
-            results_max_age_days: 7,
-            replicas: 1,
-            duplicate_window_s: 120,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PostgresConfig {
-    /// `DATABASE_URL` overrides.
-    pub url: String,
-    pub max_connections: u32,
-}
-
-impl Default for PostgresConfig {
-    fn default() -> Self {
-        PostgresConfig {
-            url: "postgres://root@127.0.0.1/switchyard".into(),
-            max_connections: 8,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -242,3 +242,275 @@ fn provider_http_settings_have_defaults_aliases_and_checks() {
         assert!(e.contains(field), "{e:?} should name {field}");
     }
 }
+
+#[test]
+fn variables_that_are_not_config_shaped_are_left_alone() {
+    let c = load(
+        BASE,
+        &[
+            ("SWITCHYARD_SIM_ADDR", "127.0.0.1:8090"),
+            ("SWITCHYARD_BIN", "/usr/local/bin/switchyard"),
+            ("SWITCHYARD_SKIP_CHAOS", "1"),
+            ("SWITCHYARD_LOG", "debug"),
+            ("SWITCHYARD_", "x"),
+            ("SWITCHYARD_WORKER__MAX_IN_FLIGHT", "9"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.worker.max_in_flight, 9);
+}
+
+#[test]
+fn a_config_shaped_variable_that_names_nothing_is_an_error_naming_it() {
+    for (var, value, says) in [
+        ("SWITCHYARD_SIM__ADDR", "x", "no section [sim]"),
+        ("SWITCHYARD_WORKR__MAX_IN_FLIGHT", "1", "no section [workr]"),
+        ("SWITCHYARD_WORKER__MAX_IN_FLITE", "1", "max_in_flite"),
+        ("SWITCHYARD_WORKER__MAX_IN_FLIGHT", "many", "max_in_flight"),
+        ("SWITCHYARD_NATS__URL", "[1, 2]", "nats.url"),
+        ("SWITCHYARD_PROVIDERS__OPENAI__RPN", "1", "rpn"),
+        ("SWITCHYARD_WORKER__", "1", "empty name"),
+        ("SWITCHYARD_A__B__C__D__E", "1", "no section [a]"),
+        (
+            "SWITCHYARD_WORKER__X__Y",
+            "1",
+            "expected SWITCHYARD_<SECTION>__<KEY>",
+        ),
+    ] {
+        let e = load(BASE, &[(var, value)]).unwrap_err().to_string();
+        assert!(e.contains(var), "{var}: {e}");
+        assert!(e.contains(says), "{var}: {e:?} should say {says:?}");
+    }
+}
+
+#[test]
+fn env_sections_are_the_files_sections() {
+    let t = toml::Table::try_from(FileConfig::default()).unwrap();
+    let mut keys: Vec<&str> = t.keys().map(String::as_str).collect();
+    let mut sections = env::SECTIONS.to_vec();
+    keys.sort_unstable();
+    sections.sort_unstable();
+    assert_eq!(keys, sections);
+}
+
+#[test]
+fn nats_url_takes_a_list_of_members() {
+    let addrs = |c: &Config| -> Vec<String> {
+        c.nats
+            .servers()
+            .unwrap()
+            .into_iter()
+            .map(|s| s.addr)
+            .collect()
+    };
+    let c = load(
+        &BASE.replace(
+            "prefix = \"llm\"",
+            "prefix = \"llm\"\nurl = \"nats://a:4222, nats://b:4223,c\"",
+        ),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(addrs(&c), ["nats://a:4222", "nats://b:4223", "nats://c"]);
+    let c = load(
+        &BASE.replace(
+            "prefix = \"llm\"",
+            "prefix = \"llm\"\nurl = [\"nats://a:4222\", \"tls://b:4223\"]",
+        ),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(addrs(&c), ["nats://a:4222", "tls://b:4223"]);
+    let c = load(BASE, &[("NATS_URL", "nats://x:1,nats://y:2")]).unwrap();
+    assert_eq!(addrs(&c), ["nats://x:1", "nats://y:2"]);
+    let c = load(
+        BASE,
+        &[("SWITCHYARD_NATS__URL", "[\"nats://x:1\",\"nats://y:2\"]")],
+    )
+    .unwrap();
+    assert_eq!(addrs(&c), ["nats://x:1", "nats://y:2"]);
+    // Userinfo is taken out of the address (the client logs addresses) and kept apart.
+    let c = load(BASE, &[("NATS_URL", "nats://sy:pw@x:1,nats://sy:pw@y:2")]).unwrap();
+    let s = c.nats.servers().unwrap();
+    assert_eq!(s[1].addr, "nats://y:2");
+    assert_eq!(
+        s[1].credentials,
+        Some(UrlCredentials::UserPassword {
+            user: "sy".into(),
+            password: "pw".into()
+        })
+    );
+    assert!(!format!("{s:?}").contains("pw"));
+    assert!(!format!("{c:?}").contains(":pw@"), "{c:?}");
+    let pg = load(BASE, &[("DATABASE_URL", "postgres://u:pg-secret@h/db")]).unwrap();
+    assert!(!format!("{pg:?}").contains("pg-secret"));
+    assert_eq!(c.nats.redacted_url(), "nats://sy:***@x:1,nats://sy:***@y:2");
+    let c = load(BASE, &[("NATS_URL", "nats://s3cr%40t@x:1")]).unwrap();
+    assert_eq!(
+        c.nats.servers().unwrap()[0].credentials,
+        Some(UrlCredentials::Token("s3cr@t".into()))
+    );
+    assert_eq!(c.nats.redacted_url(), "nats://***@x:1");
+    for (url, field, says) in [
+        ("nats://a:1,,nats://b:2", "nats.url[1]", "empty"),
+        ("http://a:1", "nats.url", "scheme"),
+        ("nats://a:1,ws://b:2", "nats.url[1]", "scheme"),
+        ("", "nats.url", "empty"),
+        (
+            "nats://u:p@a:1,nats://b:2",
+            "nats.url",
+            "different credentials",
+        ),
+    ] {
+        let e = load(BASE, &[("NATS_URL", url)]).unwrap_err().to_string();
+        assert!(e.contains(field) && e.contains(says), "{url}: {e}");
+        assert!(!e.contains(":p@"), "{e}");
+    }
+}
+
+#[test]
+fn nats_and_postgres_security_keys_are_checked() {
+    let with = |extra: &str| format!("{BASE}\n{extra}\n");
+    let c = load(
+        &with("[postgres]\nssl_mode = \"verify-full\"\nssl_root_cert = \"/etc/ca.pem\"\n"),
+        &[
+            ("SWITCHYARD_NATS__USER", "sy"),
+            ("SWITCHYARD_NATS__PASSWORD_ENV", "SY_NATS_PASSWORD"),
+            ("SWITCHYARD_NATS__TLS_REQUIRED", "true"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.postgres.ssl_mode, Some(PgSslMode::VerifyFull));
+    assert_eq!(c.nats.user.as_deref(), Some("sy"));
+    assert!(c.nats.tls_required);
+    for (vars, field) in [
+        (vec![("SWITCHYARD_NATS__USER", "sy")], "nats.password_env"),
+        (vec![("SWITCHYARD_NATS__PASSWORD_ENV", "P")], "nats.user"),
+        (
+            vec![
+                ("SWITCHYARD_NATS__TOKEN_ENV", "T"),
+                ("SWITCHYARD_NATS__CREDENTIALS_FILE", "/x.creds"),
+            ],
+            "nats.token_env and nats.credentials_file",
+        ),
+        (
+            vec![
+                ("NATS_URL", "nats://tok@a:1"),
+                ("SWITCHYARD_NATS__TOKEN_ENV", "T"),
+            ],
+            "credentials in nats.url and nats.token_env",
+        ),
+        (
+            vec![
+                ("SWITCHYARD_NATS__NKEY_ENV", "N"),
+                ("SWITCHYARD_NATS__NKEY_SEED_FILE", "/n.seed"),
+            ],
+            "nats.nkey_seed_file",
+        ),
+        (
+            vec![("SWITCHYARD_NATS__TLS_CERT_FILE", "/c.pem")],
+            "nats.tls_key_file",
+        ),
+        (vec![("SWITCHYARD_NATS__TOKEN_ENV", "")], "nats.token_env"),
+        (
+            vec![("SWITCHYARD_POSTGRES__SSL_MODE", "on")],
+            "postgres.ssl_mode",
+        ),
+        (
+            vec![("SWITCHYARD_POSTGRES__SSL_KEY", "/k.pem")],
+            "postgres.ssl_cert",
+        ),
+        (vec![("DATABASE_URL", "mysql://x/y")], "postgres.url"),
+        (
+            vec![("SWITCHYARD_NATS__PASSWORD", "inline")],
+            "SWITCHYARD_NATS__PASSWORD",
+        ),
+    ] {
+        let e = load(BASE, &vars).unwrap_err().to_string();
+        assert!(e.contains(field), "{vars:?}: {e:?} should name {field}");
+    }
+}
+
+#[test]
+fn reply_to_allow_list_defaults_to_inboxes_and_is_checked() {
+    let c = load(BASE, &[]).unwrap();
+    assert_eq!(c.reply_to.allow, ["_INBOX.>"]);
+    let rules = c.parse_rules().reply_to;
+    assert!(rules.allows("acme", "_INBOX.x.1"));
+    assert!(!rules.allows("acme", "orders.create"));
+    let text = format!(
+        "{BASE}\n[reply_to]\nallow = [\"_INBOX.>\", \"replies.*\"]\n\
+         [[reply_to.tenants]]\ntenant = \"acme\"\nallow = [\"acme.>\"]\n"
+    );
+    let c = load(
+        &text,
+        &[(
+            "SWITCHYARD_REPLY_TO__TENANTS__GLOBEX__ALLOW",
+            "globex.>,_INBOX.>",
+        )],
+    )
+    .unwrap();
+    let rules = c.parse_rules().reply_to;
+    assert!(rules.allows("initech", "replies.x"));
+    assert!(!rules.allows("initech", "replies.x.y"));
+    assert!(rules.allows("acme", "acme.r.1"));
+    assert!(!rules.allows("acme", "_INBOX.x"));
+    assert!(rules.allows("globex", "globex.r"));
+    assert!(rules.allows("globex", "_INBOX.x"));
+    let c = load(BASE, &[("SWITCHYARD_REPLY_TO__ALLOW", "[\">\"]")]).unwrap();
+    assert!(c.parse_rules().reply_to.allows("acme", "orders.create"));
+    let c = load(BASE, &[("SWITCHYARD_REPLY_TO__ALLOW", "[]")]).unwrap();
+    assert!(!c.parse_rules().reply_to.allows("acme", "_INBOX.x"));
+    for (extra, field) in [
+        ("[reply_to]\nallow = [\"_INBOX.>.x\"]", "reply_to.allow[0]"),
+        ("[reply_to]\nallow = [\"ok.>\", \"llm.>\"]", "reply_to.allow[1]"),
+        ("[reply_to]\nallow = [\"$JS.API.>\"]", "reply_to.allow[0]"),
+        (
+            "[[reply_to.tenants]]\ntenant = \"Acme\"\nallow = []",
+            "reply_to.tenants[0].tenant",
+        ),
+        (
+            "[[reply_to.tenants]]\ntenant = \"a\"\nallow = []\n[[reply_to.tenants]]\ntenant = \"a\"\nallow = []",
+            "reply_to.tenants[1].tenant",
+        ),
+        (
+            "[[reply_to.tenants]]\ntenant = \"a\"\nallow = [\"a..b\"]",
+            "reply_to.tenants[0].allow[0]",
+        ),
+        ("[[reply_to.tenants]]\ntenant = \"a\"", "allow"),
+        ("[reply_to]\nalow = []", "alow"),
+    ] {
+        let e = load(&format!("{BASE}\n{extra}\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(field), "{extra}: {e:?} should name {field}");
+    }
+}
+
+#[test]
+fn errors_that_quote_the_file_or_a_value_mask_passwords() {
+    let e = load(
+        &BASE.replace(
+            "prefix = \"llm\"",
+            "prefix = \"llm\"\nurl = \"nats://sy:hunter2@a:4222\" x",
+        ),
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("nats://***@a:4222") && !e.contains("hunter2"),
+        "{e}"
+    );
+    let e = load(
+        BASE,
+        &[("SWITCHYARD_WORKER__MAX_IN_FLIGHT", "nats://u:hunter2@h")],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(!e.contains("hunter2"), "{e}");
+    assert_eq!(
+        connections::mask_userinfo("a postgres://u:p@h/db, nats://t@x:1 and http://plain/x@y"),
+        "a postgres://***@h/db, nats://***@x:1 and http://plain/x@y"
+    );
+}

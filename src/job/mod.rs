@@ -8,6 +8,7 @@ mod error;
 mod message;
 pub mod names;
 mod parse;
+pub mod reply_to;
 mod result;
 
 pub use error::{ErrorBody, ErrorKind};
@@ -19,6 +20,7 @@ pub use message::{
 pub use parse::{
     parse_job, parse_job_checked, Envelope, ParseFailure, ParseRules, ParsedJob, SubjectInfo,
 };
+pub use reply_to::{ReplyToRules, SubjectPattern};
 pub use result::{Attempt, JobResult, Output, Route, Status, Usage};
 
 use chrono::{DateTime, Utc};

@@ -6,6 +6,7 @@
 //! the contract's rules (`invalid_job`, naming the field).
 
 use super::names::{is_valid_job_id, is_valid_tenant, reply_to_problem};
+use super::reply_to::ReplyToRules;
 use super::{ErrorBody, ErrorKind, Job, Message, Priority, ResponseFormat, Role};
 use rust_decimal::Decimal;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -22,6 +23,8 @@ pub struct ParseRules {
     pub max_tokens_cap: u32,
     /// Names of the configured providers (for `providers.allow`).
     pub providers: Vec<String>,
+    /// The subjects each tenant's jobs may name as `reply_to` (`[reply_to]`).
+    pub reply_to: ReplyToRules,
 }
 
 /// What the subject says: `<prefix>.jobs.<priority>.<tenant>`.
@@ -199,7 +202,7 @@ fn parse_checked(
         }
     }
     if let Some(Value::String(r)) = obj.get("reply_to") {
-        if reply_to_problem(r, &rules.prefix).is_none() {
+        if reply_to_problem(r, &rules.prefix).is_none() && rules.reply_to.allows(&subj.tenant, r) {
             envelope.reply_to = Some(r.clone());
         }
     }
@@ -323,6 +326,10 @@ fn check_rules(job: &Job, subj: &SubjectInfo, rules: &ParseRules) -> Result<(), 
     }
     if let Some(r) = &job.reply_to {
         if let Some(problem) = reply_to_problem(r, &rules.prefix) {
+            return Err(problem);
+        }
+        // The subject's tenant, which NATS permissions vouch for (equal to the job's here).
+        if let Some(problem) = rules.reply_to.problem(&subj.tenant, r) {
             return Err(problem);
         }
     }

@@ -16,9 +16,7 @@ pub use leases::{Lease, LeaseKeeper};
 pub use writer::{CallRecord, CommitJob, CommitOutcome, CommitRequest, JobKey, Writer};
 
 use crate::job::JobResult;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
-use std::str::FromStr;
 use std::time::Duration;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -125,19 +123,6 @@ where
             other => return other,
         }
     }
-}
-
-/// Connect with a bounded pool. The URL may hold a password; it is never logged.
-pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
-    let opts = PgConnectOptions::from_str(url)?
-        .application_name("switchyard")
-        .statement_cache_capacity(64);
-    let pool = PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(opts)
-        .await?;
-    Ok(pool)
 }
 
 /// Does Postgres answer?

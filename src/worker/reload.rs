@@ -1,7 +1,7 @@
 //! Hot reload: a running worker reads its config again on SIGHUP (and, with
 //! `worker.watch_config`, when the file changes) and applies routes, models and prices,
-//! provider settings and rate limits, `[limits]`, `[routing]` and `[health]` without
-//! dropping a job, then reads budgets from Postgres again.
+//! provider settings and rate limits, `[limits]`, `[routing]`, `[health]` and
+//! `[reply_to]` without dropping a job, then reads budgets from Postgres again.
 //!
 //! - A file that does not load (bad TOML, a wrong field, a provider whose key variable is
 //!   unset) is refused with the error that names it; the running config stays.

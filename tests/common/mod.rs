@@ -359,8 +359,14 @@ impl TestEnv {
 
     /// Run the `switchyard` binary: (exit code, stdout, stderr).
     pub async fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        self.cli_env(&[], args).await
+    }
+
+    /// [`TestEnv::cli`] with more environment variables.
+    pub async fn cli_env(&self, vars: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
         let out = self
             .command()
+            .envs(vars.iter().copied())
             .args(args)
             .output()
             .await

@@ -7,6 +7,7 @@ fn rules() -> ParseRules {
         max_messages: 4,
         max_tokens_cap: 1000,
         providers: vec!["openai".into(), "anthropic".into()],
+        reply_to: crate::job::ReplyToRules::any(),
     }
 }
 
@@ -198,6 +199,7 @@ fn fast_path_accepts_only_what_the_long_way_accepts() {
         max_messages: 16,
         max_tokens_cap: 32_768,
         providers: vec!["openai".into(), "anthropic".into(), "gemini".into()],
+        reply_to: crate::job::ReplyToRules::any(),
     };
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut inputs: Vec<(String, Vec<u8>)> = Vec::new();
@@ -262,4 +264,55 @@ fn fast_path_accepts_only_what_the_long_way_accepts() {
     // The inputs hold both kinds in numbers, so the comparison means something.
     assert!(fast >= 370, "only {fast} inputs parsed");
     assert!(refused >= 300, "only {refused} inputs refused");
+}
+
+/// A `reply_to` outside the tenant's allow-list is `invalid_job`, and the failure is not
+/// published there either; both ways through the parser agree.
+#[test]
+fn reply_to_outside_the_allow_list_is_invalid_and_not_used() {
+    use crate::job::{ReplyToRules, SubjectPattern};
+    let pat = |s: &str| SubjectPattern::parse(s, "llm").unwrap();
+    let rules = ParseRules {
+        reply_to: ReplyToRules::new(
+            vec![pat("_INBOX.>")],
+            [("globex".to_string(), vec![pat("globex.replies.*")])],
+        ),
+        ..rules()
+    };
+    let job = |tenant: &str, reply_to: &str| {
+        format!(
+            r#"{{"id":"j-1","tenant":"{tenant}","reply_to":"{reply_to}","messages":[{{"role":"user","content":"hi"}}]}}"#
+        )
+    };
+    for (tenant, reply_to, allowed) in [
+        ("acme", "_INBOX.a.1", true),
+        ("acme", "orders.create", false),
+        ("acme", "globex.replies.x", false),
+        ("globex", "globex.replies.x", true),
+        ("globex", "_INBOX.a.1", false),
+    ] {
+        let subject = format!("llm.jobs.normal.{tenant}");
+        let payload = job(tenant, reply_to);
+        let fast = parse_job(payload.as_bytes(), &subject, 7, &rules);
+        let long = parse_job_checked(payload.as_bytes(), &subject, 7, &rules);
+        assert_eq!(fast.is_ok(), allowed, "{tenant} {reply_to}");
+        assert_eq!(long.is_ok(), allowed, "{tenant} {reply_to}");
+        if !allowed {
+            let f = fast.unwrap_err();
+            assert_eq!(f.error.kind, ErrorKind::InvalidJob);
+            assert!(
+                f.error.message.starts_with("reply_to:") && f.error.message.contains(reply_to),
+                "{}",
+                f.error.message
+            );
+            assert_eq!(f.envelope.reply_to, None, "nothing is published there");
+        }
+    }
+    // A job invalid for another reason keeps an allowed reply_to for its failure only.
+    let bad = r#"{"id":"j-2","tenant":"acme","temperature":9,"reply_to":"_INBOX.b","messages":[{"role":"user","content":"x"}]}"#;
+    let f = parse_job(bad.as_bytes(), "llm.jobs.normal.acme", 7, &rules).unwrap_err();
+    assert_eq!(f.envelope.reply_to.as_deref(), Some("_INBOX.b"));
+    let bad = bad.replace("_INBOX.b", "orders.b");
+    let f = parse_job(bad.as_bytes(), "llm.jobs.normal.acme", 7, &rules).unwrap_err();
+    assert_eq!(f.envelope.reply_to, None);
 }
