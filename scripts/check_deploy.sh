@@ -131,6 +131,13 @@ export WORKER_PASSWORD="w-$RANDOM$RANDOM" ACME_PASSWORD="a-$RANDOM$RANDOM" \
 	GLOBEX_PASSWORD="g-$RANDOM$RANDOM" SYS_PASSWORD="s-$RANDOM$RANDOM"
 step "nats/cluster.conf: nats-server -t" env SERVER_NAME=nats-1 "$NATS_SERVER" -t -c "$D/nats/cluster.conf"
 step "nats/accounts.conf: nats-server -t" "$NATS_SERVER" -t -c "$D/nats/accounts.conf"
+http_ok() { # URL: answers 2xx (curl, else bash's /dev/tcp like scripts/lib/services.sh)
+	if command -v curl >/dev/null 2>&1; then
+		curl -fsS -o /dev/null --max-time 2 --noproxy '*' "$1" 2>/dev/null
+	else
+		sy__http_get_devtcp "$1" >/dev/null 2>&1
+	fi
+}
 # beside URL LOG CHECK SERVER...: start SERVER in the background (output to LOG), wait
 # until URL answers, run CHECK (a function or command, no arguments), stop SERVER.
 beside() {
@@ -138,12 +145,17 @@ beside() {
 	shift 3
 	"$@" >"$log" 2>&1 &
 	pid=$!
-	if sy_wait_http "$url" 20; then
-		"$check" || rc=$?
-	else
-		cat "$log"
-		rc=1
-	fi
+	local deadline=$((SECONDS + 20))
+	until http_ok "$url"; do
+		if ! kill -0 "$pid" 2>/dev/null || ((SECONDS >= deadline)); then
+			echo "$1 did not answer $url:"
+			cat "$log"
+			kill "$pid" 2>/dev/null || true
+			return 1
+		fi
+		sleep 0.1
+	done
+	"$check" || rc=$?
 	kill "$pid" 2>/dev/null || true
 	wait "$pid" 2>/dev/null || true
 	return "$rc"

@@ -475,6 +475,11 @@ def k8s(toml_out, env_out):
         problem(where, "selector does not match the pod labels")
     if pdb["spec"]["selector"].get("matchLabels") != dep["spec"]["selector"].get("matchLabels"):
         problem(rel(ppath), "selector is not the Deployment's")
+    for key in ("minAvailable", "maxUnavailable"):
+        v = pdb["spec"].get(key)
+        # the schema's int-or-string takes any string; the API server wants a percentage
+        if isinstance(v, str) and not re.fullmatch(r"\d+%", v):
+            problem(rel(ppath), f"spec.{key} {v!r}: a whole number or a percentage")
     (c,) = [c for c in pod["containers"] if c["name"] == "worker"] or [None]
     if c is None:
         problem(where, "no container named worker")
