@@ -155,21 +155,15 @@ beside() {
 		fi
 		sleep 0.1
 	done
-	"$check" || rc=$?
+	"$check" || {
+		rc=$?
+		echo "--- last lines of $log:"
+		tail -n 20 "$log"
+	}
 	kill "$pid" 2>/dev/null || true
 	wait "$pid" 2>/dev/null || true
 	return "$rc"
 }
-nats_permissions() {
-	local port mport
-	port=$(sy_free_port) && mport=$(sy_free_port) || return 1
-	mkdir -p "$TMP/js"
-	NATS_TEST_URL="nats://127.0.0.1:$port"
-	beside "http://127.0.0.1:$mport/healthz" "$TMP/nats.log" try_permissions \
-		"$NATS_SERVER" -c "$D/nats/accounts.conf" -a 127.0.0.1 -p "$port" -m "$mport" -sd "$TMP/js"
-}
-try_permissions() { "$PY" "$D/check/nats_permissions.py" "$NATS_TEST_URL"; }
-step "nats/accounts.conf: every permission tried on a live server" nats_permissions
 
 # --- with the real binary and Postgres -----------------------------------------------
 BIN=${SWITCHYARD_BIN:-$CARGO_TARGET_DIR/debug/switchyard}
@@ -211,6 +205,54 @@ simulator_profile() {
 		"$BIN" simulate --addr "127.0.0.1:$port" --profile "$D/simulator/profile.json"
 }
 step "simulator/profile.json: loaded by switchyard simulate" simulator_profile
+
+nats_permissions() {
+	local port mport
+	port=$(sy_free_port) && mport=$(sy_free_port) || return 1
+	mkdir -p "$TMP/js"
+	NATS_TEST_URL="nats://127.0.0.1:$port"
+	beside "http://127.0.0.1:$mport/healthz" "$TMP/nats.log" try_permissions \
+		"$NATS_SERVER" -c "$D/nats/accounts.conf" -a 127.0.0.1 -p "$port" -m "$mport" -sd "$TMP/js"
+}
+try_permissions() { "$PY" "$D/check/nats_permissions.py" "$NATS_TEST_URL"; }
+step "nats/accounts.conf: every permission tried on a live server" nats_permissions
+
+# A job through a real worker with the accounts example's `worker` permissions, sent and
+# read by tenant acme: nats-server, the simulator and the worker, one inside the other.
+# The worker cannot send NATS credentials yet (async-nats ignores user:password in the
+# URL and the config has no key for them), so the server lets it in as `worker` without
+# credentials (no_auth_user, as README "Deployment" describes); tenants still log in.
+accounts_e2e() {
+	local port mport
+	port=$(sy_free_port) && mport=$(sy_free_port) || return 1
+	mkdir -p "$TMP/js-e2e"
+	{ cat "$D/nats/accounts.conf"; echo "no_auth_user: worker"; } >"$TMP/accounts-e2e.conf"
+	NATS_TEST_PORT=$port
+	beside "http://127.0.0.1:$mport/healthz" "$TMP/nats-e2e.log" e2e_simulator \
+		"$NATS_SERVER" -c "$TMP/accounts-e2e.conf" -a 127.0.0.1 -p "$port" -m "$mport" -sd "$TMP/js-e2e"
+}
+e2e_simulator() {
+	SIM_PORT=$(sy_free_port) || return 1
+	beside "http://127.0.0.1:$SIM_PORT/_sim/stats" "$TMP/sim-e2e.log" e2e_worker \
+		"$BIN" simulate --addr "127.0.0.1:$SIM_PORT" --profile "$D/simulator/profile.json"
+}
+e2e_worker() {
+	local mport vars
+	mport=$(sy_free_port) || return 1
+	mapfile -t vars < <(python3 scripts/lib/bench_provider_env.py config/demo.toml "http://127.0.0.1:$SIM_PORT" simulator)
+	beside "http://127.0.0.1:$mport/readyz" "$TMP/worker-e2e.log" e2e_job \
+		env -i PATH="$PATH" HOME="$HOME" "${vars[@]}" SWITCHYARD_CONFIG=config/demo.toml \
+		NATS_URL="nats://127.0.0.1:$NATS_TEST_PORT" DATABASE_URL="$DB_URL" \
+		SWITCHYARD_METRICS__ADDR="127.0.0.1:$mport" "$BIN" worker
+}
+e2e_job() {
+	"$PY" "$D/check/nats_accounts_e2e.py" "nats://127.0.0.1:$NATS_TEST_PORT" || return 1
+	if grep 'rust:switchyard' "$TMP/nats-e2e.log" | grep -i 'violation'; then
+		echo "the worker was refused a subject (above): deploy/nats/accounts.conf's worker user lacks it"
+		return 1
+	fi
+}
+step "nats/accounts.conf: a job through a real worker (worker permissions) for tenant acme" accounts_e2e
 
 if ((${#FAILED[@]})); then
 	sy_log "deploy check: ${#FAILED[@]} failed: ${FAILED[*]}"
