@@ -11,12 +11,11 @@ logged for the worker.
 Exit 0 when all of that holds, 1 otherwise.
 """
 
-import asyncio
 import json
 import os
 import sys
 
-import nats
+from natsclient import Client, run, until
 
 JOB_ID = "deploy-check-1"
 RESULT_WAIT_S = 60
@@ -25,7 +24,7 @@ ACK_WAIT_S = 15
 
 async def main() -> int:
     url = sys.argv[1]
-    acme = await nats.connect(url, user="acme", password=os.environ["ACME_PASSWORD"], inbox_prefix=b"_INBOX.acme", allow_reconnect=False)
+    acme = (await Client().connect(url, "acme", os.environ["ACME_PASSWORD"], "_INBOX.acme")).nc
     replies = await acme.subscribe("_INBOX.acme.deploy-check")
     job = {
         "id": JOB_ID,
@@ -52,45 +51,34 @@ async def main() -> int:
         return 1
     print("stored result read by direct get")
 
-    violations = []
-
-    async def on_error(e):
-        violations.append(str(e).lower())
-
-    globex = await nats.connect(url, user="globex", password=os.environ["GLOBEX_PASSWORD"], inbox_prefix=b"_INBOX.globex", error_cb=on_error, allow_reconnect=False)
+    globex = await Client().connect(url, "globex", os.environ["GLOBEX_PASSWORD"], "_INBOX.globex")
     subject = f"$JS.API.DIRECT.GET.LLM_RESULTS.llm.results.acme.{JOB_ID}"
-    await globex.publish(subject, b"", reply="_INBOX.globex.x")
-    await globex.flush()
-    deadline = asyncio.get_running_loop().time() + 5
-    while not any(subject.lower() in v for v in violations):
-        if asyncio.get_running_loop().time() > deadline:
-            print(f"FAIL globex was not refused {subject} ({violations})", file=sys.stderr)
-            return 1
-        await asyncio.sleep(0.05)
+    await globex.nc.publish(subject, b"", reply="_INBOX.globex.x")
+    await globex.nc.flush()
+    if not await globex.refused(subject, "publish"):
+        print(f"FAIL globex was not refused {subject} ({globex.violations})", file=sys.stderr)
+        return 1
     print("globex may not read acme's result")
-    await globex.close()
+    await globex.nc.close()
     await acme.close()
 
     # The worker acks the job after publishing its result: the work-queue stream empties.
     # Read as the worker user (let in without credentials, see check_deploy.sh).
-    ops = await nats.connect(url, allow_reconnect=False)
-    deadline = asyncio.get_running_loop().time() + ACK_WAIT_S
-    while True:
-        info = json.loads((await ops.request("$JS.API.CONSUMER.INFO.LLM_JOBS.jobs-normal", b"", timeout=5)).data)
-        if info.get("num_ack_pending") == 0 and info.get("num_pending") == 0:
-            break
-        if asyncio.get_running_loop().time() > deadline:
-            print(f"FAIL the job was not acked: {json.dumps(info)[:400]}", file=sys.stderr)
-            return 1
-        await asyncio.sleep(0.1)
+    ops = (await Client().connect(url)).nc
+    info = {}
+
+    async def drained():
+        reply = await ops.request("$JS.API.CONSUMER.INFO.LLM_JOBS.jobs-normal", b"", timeout=5)
+        info.update(json.loads(reply.data))
+        return info.get("num_ack_pending") == 0 and info.get("num_pending") == 0
+
+    if not await until(drained, ACK_WAIT_S, pause=0.1):
+        print(f"FAIL the job was not acked: {json.dumps(info)[:400]}", file=sys.stderr)
+        return 1
     print("job acked")
     await ops.close()
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(asyncio.run(asyncio.wait_for(main(), timeout=120)))
-    except (asyncio.TimeoutError, OSError, nats.errors.Error) as e:
-        print(f"FAIL accounts end to end: {type(e).__name__}: {e}", file=sys.stderr)
-        sys.exit(1)
+    run(main, "accounts end to end")

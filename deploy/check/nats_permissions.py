@@ -10,48 +10,11 @@ everything that would touch another tenant or the workers' subjects.
 Exit 0 when every expectation holds, 1 with one line per broken expectation otherwise.
 """
 
-import asyncio
 import json
 import os
 import sys
 
-import nats
-
-DENY_WAIT_S = 5.0  # how long a refusal may take to arrive (the server answers at once)
-
-
-class Tenant:
-    """A connection that records the server's permission violations."""
-
-    def __init__(self):
-        self.violations = []
-        self.nc = None
-
-    async def error_cb(self, e):
-        self.violations.append(str(e))
-
-    async def connect(self, url, user, password, inbox_prefix):
-        self.nc = await nats.connect(
-            url,
-            user=user,
-            password=password,
-            inbox_prefix=inbox_prefix.encode(),
-            error_cb=self.error_cb,
-            allow_reconnect=False,
-            connect_timeout=5,
-        )
-        return self
-
-    async def refused(self, subject, kind):
-        """True once the server reported a violation for `kind` on `subject`."""
-        needle = f'permissions violation for {kind} to "{subject}"'.lower()
-        deadline = asyncio.get_running_loop().time() + DENY_WAIT_S
-        while asyncio.get_running_loop().time() < deadline:
-            if any(needle in v.lower() for v in self.violations):
-                return True
-            await asyncio.sleep(0.05)
-        return False
-
+from natsclient import Client, run
 
 async def api(nc, subject, body=None, timeout=5.0):
     payload = b"" if body is None else json.dumps(body).encode()
@@ -68,7 +31,7 @@ async def main() -> int:
             failures.append(what)
 
     # --- the worker sets up the streams and writes results --------------------
-    worker = await Tenant().connect(url, "worker", os.environ["WORKER_PASSWORD"], "_INBOX")
+    worker = await Client().connect(url, "worker", os.environ["WORKER_PASSWORD"], "_INBOX")
     js = worker.nc.jetstream()
     await js.add_stream(
         name="LLM_JOBS",
@@ -89,7 +52,7 @@ async def main() -> int:
     expect(not worker.violations, f"worker: no violations ({worker.violations})")
 
     # --- tenant acme ----------------------------------------------------------
-    acme = await Tenant().connect(url, "acme", os.environ["ACME_PASSWORD"], "_INBOX.acme")
+    acme = await Client().connect(url, "acme", os.environ["ACME_PASSWORD"], "_INBOX.acme")
     nc = acme.nc
 
     ack = await api(nc, "llm.jobs.normal.acme", {"id": "a1", "tenant": "acme"})
@@ -169,8 +132,4 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(asyncio.run(asyncio.wait_for(main(), timeout=120)))
-    except (asyncio.TimeoutError, OSError, nats.errors.Error) as e:
-        print(f"FAIL nats permissions check: {type(e).__name__}: {e}", file=sys.stderr)
-        sys.exit(1)
+    run(main, "nats permissions check")
