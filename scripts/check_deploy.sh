@@ -69,7 +69,7 @@ if [[ -z $PROMTOOL ]]; then
 			(cd "$CACHE/dl" && apt-get download prometheus >/dev/null)
 		fi
 		dpkg-deb -x "$CACHE"/dl/prometheus_*.deb "$CACHE/prometheus"
-		rm -rf "$CACHE/dl"
+		rm -rf "$CACHE/dl" "$CACHE/prometheus/usr/bin/prometheus"
 	fi
 fi
 
@@ -120,6 +120,11 @@ step "prometheus.yml: promtool check config" "$PROMTOOL" check config "$D/promet
 step "alerts.yml: promtool check rules" "$PROMTOOL" check rules "$D/prometheus/alerts.yml"
 step "alerts.yml: promtool test rules (alerts.test.yml)" "$PROMTOOL" test rules "$D/prometheus/alerts.test.yml"
 step "alerts.yml: metric names and labels" "$PY" "$D/check/check_deploy.py" rules "$D/prometheus/alerts.yml"
+# The dashboard and the alerts use the metric names of deploy/check/metrics.txt; until
+# the worker exports all of them this only notes the missing ones (1: fail instead).
+METRICS_IN_SRC_STRICT=0
+"$PY" "$D/check/check_deploy.py" src-metrics "$METRICS_IN_SRC_STRICT" >&2 ||
+	FAILED+=("metrics.txt: exported by src/")
 step "grafana: dashboard JSON, layout, data sources, metric names and labels" \
 	"$PY" "$D/check/check_deploy.py" grafana "$TMP/dashboard_rules.yml" "$TMP/dashboard.sql"
 if [[ -s $TMP/dashboard_rules.yml ]]; then
