@@ -13,17 +13,18 @@
 #   grafana/          the dashboard's JSON, layout, data sources, metric names and
 #                     labels; its PromQL through promtool, its SQL through Postgres
 #                     (EXPLAIN on the migrated schema)
-#   nats/             nats-server -t on both configs; a live server with accounts.conf
-#                     and every permission rule tried (deploy/check/nats_permissions.py)
+#   nats/             nats-server -t on both configs; a live server with accounts.conf,
+#                     every permission rule tried (deploy/check/nats_permissions.py), and
+#                     a job through a real worker (deploy/check/nats_accounts_e2e.py)
 #   simulator/        the profile loaded by `switchyard simulate`
 # Installs what it needs the first time (a venv under ~/.cache/switchyard-deploy-check
 # from PyPI, promtool from Debian's prometheus package, nats-server with apt), uses
-# NATS_URL / DATABASE_URL or throwaway servers like scripts/test.sh, and the debug build
-# of switchyard (SWITCHYARD_BIN overrides; built when missing).
-# scripts/test.sh runs it after the tests (SWITCHYARD_SKIP_DEPLOY_CHECK=1 skips it). Exit 1 if any check fails.
+# DATABASE_URL or a throwaway Postgres like scripts/test.sh, its own NATS servers, and the
+# debug build of switchyard (SWITCHYARD_BIN overrides; built when missing).
+# scripts/test.sh runs it after the tests (SWITCHYARD_SKIP_DEPLOY_CHECK=1 skips it).
+# Exit 1 if any check fails; takes about 5 s once the tools are installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
 source scripts/lib/services.sh
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/switchyard-target}"
