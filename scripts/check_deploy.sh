@@ -106,7 +106,21 @@ step "compose.yaml: services, volumes, files, NATS routes, Prometheus targets" \
 	"$PY" "$D/check/check_deploy.py" compose "$TMP/compose.env"
 step "Dockerfile: hadolint" "$VENV/bin/hadolint" "$D/Dockerfile"
 step "Dockerfile: stages, COPY sources, .dockerignore, non-root" \
-	"$PY" "$D/check/check_deploy.py" dockerfile
+	"$PY" "$D/check/check_deploy.py" dockerfile "$TMP/docker-copies"
+# The build stage's cargo sees only what the Dockerfile copies: the manifest must load
+# from exactly that (every target it declares present; `cargo fetch` parses it without
+# compiling, and needs no network once the crates are in cargo's cache).
+docker_build_context() {
+	local ctx=$TMP/docker-context src host
+	mkdir -p "$ctx"
+	while IFS= read -r src; do
+		mkdir -p "$ctx/$(dirname "$src")"
+		cp -r "$src" "$ctx/$src"
+	done <"$TMP/docker-copies"
+	host=$(rustc -vV | sed -n 's/^host: //p')
+	(cd "$ctx" && cargo fetch --locked --quiet --target "$host")
+}
+step "Dockerfile: the crate's manifest loads from the files it copies" docker_build_context
 
 # --- Kubernetes ----------------------------------------------------------------------
 mapfile -t K8S_CORE < <(grep -L '^apiVersion: keda.sh/' "$D"/k8s/*.yaml)

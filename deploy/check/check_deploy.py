@@ -550,8 +550,11 @@ def k8s(toml_out, env_out):
 
 # --- Dockerfile -----------------------------------------------------------------------
 
-def dockerfile():
+def dockerfile(copies_out=None):
+    """Also writes the paths the build COPYs from the context, one a line, to
+    `copies_out` (check_deploy.sh loads the manifest from exactly those)."""
     path = DEPLOY / "Dockerfile"
+    copies = []
     where = rel(path)
     lines = re.sub(r"\\\n", " ", path.read_text()).splitlines()
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
@@ -571,10 +574,13 @@ def dockerfile():
         elif op == "COPY" and not any(w.startswith("--from") for w in words):
             for src in [w for w in words[1:-1] if not w.startswith("--")]:
                 src = src.rstrip("/")
+                copies.append(src)
                 if not (ROOT / src).exists():
                     problem(f"{where}:{n}", f"COPY {src}: no such file in the build context (the repository root)")
                 elif allowed and not any(src == a or src.startswith(a + "/") for a in allowed):
                     problem(f"{where}:{n}", f"COPY {src}: excluded by Dockerfile.dockerignore")
+    if copies_out:
+        Path(copies_out).write_text("".join(f"{c}\n" for c in copies if c != "."))
     if len(stages) < 2:
         problem(where, "a multi-stage build expected (build, then a small runtime image)")
         return
