@@ -28,6 +28,15 @@ sy_log "tests"
 # Each integration test makes its own stream prefix and database and removes them.
 cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-4}"
 
+# deploy/ checked with real validators (compose and Kubernetes schemas, promtool,
+# nats-server, the dashboard's queries): scripts/check_deploy.sh.
+# SWITCHYARD_SKIP_DEPLOY_CHECK=1 skips it.
+if [[ ${SWITCHYARD_SKIP_DEPLOY_CHECK:-0} != 0 ]]; then
+	sy_log "deploy check: skipped (SWITCHYARD_SKIP_DEPLOY_CHECK=${SWITCHYARD_SKIP_DEPLOY_CHECK})"
+else
+	scripts/check_deploy.sh
+fi
+
 # Fault injection, fast mode (scripts/chaos.sh --fast: kill -9, duplicate submissions,
 # poison jobs, provider outage; own throwaway services). SWITCHYARD_SKIP_CHAOS=1 skips it.
 if [[ ${SWITCHYARD_SKIP_CHAOS:-0} != 0 ]]; then
