@@ -1,0 +1,413 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Dead letters in bulk through the CLI, against real NATS and Postgres: list with
+//! filters and a count, replay a filter with overrides (twice at once: nothing runs
+//! twice), purge with a confirmation.
+
+mod common;
+
+use common::TestEnv;
+use std::time::Duration;
+use switchyard::job::{Priority, Status};
+use switchyard::providers::simulator::FaultProfile;
+
+/// A job with a feature; `extra` is spliced in as more fields.
+fn job(id: &str, tenant: &str, feature: &str, extra: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","tenant":"{tenant}","feature":"{feature}","messages":[{{"role":"user","content":"Say something about {id}"}}]{extra}}}"#
+    )
+}
+
+const PINNED: &str = r#","model":"openai/gpt-4o-mini""#;
+const INVALID: &str = r#","temperature":5"#;
+
+async fn dlq_messages(env: &TestEnv) -> u64 {
+    let mut s = env.js.get_stream(env.names().dlq_stream()).await.unwrap();
+    s.info().await.unwrap().state.messages
+}
+
+/// Wait (at most `secs`) until the DLQ holds `n` messages; returns the last count.
+async fn wait_dlq(env: &TestEnv, n: u64, secs: u64) -> u64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let now = dlq_messages(env).await;
+        if now == n || tokio::time::Instant::now() >= deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn count(env: &TestEnv, args: &[&str]) -> u64 {
+    let mut all = vec!["dlq", "list", "--count"];
+    all.extend_from_slice(args);
+    let (code, out, err) = env.cli(&all).await;
+    assert_eq!(code, 0, "{all:?}: {err}");
+    out.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{all:?}: {out}"))
+}
+
+/// "N replayed" from a replay's summary.
+fn replayed(summary: &str) -> u64 {
+    let line = summary
+        .lines()
+        .find(|l| l.contains(" replayed, "))
+        .unwrap_or_else(|| panic!("no summary in {summary}"));
+    line.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_dead_letters_listed_by_filter_replayed_with_overrides_once_each() {
+    // Breakers off: every pinned job makes its one call and fails at once, rather than
+    // waiting for a breaker that the first failures opened.
+    let env = TestEnv::new(|c| {
+        c.worker.max_deliveries = 1;
+        c.health.enabled = false;
+    })
+    .await;
+    let broken = FaultProfile {
+        error_rate: 1.0,
+        error_status: 500,
+        ..Default::default()
+    };
+    env.sim.set_profile(FaultProfile {
+        per_model: [("gpt-4o-mini-2024-07-18".to_string(), broken)].into(),
+        ..Default::default()
+    });
+    let (stop, worker) = env.start_worker().await;
+    // 12 acme/ocr and 8 acme/chat calls that fail, 5 globex/ocr, 4 acme/ocr invalid jobs
+    // (no call at all).
+    for i in 0..12 {
+        let j = job(&format!("ocr{i}"), "acme", "ocr", PINNED);
+        env.publish(Priority::Low, "acme", j).await;
+    }
+    for i in 0..8 {
+        let j = job(&format!("chat{i}"), "acme", "chat", PINNED);
+        env.publish(Priority::Low, "acme", j).await;
+    }
+    for i in 0..5 {
+        let j = job(&format!("g{i}"), "globex", "ocr", PINNED);
+        env.publish(Priority::Low, "globex", j).await;
+    }
+    for i in 0..4 {
+        let j = job(&format!("bad{i}"), "acme", "ocr", INVALID);
+        env.publish(Priority::Low, "acme", j).await;
+    }
+    assert_eq!(wait_dlq(&env, 29, 60).await, 29);
+
+    // List: filters and counts.
+    assert_eq!(count(&env, &[]).await, 29);
+    assert_eq!(count(&env, &["--tenant", "acme"]).await, 24);
+    assert_eq!(count(&env, &["--kind", "invalid_job"]).await, 4);
+    assert_eq!(count(&env, &["--feature", "ocr"]).await, 21);
+    assert_eq!(
+        count(&env, &["--feature", "ocr", "--provider", "openai"]).await,
+        17
+    );
+    let selected = [
+        "--tenant",
+        "acme",
+        "--feature",
+        "ocr",
+        "--from-provider",
+        "openai",
+    ];
+    assert_eq!(count(&env, &selected).await, 12);
+    assert_eq!(count(&env, &["--since", "1h"]).await, 29);
+    let an_hour_ago = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    assert_eq!(count(&env, &["--until", &an_hour_ago]).await, 0);
+    let (code, out, err) = env
+        .cli(&[
+            "dlq",
+            "list",
+            "--feature",
+            "ocr",
+            "--provider",
+            "openai",
+            "--format",
+            "json",
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 17, "{out}");
+    for l in &lines {
+        assert_eq!(l["job"]["feature"], "ocr");
+        assert_eq!(l["attempts"][0]["provider"], "openai");
+        assert_eq!(l["error"]["kind"], "providers_exhausted");
+    }
+    // Bad input names what is wrong.
+    let (code, _, err) = env
+        .cli(&["dlq", "list", "--since", "1h", "--until", "2h"])
+        .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("--since"), "{err}");
+    let (code, _, err) = env.cli(&["dlq", "list", "--since", "tuesday"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("--since") && err.contains("tuesday"), "{err}");
+
+    // Pinned to openai/gpt-4o-mini, the jobs cannot be moved to gemini by --provider
+    // alone: every one is skipped, nothing is published.
+    let mut only_provider = vec!["dlq", "replay", "--all", "--provider", "gemini"];
+    only_provider.extend_from_slice(&selected);
+    let (code, out, err) = env.cli(&only_provider).await;
+    assert_eq!(code, 4, "{out}{err}");
+    assert!(err.contains("no route with the overrides"), "{err}");
+    assert_eq!(replayed(&err), 0, "{err}");
+    assert_eq!(dlq_messages(&env).await, 29);
+    let (code, _, err) = env
+        .cli(&["dlq", "replay", "--all", "--provider", "nowhere"])
+        .await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("nowhere") && err.contains("not a configured provider"),
+        "{err}"
+    );
+    let (code, _, err) = env
+        .cli(&["dlq", "replay", "--all", "--model", "gpt-5-ultra"])
+        .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("gpt-5-ultra"), "{err}");
+
+    // A dry run publishes nothing.
+    let mut dry = vec![
+        "dlq",
+        "replay",
+        "--all",
+        "--model",
+        "fast",
+        "--provider",
+        "gemini",
+        "--dry-run",
+    ];
+    dry.extend_from_slice(&selected);
+    let (code, out, err) = env.cli(&dry).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.starts_with("would replay"))
+            .count(),
+        12,
+        "{out}"
+    );
+    assert_eq!(dlq_messages(&env).await, 29);
+
+    // The same replay twice at once: each dead letter is published once.
+    let mut replay = vec![
+        "dlq",
+        "replay",
+        "--all",
+        "--model",
+        "fast",
+        "--provider",
+        "gemini",
+        "--priority",
+        "high",
+        "--quiet",
+    ];
+    replay.extend_from_slice(&selected);
+    let (a, b) = tokio::join!(env.cli(&replay), env.cli(&replay));
+    assert_eq!(a.0, 0, "{}{}", a.1, a.2);
+    assert_eq!(b.0, 0, "{}{}", b.1, b.2);
+    assert_eq!(
+        replayed(&a.2) + replayed(&b.2),
+        12,
+        "exactly one publish per dead letter:\n{}\n{}",
+        a.2,
+        b.2
+    );
+
+    // All succeed, on gemini, at high priority; nothing ran twice.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let done: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE tenant='acme' AND feature='ocr' AND status='succeeded'",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        if done == 12 || tokio::time::Instant::now() >= deadline {
+            assert_eq!(done, 12);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(env.wait_jobs_left(0, 20).await, 0);
+    for i in 0..12 {
+        let r = env.result("acme", &format!("ocr{i}"), 5).await;
+        assert_eq!(r.status, Status::Succeeded);
+        assert_eq!(r.provider.as_deref(), Some("gemini"));
+        assert_eq!(r.model.as_deref(), Some("gemini-2.5-flash"));
+    }
+    let high: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE tenant='acme' AND feature='ocr' AND status='succeeded' AND priority='high'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(high, 12);
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT job_id, count(*), count(*) FILTER (WHERE provider='gemini' AND outcome='succeeded')
+           FROM cost_rows WHERE tenant='acme' AND job_id LIKE 'ocr%' GROUP BY job_id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 12);
+    for (id, calls, gemini) in rows {
+        assert_eq!(
+            (calls, gemini),
+            (2, 1),
+            "{id}: the failed call and one replayed call"
+        );
+    }
+    assert_eq!(
+        env.sim.stats().calls("gemini", "gemini-2.5-flash"),
+        12,
+        "one provider call per replayed job"
+    );
+    // Their dead letters are gone, the others stay; the filter now matches nothing.
+    assert_eq!(dlq_messages(&env).await, 17);
+    assert_eq!(count(&env, &selected).await, 0);
+    let (code, _, err) = env.cli(&replay).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(replayed(&err), 0, "{err}");
+
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_asks_first_and_deletes_only_what_matches() {
+    let env = TestEnv::new(|_| {}).await;
+    let (stop, worker) = env.start_worker().await;
+    // Invalid jobs: dead letters without a provider call.
+    for i in 0..10 {
+        let feature = if i < 6 { "ocr" } else { "chat" };
+        let j = job(&format!("p{i}"), "acme", feature, INVALID);
+        env.publish(Priority::Normal, "acme", j).await;
+    }
+    for i in 0..3 {
+        let j = job(&format!("g{i}"), "globex", "chat", INVALID);
+        env.publish(Priority::Normal, "globex", j).await;
+    }
+    assert_eq!(wait_dlq(&env, 13, 30).await, 13);
+
+    // Without a terminal and without --yes it refuses, and deletes nothing.
+    let (code, _, err) = env
+        .cli(&["dlq", "purge", "--all", "--feature", "ocr"])
+        .await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("--yes") && err.contains("6 dead letters"),
+        "{err}"
+    );
+    assert_eq!(dlq_messages(&env).await, 13);
+    let (code, _, err) = env.cli(&["dlq", "purge", "--feature", "ocr"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("--all"), "{err}");
+    // A dry run says what would go.
+    let (code, out, err) = env
+        .cli(&["dlq", "purge", "--all", "--feature", "ocr", "--dry-run"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.starts_with("would delete acme/p"))
+            .count(),
+        6,
+        "{out}"
+    );
+    assert_eq!(dlq_messages(&env).await, 13);
+
+    // Confirmed: only the matching ones go; the jobs' rows stay.
+    let (code, _, err) = env
+        .cli(&[
+            "dlq",
+            "purge",
+            "--all",
+            "--feature",
+            "ocr",
+            "--yes",
+            "--quiet",
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("6 dead letters deleted"), "{err}");
+    assert_eq!(dlq_messages(&env).await, 7);
+    assert_eq!(count(&env, &["--feature", "ocr"]).await, 0);
+    let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status='failed'")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(failed, 13);
+    // By ids, and a whole tenant (one purge of its subjects).
+    let (code, _, err) = env
+        .cli(&["dlq", "purge", "--tenant", "acme", "p7", "p8", "--yes"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(dlq_messages(&env).await, 5);
+    let (code, _, err) = env
+        .cli(&["dlq", "purge", "--all", "--tenant", "globex", "--yes"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("3 dead letters deleted"), "{err}");
+    assert_eq!(dlq_messages(&env).await, 2);
+    assert!(env.dlq("acme", "p6").await.is_some() && env.dlq("acme", "p9").await.is_some());
+
+    // A dead letter whose job is no longer `failed` is judged by its own content, and a
+    // replay leaves a job that succeeded since alone.
+    sqlx::query("UPDATE jobs SET status='succeeded' WHERE tenant='acme' AND id='p9'")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(count(&env, &["--feature", "chat"]).await, 2);
+    assert_eq!(count(&env, &["--feature", "ocr"]).await, 0);
+    let (code, _, err) = env
+        .cli(&["dlq", "replay", "--tenant", "acme", "p9", "--quiet"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("already succeeded"), "{err}");
+    assert_eq!(replayed(&err), 0);
+    assert_eq!(env.jobs_left().await, 0, "nothing published");
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+
+    // Another replay published p6 already (and died before deleting its dead letter):
+    // this replay's publish carries the same Nats-Msg-Id, so JetStream drops it, and the
+    // dead letter is deleted.
+    let names = env.names();
+    let stream = env.js.get_stream(names.dlq_stream()).await.unwrap();
+    let letter = stream
+        .get_last_raw_message_by_subject(&names.dlq_subject("acme", "p6"))
+        .await
+        .unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    let msg_id = format!("acme:p6:replay:{}", letter.sequence);
+    headers.insert("Nats-Msg-Id", msg_id.as_str());
+    let first = job("p6", "acme", "chat", INVALID);
+    env.js
+        .publish_with_headers(
+            names.jobs_subject(Priority::Normal, "acme"),
+            headers,
+            first.into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let (code, _, err) = env
+        .cli(&["dlq", "replay", "--tenant", "acme", "p6", "--quiet"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("1 already replayed (duplicate publish dropped)"),
+        "{err}"
+    );
+    assert_eq!(replayed(&err), 0, "{err}");
+    assert_eq!(env.jobs_left().await, 1, "only the first replay's message");
+    assert!(env.dlq("acme", "p6").await.is_none());
+}
