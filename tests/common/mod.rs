@@ -379,6 +379,17 @@ impl TestEnv {
     }
 }
 
+impl TestEnv {
+    /// Run the `switchyard` binary, which must succeed and print one JSON value per line.
+    pub async fn cli_json(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        let (code, out, err) = self.cli(args).await;
+        assert_eq!(code, 0, "{args:?}: {err}");
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{args:?}: {e}: {l}")))
+            .collect()
+    }
+}
+
 /// Check `instance` against `schemas/<name>.schema.json` (formats included).
 pub fn assert_schema(name: &str, instance: &serde_json::Value) {
     let path = format!("{}/schemas/{name}.schema.json", env!("CARGO_MANIFEST_DIR"));
