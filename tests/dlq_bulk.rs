@@ -409,3 +409,192 @@ async fn purge_asks_first_and_deletes_only_what_matches() {
     assert_eq!(env.jobs_left().await, 1, "only the first replay's message");
     assert!(env.dlq("acme", "p6").await.is_none());
 }
+
+/// Run the binary, which must succeed; print how long it took. Returns its stdout.
+async fn timed(env: &TestEnv, args: &[&str]) -> String {
+    let t = std::time::Instant::now();
+    let (code, out, err) = env.cli(args).await;
+    assert_eq!(code, 0, "{args:?}: {err}");
+    eprintln!(
+        "{:>8.2} s  switchyard {}",
+        t.elapsed().as_secs_f64(),
+        args.join(" ")
+    );
+    out
+}
+
+/// Figures for 100k dead letters (not run by default; the machine is shared):
+/// `cargo test --test dlq_bulk -- --ignored --nocapture` (`DLQ_BENCH_N` for another size).
+/// 1% of them are feature `ocr`, 1% `ner`; each has a failed `jobs` row and a cost row, as the
+/// worker leaves them. Times each command, and the whole-stream scan that `dlq list`
+/// used before (an ordered consumer reading and parsing every dead letter) to compare.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn figures_at_100k_dead_letters() {
+    use futures::StreamExt;
+    use switchyard::queue::publish::DlqEntry;
+    let n: u64 = std::env::var("DLQ_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let env = TestEnv::new(|_| {}).await;
+    env.ensure_streams().await;
+    let names = env.names();
+    let t = std::time::Instant::now();
+    let mut acks = futures::stream::FuturesUnordered::new();
+    for i in 0..n {
+        let feature = match i % 100 {
+            0 => "ocr",
+            1 => "ner",
+            _ => "chat",
+        };
+        let entry = serde_json::json!({
+            "job": serde_json::from_str::<serde_json::Value>(&job(&format!("j{i}"), "acme", feature, PINNED)).unwrap(),
+            "payload_b64": null, "subject": names.jobs_subject(Priority::Normal, "acme"),
+            "error": {"kind": "providers_exhausted", "message": "openai/gpt-4o-mini: server error 500: the simulator failed this call on purpose"},
+            "attempts": [{"attempt": 1, "provider": "openai", "model": "gpt-4o-mini", "outcome": "server_error",
+                          "latency_ms": 31, "cost_usd": "0", "status": 500, "message": "server error"}],
+            "deliveries": 1, "failed_at": chrono::Utc::now(),
+        });
+        let ack = env
+            .js
+            .publish(
+                names.dlq_subject("acme", &format!("j{i}")),
+                serde_json::to_vec(&entry).unwrap().into(),
+            )
+            .await
+            .unwrap();
+        acks.push(std::future::IntoFuture::into_future(ack));
+        while acks.len() >= 1000 {
+            acks.next().await.unwrap().unwrap();
+        }
+    }
+    while let Some(a) = acks.next().await {
+        a.unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO jobs (tenant, id, feature, priority, status, error_kind, finished_at)
+         SELECT 'acme', 'j' || i, CASE i % 100 WHEN 0 THEN 'ocr' WHEN 1 THEN 'ner' ELSE 'chat' END, 'normal', 'failed',
+                'providers_exhausted', now()
+           FROM generate_series(0, $1 - 1) AS i",
+    )
+    .bind(n as i64)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO cost_rows (tenant, job_id, attempt, feature, provider, model, outcome)
+         SELECT 'acme', 'j' || i, 1, CASE i % 100 WHEN 0 THEN 'ocr' WHEN 1 THEN 'ner' ELSE 'chat' END, 'openai',
+                'gpt-4o-mini', 'server_error'
+           FROM generate_series(0, $1 - 1) AS i",
+    )
+    .bind(n as i64)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    for table in ["jobs", "cost_rows"] {
+        sqlx::query(&format!("ANALYZE {table}"))
+            .execute(&env.pool)
+            .await
+            .unwrap();
+    }
+    eprintln!(
+        "seeded {n} dead letters, jobs rows and cost rows in {:?}",
+        t.elapsed()
+    );
+
+    let ocr = n.div_ceil(100);
+    assert_eq!(
+        timed(&env, &["dlq", "list", "--count"]).await.trim(),
+        n.to_string()
+    );
+    let out = timed(
+        &env,
+        &[
+            "dlq",
+            "list",
+            "--count",
+            "--feature",
+            "ocr",
+            "--provider",
+            "openai",
+        ],
+    )
+    .await;
+    assert_eq!(out.trim(), ocr.to_string());
+    let out = timed(
+        &env,
+        &["dlq", "list", "--feature", "ocr", "--format", "json"],
+    )
+    .await;
+    assert_eq!(out.lines().count() as u64, ocr);
+    let out = timed(&env, &["dlq", "list", "--format", "json"]).await;
+    assert_eq!(out.lines().count() as u64, n);
+    let replay_ocr = [
+        "dlq",
+        "replay",
+        "--all",
+        "--feature",
+        "ocr",
+        "--model",
+        "fast",
+        "--quiet",
+    ];
+    let out = timed(&env, &[&replay_ocr[..], &["--dry-run"]].concat()).await;
+    assert_eq!(out.lines().count() as u64, ocr);
+
+    // Before: every dead letter read through an ordered consumer and parsed, then filtered.
+    let t = std::time::Instant::now();
+    let mut stream = env.js.get_stream(names.dlq_stream()).await.unwrap();
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: format!("{}.dlq.>", names.prefix),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let (mut read, mut matched) = (0u64, 0u64);
+    while let Some(m) = messages.next().await {
+        let m = m.unwrap();
+        let e: DlqEntry = serde_json::from_slice(&m.payload).unwrap();
+        read += 1;
+        if e.job
+            .as_ref()
+            .and_then(|j| j.get("feature"))
+            .and_then(|f| f.as_str())
+            == Some("ocr")
+        {
+            matched += 1;
+        }
+        if m.info().unwrap().pending == 0 {
+            break;
+        }
+    }
+    assert_eq!((read, matched), (n, ocr));
+    eprintln!(
+        "{:>8.2} s  scan and parse every dead letter (in this test process)",
+        t.elapsed().as_secs_f64()
+    );
+    let _ = stream.info().await;
+
+    let out = timed(&env, &replay_ocr).await;
+    assert_eq!(out.lines().count() as u64, ocr);
+    assert_eq!(env.jobs_left().await, ocr);
+    timed(
+        &env,
+        &[
+            "dlq",
+            "purge",
+            "--all",
+            "--feature",
+            "ner",
+            "--yes",
+            "--quiet",
+        ],
+    )
+    .await;
+    assert_eq!(dlq_messages(&env).await, n - 2 * ocr);
+    timed(&env, &["dlq", "purge", "--all", "--yes", "--quiet"]).await;
+    assert_eq!(dlq_messages(&env).await, 0);
+}

@@ -189,12 +189,9 @@ async fn list(
         println!("{}", selection.selected.len());
         return Ok(ExitCode::SUCCESS);
     }
-    let mut letters: Vec<DeadLetter> = dlq
-        .read_all(selection.selected)
-        .await?
-        .into_iter()
-        .filter_map(|s| s.letter)
-        .collect();
+    let mut letters = dlq
+        .read_selection(selection, filter.tenant.as_deref())
+        .await?;
     letters.sort_by(|a, b| (a.entry.failed_at, &a.subject).cmp(&(b.entry.failed_at, &b.subject)));
     if args.format == "json" {
         for d in &letters {

@@ -2,14 +2,16 @@
 //! a confirmation: an interactive prompt, or `--yes`. Without a terminal to ask on and
 //! without `--yes` it refuses and deletes nothing.
 //!
-//! Each dead letter is purged by its subject, bounded by the stream's last sequence when
-//! the selection was made: a dead letter that arrives meanwhile (a replayed job that
-//! failed again) is newer and stays. The jobs' rows in Postgres stay as they are (the
+//! Only dead letters that were there when the selection was made are deleted (bounded by
+//! the stream's last sequence then): one that arrives meanwhile (a replayed job that
+//! failed again) is newer and stays. A whole scope (everything, or a tenant) goes in one
+//! purge of its subjects; a filtered selection dead letter by dead letter, by sequence. The jobs' rows in Postgres stay as they are (the
 //! record of the failure); only the dead letters go.
 
 use super::select::FETCH_WINDOW;
 use super::{check_ids_or_all, open_and_select, Filters};
 use crate::config::Config;
+use crate::queue::publish::remove_dead_letter;
 use crate::queue::Names;
 use anyhow::Context as _;
 use async_nats::jetstream;
@@ -85,25 +87,39 @@ pub async fn run(
         kept = (n as u64).saturating_sub(r.purged);
         bar.inc(n as u64);
     } else {
+        // Each by its sequence (a direct get by subject, then a delete): a purge filtered
+        // by one subject walks the stream, about 5 ms per key at 100k dead letters.
         let mut purged = futures::stream::iter(selection.selected)
             .map(|s| {
-                let subject = dlq.names.dlq_subject(&s.tenant, &s.id);
-                let stream = &dlq.stream;
+                let dlq = &dlq;
                 async move {
-                    let r = stream.purge().filter(subject.clone()).sequence(bound).await;
-                    (subject, r)
+                    let r = async {
+                        let seq = match &s.letter {
+                            Some(l) => Some(l.sequence),
+                            None => dlq.sequence_of(&s.tenant, &s.id).await?,
+                        };
+                        match seq {
+                            Some(seq) if seq < bound => {
+                                remove_dead_letter(&dlq.stream, seq).await?;
+                                anyhow::Ok(true)
+                            }
+                            _ => Ok(false),
+                        }
+                    }
+                    .await;
+                    (format!("{}/{}", s.tenant, s.id), r)
                 }
             })
             .buffer_unordered(FETCH_WINDOW);
-        while let Some((subject, r)) = purged.next().await {
+        while let Some((key, r)) = purged.next().await {
             bar.inc(1);
             match r {
-                Ok(r) if r.purged > 0 => deleted += r.purged,
-                Ok(_) => kept += 1,
+                Ok(true) => deleted += 1,
+                Ok(false) => kept += 1,
                 Err(e) => {
                     bar.finish_and_clear();
                     return Err(e).with_context(|| {
-                        format!("purging {subject} ({deleted} dead letters deleted before it)")
+                        format!("deleting the dead letter of {key} ({deleted} deleted before it)")
                     });
                 }
             }
