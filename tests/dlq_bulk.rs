@@ -408,6 +408,24 @@ async fn purge_asks_first_and_deletes_only_what_matches() {
     assert_eq!(replayed(&err), 0, "{err}");
     assert_eq!(env.jobs_left().await, 1, "only the first replay's message");
     assert!(env.dlq("acme", "p6").await.is_none());
+
+    // The last one goes; an empty DLQ lists and counts nothing.
+    let (code, _, err) = env
+        .cli(&["dlq", "purge", "--tenant", "acme", "p9", "--yes"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(dlq_messages(&env).await, 0);
+    assert_eq!(count(&env, &[]).await, 0);
+    assert_eq!(count(&env, &["--feature", "chat"]).await, 0);
+    let (code, _, err) = env.cli(&["dlq", "purge", "--all", "--yes"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("nothing deleted"), "{err}");
+    // Named ids without a dead letter (one with a failed row, one without a row): exit 3.
+    let (code, _, err) = env
+        .cli(&["dlq", "replay", "--tenant", "acme", "p6", "nope", "--quiet"])
+        .await;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("2 skipped (2 no dead letter"), "{err}");
 }
 
 /// Run the binary, which must succeed; print how long it took. Returns its stdout.

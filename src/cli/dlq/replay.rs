@@ -259,7 +259,7 @@ pub async fn run(
         ExitCode::FAILURE
     } else if skipped.keys().any(Skip::needs_action) {
         ExitCode::from(4)
-    } else if !selection.missing.is_empty() {
+    } else if !args.ids.is_empty() && skipped.contains_key(&Skip::NoDeadLetter) {
         ExitCode::from(3)
     } else {
         ExitCode::SUCCESS
