@@ -121,9 +121,10 @@ async fn budget_report_shows_limit_spent_reserved_and_share_used() {
     );
     assert_eq!(dec(&ocr["remaining_usd"]), half - ocr_spent);
     assert_eq!(globex["tenant"], "globex");
-    assert!(
-        globex["used_pct"].is_null(),
-        "a zero limit has no share: {globex}"
+    assert_eq!(
+        dec(&globex["used_pct"]),
+        Decimal::ONE_HUNDRED,
+        "a zero limit is used up"
     );
     assert_eq!(dec(&globex["remaining_usd"]), Decimal::ZERO);
 
@@ -138,7 +139,10 @@ async fn budget_report_shows_limit_spent_reserved_and_share_used() {
     .await;
     let out = lines.join("\n");
     assert_eq!(lines.len(), 2, "{out}");
-    assert!(lines[1].starts_with("globex,,day,0,0,0,,0,fail,"), "{out}");
+    assert!(
+        lines[1].starts_with("globex,,day,0,0,0,100,0,fail,"),
+        "{out}"
+    );
     stop.cancel();
     worker.await.unwrap().unwrap();
 }

@@ -86,14 +86,14 @@ impl BudgetRow {
         }
     }
 
-    /// (spent + reserved) / limit in percent, to two places (what
-    /// `switchyard_budget_used_ratio` reports as a ratio); `None` for a zero limit.
-    pub fn used_pct(&self) -> Option<Decimal> {
+    /// (spent + reserved) / limit in percent, to two places: `switchyard_budget_used_ratio`
+    /// × 100, so 100 for a zero limit (nothing may be spent: it is used up).
+    pub fn used_pct(&self) -> Decimal {
         if self.limit_usd.is_zero() {
-            return None;
+            return Decimal::ONE_HUNDRED;
         }
         let used = self.spent_usd + self.reserved_usd;
-        Some((used * Decimal::ONE_HUNDRED / self.limit_usd).round_dp(2))
+        (used * Decimal::ONE_HUNDRED / self.limit_usd).round_dp(2)
     }
 
     /// What is left: limit − spent − reserved, never below 0.
@@ -139,16 +139,16 @@ mod tests {
             .unwrap()
             .into();
         let s = row("2026-12-07T00:00:00Z", "3", "1.5", "0.5").as_of(now);
-        assert_eq!(s.used_pct(), Some(Decimal::from_str("66.67").unwrap()));
+        assert_eq!(s.used_pct(), Decimal::from_str("66.67").unwrap());
         assert_eq!(s.remaining_usd(), Decimal::ONE);
         let over = row("2026-12-07T00:00:00Z", "1", "1.25", "0").as_of(now);
-        assert_eq!(over.used_pct(), Some(Decimal::from(125)));
+        assert_eq!(over.used_pct(), Decimal::from(125));
         assert_eq!(over.remaining_usd(), Decimal::ZERO);
         let old = row("2026-12-06T00:00:00Z", "3", "2", "1").as_of(now);
         assert_eq!(old.spent_usd, Decimal::ZERO);
-        assert_eq!(old.used_pct(), Some(Decimal::ZERO));
+        assert_eq!(old.used_pct(), Decimal::ZERO);
         assert_eq!(old.period_start.to_rfc3339(), "2026-12-07T00:00:00+00:00");
         let zero = row("2026-12-07T00:00:00Z", "0", "0", "0").as_of(now);
-        assert_eq!(zero.used_pct(), None);
+        assert_eq!(zero.used_pct(), Decimal::ONE_HUNDRED);
     }
 }

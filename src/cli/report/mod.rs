@@ -264,9 +264,7 @@ pub fn budget_table(rows: &[BudgetRow]) -> Table {
             b.limit_usd.normalize().to_string(),
             b.spent_usd.normalize().to_string(),
             b.reserved_usd.normalize().to_string(),
-            b.used_pct()
-                .map(|p| p.normalize().to_string())
-                .unwrap_or_default(),
+            b.used_pct().normalize().to_string(),
             b.remaining_usd().normalize().to_string(),
             b.policy.clone(),
             b.period_start.to_rfc3339(),
