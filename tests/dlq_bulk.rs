@@ -8,7 +8,6 @@ mod common;
 use common::TestEnv;
 use std::time::Duration;
 use switchyard::job::{Priority, Status};
-use switchyard::providers::simulator::FaultProfile;
 
 /// A job with a feature; `extra` is spliced in as more fields.
 fn job(id: &str, tenant: &str, feature: &str, extra: &str) -> String {
@@ -80,15 +79,7 @@ async fn many_dead_letters_listed_by_filter_replayed_with_overrides_once_each() 
         c.health.enabled = false;
     })
     .await;
-    let broken = FaultProfile {
-        error_rate: 1.0,
-        error_status: 500,
-        ..Default::default()
-    };
-    env.sim.set_profile(FaultProfile {
-        per_model: [("gpt-4o-mini-2024-07-18".to_string(), broken)].into(),
-        ..Default::default()
-    });
+    env.fail_model("gpt-4o-mini-2024-07-18");
     let (stop, worker) = env.start_worker().await;
     // 12 acme/ocr and 8 acme/chat calls that fail, 5 globex/ocr, 4 acme/ocr invalid jobs
     // (no call at all).
@@ -138,14 +129,16 @@ async fn many_dead_letters_listed_by_filter_replayed_with_overrides_once_each() 
         assert_eq!(l["error"]["kind"], "providers_exhausted");
     }
     // Bad input names what is wrong.
-    let (code, _, err) = env
-        .cli(&["dlq", "list", "--since", "1h", "--until", "2h"])
-        .await;
-    assert_ne!(code, 0);
-    assert!(err.contains("--since"), "{err}");
-    let (code, _, err) = env.cli(&["dlq", "list", "--since", "tuesday"]).await;
-    assert_ne!(code, 0);
-    assert!(err.contains("--since") && err.contains("tuesday"), "{err}");
+    env.cli_fails(
+        &["dlq", "list", "--since", "1h", "--until", "2h"],
+        &["--since"],
+    )
+    .await;
+    env.cli_fails(
+        &["dlq", "list", "--since", "tuesday"],
+        &["--since", "tuesday"],
+    )
+    .await;
 
     // Pinned to openai/gpt-4o-mini, the jobs cannot be moved to gemini by --provider
     // alone: every one is skipped, nothing is published.
@@ -156,22 +149,19 @@ async fn many_dead_letters_listed_by_filter_replayed_with_overrides_once_each() 
     assert!(err.contains("no route with the overrides"), "{err}");
     assert_eq!(replayed(&err), 0, "{err}");
     assert_eq!(dlq_messages(&env).await, 29);
-    let (code, _, err) = env
-        .cli(&["dlq", "replay", "--all", "--provider", "nowhere"])
-        .await;
-    assert_ne!(code, 0);
-    assert!(
-        err.contains("nowhere") && err.contains("not a configured provider"),
-        "{err}"
-    );
-    let (code, _, err) = env
-        .cli(&["dlq", "replay", "--all", "--model", "gpt-5-ultra"])
-        .await;
-    assert_ne!(code, 0);
-    assert!(err.contains("gpt-5-ultra"), "{err}");
+    env.cli_fails(
+        &["dlq", "replay", "--all", "--provider", "nowhere"],
+        &["nowhere", "not a configured provider"],
+    )
+    .await;
+    env.cli_fails(
+        &["dlq", "replay", "--all", "--model", "gpt-5-ultra"],
+        &["gpt-5-ultra"],
+    )
+    .await;
 
     // A dry run publishes nothing.
-    let mut dry = vec![
+    let overrides = [
         "dlq",
         "replay",
         "--all",
@@ -179,34 +169,21 @@ async fn many_dead_letters_listed_by_filter_replayed_with_overrides_once_each() 
         "fast",
         "--provider",
         "gemini",
-        "--dry-run",
     ];
-    dry.extend_from_slice(&selected);
+    let dry = [&overrides[..], &selected, &["--dry-run"]].concat();
     let (code, out, err) = env.cli(&dry).await;
     assert_eq!(code, 0, "{err}");
-    assert_eq!(
-        out.lines()
-            .filter(|l| l.starts_with("would replay"))
-            .count(),
-        12,
-        "{out}"
-    );
+    let would = out.lines().filter(|l| l.starts_with("would replay"));
+    assert_eq!(would.count(), 12, "{out}");
     assert_eq!(dlq_messages(&env).await, 29);
 
     // The same replay twice at once: each dead letter is published once.
-    let mut replay = vec![
-        "dlq",
-        "replay",
-        "--all",
-        "--model",
-        "fast",
-        "--provider",
-        "gemini",
-        "--priority",
-        "high",
-        "--quiet",
-    ];
-    replay.extend_from_slice(&selected);
+    let replay = [
+        &overrides[..],
+        &selected,
+        &["--priority", "high", "--quiet"],
+    ]
+    .concat();
     let (a, b) = tokio::join!(env.cli(&replay), env.cli(&replay));
     assert_eq!(a.0, 0, "{}{}", a.1, a.2);
     assert_eq!(b.0, 0, "{}{}", b.1, b.2);
@@ -295,18 +272,14 @@ async fn purge_asks_first_and_deletes_only_what_matches() {
     assert_eq!(wait_dlq(&env, 13, 30).await, 13);
 
     // Without a terminal and without --yes it refuses, and deletes nothing.
-    let (code, _, err) = env
-        .cli(&["dlq", "purge", "--all", "--feature", "ocr"])
-        .await;
-    assert_ne!(code, 0);
-    assert!(
-        err.contains("--yes") && err.contains("6 dead letters"),
-        "{err}"
-    );
+    env.cli_fails(
+        &["dlq", "purge", "--all", "--feature", "ocr"],
+        &["--yes", "6 dead letters"],
+    )
+    .await;
     assert_eq!(dlq_messages(&env).await, 13);
-    let (code, _, err) = env.cli(&["dlq", "purge", "--feature", "ocr"]).await;
-    assert_ne!(code, 0);
-    assert!(err.contains("--all"), "{err}");
+    env.cli_fails(&["dlq", "purge", "--feature", "ocr"], &["--all"])
+        .await;
     // A dry run says what would go.
     let (code, out, err) = env
         .cli(&["dlq", "purge", "--all", "--feature", "ocr", "--dry-run"])

@@ -173,17 +173,16 @@ async fn savings_price_the_same_tokens_at_the_baseline_model() {
     }
     assert_eq!(env.wait_succeeded(n, 30).await, n);
 
+    let vs_gpt4o = [
+        "report",
+        "savings",
+        "--baseline",
+        "gpt-4o",
+        "--format",
+        "json",
+    ];
     let lines = env
-        .cli_json(&[
-            "report",
-            "savings",
-            "--baseline",
-            "gpt-4o",
-            "--by",
-            "model",
-            "--format",
-            "json",
-        ])
+        .cli_json(&[&vs_gpt4o[..], &["--by", "model"]].concat())
         .await;
     let gpt4o = env
         .config
@@ -251,29 +250,17 @@ async fn savings_price_the_same_tokens_at_the_baseline_model() {
     );
     assert!(rows[3].starts_with(&format!("total,{n},")), "{out}");
     let only = env
-        .cli_json(&[
-            "report",
-            "savings",
-            "--baseline",
-            "gpt-4o",
-            "--by",
-            "",
-            "--tenant",
-            "globex",
-            "--format",
-            "json",
-        ])
+        .cli_json(&[&vs_gpt4o[..], &["--by", "", "--tenant", "globex"]].concat())
         .await;
     assert_eq!(
         dec(&only[0]["cost_usd"]),
         spent(&env, "tenant='globex'").await
     );
-    let (code, _, err) = env.cli(&["report", "savings", "--baseline", "gpt-9"]).await;
-    assert_ne!(code, 0);
-    assert!(
-        err.contains("gpt-9") && err.contains("not a configured model"),
-        "{err}"
-    );
+    env.cli_fails(
+        &["report", "savings", "--baseline", "gpt-9"],
+        &["gpt-9", "not a configured model"],
+    )
+    .await;
     stop.cancel();
     worker.await.unwrap().unwrap();
 }
