@@ -133,15 +133,7 @@ async fn dead_letters_are_listed_shown_and_replayed_and_costs_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_that_fails_again_keeps_its_new_dead_letter() {
     let env = TestEnv::new(|c| c.worker.max_deliveries = 1).await;
-    let broken = FaultProfile {
-        error_rate: 1.0,
-        error_status: 500,
-        ..Default::default()
-    };
-    env.sim.set_profile(FaultProfile {
-        per_model: [("gpt-4o-mini-2024-07-18".to_string(), broken)].into(),
-        ..Default::default()
-    });
+    env.fail_model("gpt-4o-mini-2024-07-18");
     let (stop, worker) = env.start_worker().await;
     let pinned = job("r1", "acme", r#","model":"openai/gpt-4o-mini""#);
     env.publish(Priority::Normal, "acme", pinned).await;

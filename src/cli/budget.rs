@@ -5,7 +5,7 @@
 use crate::budget::Period;
 use crate::config::Config;
 use crate::job::names::is_valid_tenant;
-use crate::store::budget_admin::{budgets, set_budget, BudgetLimit, BudgetRow};
+use crate::store::budget_admin::{budget_status, set_budget, BudgetLimit};
 use rust_decimal::Decimal;
 use std::process::ExitCode;
 use std::str::FromStr;
@@ -29,11 +29,12 @@ pub enum BudgetCommand {
         #[arg(long, default_value = "fail", value_parser = ["fail", "defer"])]
         policy: String,
     },
-    /// List budgets with what is spent and held in the current period.
+    /// List budgets with what is spent and reserved in the current period, the share used
+    /// and what is left (the same as `report budgets`).
     Show {
         #[arg(long)]
         tenant: Option<String>,
-        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+        #[arg(long, default_value = "table", value_parser = ["table", "json", "csv"])]
         format: String,
     },
 }
@@ -74,52 +75,8 @@ pub async fn run(cfg: Config, cmd: BudgetCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         BudgetCommand::Show { tenant, format } => {
-            let rows = budgets(&pool, tenant.as_deref()).await?;
-            let now = chrono::Utc::now();
-            if format == "table" {
-                println!(
-                    "{:<16} {:<22} {:<6} {:>12} {:>14} {:>12} {:<6}  period start",
-                    "tenant", "feature", "period", "limit_usd", "spent_usd", "held_usd", "policy"
-                );
-            }
-            for row in rows {
-                let BudgetRow {
-                    tenant: t,
-                    feature: f,
-                    period,
-                    limit_usd: limit,
-                    spent_usd: spent,
-                    reserved_usd: reserved,
-                    policy,
-                    period_start: start,
-                } = row;
-                // A budget whose period has turned over shows the new, empty period.
-                let current = Period::parse(&period)
-                    .map(|p| p.start(now))
-                    .unwrap_or(start);
-                let (spent, reserved, start) = if start < current {
-                    (Decimal::ZERO, Decimal::ZERO, current)
-                } else {
-                    (spent, reserved, start)
-                };
-                if format == "json" {
-                    println!(
-                        "{}",
-                        serde_json::json!({"tenant": t, "feature": f, "period": period, "limit_usd": limit.normalize().to_string(),
-                            "spent_usd": spent.normalize().to_string(), "reserved_usd": reserved.normalize().to_string(),
-                            "policy": policy, "period_start": start.to_rfc3339()})
-                    );
-                } else {
-                    println!(
-                        "{t:<16} {:<22} {period:<6} {:>12} {:>14} {:>12} {policy:<6}  {}",
-                        f.unwrap_or_else(|| "(all)".into()),
-                        limit.normalize(),
-                        spent.normalize(),
-                        reserved.normalize(),
-                        start.format("%Y-%m-%d")
-                    );
-                }
-            }
+            let rows = budget_status(&pool, tenant.as_deref(), chrono::Utc::now()).await?;
+            crate::cli::report::budget_table(&rows).print(&format);
             Ok(ExitCode::SUCCESS)
         }
     }

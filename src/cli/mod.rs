@@ -42,10 +42,10 @@ pub enum Command {
     Submit(submit::SubmitArgs),
     /// Show a job's state and result.
     Status(status::StatusArgs),
-    /// Dead letters: list, show, replay.
+    /// Dead letters: list, show, replay, purge (one by one or by filter).
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
-    /// Reports from Postgres (costs).
+    /// Reports from Postgres: costs, savings against a baseline model, budgets.
     #[command(subcommand)]
     Report(report::ReportCommand),
     /// Spend limits: set and show.

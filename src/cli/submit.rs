@@ -224,7 +224,8 @@ fn line_key(line: &str) -> (Option<String>, Option<String>) {
     (tenant, id)
 }
 
-fn progress(quiet: bool, len: u64, what: &'static str) -> ProgressBar {
+/// A progress bar on stderr (hidden with `quiet`, or when stderr is not a terminal).
+pub(super) fn progress(quiet: bool, len: u64, what: &'static str) -> ProgressBar {
     if quiet {
         return ProgressBar::hidden();
     }

@@ -1,12 +1,14 @@
 //! Postgres: `jobs`, `cost_rows`, `budgets`. Writes on the hot path are grouped across
 //! jobs: claims ([`claims`]) and commits ([`writer`]) each carry a whole batch of jobs in
-//! one statement or transaction. Operators' budgets ([`budget_admin`]) and cost reports
-//! ([`reports`]) are read and written here too, so the CLI speaks no SQL.
+//! one statement or transaction. Operators' budgets ([`budget_admin`]), cost reports
+//! ([`reports`]) and dead-letter filters ([`dead_letters`]) are read and written here too,
+//! so the CLI speaks no SQL.
 
 mod batch;
 pub mod budget_admin;
 pub mod budgets;
 pub mod claims;
+pub mod dead_letters;
 pub mod leases;
 pub mod reports;
 pub mod writer;

@@ -15,6 +15,8 @@ pub enum CostDimension {
     Provider,
     Model,
     Outcome,
+    /// UTC hour, `YYYY-MM-DDTHH:00Z`.
+    Hour,
     /// UTC day, `YYYY-MM-DD`.
     Day,
     /// UTC month, `YYYY-MM`.
@@ -25,13 +27,14 @@ pub enum CostDimension {
 }
 
 impl CostDimension {
-    pub const ALL: [CostDimension; 9] = [
+    pub const ALL: [CostDimension; 10] = [
         CostDimension::Tenant,
         CostDimension::Feature,
         CostDimension::User,
         CostDimension::Provider,
         CostDimension::Model,
         CostDimension::Outcome,
+        CostDimension::Hour,
         CostDimension::Day,
         CostDimension::Month,
         CostDimension::Variant,
@@ -45,6 +48,7 @@ impl CostDimension {
             CostDimension::Provider => "provider",
             CostDimension::Model => "model",
             CostDimension::Outcome => "outcome",
+            CostDimension::Hour => "hour",
             CostDimension::Day => "day",
             CostDimension::Month => "month",
             CostDimension::Variant => "variant",
@@ -63,6 +67,9 @@ impl CostDimension {
             CostDimension::Provider => "provider",
             CostDimension::Model => "model",
             CostDimension::Outcome => "outcome",
+            CostDimension::Hour => {
+                "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24\":00Z\"')"
+            }
             CostDimension::Day => "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
             CostDimension::Month => "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM')",
             // one index lookup per row on jobs' (tenant, id) key

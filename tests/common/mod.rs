@@ -379,6 +379,42 @@ impl TestEnv {
     }
 }
 
+impl TestEnv {
+    /// Run the `switchyard` binary, which must succeed and print one JSON value per line.
+    pub async fn cli_json(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        let (code, out, err) = self.cli(args).await;
+        assert_eq!(code, 0, "{args:?}: {err}");
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{args:?}: {e}: {l}")))
+            .collect()
+    }
+
+    /// The simulator answers every call to the model `upstream` with a 500 (the others
+    /// answer normally).
+    pub fn fail_model(&self, upstream: &str) {
+        let broken = FaultProfile {
+            error_rate: 1.0,
+            error_status: 500,
+            ..Default::default()
+        };
+        self.sim.set_profile(FaultProfile {
+            per_model: [(upstream.to_string(), broken)].into(),
+            ..Default::default()
+        });
+    }
+
+    /// Run the `switchyard` binary, which must fail with a stderr that holds every one of
+    /// `needles` (bad input is named); returns the stderr.
+    pub async fn cli_fails(&self, args: &[&str], needles: &[&str]) -> String {
+        let (code, _, err) = self.cli(args).await;
+        assert_ne!(code, 0, "{args:?} succeeded: {err}");
+        for n in needles {
+            assert!(err.contains(n), "{args:?}: no {n:?} in {err}");
+        }
+        err
+    }
+}
+
 /// Check `instance` against `schemas/<name>.schema.json` (formats included).
 pub fn assert_schema(name: &str, instance: &serde_json::Value) {
     let path = format!("{}/schemas/{name}.schema.json", env!("CARGO_MANIFEST_DIR"));
