@@ -109,6 +109,11 @@ pub(super) struct BudgetLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheLabels {
     kind: &'static str,
     result: &'static str,
@@ -264,6 +269,7 @@ pub struct Metrics {
     cache_lookups: Family<CacheLabels, Counter>,
     retries: Counter,
     republished: Counter,
+    reloads: Family<ReloadLabels, Counter>,
     /// provider → model → handles; the configured models are made at start.
     models: RwLock<TwoKeys<Arc<ModelMetrics>>>,
 }
@@ -315,6 +321,7 @@ impl Metrics {
             cache_lookups: Family::default(),
             retries: Counter::default(),
             republished: Counter::default(),
+            reloads: Family::default(),
             models: RwLock::new(HashMap::new()),
         };
         // Series that exist before anything happens, so dashboards show 0, not nothing.
@@ -440,6 +447,11 @@ impl Metrics {
             "switchyard_republished",
             "Stored results published again without a provider call",
             self.republished.clone(),
+        );
+        r.register(
+            "switchyard_config_reloads",
+            "Config reloads (SIGHUP or a changed file) by result: applied, refused",
+            self.reloads.clone(),
         );
         r.register_collector(Box::new(self.live.clone()));
     }
@@ -592,6 +604,12 @@ impl Metrics {
 
     pub fn republished(&self) {
         self.republished.inc();
+    }
+
+    /// A config reload was applied (true) or refused (false).
+    pub fn reloaded(&self, applied: bool) {
+        let result = if applied { "applied" } else { "refused" };
+        self.reloads.get_or_create(&ReloadLabels { result }).inc();
     }
 
     /// Show `health`'s breakers and latency averages on `/metrics`.

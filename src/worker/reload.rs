@@ -165,6 +165,7 @@ pub async fn run(cell: Arc<CtxCell>, reloader: Reloader, stop: CancellationToken
             Err(e) => Err(anyhow::anyhow!("reading the config panicked: {e}")),
         };
         let outcome = loaded.and_then(|cfg| apply(&cell, cfg));
+        cell.get().metrics.reloaded(outcome.is_ok());
         if let Some(tx) = &reloader.report {
             let _ = tx.send(match &outcome {
                 Ok(a) => Ok(a.clone()),

@@ -78,6 +78,9 @@ fn renders_jobs_calls_tokens_and_spend() {
     m.limiter_waited("openai", "gpt-4o-mini", Duration::ZERO);
     m.dead_lettered(Priority::High, "invalid_job");
     m.retried();
+    m.reloaded(false);
+    m.reloaded(true);
+    m.reloaded(true);
     let text = m.render();
     for (series, want) in [
         (
@@ -153,6 +156,8 @@ fn renders_jobs_calls_tokens_and_spend() {
             0.0,
         ),
         ("switchyard_retries_total", 1.0),
+        (r#"switchyard_config_reloads_total{result="applied"}"#, 2.0),
+        (r#"switchyard_config_reloads_total{result="refused"}"#, 1.0),
         ("switchyard_republished_total", 0.0),
         ("switchyard_jobs_in_flight", 0.0),
         ("switchyard_worker_ready", 0.0),
