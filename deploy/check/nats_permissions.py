@@ -48,6 +48,7 @@ async def main() -> int:
     await js.publish("llm.results.globex.g1", b'{"id":"g1","tenant":"globex"}')
     await worker.nc.publish("llm.ctl.heartbeat", b"{}")
     await worker.nc.publish("_INBOX.acme.reply1", b"{}")
+    await worker.nc.subscribe("llm.results.>")  # switchyard submit --wait
     await worker.nc.flush()
     expect(not worker.violations, f"worker: no violations ({worker.violations})")
 
