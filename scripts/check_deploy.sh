@@ -23,6 +23,7 @@
 #                     with a password (deploy/check/nats_accounts_e2e.py): a client
 #                     without credentials, a reply_to in another tenant's inbox and a
 #                     wrong worker password are refused
+#   README, DESIGN.md the metric names they use are deploy/check/metrics.txt's
 #   simulator/        the profile loaded by `switchyard simulate`
 # Installs what it needs the first time (a venv under ~/.cache/switchyard-deploy-check
 # from PyPI, promtool from Debian's prometheus package, nats-server with apt), uses
@@ -151,6 +152,8 @@ step "alerts.yml: metric names and labels" "$PY" "$D/check/check_deploy.py" rule
 METRICS_IN_SRC_STRICT=1
 "$PY" "$D/check/check_deploy.py" src-metrics "$METRICS_IN_SRC_STRICT" >&2 ||
 	FAILED+=("metrics.txt: exported by src/")
+step "README Metrics table and every metric named in README, DESIGN.md and deploy/ match metrics.txt" \
+	"$PY" "$D/check/check_deploy.py" docs-metrics
 step "grafana: dashboard JSON, layout, data sources, metric names and labels" \
 	"$PY" "$D/check/check_deploy.py" grafana "$TMP/dashboard_rules.yml" "$TMP/dashboard.sql"
 if [[ -s $TMP/dashboard_rules.yml ]]; then

@@ -104,6 +104,42 @@ def src_metrics(strict="0"):
         print(f"note: {len(missing)} of the dashboard's metrics are not in src/ yet: {', '.join(missing)}")
 
 
+def docs_metrics():
+    """README's Metrics table lists exactly deploy/check/metrics.txt (names, types,
+    labels), and every switchyard_* metric named in README.md, DESIGN.md or deploy/ is
+    one of them (a histogram's _bucket, _sum and _count included), nor is any name shaped
+    like a metric (…_seconds, …_total) without the prefix: one list, no old names left
+    behind."""
+    metrics = load_metrics()
+    readme = (ROOT / "README.md").read_text()
+    m = re.search(r"^### Metrics\n(.*?)^#", readme, re.M | re.S)
+    if not m:
+        problem("README.md", "no section \"### Metrics\"")
+        return
+    table = {}
+    for row in re.finditer(r"^\| `(switchyard_[a-z0-9_]+)(?:\{([a-z_,]*)\})?` \| ([a-z]+)", m.group(1), re.M):
+        name, labels, kind = row.group(1), set(filter(None, (row.group(2) or "").split(","))), row.group(3)
+        table[name] = (kind, labels)
+        if name not in metrics:
+            problem("README.md ### Metrics", f"{name} is not in deploy/check/metrics.txt")
+        elif metrics[name] != (kind, labels):
+            problem("README.md ### Metrics", f"{name}: {kind} {{{','.join(sorted(labels))}}}, metrics.txt says {metrics[name][0]} {{{','.join(sorted(metrics[name][1]))}}}")
+    for name in metrics.keys() - table.keys():
+        problem("README.md ### Metrics", f"{name} (deploy/check/metrics.txt) is missing from the table")
+    files = [ROOT / "README.md", ROOT / "DESIGN.md"] + [
+        f for f in sorted(DEPLOY.rglob("*")) if f.is_file() and f.suffix not in (".py",) and f.name != "metrics.txt"
+    ]
+    for f in files:
+        for n, line in enumerate(f.read_text(errors="replace").splitlines(), 1):
+            for name in re.findall(r"\b(switchyard_[a-z0-9_]+)", line):
+                stem = re.sub(r"_(bucket|sum|count)$", "", name)
+                if name not in metrics and metrics.get(stem, ("",))[0] != "histogram":
+                    problem(f"{rel(f)}:{n}", f"{name} is not a metric of deploy/check/metrics.txt (an old name?)")
+            # a metric-shaped name without the prefix (provider_call_seconds_total …)
+            for name in re.findall(r"\b(?!switchyard_)([a-z][a-z0-9_]*_(?:seconds|total|bucket))\b", line):
+                problem(f"{rel(f)}:{n}", f"{name} looks like a metric but is not one of deploy/check/metrics.txt (switchyard_…; an old name?)")
+
+
 # --- Grafana --------------------------------------------------------------------------
 
 GRAFANA_VARS = {
@@ -726,6 +762,7 @@ def main():
         "k8s": k8s,
         "dockerfile": dockerfile,
         "src-metrics": src_metrics,
+        "docs-metrics": docs_metrics,
     }[cmd](*args)
     for p in PROBLEMS:
         print(f"FAIL {p}", file=sys.stderr)
