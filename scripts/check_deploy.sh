@@ -2,12 +2,16 @@
 # Validate deploy/ with real validators, no container runtime needed:
 #   compose.yaml      Compose Specification schema (check-jsonschema's vendored copy) and
 #                     cross-references (services, volumes, mounted files, NATS routes,
-#                     Prometheus targets); the worker's environment loaded by the real
-#                     config loader (`switchyard migrate` into a scratch database)
+#                     the workers' NATS login against cluster.conf's users, each
+#                     tenant's reply_to within its own inbox, Prometheus targets); the
+#                     worker's environment loaded by the real config loader
+#                     (`switchyard migrate` into a scratch database)
 #   Dockerfile        hadolint; COPY sources, .dockerignore, multi-stage, non-root
 #   k8s/              kubernetes-validate --strict (Kubernetes' own schemas); the KEDA
 #                     ScaledObject against KEDA's schema (cloudcoil-models-keda); the
-#                     objects' references to each other; the ConfigMap's TOML loaded by
+#                     objects' references to each other (the NATS password from the
+#                     Secret, the login a user of nats/accounts.conf, each tenant's
+#                     reply_to within its own inbox); the ConfigMap's TOML loaded by
 #                     `switchyard migrate`
 #   prometheus/       promtool check config, check rules, test rules (alerts.test.yml)
 #   grafana/          the dashboard's JSON, layout, data sources, metric names and
@@ -15,14 +19,19 @@
 #                     (EXPLAIN on the migrated schema)
 #   nats/             nats-server -t on both configs; a live server with accounts.conf,
 #                     every permission rule tried (deploy/check/nats_permissions.py), and
-#                     a job through a real worker (deploy/check/nats_accounts_e2e.py)
+#                     jobs through a real worker with the ConfigMap's config, logged in
+#                     with a password (deploy/check/nats_accounts_e2e.py): a client
+#                     without credentials, a reply_to in another tenant's inbox and a
+#                     wrong worker password are refused
+#   README, DESIGN.md the metric names they use are deploy/check/metrics.txt's
 #   simulator/        the profile loaded by `switchyard simulate`
 # Installs what it needs the first time (a venv under ~/.cache/switchyard-deploy-check
 # from PyPI, promtool from Debian's prometheus package, nats-server with apt), uses
 # DATABASE_URL or a throwaway Postgres like scripts/test.sh, its own NATS servers, and the
 # debug build of switchyard (SWITCHYARD_BIN overrides; built when missing).
 # scripts/test.sh runs it after the tests (SWITCHYARD_SKIP_DEPLOY_CHECK=1 skips it).
-# Exit 1 if any check fails; takes about 5 s once the tools are installed.
+# Exit 1 if any check fails; takes about 10 s once the tools are installed.
+# SWITCHYARD_DEPLOY_CHECK_VERBOSE=1 shows what each passing check printed as well.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/services.sh
@@ -88,6 +97,9 @@ step() {
 	shift
 	if out=$("$@" 2>&1); then
 		printf '[switchyard]   ok    %s\n' "$name" >&2
+		if [[ -n ${SWITCHYARD_DEPLOY_CHECK_VERBOSE:-} && -n $out ]]; then
+			printf '%s\n' "$out" | sed 's/^/[switchyard]         | /' >&2
+		fi
 	else
 		rc=$?
 		printf '[switchyard]   FAIL  %s (exit %s)\n' "$name" "$rc" >&2
@@ -140,6 +152,8 @@ step "alerts.yml: metric names and labels" "$PY" "$D/check/check_deploy.py" rule
 METRICS_IN_SRC_STRICT=1
 "$PY" "$D/check/check_deploy.py" src-metrics "$METRICS_IN_SRC_STRICT" >&2 ||
 	FAILED+=("metrics.txt: exported by src/")
+step "README Metrics table and every metric named in README, DESIGN.md and deploy/ match metrics.txt" \
+	"$PY" "$D/check/check_deploy.py" docs-metrics
 step "grafana: dashboard JSON, layout, data sources, metric names and labels" \
 	"$PY" "$D/check/check_deploy.py" grafana "$TMP/dashboard_rules.yml" "$TMP/dashboard.sql"
 if [[ -s $TMP/dashboard_rules.yml ]]; then
@@ -237,42 +251,87 @@ nats_permissions() {
 try_permissions() { "$PY" "$D/check/nats_permissions.py" "$NATS_TEST_URL"; }
 step "nats/accounts.conf: every permission tried on a live server" nats_permissions
 
-# A job through a real worker with the accounts example's `worker` permissions, sent and
-# read by tenant acme: nats-server, the simulator and the worker, one inside the other.
-# The worker cannot send NATS credentials yet (async-nats ignores user:password in the
-# URL and the config has no key for them), so the server lets it in as `worker` without
-# credentials (no_auth_user, as README "Deployment" describes); tenants still log in.
+# Jobs through a real worker with deploy/k8s's ConfigMap config, logged in as the
+# accounts example's `worker` user with the password the server reads from
+# WORKER_PASSWORD (no no_auth_user: a client without credentials is refused), sent and
+# read by tenant acme, one of them naming tenant globex's inbox as reply_to, which the
+# config's [[reply_to.tenants]] must refuse as invalid_job. Then a worker with a wrong
+# password, and one without its password variable, must stop at once saying why.
+# nats-server, the simulator and the worker, one inside the other.
 accounts_e2e() {
 	local port mport
+	if [[ ! -s $TMP/k8s.toml ]]; then
+		echo "no ConfigMap switchyard.toml to run the worker with (the k8s check failed above)"
+		return 1
+	fi
+	# the login and the provider URLs of the ConfigMap's config
+	E2E_USER=$("$PY" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb")).get("nats", {}).get("user", ""))' "$TMP/k8s.toml")
+	E2E_PASSWORD_ENV=$("$PY" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb")).get("nats", {}).get("password_env", ""))' "$TMP/k8s.toml")
+	if [[ -z $E2E_USER || -z $E2E_PASSWORD_ENV ]]; then
+		echo "the ConfigMap's [nats] sets no user and password_env: the worker would not log in"
+		return 1
+	fi
 	port=$(sy_free_port) && mport=$(sy_free_port) || return 1
 	mkdir -p "$TMP/js-e2e"
-	{ cat "$D/nats/accounts.conf"; echo "no_auth_user: worker"; } >"$TMP/accounts-e2e.conf"
 	NATS_TEST_PORT=$port
 	beside "http://127.0.0.1:$mport/healthz" "$TMP/nats-e2e.log" e2e_simulator \
-		"$NATS_SERVER" -c "$TMP/accounts-e2e.conf" -a 127.0.0.1 -p "$port" -m "$mport" -sd "$TMP/js-e2e"
+		"$NATS_SERVER" -c "$D/nats/accounts.conf" -a 127.0.0.1 -p "$port" -m "$mport" -sd "$TMP/js-e2e"
 }
 e2e_simulator() {
 	SIM_PORT=$(sy_free_port) || return 1
+	mapfile -t E2E_PROVIDERS < <(python3 scripts/lib/bench_provider_env.py "$TMP/k8s.toml" "http://127.0.0.1:$SIM_PORT" simulator)
 	beside "http://127.0.0.1:$SIM_PORT/_sim/stats" "$TMP/sim-e2e.log" e2e_worker \
 		"$BIN" simulate --addr "127.0.0.1:$SIM_PORT" --profile "$D/simulator/profile.json"
+}
+# e2e_env METRICS_PORT: the environment of a worker with the ConfigMap's config against
+# the test servers (one NATS server: replicas 1), without its NATS password.
+e2e_env() {
+	printf '%s\n' PATH="$PATH" HOME="$HOME" "${E2E_PROVIDERS[@]}" SWITCHYARD_CONFIG="$TMP/k8s.toml" \
+		NATS_URL="nats://127.0.0.1:$NATS_TEST_PORT" DATABASE_URL="$DB_URL" SWITCHYARD_NATS__REPLICAS=1 \
+		SWITCHYARD_METRICS__ADDR="127.0.0.1:$1"
 }
 e2e_worker() {
 	local mport vars
 	mport=$(sy_free_port) || return 1
-	mapfile -t vars < <(python3 scripts/lib/bench_provider_env.py config/demo.toml "http://127.0.0.1:$SIM_PORT" simulator)
+	mapfile -t vars < <(e2e_env "$mport")
 	beside "http://127.0.0.1:$mport/readyz" "$TMP/worker-e2e.log" e2e_job \
-		env -i PATH="$PATH" HOME="$HOME" "${vars[@]}" SWITCHYARD_CONFIG=config/demo.toml \
-		NATS_URL="nats://127.0.0.1:$NATS_TEST_PORT" DATABASE_URL="$DB_URL" \
-		SWITCHYARD_METRICS__ADDR="127.0.0.1:$mport" "$BIN" worker
+		env -i "${vars[@]}" "$E2E_PASSWORD_ENV=$WORKER_PASSWORD" "$BIN" worker
 }
 e2e_job() {
-	"$PY" "$D/check/nats_accounts_e2e.py" "nats://127.0.0.1:$NATS_TEST_PORT" || return 1
+	"$PY" "$D/check/nats_accounts_e2e.py" "nats://127.0.0.1:$NATS_TEST_PORT" "$E2E_USER" || return 1
 	if grep 'rust:switchyard' "$TMP/nats-e2e.log" | grep -i 'violation'; then
 		echo "the worker was refused a subject (above): deploy/nats/accounts.conf's worker user lacks it"
 		return 1
 	fi
+	refused_login "a wrong password" "the server refused the login (nats.user \"$E2E_USER\" with the password in $E2E_PASSWORD_ENV" \
+		"$E2E_PASSWORD_ENV=wrong-$WORKER_PASSWORD" || return 1
+	refused_login "no $E2E_PASSWORD_ENV" "nats.password_env: environment variable $E2E_PASSWORD_ENV is not set" || return 1
 }
-step "nats/accounts.conf: a job through a real worker (worker permissions) for tenant acme" accounts_e2e
+# refused_login WHAT MESSAGE [VAR=VALUE]: a worker with that NATS password must exit
+# non-zero within 30 s with MESSAGE in its output, and never print the password.
+refused_login() {
+	local what=$1 want=$2 mport vars out rc=0
+	shift 2
+	mport=$(sy_free_port) || return 1
+	mapfile -t vars < <(e2e_env "$mport")
+	out=$(timeout 30 env -i "${vars[@]}" "$@" "$BIN" worker 2>&1) || rc=$?
+	if ((rc == 0 || rc == 124)); then
+		echo "a worker with $what was not stopped (exit $rc); last lines:"
+		tail -n 5 <<<"$out"
+		return 1
+	fi
+	if ! grep -qF -- "$want" <<<"$out"; then
+		echo "a worker with $what stopped (exit $rc) without saying why; expected \"$want\" in:"
+		tail -n 5 <<<"$out"
+		return 1
+	fi
+	if grep -qF -- "$WORKER_PASSWORD" <<<"$out"; then
+		echo "a worker with $what printed the password"
+		return 1
+	fi
+	echo "ok   a worker with $what stops: $(grep -F -- "$want" <<<"$out" | tail -n 1)"
+}
+step "nats/accounts.conf: jobs through a real worker logged in with deploy/k8s's config (tenant acme; reply_to to globex's inbox refused; wrong password refused)" accounts_e2e
 
 if ((${#FAILED[@]})); then
 	sy_log "deploy check: ${#FAILED[@]} failed: ${FAILED[*]}"

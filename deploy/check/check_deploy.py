@@ -104,6 +104,42 @@ def src_metrics(strict="0"):
         print(f"note: {len(missing)} of the dashboard's metrics are not in src/ yet: {', '.join(missing)}")
 
 
+def docs_metrics():
+    """README's Metrics table lists exactly deploy/check/metrics.txt (names, types,
+    labels), and every switchyard_* metric named in README.md, DESIGN.md or deploy/ is
+    one of them (a histogram's _bucket, _sum and _count included), nor is any name shaped
+    like a metric (…_seconds, …_total) without the prefix: one list, no old names left
+    behind."""
+    metrics = load_metrics()
+    readme = (ROOT / "README.md").read_text()
+    m = re.search(r"^### Metrics\n(.*?)^#", readme, re.M | re.S)
+    if not m:
+        problem("README.md", "no section \"### Metrics\"")
+        return
+    table = {}
+    for row in re.finditer(r"^\| `(switchyard_[a-z0-9_]+)(?:\{([a-z_,]*)\})?` \| ([a-z]+)", m.group(1), re.M):
+        name, labels, kind = row.group(1), set(filter(None, (row.group(2) or "").split(","))), row.group(3)
+        table[name] = (kind, labels)
+        if name not in metrics:
+            problem("README.md ### Metrics", f"{name} is not in deploy/check/metrics.txt")
+        elif metrics[name] != (kind, labels):
+            problem("README.md ### Metrics", f"{name}: {kind} {{{','.join(sorted(labels))}}}, metrics.txt says {metrics[name][0]} {{{','.join(sorted(metrics[name][1]))}}}")
+    for name in metrics.keys() - table.keys():
+        problem("README.md ### Metrics", f"{name} (deploy/check/metrics.txt) is missing from the table")
+    files = [ROOT / "README.md", ROOT / "DESIGN.md"] + [
+        f for f in sorted(DEPLOY.rglob("*")) if f.is_file() and f.suffix not in (".py",) and f.name != "metrics.txt"
+    ]
+    for f in files:
+        for n, line in enumerate(f.read_text(errors="replace").splitlines(), 1):
+            for name in re.findall(r"\b(switchyard_[a-z0-9_]+)", line):
+                stem = re.sub(r"_(bucket|sum|count)$", "", name)
+                if name not in metrics and metrics.get(stem, ("",))[0] != "histogram":
+                    problem(f"{rel(f)}:{n}", f"{name} is not a metric of deploy/check/metrics.txt (an old name?)")
+            # a metric-shaped name without the prefix (provider_call_seconds_total …)
+            for name in re.findall(r"\b(?!switchyard_)([a-z][a-z0-9_]*_(?:seconds|total|bucket))\b", line):
+                problem(f"{rel(f)}:{n}", f"{name} looks like a metric but is not one of deploy/check/metrics.txt (switchyard_…; an old name?)")
+
+
 # --- Grafana --------------------------------------------------------------------------
 
 GRAFANA_VARS = {
@@ -318,6 +354,65 @@ def duration_s(text):
     return int(m.group(1)) if m else None
 
 
+# --- NATS logins and reply_to -----------------------------------------------------------
+
+def nats_users(conf_text):
+    """{user: password variable} of a NATS config's users whose password is `$VAR`."""
+    return dict(re.findall(r"\buser:\s*([A-Za-z0-9_-]+)\s*,?\s*password:\s*\$([A-Z_][A-Z0-9_]*)", conf_text))
+
+
+def accounts_tenants():
+    """The tenants of deploy/nats/accounts.conf: the users that may subscribe only to
+    their own inbox, _INBOX.<tenant>.>."""
+    return sorted(set(re.findall(r'"_INBOX\.([a-z0-9][a-z0-9_-]*)\.>"', (DEPLOY / "nats/accounts.conf").read_text())))
+
+
+def no_anonymous_login(where, conf_text):
+    if re.search(r"^\s*no_auth_user\b", conf_text, re.M):
+        problem(where, "no_auth_user lets clients in without credentials: the workers log in (nats.user, nats.password_env)")
+
+
+def as_list(value):
+    """A config list as the environment gives it: a TOML array or comma-separated."""
+    if isinstance(value, list):
+        return value
+    text = str(value).strip()
+    if text.startswith("["):
+        return tomllib.loads(f"v = {text}")["v"]
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def subject_matches(pattern, subject):
+    """NATS wildcards: `*` one token, `>` one or more at the end."""
+    p, s = pattern.split("."), subject.split(".")
+    for i, tok in enumerate(p):
+        if tok == ">":
+            return len(s) > i
+        if i >= len(s) or (tok != "*" and tok != s[i]):
+            return False
+    return len(p) == len(s)
+
+
+def check_reply_to(where, default, per_tenant, tenants):
+    """Every tenant of accounts.conf has a reply_to list within its own inbox
+    (_INBOX.<tenant>.…), and the default list (tenants without one) reaches no tenant's
+    inbox: no job can have its result published into another tenant's inbox."""
+    for t in tenants:
+        allow = per_tenant.get(t)
+        if allow is None:
+            problem(where, f"reply_to: no list for tenant {t!r} of deploy/nats/accounts.conf (allow = [\"_INBOX.{t}.>\"])")
+            continue
+        if not allow:
+            problem(where, f"reply_to: tenant {t!r} has an empty list; its inbox is _INBOX.{t}.>")
+        for pat in allow:
+            if pat.split(".")[:2] != ["_INBOX", t] or len(pat.split(".")) < 3:
+                problem(where, f"reply_to: tenant {t!r} may name {pat!r}, outside its own inbox _INBOX.{t}.>")
+    for pat in default:
+        for t in tenants:
+            if subject_matches(pat, f"_INBOX.{t}.x"):
+                problem(where, f"reply_to.allow {pat!r} (tenants without a list of their own) reaches tenant {t!r}'s inbox")
+
+
 def compose(env_out):
     path = DEPLOY / "compose.yaml"
     where = rel(path)
@@ -359,6 +454,25 @@ def compose(env_out):
     # workers: several, replicated streams, Prometheus finds them, a drain fits
     worker = services.get("worker", {})
     wenv = {k: compose_interpolate(v) for k, v in as_env(worker.get("environment")).items()}
+    # NATS login: the worker's user is one of cluster.conf's, and the password the
+    # workers send is the one every server reads
+    no_anonymous_login(rel(DEPLOY / "nats/cluster.conf"), conf)
+    users = nats_users(conf)
+    ww = f"{where} services.worker"
+    user, pw_env = wenv.get("SWITCHYARD_NATS__USER"), wenv.get("SWITCHYARD_NATS__PASSWORD_ENV")
+    if not users:
+        problem(rel(DEPLOY / "nats/cluster.conf"), "no users: clients must log in (authorization { users: [{ user: worker, password: $WORKER_PASSWORD }] })")
+    elif not user or not pw_env:
+        problem(ww, "the workers must log in: set SWITCHYARD_NATS__USER and SWITCHYARD_NATS__PASSWORD_ENV")
+    elif user not in users:
+        problem(ww, f"SWITCHYARD_NATS__USER {user!r} is not a user of nats/cluster.conf {sorted(users)}")
+    elif not wenv.get(pw_env):
+        problem(ww, f"{pw_env} (SWITCHYARD_NATS__PASSWORD_ENV) is not set in the workers' environment")
+    else:
+        for n, svc in nodes.items():
+            served = compose_interpolate(as_env(svc.get("environment")).get(users[user]))
+            if served != wenv[pw_env]:
+                problem(f"{where} services.{n}", f"{users[user]} (user {user}'s password in cluster.conf) is not the workers' {pw_env}")
     if (worker.get("deploy") or {}).get("replicas", 1) < 2:
         problem(f"{where} services.worker", "run several workers (deploy.replicas)")
     if wenv.get("SWITCHYARD_NATS__REPLICAS") != "3":
@@ -367,7 +481,17 @@ def compose(env_out):
     local_cfg = ROOT / "config" / Path(cfg_path).name
     if not cfg_path.startswith("/etc/switchyard/") or not local_cfg.exists():
         problem(f"{where} services.worker", f"SWITCHYARD_CONFIG {cfg_path!r} is not a file of config/ (the image copies config/ to /etc/switchyard/)")
-    grace = tomllib.loads(local_cfg.read_text()).get("worker", {}).get("shutdown_grace_s", 30) if local_cfg.exists() else 30
+    file_cfg = tomllib.loads(local_cfg.read_text()) if local_cfg.exists() else {}
+    grace = file_cfg.get("worker", {}).get("shutdown_grace_s", 30)
+    # reply_to as the file and the environment make it (an entry of the environment
+    # replaces the file's list for that tenant)
+    rt = file_cfg.get("reply_to", {})
+    per_tenant = {t.get("tenant"): as_list(t.get("allow", [])) for t in rt.get("tenants", [])}
+    for k, v in wenv.items():
+        if m := re.fullmatch(r"SWITCHYARD_REPLY_TO__TENANTS__([A-Z0-9_-]+)__ALLOW", k):
+            per_tenant[m.group(1).lower()] = as_list(v)
+    default = as_list(wenv["SWITCHYARD_REPLY_TO__ALLOW"]) if "SWITCHYARD_REPLY_TO__ALLOW" in wenv else rt.get("allow", ["_INBOX.>"])
+    check_reply_to(ww, default, per_tenant, accounts_tenants())
     stop = duration_s(worker.get("stop_grace_period", "10s"))
     if stop is None or stop < grace + 5:
         problem(f"{where} services.worker", f"stop_grace_period must be at least worker.shutdown_grace_s + 5 s ({grace + 5}s)")
@@ -495,11 +619,24 @@ def k8s(toml_out, env_out):
     if c is None:
         problem(where, "no container named worker")
         return
-    env = {e["name"]: e.get("value") for e in c.get("env", [])}
+    secret_values = {**(secret.get("data") or {}), **(secret.get("stringData") or {})}
+    env = {}
+    for e in c.get("env", []):
+        ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+        if ref is None:
+            env[e["name"]] = e.get("value")
+        elif ref.get("name") != secret["metadata"]["name"]:
+            problem(where, f"env {e['name']}: secretKeyRef names {ref.get('name')!r}, not the Secret {secret['metadata']['name']!r}")
+        elif ref.get("key") not in secret_values:
+            problem(rel(spath), f"has no key {ref.get('key')!r} (the Deployment's env {e['name']} takes it)")
+        else:
+            env[e["name"]] = secret_values[ref["key"]]
+    from_secret = False
     for ef in c.get("envFrom", []):
         name = (ef.get("secretRef") or {}).get("name")
         if name and name != secret["metadata"]["name"]:
             problem(where, f"envFrom secret {name!r} is not {secret['metadata']['name']!r}")
+        from_secret = from_secret or name == secret["metadata"]["name"]
     vols = {v["name"]: v for v in pod.get("volumes", [])}
     cfg = env.get("SWITCHYARD_CONFIG", "")
     toml_text = None
@@ -542,9 +679,33 @@ def k8s(toml_out, env_out):
         var = p.get("api_key_env")
         if var and var not in secret.get("stringData", {}) and var not in secret.get("data", {}):
             problem(rel(spath), f"provider {p.get('name')}: {var} is not in the Secret")
+    # NATS: the worker logs in as a user of accounts.conf with a password from the Secret
+    nats = conf.get("nats", {})
+    accounts_conf = (DEPLOY / "nats/accounts.conf").read_text()
+    no_anonymous_login(rel(DEPLOY / "nats/accounts.conf"), accounts_conf)
+    users = nats_users(accounts_conf)
+    if not nats.get("user") or not nats.get("password_env"):
+        problem(rel(cpath), "[nats] must log in as the worker user of deploy/nats/accounts.conf: user and password_env")
+    else:
+        if nats["user"] not in users:
+            problem(rel(cpath), f"nats.user {nats['user']!r} is not a user of deploy/nats/accounts.conf {sorted(users)}")
+        var = nats["password_env"]
+        if var not in env and not (from_secret and var in secret_values):
+            problem(where, f"nothing sets {var} (nats.password_env): take it from the Secret {secret['metadata']['name']!r}")
+        elif var in (c2.get("name") for c2 in c.get("env", []) if "value" in c2):
+            problem(where, f"{var} (nats.password_env) is written in the Deployment: take it from the Secret")
+    if "@" in str(nats.get("url", "")):
+        problem(rel(cpath), "nats.url carries credentials: use nats.user and nats.password_env")
+    rt = conf.get("reply_to", {})
+    check_reply_to(
+        rel(cpath),
+        rt.get("allow", ["_INBOX.>"]),
+        {t.get("tenant"): as_list(t.get("allow", [])) for t in rt.get("tenants", [])},
+        accounts_tenants(),
+    )
     Path(toml_out).write_text(toml_text)
     lines = [f"{k}={v}" for k, v in env.items() if k != "SWITCHYARD_CONFIG"]
-    lines += [f"{k}={v}" for k, v in (secret.get("stringData") or {}).items()]
+    lines += [f"{k}={v}" for k, v in (secret.get("stringData") or {}).items() if k not in env]
     Path(env_out).write_text("\n".join(lines) + "\n")
 
 
@@ -601,6 +762,7 @@ def main():
         "k8s": k8s,
         "dockerfile": dockerfile,
         "src-metrics": src_metrics,
+        "docs-metrics": docs_metrics,
     }[cmd](*args)
     for p in PROBLEMS:
         print(f"FAIL {p}", file=sys.stderr)
