@@ -179,7 +179,7 @@ WITH input AS (
              stream_seq)
 ), prior AS (
     SELECT j.tenant, j.id, j.status, j.free_deliveries, j.lease_until,
-           CASE WHEN j.status <> 'running' THEN j.result END AS result
+           CASE WHEN j.status <> 'running' THEN j.result || jsonb_build_object('output', j.output) END AS result
       FROM jobs j JOIN input i ON j.tenant = i.tenant AND j.id = i.id
 ), up AS (
     INSERT INTO jobs (tenant, id, feature, user_id, priority, task, requested_model,

@@ -162,7 +162,8 @@ pub struct JobRow {
 pub async fn job_row(pool: &PgPool, tenant: &str, id: &str) -> Result<Option<JobRow>, StoreError> {
     let row = sqlx::query_as::<_, JobRow>(
         "SELECT tenant, id, status, priority, provider, model, cost_usd, error_kind, error_message,
-                deliveries, created_at, finished_at, result
+                deliveries, created_at, finished_at,
+                result || jsonb_build_object('output', output) AS result
            FROM jobs WHERE tenant = $1 AND id = $2",
     )
     .bind(tenant)

@@ -64,7 +64,8 @@ pub struct CommitJob {
     pub lease_token: Option<String>,
     /// The message that produced this result.
     pub stream_seq: u64,
-    /// The published result; `jobs.output` is taken from its `output` by Postgres.
+    /// The published result. Postgres stores its `output` once, in `jobs.output`, and
+    /// the rest in `jobs.result` (readers put the two together again).
     pub result: Box<serde_json::value::RawValue>,
 }
 
@@ -344,7 +345,7 @@ WITH c AS (
                       started_at, finished_at, lease_token, lease_until, stream_seq)
     SELECT tenant, id, feature, user_id, priority, task, requested_model, status, provider,
            model, input_tokens, cached_input_tokens, output_tokens, cost_usd, error_kind,
-           error_message, nullif(result -> 'output', 'null'::jsonb), result, 1, now(), now(),
+           error_message, nullif(result -> 'output', 'null'::jsonb), result - 'output', 1, now(), now(),
            lease_token, NULL, stream_seq
       FROM (SELECT tenant, id, feature, user_id, priority, task, requested_model, status,
                    provider, model, input_tokens, cached_input_tokens, output_tokens,
