@@ -108,7 +108,10 @@ impl TestEnv {
         }
         tweak(&mut config);
 
-        let client = async_nats::connect(&config.nats.url).await.expect("NATS");
+        // As the worker connects: NATS_URL may list cluster members.
+        let client = switchyard::connect::nats(&config.nats, Duration::from_secs(10))
+            .await
+            .expect("NATS");
         let js = jetstream::new(client.clone());
         let pool = PgPool::connect(&config.postgres.url)
             .await
@@ -288,7 +291,7 @@ impl Drop for TestEnv {
         self.sim_stop.cancel();
         let prefix = self.prefix.clone();
         let db = self.db_name.clone();
-        let url = nats_url();
+        let nats = self.config.nats.clone();
         // Async cleanup from Drop (also on panic): on its own thread and runtime.
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -298,7 +301,7 @@ impl Drop for TestEnv {
                 return;
             };
             rt.block_on(async move {
-                if let Ok(client) = async_nats::connect(&url).await {
+                if let Ok(client) = switchyard::connect::nats(&nats, Duration::from_secs(5)).await {
                     let js = jetstream::new(client);
                     streams::delete_all(&js, &prefix).await;
                 }
