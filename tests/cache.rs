@@ -459,7 +459,7 @@ async fn two_workers_racing_on_one_request_leave_one_entry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "figures for BENCHMARKS.md; prints them"]
 async fn cache_figures_on_an_ingestion_workload() {
-    const DISTINCT: u32 = 250;
+    const DISTINCT: u32 = 1000;
     const REPEATS: u32 = 4;
     for enabled in [false, true] {
         let env = TestEnv::new(|c| {
