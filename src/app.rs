@@ -87,6 +87,8 @@ pub async fn run_worker(
     let (claimer, claim_loop) =
         Claimer::start(pool.clone(), cfg.worker.commit_batch, linger, lease_ttl);
     let (writer, commit_loop) = Writer::start(pool.clone(), cfg.worker.commit_batch, linger);
+    let (cache, cache_loop) =
+        store::cache::CacheLookups::start(pool.clone(), cfg.worker.commit_batch, linger);
     let keeper_stop = CancellationToken::new();
     let (leases, lease_loop) = LeaseKeeper::start(pool.clone(), lease_ttl, keeper_stop.clone());
     let abort = CancellationToken::new();
@@ -97,6 +99,9 @@ pub async fn run_worker(
     let infra = Infra::new(client.clone(), metrics.clone());
     let infra_stop = CancellationToken::new();
     let infra_task = tokio::spawn(infra.clone().monitor(pool.clone(), infra_stop.clone()));
+    // Expired response-cache entries (swept whether or not this worker's cache is on:
+    // another worker's, or an earlier config's, may have stored them).
+    let cache_sweep = tokio::spawn(store::cache::sweep_until(pool.clone(), infra_stop.clone()));
     // Give freed memory back after bursts (jobs held, or calls in flight).
     tokio::spawn(crate::alloc::trim_after_bursts(
         {
@@ -157,6 +162,7 @@ pub async fn run_worker(
         providers,
         claimer,
         writer,
+        cache,
         leases,
         infra: infra.clone(),
         clock,
@@ -248,10 +254,12 @@ pub async fn run_worker(
     let _ = budget_watch.await;
     let _ = claim_loop.await;
     let _ = commit_loop.await;
+    let _ = cache_loop.await;
     keeper_stop.cancel();
     let _ = lease_loop.await;
     infra_stop.cancel();
     let _ = infra_task.await;
+    let _ = cache_sweep.await;
     client.flush().await.context("flushing NATS")?;
     pool.close().await;
     metrics_stop.cancel();

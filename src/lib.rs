@@ -8,6 +8,7 @@
 pub mod alloc;
 pub mod app;
 pub mod budget;
+pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod config;

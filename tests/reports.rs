@@ -239,7 +239,7 @@ async fn savings_price_the_same_tokens_at_the_baseline_model() {
     let rows = csv(
         &env,
         &["report", "savings", "--baseline", "openai/gpt-4o", "--by", "tenant", "--format", "csv"],
-        "tenant,calls,input_tokens,cached_input_tokens,output_tokens,cost_usd,baseline_usd,savings_usd,savings_pct",
+        "tenant,calls,input_tokens,cached_input_tokens,output_tokens,cost_usd,baseline_usd,savings_usd,savings_pct,cache_hits,cache_saved_usd",
     )
     .await;
     let out = rows.join("\n");

@@ -8,7 +8,7 @@
 use super::ConfigError;
 
 /// The top-level sections of the file (a test holds this equal to `FileConfig`'s).
-pub(super) const SECTIONS: [&str; 12] = [
+pub(super) const SECTIONS: [&str; 13] = [
     "nats",
     "postgres",
     "worker",
@@ -19,6 +19,7 @@ pub(super) const SECTIONS: [&str; 12] = [
     "routing",
     "health",
     "reply_to",
+    "cache",
     "providers",
     "models",
 ];

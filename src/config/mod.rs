@@ -7,11 +7,13 @@
 //! `__` included, are not the config's (see `env`). A bad file or variable fails at
 //! start naming the field or the variable.
 
+mod cache;
 mod connections;
 mod env;
 mod reply_to;
 mod sections;
 
+pub use cache::{CacheConfig, CacheRule, CacheScope};
 use connections::mask_userinfo;
 pub use connections::{
     redact_url, NatsConfig, NatsServer, PgSslMode, PostgresConfig, UrlCredentials,
@@ -260,6 +262,7 @@ impl FileConfig {
             }
         }
         self.validate_health()?;
+        self.cache.validate(&model_names)?;
         self.validate_routing(&model_names)
     }
 

@@ -1,7 +1,7 @@
 //! The TOML file's sections as serde structs. Unknown keys are refused, so a typo fails
 //! at start instead of being silently ignored.
 
-use super::{NatsConfig, PostgresConfig, ReplyToConfig};
+use super::{CacheConfig, NatsConfig, PostgresConfig, ReplyToConfig};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +28,8 @@ pub struct FileConfig {
     pub health: HealthConfig,
     #[serde(default)]
     pub reply_to: ReplyToConfig,
+    #[serde(default)]
+    pub cache: CacheConfig,
     #[serde(default)]
     pub providers: Vec<ProviderConfig>,
     #[serde(default)]

@@ -2,11 +2,12 @@
 //! jobs: claims ([`claims`]) and commits ([`writer`]) each carry a whole batch of jobs in
 //! one statement or transaction. Operators' budgets ([`budget_admin`]), cost reports
 //! ([`reports`]) and dead-letter filters ([`dead_letters`]) are read and written here too,
-//! so the CLI speaks no SQL.
+//! so the CLI speaks no SQL. The response cache's entries are in [`cache`].
 
 mod batch;
 pub mod budget_admin;
 pub mod budgets;
+pub mod cache;
 pub mod claims;
 pub mod dead_letters;
 pub mod leases;

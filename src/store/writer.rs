@@ -11,11 +11,14 @@
 //!   landed.
 //! - Budgets: spend is added from the cost rows inserted, reservations are released with
 //!   the lease that owns them.
+//! - The response cache: a succeeded job's answer is stored (see [`super::cache`]) only
+//!   when its final row lands; a job answered from the cache keeps what it saved on its row.
 //! - When Postgres refuses a batch for its data, each job is committed alone, so only the
 //!   job at fault gets the error; when Postgres is away, every job gets
 //!   [`StoreError::Unavailable`] and its request back, to try again in place.
 
 use super::batch::{next_batch, Lanes};
+use super::cache::CacheEntry;
 use super::StoreError;
 use crate::job::{Attempt, Usage};
 use rust_decimal::Decimal;
@@ -67,6 +70,11 @@ pub struct CommitJob {
     /// The published result. Postgres stores its `output` once, in `jobs.output`, and
     /// the rest in `jobs.result` (readers put the two together again).
     pub result: Box<serde_json::value::RawValue>,
+    /// Answered from the response cache: what the call would have cost
+    /// (`jobs.cache_hit`, `jobs.cache_saved_usd`).
+    pub cache_saved_usd: Option<Decimal>,
+    /// The answer to store in the response cache, when this row lands.
+    pub cache_entry: Option<Box<CacheEntry>>,
 }
 
 /// A delivery that ends without a final row: its lease (and budget reservation) is let go.
@@ -282,6 +290,8 @@ struct JobColumns<'a> {
     result: Vec<&'a str>,
     lease_token: Vec<Option<&'a str>>,
     stream_seq: Vec<i64>,
+    cache_hit: Vec<bool>,
+    cache_saved_usd: Vec<Decimal>,
 }
 
 impl<'a> JobColumns<'a> {
@@ -305,6 +315,55 @@ impl<'a> JobColumns<'a> {
         self.result.push(j.result.get());
         self.lease_token.push(j.lease_token.as_deref());
         self.stream_seq.push(big(j.stream_seq));
+        self.cache_hit.push(j.cache_saved_usd.is_some());
+        self.cache_saved_usd
+            .push(j.cache_saved_usd.unwrap_or_default());
+    }
+}
+
+/// The response-cache entries of a statement, column by column.
+#[derive(Default)]
+struct EntryColumns<'a> {
+    tenant: Vec<&'a str>,
+    job_id: Vec<&'a str>,
+    key: Vec<&'a [u8]>,
+    ttl_s: Vec<i64>,
+    provider: Vec<&'a str>,
+    model: Vec<&'a str>,
+    output: Vec<&'a str>,
+    input_tokens: Vec<i64>,
+    cached_input_tokens: Vec<i64>,
+    output_tokens: Vec<i64>,
+    cost_usd: Vec<Decimal>,
+}
+
+impl<'a> EntryColumns<'a> {
+    /// The entries of `jobs` (final rows, one per job), one per `(tenant, key)`: two
+    /// jobs of a batch with the same answer store the later one. In (tenant, key) order,
+    /// as rows are locked.
+    fn of(jobs: impl Iterator<Item = &'a CommitJob>) -> EntryColumns<'a> {
+        let mut one: std::collections::BTreeMap<(&str, &[u8]), (&CommitJob, &CacheEntry)> =
+            std::collections::BTreeMap::new();
+        for j in jobs {
+            if let Some(e) = &j.cache_entry {
+                one.insert((&j.tenant, &e.key[..]), (j, &**e));
+            }
+        }
+        let mut c = EntryColumns::default();
+        for (j, e) in one.into_values() {
+            c.tenant.push(&j.tenant);
+            c.job_id.push(&j.id);
+            c.key.push(&e.key);
+            c.ttl_s.push(big(e.ttl_s));
+            c.provider.push(&e.provider);
+            c.model.push(&e.model);
+            c.output.push(e.output.get());
+            c.input_tokens.push(big(e.usage.input_tokens));
+            c.cached_input_tokens.push(big(e.usage.cached_input_tokens));
+            c.output_tokens.push(big(e.usage.output_tokens));
+            c.cost_usd.push(e.cost_usd);
+        }
+        c
     }
 }
 
@@ -342,22 +401,25 @@ WITH c AS (
     INSERT INTO jobs AS j (tenant, id, feature, user_id, priority, task, requested_model,
                       status, provider, model, input_tokens, cached_input_tokens, output_tokens,
                       cost_usd, error_kind, error_message, output, result, deliveries,
-                      started_at, finished_at, lease_token, lease_until, stream_seq)
+                      started_at, finished_at, lease_token, lease_until, stream_seq,
+                      cache_hit, cache_saved_usd)
     SELECT tenant, id, feature, user_id, priority, task, requested_model, status, provider,
            model, input_tokens, cached_input_tokens, output_tokens, cost_usd, error_kind,
            error_message, nullif(result -> 'output', 'null'::jsonb), result - 'output', 1, now(), now(),
-           lease_token, NULL, stream_seq
+           lease_token, NULL, stream_seq, cache_hit, cache_saved_usd
       FROM (SELECT tenant, id, feature, user_id, priority, task, requested_model, status,
                    provider, model, input_tokens, cached_input_tokens, output_tokens,
                    cost_usd, error_kind, error_message, result::jsonb AS result, lease_token,
-                   stream_seq
+                   stream_seq, cache_hit, cache_saved_usd
               FROM unnest($17::text[], $18::text[], $19::text[], $20::text[], $21::text[],
                           $22::text[], $23::text[], $24::text[], $25::text[], $26::text[],
                           $27::bigint[], $28::bigint[], $29::bigint[], $30::numeric[],
-                          $31::text[], $32::text[], $33::text[], $34::text[], $35::bigint[])
+                          $31::text[], $32::text[], $33::text[], $34::text[], $35::bigint[],
+                          $41::boolean[], $42::numeric[])
                 AS y(tenant, id, feature, user_id, priority, task, requested_model, status,
                      provider, model, input_tokens, cached_input_tokens, output_tokens,
-                     cost_usd, error_kind, error_message, result, lease_token, stream_seq)
+                     cost_usd, error_kind, error_message, result, lease_token, stream_seq,
+                     cache_hit, cache_saved_usd)
            ) AS x
     ON CONFLICT (tenant, id) DO UPDATE
        SET status = EXCLUDED.status, provider = EXCLUDED.provider, model = EXCLUDED.model,
@@ -372,11 +434,34 @@ WITH c AS (
            task = coalesce(EXCLUDED.task, j.task),
            requested_model = coalesce(EXCLUDED.requested_model, j.requested_model),
            lease_token = NULL, lease_until = NULL, stream_seq = EXCLUDED.stream_seq,
-           free_deliveries = 0
+           free_deliveries = 0, cache_hit = EXCLUDED.cache_hit,
+           cache_saved_usd = EXCLUDED.cache_saved_usd
      WHERE j.status <> 'succeeded'
        AND (j.lease_until IS NULL OR j.lease_until < now()
             OR j.lease_token = EXCLUDED.lease_token)
     RETURNING j.tenant, j.id
+), ce AS (
+    -- Response-cache entries, each only with its job's final row (landed just above).
+    INSERT INTO cache_entries AS e (tenant, key_hash, provider, model, output, input_tokens,
+                                    cached_input_tokens, output_tokens, cost_usd, job_id,
+                                    created_at, expires_at)
+    SELECT x.tenant, x.key_hash, x.provider, x.model, x.output::jsonb, x.input_tokens,
+           x.cached_input_tokens, x.output_tokens, x.cost_usd, x.job_id, now(),
+           now() + make_interval(secs => x.ttl_s::double precision)
+      FROM unnest($43::text[], $44::text[], $45::bytea[], $46::bigint[], $47::text[],
+                  $48::text[], $49::text[], $50::bigint[], $51::bigint[], $52::bigint[],
+                  $53::numeric[])
+        AS x(tenant, job_id, key_hash, ttl_s, provider, model, output, input_tokens,
+             cached_input_tokens, output_tokens, cost_usd)
+     WHERE EXISTS (SELECT 1 FROM f WHERE f.tenant = x.tenant AND f.id = x.job_id)
+    ON CONFLICT (tenant, key_hash) DO UPDATE
+       SET provider = EXCLUDED.provider, model = EXCLUDED.model, output = EXCLUDED.output,
+           input_tokens = EXCLUDED.input_tokens,
+           cached_input_tokens = EXCLUDED.cached_input_tokens,
+           output_tokens = EXCLUDED.output_tokens, cost_usd = EXCLUDED.cost_usd,
+           job_id = EXCLUDED.job_id, created_at = EXCLUDED.created_at,
+           expires_at = EXCLUDED.expires_at
+    RETURNING 1
 ), r AS (
     UPDATE jobs j SET lease_token = NULL, lease_until = NULL,
                       free_deliveries = j.free_deliveries + x.free
@@ -406,7 +491,7 @@ WITH c AS (
        AND b.period = agg.period
     RETURNING 1
 )
--- r and bu run whether or not they are read, as every data-modifying WITH does.
+-- ce, r and bu run whether or not they are read, as every data-modifying WITH does.
 -- Only what did not go in comes back (nothing, as a rule): final rows another delivery
 -- owns, and cost rows that clashed.
 SELECT true AS final, y.tenant, y.id, 0 AS attempt
@@ -475,11 +560,12 @@ async fn insert<'a>(
         finals.iter().map(|(&(t, id), &i)| (t, id, i)).collect();
     order.sort_unstable();
     let mut jobs = JobColumns::default();
-    for (_, _, i) in order {
+    for &(_, _, i) in &order {
         if let Some(j) = &reqs[i].job {
             jobs.push(j);
         }
     }
+    let entries = EntryColumns::of(order.iter().filter_map(|&(_, _, i)| reqs[i].job.as_ref()));
     releases.sort_unstable();
     let mut rel_tenants = Vec::with_capacity(releases.len());
     let mut rel_ids = Vec::with_capacity(releases.len());
@@ -533,6 +619,19 @@ async fn insert<'a>(
         .bind(&tokens)
         .bind(&frees)
         .bind(&reservations)
+        .bind(jobs.cache_hit)
+        .bind(jobs.cache_saved_usd)
+        .bind(entries.tenant)
+        .bind(entries.job_id)
+        .bind(entries.key)
+        .bind(entries.ttl_s)
+        .bind(entries.provider)
+        .bind(entries.model)
+        .bind(entries.output)
+        .bind(entries.input_tokens)
+        .bind(entries.cached_input_tokens)
+        .bind(entries.output_tokens)
+        .bind(entries.cost_usd)
         .fetch_all(pool)
         .await
         .map_err(StoreError::classify)?;

@@ -2,7 +2,8 @@
 //! message alive with in-progress acks while it works, and ends in exactly one of: ack
 //! (the result is committed and published) or nak with a delay (try again later).
 //!
-//! - [`process`]: one delivery, start to end (claim, route, reserve, call, commit, publish);
+//! - [`process`]: one delivery, start to end (claim, route, cache, reserve, call, commit,
+//!   publish);
 //! - [`calls`]: the call chain, one [`crate::store::CallRecord`] per call;
 //! - [`decide`]: what a chain's outcome means, without side effects;
 //! - [`infra`]: is Postgres / NATS there; waiting in place while they are not.
@@ -38,6 +39,8 @@ pub struct Ctx {
     pub budgets: Arc<crate::budget::Budgets>,
     pub claimer: Claimer,
     pub writer: Writer,
+    /// Response-cache lookups (batched like claims).
+    pub cache: crate::store::cache::CacheLookups,
     pub leases: crate::store::LeaseKeeper,
     pub infra: Arc<infra::Infra>,
     pub clock: Arc<dyn crate::clock::Clock>,

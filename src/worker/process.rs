@@ -1,16 +1,19 @@
-//! One delivery of one job, start to end: parse, claim (take the lease), route, reserve,
-//! call, then carry out the [`Verdict`]: commit, dead-letter, publish. Every path returns
-//! a [`Disposition`]; every terminal path commits first, and nothing that can fail after
-//! a provider call makes that call happen again.
+//! One delivery of one job, start to end: parse, claim (take the lease), route, look the
+//! answer up in the response cache (a hit ends here: no reservation, no call), reserve,
+//! call, then carry out the [`Verdict`]: commit (storing the answer in the cache when it
+//! applies), dead-letter, publish. Every path returns a [`Disposition`]; every terminal
+//! path commits first, and nothing that can fail after a provider call makes that call
+//! happen again.
 
 use super::calls::{run_chain, ChainOutcome};
 use super::decide::{backoff_delay, decide, RetryPolicy, Verdict};
 use super::infra::Gave;
 use super::{Ctx, Delivery, Disposition};
 use crate::budget::{Denial, Reservation};
+use crate::cache::Cacheable;
 use crate::job::{
-    parse_job, Attempt, Envelope, ErrorBody, ErrorKind, Job, JobResult, ParseFailure, Route,
-    Status, Usage,
+    parse_job, Attempt, Envelope, ErrorBody, ErrorKind, Job, JobResult, Output, ParseFailure,
+    Route, Status, Usage,
 };
 use crate::queue::publish::DlqEntry;
 use crate::store::writer::Release;
@@ -20,6 +23,7 @@ use crate::store::{
 use crate::telemetry::metrics::FinishedJob;
 use crate::tokens::estimate_input_tokens;
 use base64::Engine;
+use cached::{answer_from_cache, look_up, CacheFinal};
 use rust_decimal::Decimal;
 use std::time::Duration;
 use tracing::Instrument;
@@ -35,6 +39,8 @@ const EXACT_TOKENS_FROM: f64 = 0.5;
 
 /// Times a delivery goes back to its claim after losing its lease at commit.
 const RECLAIMS: u32 = 3;
+
+mod cached;
 
 pub(super) async fn process(ctx: &Ctx, d: Delivery, msg: &async_nats::Message) -> Disposition {
     let parsed = match parse_job(&msg.payload, msg.subject.as_str(), d.stream_seq, &ctx.rules) {
@@ -224,6 +230,14 @@ async fn attempt(
             return Box::pin(fail(ctx, s, Some(lease), None, err, &prior, Vec::new())).await
         }
     };
+    let cacheable = plan
+        .candidates
+        .first()
+        .and_then(|c| crate::cache::cacheable(&ctx.cfg.cache, job, &c.model, c.max_tokens));
+    if let Some(hit) = look_up(ctx, job, cacheable.as_ref()).await {
+        let route = plan.route.clone();
+        return Box::pin(answer_from_cache(ctx, s, job, lease, route, prior, hit)).await;
+    }
     // Hold the worst case against the tenant's budgets before any call: the dearest
     // candidate's price for its whole `max_tokens`, with the input counted by the
     // provider's own tokenizer where there is one (only for tenants with a budget).
@@ -310,7 +324,7 @@ async fn attempt(
                 reservation,
                 route,
                 prior,
-                outcome,
+                (outcome, cacheable),
             ))
             .await
         }
@@ -371,7 +385,7 @@ async fn succeed(
     reservation: Option<Reservation>,
     route: Option<Route>,
     prior: Vec<Attempt>,
-    outcome: ChainOutcome,
+    (outcome, cacheable): (ChainOutcome, Option<Cacheable>),
 ) -> Option<Disposition> {
     let Some((resp, model)) = outcome.success else {
         return Some(Disposition::Retry(Duration::ZERO));
@@ -381,33 +395,64 @@ async fn succeed(
         .into_iter()
         .chain(calls.iter().map(|c| c.attempt.clone()))
         .collect();
-    let cost_usd: Decimal = all.iter().map(|a| a.cost_usd).sum();
+    let answer = Answer {
+        output: resp.output,
+        provider: model.provider.clone(),
+        model: model.name.clone(),
+        tier: model.tier.as_str(),
+        usage: resp.usage,
+        cache_hit: false,
+    };
+    let result = succeeded(s, job, answer, route, all);
+    let _ = reservation.map(Reservation::settle);
+    let cache = CacheFinal::store(cacheable, &result);
+    finish(ctx, s, Some(lease), result, calls, cache).await
+}
+
+/// A model's answer, from a call or from the response cache.
+struct Answer {
+    output: Output,
+    provider: String,
+    model: String,
+    /// The answering model's tier (`route.tier`).
+    tier: &'static str,
+    usage: Usage,
+    cache_hit: bool,
+}
+
+/// The succeeded result of `answer`; its cost is the sum of `attempts`.
+fn succeeded(
+    s: Scope<'_>,
+    job: &Job,
+    answer: Answer,
+    route: Option<Route>,
+    attempts: Vec<Attempt>,
+) -> JobResult {
+    let cost_usd: Decimal = attempts.iter().map(|a| a.cost_usd).sum();
     // `route.tier` names the tier that answered (a fallback may have changed it).
     let route = route.map(|r| Route {
-        tier: Some(model.tier.as_str().to_string()),
+        tier: Some(answer.tier.to_string()),
         ..r
     });
-    let result = JobResult {
+    JobResult {
         id: job.id.clone(),
         tenant: job.tenant.clone(),
         feature: job.feature.clone(),
         status: Status::Succeeded,
-        output: Some(resp.output),
-        provider: Some(model.provider.clone()),
-        model: Some(model.name.clone()),
-        usage: resp.usage,
+        output: Some(answer.output),
+        provider: Some(answer.provider),
+        model: Some(answer.model),
+        usage: answer.usage,
         cost_usd,
         route,
-        attempts: all,
-        cache_hit: false,
+        attempts,
+        cache_hit: answer.cache_hit,
         queued_ms: s.d.queued.as_millis() as u64,
         latency_ms: s.d.received.elapsed().as_millis() as u64,
         error: None,
         metadata: job.metadata.clone(),
         truncated: false,
-    };
-    let _ = reservation.map(Reservation::settle);
-    finish(ctx, s, Some(lease), result, calls).await
+    }
 }
 
 /// Commit the calls made and let the lease (and its reservation) go; redeliver later.
@@ -521,7 +566,7 @@ async fn fail(
             .map_or_else(|| env.metadata.clone(), |j| j.metadata.clone()),
         truncated: false,
     };
-    finish(ctx, s, lease, result, calls).await
+    finish(ctx, s, lease, result, calls, CacheFinal::default()).await
 }
 
 /// Commit the final row (retried in place while Postgres is away), then dead-letter when
@@ -532,9 +577,10 @@ async fn finish(
     lease: Option<Lease>,
     result: JobResult,
     calls: Vec<CallRecord>,
+    cache: CacheFinal,
 ) -> Option<Disposition> {
     let d = s.d;
-    let row = match final_row(s, lease.as_ref(), &result) {
+    let row = match final_row(s, lease.as_ref(), &result, cache) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "result does not encode");
@@ -606,7 +652,7 @@ async fn refused_again(
     minimal: &JobResult,
     calls: Vec<CallRecord>,
 ) -> Option<Disposition> {
-    let row = final_row(s, lease.as_ref(), minimal).ok()?;
+    let row = final_row(s, lease.as_ref(), minimal, CacheFinal::default()).ok()?;
     let req = CommitRequest {
         key: key_of(s, s.job),
         calls,
@@ -649,6 +695,7 @@ fn final_row(
     s: Scope<'_>,
     lease: Option<&Lease>,
     result: &JobResult,
+    cache: CacheFinal,
 ) -> Result<CommitJob, serde_json::Error> {
     let raw = serde_json::value::to_raw_value(result)?;
     let job = s.job;
@@ -674,6 +721,8 @@ fn final_row(
         lease_token: lease.map(|l| l.token().to_string()),
         stream_seq: s.d.stream_seq,
         result: raw,
+        cache_saved_usd: cache.saved_usd,
+        cache_entry: cache.entry,
     })
 }
 

@@ -1,7 +1,7 @@
 //! Hot reload: a running worker reads its config again on SIGHUP (and, with
 //! `worker.watch_config`, when the file changes) and applies routes, models and prices,
-//! provider settings and rate limits, `[limits]`, `[routing]`, `[health]` and
-//! `[reply_to]` without dropping a job, then reads budgets from Postgres again.
+//! provider settings and rate limits, `[limits]`, `[routing]`, `[health]`, `[reply_to]`
+//! and `[cache]` without dropping a job, then reads budgets from Postgres again.
 //!
 //! - A file that does not load (bad TOML, a wrong field, a provider whose key variable is
 //!   unset) is refused with the error that names it; the running config stays.
@@ -120,6 +120,7 @@ pub fn apply(cell: &CtxCell, mut new: Config) -> anyhow::Result<Applied> {
         budgets: cur.budgets.clone(),
         claimer: cur.claimer.clone(),
         writer: cur.writer.clone(),
+        cache: cur.cache.clone(),
         leases: cur.leases.clone(),
         infra: cur.infra.clone(),
         clock: cur.clock.clone(),

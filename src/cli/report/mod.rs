@@ -2,6 +2,8 @@
 //! provider call, failed calls included), exact, summed by `store::reports`; the same
 //! token sums priced at a baseline model (`cost::cost_of`, prices from the config); and
 //! each budget's limit, spend, reservations and share used (`store::budget_admin`).
+//! Costs and savings also show the jobs answered from the response cache (`cache_hits`)
+//! and what those answers cost when made (`cache_saved_usd`): spend the cache avoided.
 //! Printed here, in one of three formats ([`table`]).
 
 mod table;
@@ -77,9 +79,10 @@ pub async fn run(cfg: Config, cmd: ReportCommand) -> anyhow::Result<ExitCode> {
             let (dims, lines) = cost_lines(&cfg, &args.range).await?;
             let mut t = Table::new(dims.iter().map(|d| (d.name(), Kind::Text)));
             t.columns.extend(figure_columns());
-            let mut total = Decimal::ZERO;
+            let (mut total, mut saved) = (Decimal::ZERO, Decimal::ZERO);
             for l in &lines {
                 total += l.cost_usd;
+                saved += l.cache_saved_usd;
                 let mut row = l.group.clone();
                 row.extend(figures(l));
                 t.rows.push(row);
@@ -87,6 +90,9 @@ pub async fn run(cfg: Config, cmd: ReportCommand) -> anyhow::Result<ExitCode> {
             t.print(&args.range.format);
             if args.range.format == "table" {
                 println!("total cost_usd {}", total.normalize());
+                if !saved.is_zero() {
+                    println!("total cache_saved_usd {}", saved.normalize());
+                }
             }
         }
         ReportCommand::Savings(args) => {
@@ -127,18 +133,20 @@ async fn cost_lines(
     Ok((dims, lines))
 }
 
-fn figure_columns() -> [(String, Kind); 6] {
-    [
+fn figure_columns() -> Vec<(String, Kind)> {
+    let mut columns = vec![
         ("calls".into(), Kind::Count),
         ("failed_calls".into(), Kind::Count),
         ("input_tokens".into(), Kind::Count),
         ("cached_input_tokens".into(), Kind::Count),
         ("output_tokens".into(), Kind::Count),
         ("cost_usd".into(), Kind::Decimal),
-    ]
+    ];
+    columns.extend(cache_columns());
+    columns
 }
 
-fn figures(l: &CostLine) -> [String; 6] {
+fn figures(l: &CostLine) -> [String; 8] {
     [
         l.calls.to_string(),
         l.failed_calls.to_string(),
@@ -146,6 +154,16 @@ fn figures(l: &CostLine) -> [String; 6] {
         l.cached_input_tokens.to_string(),
         l.output_tokens.to_string(),
         l.cost_usd.normalize().to_string(),
+        l.cache_hits.to_string(),
+        l.cache_saved_usd.normalize().to_string(),
+    ]
+}
+
+/// The response cache's columns, last in both reports.
+fn cache_columns() -> [(String, Kind); 2] {
+    [
+        ("cache_hits".into(), Kind::Count),
+        ("cache_saved_usd".into(), Kind::Decimal),
     ]
 }
 
@@ -198,7 +216,8 @@ fn savings_table(dims: &[CostDimension], lines: &[CostLine], baseline: &ModelCon
         ("savings_usd".into(), Kind::Decimal),
         ("savings_pct".into(), Kind::Decimal),
     ]);
-    let row = |calls: i64, tokens: [i64; 3], cost: Decimal, base: Decimal| {
+    t.columns.extend(cache_columns());
+    let row = |calls: i64, tokens: [i64; 3], cost: Decimal, base: Decimal, hits: (i64, Decimal)| {
         let saved = base - cost;
         let pct = if base.is_zero() {
             String::new()
@@ -215,16 +234,20 @@ fn savings_table(dims: &[CostDimension], lines: &[CostLine], baseline: &ModelCon
             base.normalize().to_string(),
             saved.normalize().to_string(),
             pct,
+            hits.0.to_string(),
+            hits.1.normalize().to_string(),
         ]);
         cells
     };
     let (mut calls, mut tokens) = (0i64, [0i64; 3]);
     let (mut cost, mut base) = (Decimal::ZERO, Decimal::ZERO);
+    let mut hits = (0i64, Decimal::ZERO);
     for l in lines {
         let b = at_baseline(l, baseline);
         let own = [l.input_tokens, l.cached_input_tokens, l.output_tokens];
         let mut cells = l.group.clone();
-        cells.extend(row(l.calls, own, l.cost_usd, b));
+        let own_hits = (l.cache_hits, l.cache_saved_usd);
+        cells.extend(row(l.calls, own, l.cost_usd, b, own_hits));
         t.rows.push(cells);
         calls += l.calls;
         for (sum, n) in tokens.iter_mut().zip(own) {
@@ -232,12 +255,14 @@ fn savings_table(dims: &[CostDimension], lines: &[CostLine], baseline: &ModelCon
         }
         cost += l.cost_usd;
         base += b;
+        hits.0 += l.cache_hits;
+        hits.1 += l.cache_saved_usd;
     }
     let mut total: Vec<String> = dims.iter().map(|_| String::new()).collect();
     if let Some(first) = total.first_mut() {
         *first = "total".into();
     }
-    total.extend(row(calls, tokens, cost, base));
+    total.extend(row(calls, tokens, cost, base, hits));
     t.total = Some(total);
     t
 }
