@@ -1,5 +1,6 @@
-//! Provider health: a circuit breaker, a 429 cool-down and a latency average (EWMA) per
-//! provider+model, and the latency-aware order of a job's candidates. The worker asks
+//! Provider health: a circuit breaker, a 429 cool-down, a latency average (EWMA) and a
+//! latency histogram (quantiles for the hedge delay, [`latency`]) per provider+model, and
+//! the latency-aware order of a job's candidates. The worker asks
 //! [`Health::allow`] before each call and tells [`Health::record`] its outcome; the
 //! breaker rules are in [`breaker`]. State changes are logged here (one line each) and
 //! counted for `/metrics` (rendered from [`Health::for_each`]).
@@ -8,6 +9,7 @@
 //! small mutex and allocates nothing.
 
 pub mod breaker;
+pub mod latency;
 
 pub use breaker::{Admit, CallOutcome, SkipReason, State};
 
@@ -112,6 +114,14 @@ impl Health {
         if let Some(t) = change {
             announce(provider, model, &t);
         }
+    }
+
+    /// The `q` latency quantile (0..1) of `provider`/`model`'s successful calls over the
+    /// last one to two minutes; `None` for an unknown pair or before
+    /// [`latency::MIN_SAMPLES`] calls.
+    pub fn quantile(&self, provider: &str, model: &str, q: f64) -> Option<std::time::Duration> {
+        let mut b = self.entry(provider, model)?.lock().ok()?;
+        b.quantile(q, Instant::now())
     }
 
     /// The candidates in the order to try them. For a job asking for `auto` or a tier
