@@ -58,13 +58,18 @@ async fn assert_hedge_counts(port: u16, won: f64, lost: f64) {
 /// Give the worker its latency estimate of llama: 20 quick calls (a single candidate,
 /// never hedged).
 async fn warm_up(env: &TestEnv) {
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status = 'succeeded'")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
     let only = r#","model":"local/llama-3.1-8b""#;
     for i in 0..20 {
         let id = format!("warm-{i}");
         env.publish(Priority::Normal, "acme", job(&id, "acme", only))
             .await;
     }
-    assert_eq!(env.wait_succeeded(20, 60).await, 20, "warm-up jobs");
+    let want = before + 20;
+    assert_eq!(env.wait_succeeded(want, 60).await, want, "warm-up jobs");
 }
 
 /// Each model's latency in the simulator.
@@ -358,19 +363,28 @@ async fn hedging_is_off_unless_configured() {
 }
 
 /// A hedge is a call like any other for the rate limits, and it never waits for them:
-/// with gpt-4o-mini's provider at 1 request a minute, the first job's hedge uses it, and
-/// the second job, finding no room at once, is not hedged.
+/// with gpt-4o-mini's provider at 2 requests a minute, one taken by a job of its own
+/// (which also waits until the worker's share of the limit is there), the first hedged
+/// job's hedge takes the other, and the second job, finding no room at once, is not
+/// hedged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hedge_counts_against_the_limits_and_never_waits() {
     let env = hedging_env(150, free_port(), |c| {
         for p in &mut c.providers {
             if p.name == "openai" {
-                p.rpm = Some(1);
+                p.rpm = Some(2);
             }
         }
     })
     .await;
     let (stop, worker) = env.start_worker().await;
+    let opener = r#","model":"openai/gpt-4.1-nano""#;
+    env.publish(Priority::Normal, "acme", job("opener", "acme", opener))
+        .await;
+    assert_eq!(
+        env.result("acme", "opener", 30).await.status,
+        Status::Succeeded
+    );
     warm_up(&env).await;
     latencies(&env, &[(LLAMA, 1_500)]);
     env.publish(Priority::High, "acme", job("first", "acme", PINNED))
