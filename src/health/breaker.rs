@@ -160,7 +160,8 @@ pub struct Breaker {
     buckets: Box<[Bucket]>,
     epoch: Instant,
     ewma_s: Option<f64>,
-    /// Successful calls' latencies, for quantiles (the hedge delay).
+    /// Successful calls' latencies, and hedged calls cut short at the time they ran, for
+    /// quantiles (the hedge delay).
     latency: Histogram,
     /// Transitions into each state, indexed by `State as usize`.
     transitions: [u64; 3],
@@ -378,6 +379,11 @@ impl Breaker {
     pub fn ewma(&self) -> Option<Duration> {
         self.ewma_s
             .and_then(|s| Duration::try_from_secs_f64(s).ok())
+    }
+
+    /// A hedged call cut short after `at_least` (see `Health::record_cut`).
+    pub fn record_cut(&mut self, at_least: Duration, now: Instant) {
+        self.latency.record(at_least, now);
     }
 
     /// The `q` latency quantile (0..1) of the successful calls of the last one to two

@@ -116,6 +116,19 @@ impl Health {
         }
     }
 
+    /// A call to `provider`/`model` that was slow enough to be hedged and lost the race
+    /// was cut after `at_least`: it counts in the latency histogram at that (a lower
+    /// bound of its latency). Leaving such calls out would lower the quantile each time
+    /// the tail is cut, and hedge ever sooner. The breaker and the average are not told.
+    pub fn record_cut(&self, provider: &str, model: &str, at_least: std::time::Duration) {
+        let Some(e) = self.entry(provider, model) else {
+            return;
+        };
+        if let Ok(mut b) = e.lock() {
+            b.record_cut(at_least, Instant::now());
+        }
+    }
+
     /// The `q` latency quantile (0..1) of `provider`/`model`'s successful calls over the
     /// last one to two minutes; `None` for an unknown pair or before
     /// [`latency::MIN_SAMPLES`] calls.

@@ -387,3 +387,27 @@ async fn latency_quantiles_come_from_successes_and_follow_a_change() {
     let p95 = h.quantile("p", "a", 0.95).unwrap();
     assert!(p95 >= ms(900) && p95 < ms(1100), "{p95:?}");
 }
+
+/// A hedged call cut short counts in the quantile at the time it ran (else each cut tail
+/// would lower the estimate), but says nothing to the breaker or the average.
+#[tokio::test(start_paused = true)]
+async fn calls_cut_by_their_hedge_keep_the_tail_in_the_quantile() {
+    let h = health("");
+    let ms = Duration::from_millis;
+    for _ in 0..95 {
+        h.record("p", "a", CallOutcome::Succeeded, ms(40));
+    }
+    for _ in 0..5 {
+        h.record_cut("p", "a", ms(700));
+    }
+    let p99 = h.quantile("p", "a", 0.99).unwrap();
+    assert!(p99 >= ms(700), "{p99:?}");
+    let mut ewma = None;
+    h.for_each(|_, m, r| {
+        if m == "a" {
+            ewma = r.ewma;
+        }
+    });
+    assert_eq!(ewma, Some(ms(40)));
+    h.record_cut("p", "nobody", ms(700));
+}

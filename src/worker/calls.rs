@@ -155,6 +155,14 @@ pub async fn run_chain(
                         let _ = write!(note, "; {} answered first", won.1.name);
                     }
                     for f in flying.drain(..) {
+                        // A call that was hedged ran past the hedge delay: its time so far
+                        // belongs in its model's latency quantile (a hedge call's does not:
+                        // it may have just started).
+                        if f.hedge.is_none() {
+                            let m = &f.cand.model;
+                            ctx.health
+                                .record_cut(&m.provider, &m.name, f.started.elapsed());
+                        }
                         chain.cancel(f, why.clone());
                     }
                     chain.out.all_context_too_long = false;
