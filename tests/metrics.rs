@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{job, TestEnv};
+use common::{free_port, job, TestEnv};
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, HashMap};
@@ -187,14 +187,6 @@ async fn scrape_until(port: u16, secs: u64, ready: impl Fn(&Scrape) -> bool) -> 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Jobs that succeed (one failed call first on each model) and jobs that fail (bad

@@ -10,6 +10,7 @@
 mod cache;
 mod connections;
 mod env;
+mod hedge;
 mod reply_to;
 mod sections;
 
@@ -18,6 +19,7 @@ use connections::mask_userinfo;
 pub use connections::{
     redact_url, NatsConfig, NatsServer, PgSslMode, PostgresConfig, UrlCredentials,
 };
+pub use hedge::{HedgeConfig, Quantile, RuleHedge};
 pub use reply_to::{ReplyToConfig, TenantReplyTo};
 pub use sections::*;
 
@@ -285,17 +287,22 @@ impl FileConfig {
                 format!("{} is not a fraction in (0, 1]", r.budget_pressure),
             ));
         }
+        r.hedge.check("routing.hedge")?;
         for (i, rule) in r.rules.iter().enumerate() {
             let f = |k: &str| format!("routing.rules[{i}].{k}");
             if rule.tier.is_none()
                 && rule.model.is_none()
                 && rule.split.is_empty()
                 && !rule.allow_upgrade
+                && rule.hedge.is_none()
             {
                 return Err(invalid(
                     f("tier"),
-                    "a rule must set tier, model, split or allow_upgrade",
+                    "a rule must set tier, model, split, allow_upgrade or hedge",
                 ));
+            }
+            if let Some(RuleHedge::With(h)) = &rule.hedge {
+                h.check(&f("hedge"))?;
             }
             let set = [
                 rule.tier.is_some(),

@@ -173,6 +173,11 @@ pub struct RoutingConfig {
     pub budget_pressure: f64,
     /// Per tenant / feature / task overrides for `auto` jobs; the first match wins.
     pub rules: Vec<RouteRule>,
+    /// Hedge high-priority jobs (with `hedge`) unless their rule says otherwise. Off by
+    /// default: a hedge is a second paid call.
+    pub hedge_high: bool,
+    /// The hedge settings of `hedge_high` and of rules with `hedge = true`.
+    pub hedge: super::HedgeConfig,
 }
 
 impl Default for RoutingConfig {
@@ -181,6 +186,8 @@ impl Default for RoutingConfig {
             auto_tiers: Tier::ALL.iter().map(|t| t.as_str().to_string()).collect(),
             budget_pressure: 0.8,
             rules: Vec::new(),
+            hedge_high: false,
+            hedge: super::HedgeConfig::default(),
         }
     }
 }
@@ -279,6 +286,10 @@ pub struct RouteRule {
     /// tenant and id, in proportion to the weights.
     #[serde(default)]
     pub split: Vec<SplitEntry>,
+    /// Hedge this route's calls (never for low priority): `true` with `[routing.hedge]`,
+    /// a table of its own settings, or `false` (not even for high priority).
+    #[serde(default)]
+    pub hedge: Option<super::RuleHedge>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

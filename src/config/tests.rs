@@ -514,3 +514,64 @@ fn errors_that_quote_the_file_or_a_value_mask_passwords() {
         "a postgres://***@h/db, nats://***@x:1 and http://plain/x@y"
     );
 }
+
+#[test]
+fn hedge_settings_have_defaults_per_rule_forms_and_checks() {
+    let c = load(BASE, &[]).unwrap();
+    assert!(!c.routing.hedge_high, "hedging is opt-in");
+    assert_eq!(c.routing.hedge, HedgeConfig::default());
+    assert_eq!(c.routing.hedge.after.percent(), 95);
+    let text = format!(
+        "{BASE}\n[routing]\nhedge_high = true\n[routing.hedge]\nafter = \"p90\"\nmin_ms = 50\n\
+         [[routing.rules]]\ntenant = \"a\"\nhedge = false\n\
+         [[routing.rules]]\ntenant = \"b\"\nhedge = true\n\
+         [[routing.rules]]\ntenant = \"c\"\nhedge = {{ after = \"p99\", max_extra = 2 }}\n"
+    );
+    let c = load(&text, &[("SWITCHYARD_ROUTING__HEDGE_HIGH", "false")]).unwrap();
+    assert!(!c.routing.hedge_high, "the environment overrides the file");
+    assert_eq!(c.routing.hedge.after.to_string(), "p90");
+    assert_eq!(c.routing.hedge.min_ms, 50);
+    assert_eq!(c.routing.hedge.max_ms, 10_000);
+    assert_eq!(c.routing.rules[0].hedge, Some(RuleHedge::On(false)));
+    assert_eq!(c.routing.rules[1].hedge, Some(RuleHedge::On(true)));
+    let Some(RuleHedge::With(h)) = c.routing.rules[2].hedge else {
+        panic!("{:?}", c.routing.rules[2].hedge)
+    };
+    assert_eq!((h.after.percent(), h.max_extra, h.min_ms), (99, 2, 100));
+    for (extra, field, why) in [
+        ("[routing.hedge]\nafter = \"95\"", "after", "p50 … p99"),
+        ("[routing.hedge]\nafter = \"p100\"", "after", "p50 … p99"),
+        (
+            "[routing.hedge]\nmin_ms = 500\nmax_ms = 100",
+            "routing.hedge.min_ms",
+            "above max_ms",
+        ),
+        (
+            "[routing.hedge]\nmax_extra = 9",
+            "routing.hedge.max_extra",
+            "above the most allowed, 3",
+        ),
+        ("[routing.hedge]\nafter_ms = 9", "after_ms", "unknown field"),
+        (
+            "[[routing.rules]]\ntenant = \"x\"\nhedge = { max_extra = 4 }",
+            "routing.rules[0].hedge.max_extra",
+            "above the most allowed",
+        ),
+        (
+            "[[routing.rules]]\ntenant = \"x\"\nhedge = { after = \"p2\" }",
+            "after",
+            "p50 … p99",
+        ),
+        (
+            "[[routing.rules]]\ntenant = \"x\"\nhedge = 3",
+            "hedge",
+            "true, false or a table",
+        ),
+    ] {
+        let e = load(&format!("{BASE}\n{extra}\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(field), "{e:?} should name {field}");
+        assert!(e.contains(why), "{e:?} should say {why}");
+    }
+}

@@ -1,4 +1,5 @@
-//! One provider+model's circuit breaker, its 429 cool-down and its latency average.
+//! One provider+model's circuit breaker, its 429 cool-down, its latency average and its
+//! latency histogram.
 //!
 //! Closed: calls go ahead, and each answer lands in a ring of one-second buckets. A
 //! server-side failure (5xx, overloaded, timeout, connection error, an unusable body)
@@ -13,6 +14,7 @@
 //!
 //! Time is `tokio::time::Instant`, passed in, so tests run on a paused clock.
 
+use super::latency::Histogram;
 use crate::config::HealthConfig;
 use crate::providers::FailureClass;
 use std::time::Duration;
@@ -158,6 +160,9 @@ pub struct Breaker {
     buckets: Box<[Bucket]>,
     epoch: Instant,
     ewma_s: Option<f64>,
+    /// Successful calls' latencies, and hedged calls cut short at the time they ran, for
+    /// quantiles (the hedge delay).
+    latency: Histogram,
     /// Transitions into each state, indexed by `State as usize`.
     transitions: [u64; 3],
 }
@@ -175,6 +180,7 @@ impl Breaker {
             buckets: vec![Bucket::default(); s.window_s as usize].into_boxed_slice(),
             epoch: now,
             ewma_s: None,
+            latency: Histogram::new(now),
             transitions: [0; 3],
         }
     }
@@ -228,6 +234,7 @@ impl Breaker {
                     Some(e) => s.ewma_alpha * x + (1.0 - s.ewma_alpha) * e,
                     None => x,
                 });
+                self.latency.record(latency, now);
                 if !s.enabled {
                     return None;
                 }
@@ -372,6 +379,17 @@ impl Breaker {
     pub fn ewma(&self) -> Option<Duration> {
         self.ewma_s
             .and_then(|s| Duration::try_from_secs_f64(s).ok())
+    }
+
+    /// A hedged call cut short after `at_least` (see `Health::record_cut`).
+    pub fn record_cut(&mut self, at_least: Duration, now: Instant) {
+        self.latency.record(at_least, now);
+    }
+
+    /// The `q` latency quantile (0..1) of the successful calls of the last one to two
+    /// minutes; `None` until there are enough of them.
+    pub fn quantile(&mut self, q: f64, now: Instant) -> Option<Duration> {
+        self.latency.quantile(q, now)
     }
 
     pub fn transitions(&self) -> [u64; 3] {

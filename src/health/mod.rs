@@ -1,5 +1,6 @@
-//! Provider health: a circuit breaker, a 429 cool-down and a latency average (EWMA) per
-//! provider+model, and the latency-aware order of a job's candidates. The worker asks
+//! Provider health: a circuit breaker, a 429 cool-down, a latency average (EWMA) and a
+//! latency histogram (quantiles for the hedge delay, [`latency`]) per provider+model, and
+//! the latency-aware order of a job's candidates. The worker asks
 //! [`Health::allow`] before each call and tells [`Health::record`] its outcome; the
 //! breaker rules are in [`breaker`]. State changes are logged here (one line each) and
 //! counted for `/metrics` (rendered from [`Health::for_each`]).
@@ -8,6 +9,7 @@
 //! small mutex and allocates nothing.
 
 pub mod breaker;
+pub mod latency;
 
 pub use breaker::{Admit, CallOutcome, SkipReason, State};
 
@@ -112,6 +114,27 @@ impl Health {
         if let Some(t) = change {
             announce(provider, model, &t);
         }
+    }
+
+    /// A call to `provider`/`model` that was slow enough to be hedged and lost the race
+    /// was cut after `at_least`: it counts in the latency histogram at that (a lower
+    /// bound of its latency). Leaving such calls out would lower the quantile each time
+    /// the tail is cut, and hedge ever sooner. The breaker and the average are not told.
+    pub fn record_cut(&self, provider: &str, model: &str, at_least: std::time::Duration) {
+        let Some(e) = self.entry(provider, model) else {
+            return;
+        };
+        if let Ok(mut b) = e.lock() {
+            b.record_cut(at_least, Instant::now());
+        }
+    }
+
+    /// The `q` latency quantile (0..1) of `provider`/`model`'s successful calls over the
+    /// last one to two minutes; `None` for an unknown pair or before
+    /// [`latency::MIN_SAMPLES`] calls.
+    pub fn quantile(&self, provider: &str, model: &str, q: f64) -> Option<std::time::Duration> {
+        let mut b = self.entry(provider, model)?.lock().ok()?;
+        b.quantile(q, Instant::now())
     }
 
     /// The candidates in the order to try them. For a job asking for `auto` or a tier

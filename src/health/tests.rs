@@ -354,3 +354,60 @@ async fn latency_order_moves_slow_and_open_models_back() {
     open(&h, "a");
     assert_eq!(names(h.order("auto", &c)), ["a", "b", "c"]);
 }
+
+/// The hedge delay's estimate: successes only, per model, none before enough calls, and
+/// it follows a model that turned slow; a reload keeps it.
+#[tokio::test(start_paused = true)]
+async fn latency_quantiles_come_from_successes_and_follow_a_change() {
+    let h = health("");
+    let ms = Duration::from_millis;
+    for _ in 0..latency::MIN_SAMPLES - 1 {
+        h.record("p", "a", CallOutcome::Succeeded, ms(40));
+    }
+    assert_eq!(h.quantile("p", "a", 0.95), None, "too few calls");
+    h.record("p", "a", FAIL, ms(5000));
+    assert_eq!(
+        h.quantile("p", "a", 0.95),
+        None,
+        "failures are not latencies"
+    );
+    h.record("p", "a", CallOutcome::Succeeded, ms(40));
+    let p95 = h.quantile("p", "a", 0.95).unwrap();
+    assert!(p95 >= ms(40) && p95 < ms(48), "{p95:?}");
+    assert_eq!(h.quantile("p", "b", 0.95), None, "per model");
+    assert_eq!(h.quantile("p", "nobody", 0.95), None);
+    let h = h.reconfigured(&config(""));
+    assert_eq!(h.quantile("p", "a", 0.95), Some(p95), "a reload keeps it");
+    // Slow now: within two minutes only the slow calls count.
+    advance(latency::HALF_SPAN).await;
+    for _ in 0..40 {
+        h.record("p", "a", CallOutcome::Succeeded, ms(900));
+    }
+    advance(latency::HALF_SPAN).await;
+    let p95 = h.quantile("p", "a", 0.95).unwrap();
+    assert!(p95 >= ms(900) && p95 < ms(1100), "{p95:?}");
+}
+
+/// A hedged call cut short counts in the quantile at the time it ran (else each cut tail
+/// would lower the estimate), but says nothing to the breaker or the average.
+#[tokio::test(start_paused = true)]
+async fn calls_cut_by_their_hedge_keep_the_tail_in_the_quantile() {
+    let h = health("");
+    let ms = Duration::from_millis;
+    for _ in 0..95 {
+        h.record("p", "a", CallOutcome::Succeeded, ms(40));
+    }
+    for _ in 0..5 {
+        h.record_cut("p", "a", ms(700));
+    }
+    let p99 = h.quantile("p", "a", 0.99).unwrap();
+    assert!(p99 >= ms(700), "{p99:?}");
+    let mut ewma = None;
+    h.for_each(|_, m, r| {
+        if m == "a" {
+            ewma = r.ewma;
+        }
+    });
+    assert_eq!(ewma, Some(ms(40)));
+    h.record_cut("p", "nobody", ms(700));
+}

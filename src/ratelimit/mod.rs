@@ -590,35 +590,12 @@ impl Limiters {
         asks: &[Ask<'_>],
         priority: Priority,
     ) -> Option<(usize, Permit)> {
-        let t = self.inner.timing;
         let mut waiting: Option<Waiting<'_>> = None;
         loop {
-            let now = Instant::now();
-            // The earliest expected: (index, when, held outside the queue).
-            let mut earliest: Option<(usize, Instant, bool)> = None;
-            {
-                let mut st = self.inner.lock();
-                for (i, ask) in asks.iter().enumerate() {
-                    let found = if st.queued_ahead(ask.provider, priority) {
-                        Check::Later(now)
-                    } else {
-                        st.check(ask, now, &t)
-                    };
-                    let (when, held) = match found {
-                        Check::Go => {
-                            let id = st.take(ask, now);
-                            drop(st);
-                            return Some((i, self.permit(ask.provider, id)));
-                        }
-                        Check::Held(until) => (until, true),
-                        Check::Later(at) => (at, false),
-                    };
-                    if earliest.is_none_or(|(_, w, _)| when < w) {
-                        earliest = Some((i, when, held));
-                    }
-                }
-            }
-            let (i, when, held) = earliest?;
+            let (i, when, held) = match self.scan(asks, priority) {
+                Ok(admitted) => return Some(admitted),
+                Err(earliest) => earliest?,
+            };
             waiting.get_or_insert_with(|| Waiting::new(&self.inner.waiting));
             if held {
                 tokio::time::sleep_until(when).await;
@@ -628,6 +605,47 @@ impl Limiters {
                 return Some((i, permit));
             }
         }
+    }
+
+    /// Admit a call to the first of `asks` (in order) that the limits let go right now,
+    /// without waiting (a hedge, which is made only when it need not wait). `None`: none
+    /// can go now.
+    pub fn try_admit_first(&self, asks: &[Ask<'_>], priority: Priority) -> Option<(usize, Permit)> {
+        self.scan(asks, priority).ok()
+    }
+
+    /// Admit the first of `asks` that may go now, or say which is expected to be free
+    /// first: (index, when, held outside the queue); `None` inside when `asks` is empty.
+    #[allow(clippy::type_complexity)]
+    fn scan(
+        &self,
+        asks: &[Ask<'_>],
+        priority: Priority,
+    ) -> Result<(usize, Permit), Option<(usize, Instant, bool)>> {
+        let t = self.inner.timing;
+        let now = Instant::now();
+        let mut earliest: Option<(usize, Instant, bool)> = None;
+        let mut st = self.inner.lock();
+        for (i, ask) in asks.iter().enumerate() {
+            let found = if st.queued_ahead(ask.provider, priority) {
+                Check::Later(now)
+            } else {
+                st.check(ask, now, &t)
+            };
+            let (when, held) = match found {
+                Check::Go => {
+                    let id = st.take(ask, now);
+                    drop(st);
+                    return Ok((i, self.permit(ask.provider, id)));
+                }
+                Check::Held(until) => (until, true),
+                Check::Later(at) => (at, false),
+            };
+            if earliest.is_none_or(|(_, w, _)| when < w) {
+                earliest = Some((i, when, held));
+            }
+        }
+        Err(earliest)
     }
 
     /// Wait in `ask.provider`'s queue until this job is first and the limits let it go.

@@ -449,3 +449,32 @@ async fn a_reload_changes_the_limits_in_place() {
         "20 in the window"
     );
 }
+
+/// A hedge's admission: the first ask that may go now, or none, without waiting; and it
+/// counts like any other.
+#[tokio::test(start_paused = true)]
+async fn try_admit_takes_what_is_free_now_and_never_waits() {
+    let l = limiters("rpm = 2");
+    let q = Ask {
+        provider: "q",
+        model: "m",
+        tokens: 1,
+    };
+    assert!(l.try_admit_first(&[], Priority::High).is_none());
+    let (i, first) = l
+        .try_admit_first(&[ask("m", 1), q], Priority::High)
+        .unwrap();
+    assert_eq!(i, 0);
+    first.settle(None);
+    now_or_never(&l, ask("m", 1)).await.unwrap().settle(None);
+    // p is full: the next one free now is q's; with p alone, nothing (and no wait).
+    let t0 = Instant::now();
+    let (i, _q) = l
+        .try_admit_first(&[ask("m", 1), q], Priority::High)
+        .unwrap();
+    assert_eq!(i, 1);
+    assert!(l.try_admit_first(&[ask("m", 1)], Priority::High).is_none());
+    assert_eq!(Instant::now(), t0);
+    // What try_admit took counts: p frees up only when the window has passed.
+    assert_eq!(admitted_after(&l, ask("m", 1)).await, W);
+}

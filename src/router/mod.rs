@@ -16,7 +16,7 @@ mod rules;
 pub use classify::{classify, Classification};
 pub use rules::variant_bucket;
 
-use crate::config::{Config, ModelConfig, ProviderKind, Tier};
+use crate::config::{Config, HedgeConfig, ModelConfig, ProviderKind, RuleHedge, Tier};
 use crate::cost;
 use crate::job::{ErrorBody, ErrorKind, Job, Priority, Route};
 use rules::{Rule, Target};
@@ -40,17 +40,33 @@ pub struct Candidate {
 pub struct Plan {
     pub candidates: Vec<Candidate>,
     pub route: Route,
+    /// Hedge the calls (a second call when the first is slow), and how: never for low
+    /// priority, nor with a single candidate.
+    pub hedge: Option<HedgeConfig>,
 }
 
 impl Plan {
     /// The most any candidate could cost, with each one's own input count (a budget
     /// reservation's worst case).
     pub fn worst_case(&self) -> Decimal {
-        self.candidates
-            .iter()
-            .map(|c| cost::worst_case(&c.model, c.input_tokens, c.max_tokens))
-            .max()
-            .unwrap_or_default()
+        self.hold(
+            self.candidates
+                .iter()
+                .map(|c| cost::worst_case(&c.model, c.input_tokens, c.max_tokens)),
+        )
+    }
+
+    /// What to hold against a budget, given each candidate's worst case: the dearest
+    /// one, or with hedging the sum of the `1 + max_extra` dearest (that many calls may
+    /// run at once).
+    pub fn hold(&self, worst: impl Iterator<Item = Decimal>) -> Decimal {
+        let calls = 1 + self.hedge.map_or(0, |h| h.max_extra as usize);
+        if calls == 1 {
+            return worst.max().unwrap_or_default();
+        }
+        let mut all: Vec<Decimal> = worst.collect();
+        all.sort_unstable_by(|a, b| b.cmp(a));
+        all.iter().take(calls).sum()
     }
 }
 
@@ -87,6 +103,9 @@ pub struct Router {
     rules: Vec<Rule>,
     budget_pressure: f64,
     default_max_tokens: u32,
+    /// `routing.hedge_high` and `[routing.hedge]`.
+    hedge_high: bool,
+    hedge: HedgeConfig,
 }
 
 /// The price a tier's models are ordered by: USD per million tokens at 3 input tokens
@@ -148,6 +167,8 @@ impl Router {
             rules,
             budget_pressure: config.routing.budget_pressure,
             default_max_tokens: config.limits.default_max_tokens,
+            hedge_high: config.routing.hedge_high,
+            hedge: config.routing.hedge,
         }
     }
 
@@ -244,17 +265,31 @@ impl Router {
             }
             reason.push_str(&c.model.name);
         }
-        Ok(Plan {
+        let mut plan = Plan {
+            hedge: self
+                .hedge_for(job, class.task, ctx.priority)
+                .filter(|h| h.max_extra > 0 && candidates.len() > 1),
             route: Route {
                 task: class.task.as_str().to_string(),
                 tier: candidates
                     .first()
                     .map(|c| c.model.tier.as_str().to_string()),
-                reason,
+                reason: String::new(),
                 variant: variant.map(str::to_string),
             },
             candidates,
-        })
+        };
+        if let Some(h) = plan.hedge {
+            // A job's cost cap holds for every call that may run at once.
+            if job.max_cost_usd.is_some_and(|cap| plan.worst_case() > cap) {
+                plan.hedge = None;
+                reason.push_str("; no hedge: max_cost_usd");
+            } else {
+                let _ = write!(reason, "; hedge after {}", h.after);
+            }
+        }
+        plan.route.reason = reason;
+        Ok(plan)
     }
 
     /// `auto`: a rule's target, or the classifier's tier (moved for `routing.auto_tiers`
@@ -310,7 +345,12 @@ impl Router {
             }
             _ => {
                 if let Some(r) = rule {
-                    let _ = write!(reason, "; rule {}: allow_upgrade", r.index);
+                    let what = if r.allow_upgrade {
+                        "allow_upgrade"
+                    } else {
+                        "hedge"
+                    };
+                    let _ = write!(reason, "; rule {}: {what}", r.index);
                 }
                 let required = self.allowed_tier(class.tier);
                 if required != class.tier {
@@ -366,6 +406,31 @@ impl Router {
             }
         }
         (out, variant)
+    }
+
+    /// How `job`'s calls hedge: as its rule says (`auto` jobs), else with
+    /// `[routing.hedge]` for high priority when `routing.hedge_high`; never for low
+    /// priority.
+    fn hedge_for(
+        &self,
+        job: &Job,
+        task: crate::job::Task,
+        priority: Priority,
+    ) -> Option<HedgeConfig> {
+        if priority == Priority::Low {
+            return None;
+        }
+        let rule = if job.model == "auto" {
+            self.rules.iter().find(|r| r.matches(job, task))
+        } else {
+            None
+        };
+        match rule.and_then(|r| r.hedge) {
+            Some(RuleHedge::On(true)) => Some(self.hedge),
+            Some(RuleHedge::On(false)) => None,
+            Some(RuleHedge::With(h)) => Some(h),
+            None => (priority == Priority::High && self.hedge_high).then_some(self.hedge),
+        }
     }
 
     /// The tier `auto` uses for a job that needs `t`: `t` when allowed, else the lowest

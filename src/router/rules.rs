@@ -1,6 +1,6 @@
 //! `[[routing.rules]]`, checked into indexes at start, and the A/B split's stable hash.
 
-use crate::config::{RouteRule, Tier};
+use crate::config::{RouteRule, RuleHedge, Tier};
 use crate::job::{Job, Task};
 use std::collections::HashMap;
 
@@ -14,6 +14,8 @@ pub(super) struct Rule {
     task: Option<Task>,
     pub target: Target,
     pub allow_upgrade: bool,
+    /// The rule's `hedge`, when it says one.
+    pub hedge: Option<RuleHedge>,
 }
 
 #[derive(Debug)]
@@ -50,6 +52,7 @@ impl Rule {
             task: r.task,
             target,
             allow_upgrade: r.allow_upgrade,
+            hedge: r.hedge,
         })
     }
 

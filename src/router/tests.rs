@@ -650,3 +650,126 @@ output_per_mtok = "1"
     let p = r.plan(&j, approx, normal()).unwrap();
     assert_eq!(chain(&p), ["small-openai"]);
 }
+
+#[test]
+fn hedging_is_decided_per_priority_and_rule() {
+    let (_, mut cfg) = router();
+    let ctx = |p| RouteContext::new(p);
+    let fast = job(r#","model":"fast""#);
+    // Off by default, even for high priority.
+    let r = Router::new(&cfg);
+    assert_eq!(r.plan(&fast, 10, ctx(Priority::High)).unwrap().hedge, None);
+    // hedge_high: high priority only, and only with a second candidate.
+    cfg.routing.hedge_high = true;
+    let r = Router::new(&cfg);
+    let p = r.plan(&fast, 10, ctx(Priority::High)).unwrap();
+    assert_eq!(p.hedge, Some(cfg.routing.hedge));
+    assert!(
+        p.route.reason.ends_with("; hedge after p95"),
+        "{}",
+        p.route.reason
+    );
+    for pr in [Priority::Normal, Priority::Low] {
+        assert_eq!(r.plan(&fast, 10, ctx(pr)).unwrap().hedge, None, "{pr:?}");
+    }
+    let pinned = job(r#","model":"openai/gpt-4o-mini""#);
+    assert_eq!(
+        r.plan(&pinned, 10, ctx(Priority::High)).unwrap().hedge,
+        None
+    );
+    // A rule decides for its auto jobs: its own settings at normal priority too, never
+    // at low; `false` wins over hedge_high.
+    let own = HedgeConfig {
+        min_ms: 300,
+        ..HedgeConfig::default()
+    };
+    cfg.routing.rules = vec![
+        crate::config::RouteRule {
+            tenant: Some("acme".into()),
+            hedge: Some(RuleHedge::With(own)),
+            ..Default::default()
+        },
+        crate::config::RouteRule {
+            tenant: Some("globex".into()),
+            hedge: Some(RuleHedge::On(false)),
+            ..Default::default()
+        },
+    ];
+    let r = Router::new(&cfg);
+    let auto = job("");
+    assert_eq!(
+        r.plan(&auto, 10, ctx(Priority::Normal)).unwrap().hedge,
+        Some(own)
+    );
+    assert_eq!(
+        r.plan(&auto, 10, ctx(Priority::High)).unwrap().hedge,
+        Some(own)
+    );
+    assert_eq!(r.plan(&auto, 10, ctx(Priority::Low)).unwrap().hedge, None);
+    let mut globex = auto.clone();
+    globex.tenant = "globex".into();
+    assert_eq!(
+        r.plan(&globex, 10, ctx(Priority::High)).unwrap().hedge,
+        None
+    );
+    // A rule applies to auto jobs only: a tier job keeps hedge_high's settings.
+    let p = r.plan(&fast, 10, ctx(Priority::High)).unwrap();
+    assert_eq!(p.hedge, Some(cfg.routing.hedge));
+}
+
+/// Each candidate's worst case, dearest first.
+fn dearest_first(p: &Plan) -> Vec<Decimal> {
+    let mut worst: Vec<Decimal> = p
+        .candidates
+        .iter()
+        .map(|c| cost::worst_case(&c.model, c.input_tokens, c.max_tokens))
+        .collect();
+    worst.sort_unstable_by(|a, b| b.cmp(a));
+    worst
+}
+
+#[test]
+fn a_hedged_plan_holds_every_call_that_may_run_at_once() {
+    let (_, mut cfg) = router();
+    cfg.routing.hedge_high = true;
+    let r = Router::new(&cfg);
+    let j = job(r#","model":"fast","max_tokens":100"#);
+    let one = r.plan(&j, 1000, normal()).unwrap();
+    let mut p = r.plan(&j, 1000, RouteContext::new(Priority::High)).unwrap();
+    let worst = dearest_first(&p);
+    assert_eq!(one.worst_case(), worst[0]);
+    assert_eq!(p.worst_case(), worst[0] + worst[1]);
+    p.hedge = p.hedge.map(|h| HedgeConfig { max_extra: 2, ..h });
+    assert_eq!(p.worst_case(), worst[0] + worst[1] + worst[2]);
+    p.hedge = p.hedge.map(|h| HedgeConfig { max_extra: 3, ..h });
+    assert_eq!(p.hold(worst.iter().copied().take(2)), worst[0] + worst[1]);
+}
+
+#[test]
+fn a_cost_cap_below_the_hedged_worst_case_turns_the_hedge_off() {
+    let (_, mut cfg) = router();
+    cfg.routing.hedge_high = true;
+    let r = Router::new(&cfg);
+    let high = RouteContext::new(Priority::High);
+    let p = r
+        .plan(&job(r#","model":"fast","max_tokens":100"#), 10, high)
+        .unwrap();
+    let worst = dearest_first(&p);
+    let capped = |cap: Decimal| {
+        let extra = format!(r#","model":"fast","max_tokens":100,"max_cost_usd":{cap}"#);
+        r.plan(&job(&extra), 10, high).unwrap()
+    };
+    // Between the dearest call and the dearest two (away from either bound: the job's
+    // number is read as a float).
+    let p = capped(worst[0] + worst[1] / Decimal::from(2));
+    assert_eq!(p.candidates.len(), worst.len(), "each one alone fits");
+    assert_eq!(p.hedge, None);
+    assert!(
+        p.route.reason.ends_with("; no hedge: max_cost_usd"),
+        "{}",
+        p.route.reason
+    );
+    assert!(capped((worst[0] + worst[1]) * Decimal::from(2))
+        .hedge
+        .is_some());
+}

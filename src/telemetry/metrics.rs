@@ -83,6 +83,13 @@ struct CallLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HedgeLabels {
+    provider: Arc<str>,
+    model: Arc<str>,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TokenLabels {
     provider: Arc<str>,
     model: Arc<str>,
@@ -144,6 +151,8 @@ struct ModelMetrics {
     output_tokens: Counter,
     cost_usd: FloatCounter,
     limiter_wait: Histogram,
+    /// `switchyard_hedged_calls_total` by result: won, lost.
+    hedged: [Counter; 2],
 }
 
 /// One provider call, as [`Metrics::call`] records it.
@@ -257,6 +266,7 @@ pub struct Metrics {
     tokens: Family<TokenLabels, Counter>,
     cost: Family<ModelLabels, FloatCounter>,
     limiter_wait: Family<ModelLabels, Histogram>,
+    hedged: Family<HedgeLabels, Counter>,
     spend: Spend,
     pub(super) pending: Family<PriorityLabels, Gauge>,
     pub(super) ack_pending: Family<PriorityLabels, Gauge>,
@@ -309,6 +319,7 @@ impl Metrics {
             tokens: Family::default(),
             cost: Family::default(),
             limiter_wait: seconds_family(),
+            hedged: Family::default(),
             spend: Spend::default(),
             pending: Family::default(),
             ack_pending: Family::default(),
@@ -419,6 +430,11 @@ impl Metrics {
             self.limiter_wait.clone(),
         );
         r.register(
+            "switchyard_hedged_calls",
+            "Hedge calls (started because the call before them had not answered by its model's latency quantile) by result: won (its answer was used), lost",
+            self.hedged.clone(),
+        );
+        r.register(
             "switchyard_budget_used_ratio",
             "(spent + reserved) / limit per configured budget (feature empty for tenant-wide; polled)",
             self.budget_used.clone(),
@@ -481,6 +497,13 @@ impl Metrics {
             output_tokens: token("output"),
             cost_usd: self.cost.get_or_create_owned(&labels),
             limiter_wait: self.limiter_wait.get_or_create_owned(&labels),
+            hedged: ["won", "lost"].map(|result| {
+                self.hedged.get_or_create_owned(&HedgeLabels {
+                    provider: labels.provider.clone(),
+                    model: labels.model.clone(),
+                    result,
+                })
+            }),
             labels,
         });
         models
@@ -577,6 +600,14 @@ impl Metrics {
     pub fn limiter_waited(&self, provider: &str, model: &str, waited: Duration) {
         if let Some(m) = self.model(provider, model) {
             m.limiter_wait.observe(waited.as_secs_f64());
+        }
+    }
+
+    /// A hedge call (one started because the call before it was slow) ended: `won`
+    /// when its answer was used, else lost (the other answered first, or it failed).
+    pub fn hedged(&self, provider: &str, model: &str, won: bool) {
+        if let Some(m) = self.model(provider, model) {
+            m.hedged[usize::from(!won)].inc();
         }
     }
 

@@ -1,6 +1,15 @@
 //! Calling the candidates in order until one answers: health (breakers), rate limit,
 //! call, and one [`CallRecord`] per call made, failed ones included, at what the
 //! provider billed.
+//!
+//! Hedging (the plan's `hedge`): when a call has not answered by its model's observed
+//! latency quantile (`routing.hedge.after`, within `min_ms..=max_ms`; no estimate yet, no
+//! hedge), the next candidate is called too, if its breaker lets it and the rate limits
+//! admit it at once (a hedge never waits at our own limiter). The first answer that
+//! succeeds wins; the other call is dropped (cancelled): its cost row is `cancelled`
+//! with its latency and cost 0 (the provider may bill it, but nobody saw the usage, as
+//! for `worker_lost`), and its rate-limit admission keeps counting. A call that fails
+//! while another is under way does not start a failover: the other one is waited for.
 
 use super::Ctx;
 use crate::config::ModelConfig;
@@ -8,17 +17,21 @@ use crate::cost::cost_of;
 use crate::health::{Admit, CallOutcome};
 use crate::job::Priority;
 use crate::job::{Attempt, Job, Output, Usage};
-use crate::providers::{ChatRequest, ChatResponse, FailureClass};
-use crate::ratelimit::Ask;
-use crate::router::Plan;
+use crate::providers::{ChatRequest, ChatResponse, FailureClass, ProviderError};
+use crate::ratelimit::{Ask, Permit};
+use crate::router::{Candidate, Plan};
 use crate::store::{CallRecord, CommitRequest, JobKey, Lease};
 use crate::telemetry::metrics::CallEvent;
+use futures::future::BoxFuture;
 use rust_decimal::Decimal;
+use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::task::Poll;
+use std::time::Duration;
+use tokio::time::Instant;
 
 pub struct ChainOutcome {
-    /// The calls made now, numbered on from the earlier deliveries'.
+    /// The calls made now, numbered on from the earlier deliveries', in attempt order.
     pub calls: Vec<CallRecord>,
     pub success: Option<(ChatResponse, Arc<ModelConfig>)>,
     /// Some candidate failed in a way that may pass later (429, 5xx, timeout, local limit).
@@ -30,6 +43,43 @@ pub struct ChainOutcome {
     /// The worker's grace period ended during a call (it was cut short), or the job's
     /// lease was taken over: hand the job back.
     pub cancelled: bool,
+    /// When a hedge was started: which, when, and who answered first (for
+    /// `route.reason`).
+    pub hedge_note: Option<String>,
+}
+
+/// What a delivery's call chain works with.
+struct Chain<'a> {
+    ctx: &'a Ctx,
+    job: &'a Job,
+    input_estimate: u64,
+    priority: Priority,
+    lease: &'a Lease,
+    /// The candidates not called yet, in the order to try them.
+    left: Vec<&'a Candidate>,
+    /// The number the next call gets.
+    attempt: u32,
+    out: ChainOutcome,
+}
+
+/// A call under way.
+struct Flight<'a> {
+    cand: &'a Candidate,
+    admit: Admit,
+    permit: Permit,
+    attempt: u32,
+    started: Instant,
+    /// Started as a hedge: what the result's attempt says of it.
+    hedge: Option<String>,
+    call: BoxFuture<'a, Result<ChatResponse, ProviderError>>,
+}
+
+/// What the chain waits for next (one at a time, on the stack: its size does not matter).
+#[allow(clippy::large_enum_variant)]
+enum Event {
+    Answered(usize, Result<ChatResponse, ProviderError>),
+    HedgeDue,
+    Stop,
 }
 
 pub async fn run_chain(
@@ -41,29 +91,222 @@ pub async fn run_chain(
     priority: Priority,
     lease: &Lease,
 ) -> ChainOutcome {
-    let mut out = ChainOutcome {
-        calls: Vec::new(),
-        success: None,
-        transient: false,
-        retry_after: None,
-        all_context_too_long: true,
-        cancelled: false,
-    };
-    let mut attempt = first_attempt;
     // ── Rate limits and health (issue 11): each round drops the candidates whose breaker
     // is open or cooling (no call, no cost row: not a failure of the job), then calls the
     // first one left that the limits let go now, or waits (in priority order) for the
     // earliest one. A local limit is never a failure; each candidate is called at most
     // once per delivery. The order is latency-aware when the job asks for a tier or auto.
-    let mut left: Vec<&crate::router::Candidate> = ctx
+    let left: Vec<&Candidate> = ctx
         .health
         .order(&job.model, &plan.candidates)
         .into_iter()
         .filter(|c| ctx.providers.get(&c.model.provider).is_some())
         .collect();
+    let mut chain = Chain {
+        ctx,
+        job,
+        input_estimate,
+        priority,
+        lease,
+        left,
+        attempt: first_attempt,
+        out: ChainOutcome {
+            calls: Vec::new(),
+            success: None,
+            transient: false,
+            retry_after: None,
+            all_context_too_long: true,
+            cancelled: false,
+            hedge_note: None,
+        },
+    };
+    let mut flying: Vec<Flight<'_>> = Vec::new();
+    let mut hedges_left = plan.hedge.map_or(0, |h| h.max_extra);
+    // When the next hedge is due, and the delay it was computed with.
+    let mut hedge_at: Option<(Instant, Duration)> = None;
     loop {
-        let mut admits: Vec<Admit> = Vec::with_capacity(left.len());
-        left.retain(|c| {
+        if flying.is_empty() {
+            let Some(f) = chain.next_call().await else {
+                break;
+            };
+            hedge_at = plan.hedge.and_then(|h| {
+                let m = &f.cand.model;
+                let observed = ctx
+                    .health
+                    .quantile(&m.provider, &m.name, h.after.fraction());
+                h.delay(observed).map(|d| (f.started + d, d))
+            });
+            flying.push(f);
+        }
+        let due = hedge_at
+            .filter(|_| hedges_left > 0 && !chain.left.is_empty())
+            .map(|(at, _)| at);
+        let event = tokio::select! {
+            (i, r) = first_answer(&mut flying) => Event::Answered(i, r),
+            _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => Event::HedgeDue,
+            _ = ctx.abort.cancelled() => Event::Stop,
+        };
+        match event {
+            Event::Answered(i, result) => {
+                let f = flying.swap_remove(i);
+                if let Some(won) = chain.land(f, result).await {
+                    let why = format!("hedge race: {} answered first", won.1.name);
+                    if let Some(note) = &mut chain.out.hedge_note {
+                        let _ = write!(note, "; {} answered first", won.1.name);
+                    }
+                    for f in flying.drain(..) {
+                        // A call that was hedged ran past the hedge delay: its time so far
+                        // belongs in its model's latency quantile (a hedge call's does not:
+                        // it may have just started).
+                        if f.hedge.is_none() {
+                            let m = &f.cand.model;
+                            ctx.health
+                                .record_cut(&m.provider, &m.name, f.started.elapsed());
+                        }
+                        chain.cancel(f, why.clone());
+                    }
+                    chain.out.all_context_too_long = false;
+                    chain.out.success = Some(won);
+                    break;
+                }
+            }
+            Event::HedgeDue => {
+                hedges_left -= 1;
+                let Some((_, delay)) = hedge_at else { continue };
+                hedge_at = Some((Instant::now() + delay, delay));
+                // The call it hedges: the oldest one under way.
+                let Some((primary, n)) = flying
+                    .iter()
+                    .min_by_key(|f| f.attempt)
+                    .map(|f| (f.cand.model.name.clone(), f.attempt))
+                else {
+                    continue;
+                };
+                if let Some(mut f) = chain.hedge_call().await {
+                    let after = plan.hedge.map(|h| h.after.to_string()).unwrap_or_default();
+                    let ms = delay.as_millis();
+                    let note = chain.out.hedge_note.get_or_insert_with(String::new);
+                    let _ = write!(
+                        note,
+                        "; hedged: {} after {ms} ms ({after} of {primary})",
+                        f.cand.model.name
+                    );
+                    f.hedge = Some(format!(
+                        "hedge: called {ms} ms after attempt {n} ({primary}) had not answered"
+                    ));
+                    flying.push(f);
+                }
+            }
+            Event::Stop => {
+                for f in flying.drain(..) {
+                    chain.cancel(
+                        f,
+                        "cut short: the worker's shutdown grace period ended".into(),
+                    );
+                }
+                chain.out.cancelled = true;
+                chain.out.transient = true;
+                break;
+            }
+        }
+    }
+    let mut out = chain.out;
+    out.calls.sort_by_key(|c| c.attempt.attempt);
+    out
+}
+
+/// The first of `flying` to answer: its index and answer. Never ready when empty.
+async fn first_answer(flying: &mut [Flight<'_>]) -> (usize, Result<ChatResponse, ProviderError>) {
+    std::future::poll_fn(move |cx| {
+        for (i, f) in flying.iter_mut().enumerate() {
+            if let Poll::Ready(r) = f.call.as_mut().poll(cx) {
+                return Poll::Ready((i, r));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+impl<'a> Chain<'a> {
+    /// The next call of the chain: the first candidate left that is healthy and that the
+    /// limits let go, waiting for the earliest when none can go now. `None`: nothing left,
+    /// or the worker is stopping or lost the lease (`out.cancelled`).
+    async fn next_call(&mut self) -> Option<Flight<'a>> {
+        let ctx = self.ctx;
+        loop {
+            let mut admits = self.healthy();
+            let asks = self.asks();
+            let asked = Instant::now();
+            let admitted = tokio::select! {
+                a = ctx.limiters.admit_first(&asks, self.priority) => a,
+                _ = ctx.abort.cancelled() => None,
+            };
+            let waited = asked.elapsed();
+            let Some((i, permit)) = admitted else {
+                // Nothing left, or the worker is stopping: free the probe slots taken above.
+                for (c, a) in self.left.iter().zip(admits) {
+                    give_back(ctx, &c.model, a);
+                }
+                if ctx.abort.is_cancelled() {
+                    self.out.cancelled = true;
+                    self.out.transient = true;
+                }
+                return None;
+            };
+            let cand = self.left.remove(i);
+            let admit = admits.remove(i);
+            ctx.metrics
+                .limiter_waited(&cand.model.provider, &cand.model.name, waited);
+            // The others' probe slots go back: they are asked again next round.
+            for (c, a) in self.left.iter().zip(admits) {
+                give_back(ctx, &c.model, a);
+            }
+            match self.launch(cand, admit, permit).await {
+                Launched::Flying(f) => return Some(f),
+                Launched::NoAdapter => continue,
+                Launched::Stop => {
+                    self.out.cancelled = true;
+                    self.out.transient = true;
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// A hedge: the first candidate left that is healthy and that the limits admit at
+    /// once; `None` when none can go now (a hedge never waits).
+    async fn hedge_call(&mut self) -> Option<Flight<'a>> {
+        let ctx = self.ctx;
+        let mut admits = self.healthy();
+        let asks = self.asks();
+        let Some((i, permit)) = ctx.limiters.try_admit_first(&asks, self.priority) else {
+            for (c, a) in self.left.iter().zip(admits) {
+                give_back(ctx, &c.model, a);
+            }
+            tracing::debug!("hedge due, but no candidate may be called at once; not hedging");
+            return None;
+        };
+        let cand = self.left.remove(i);
+        let admit = admits.remove(i);
+        ctx.metrics
+            .limiter_waited(&cand.model.provider, &cand.model.name, Duration::ZERO);
+        for (c, a) in self.left.iter().zip(admits) {
+            give_back(ctx, &c.model, a);
+        }
+        match self.launch(cand, admit, permit).await {
+            Launched::Flying(f) => Some(f),
+            Launched::NoAdapter | Launched::Stop => None,
+        }
+    }
+
+    /// Drop the candidates whose breaker is open or cooling (not a failure of the job:
+    /// no call, no cost row); the admits of the rest, in order.
+    fn healthy(&mut self) -> Vec<Admit> {
+        let ctx = self.ctx;
+        let out = &mut self.out;
+        let mut admits: Vec<Admit> = Vec::with_capacity(self.left.len());
+        self.left.retain(|c| {
             let m = &c.model;
             match ctx.health.allow(&m.provider, &m.name) {
                 Admit::Skip(why, d) => {
@@ -80,46 +323,40 @@ pub async fn run_chain(
                 }
             }
         });
-        let asks: Vec<Ask<'_>> = left
+        admits
+    }
+
+    fn asks(&self) -> Vec<Ask<'a>> {
+        self.left
             .iter()
-            .map(|c| Ask {
+            .map(|&c| Ask {
                 provider: &c.model.provider,
                 model: &c.model.upstream,
-                tokens: input_estimate + u64::from(c.max_tokens),
+                tokens: self.input_estimate + u64::from(c.max_tokens),
             })
-            .collect();
-        let asked = Instant::now();
-        let admitted = tokio::select! {
-            a = ctx.limiters.admit_first(&asks, priority) => a,
-            _ = ctx.abort.cancelled() => None,
-        };
-        let waited = asked.elapsed();
-        let Some((i, permit)) = admitted else {
-            // Nothing left, or the worker is stopping: free the probe slots taken above.
-            for (c, a) in left.iter().zip(admits) {
-                give_back(ctx, &c.model, a);
-            }
-            if ctx.abort.is_cancelled() {
-                out.cancelled = true;
-                out.transient = true;
-                return out;
-            }
-            break;
-        };
-        let cand = left.remove(i);
-        let admit = admits.remove(i);
-        ctx.metrics
-            .limiter_waited(&cand.model.provider, &cand.model.name, waited);
-        // The others' probe slots go back: they are asked again next round.
-        for (c, a) in left.iter().zip(admits) {
-            give_back(ctx, &c.model, a);
-        }
+            .collect()
+    }
+
+    /// Write the call's `started` row, then start it.
+    async fn launch(&mut self, cand: &'a Candidate, admit: Admit, permit: Permit) -> Launched<'a> {
+        let ctx = self.ctx;
         let m = &cand.model;
         let Some(adapter) = ctx.providers.get(&m.provider) else {
             give_back(ctx, m, admit);
-            continue;
+            return Launched::NoAdapter;
         };
-        // ── end rate limits and health
+        // Another delivery owns the job now (this one stalled past its lease): no call.
+        if self.lease.is_lost() {
+            give_back(ctx, m, admit);
+            return Launched::Stop;
+        }
+        // Its cost row, `started`, before the call: if this worker dies during the call,
+        // the row is there (the next delivery marks it `worker_lost`).
+        if !record_start(ctx, self.job, self.attempt, m).await {
+            give_back(ctx, m, admit);
+            return Launched::Stop;
+        }
+        let job = self.job;
         let req = ChatRequest {
             model: &m.upstream,
             messages: &job.messages,
@@ -130,56 +367,31 @@ pub async fn run_chain(
             tools: job.tools.as_deref(),
             tool_choice: job.tool_choice.as_ref(),
         };
-        // Another delivery owns the job now (this one stalled past its lease): no call.
-        if lease.is_lost() {
-            give_back(ctx, m, admit);
-            out.cancelled = true;
-            out.transient = true;
-            return out;
-        }
-        // Its cost row, `started`, before the call: if this worker dies during the call,
-        // the row is there (the next delivery marks it `worker_lost`).
-        if !record_start(ctx, job, attempt, m).await {
-            give_back(ctx, m, admit);
-            out.cancelled = true;
-            out.transient = true;
-            return out;
-        }
-        let started = Instant::now();
-        // The call is cut short only when the shutdown grace period is over; it is still
-        // recorded (the provider may bill it).
-        let result = tokio::select! {
-            r = adapter.chat(req) => Some(r),
-            _ = ctx.abort.cancelled() => None,
-        };
-        let latency_ms = started.elapsed().as_millis() as u64;
-        let mut attempt_rec = Attempt {
+        let attempt = self.attempt;
+        self.attempt += 1;
+        Launched::Flying(Flight {
+            cand,
+            admit,
+            permit,
             attempt,
-            provider: m.provider.clone(),
-            model: m.name.clone(),
-            outcome: String::new(),
-            latency_ms,
-            cost_usd: Decimal::ZERO,
-            status: None,
-            message: None,
-        };
-        attempt += 1;
-        let Some(result) = result else {
-            give_back(ctx, m, admit);
-            attempt_rec.outcome = "cancelled".into();
-            let none = Usage::default();
-            let event = call_event(job, m, "cancelled", started.elapsed(), &none, Decimal::ZERO);
-            ctx.metrics.call(event);
-            attempt_rec.message =
-                Some("cut short: the worker's shutdown grace period ended".into());
-            out.calls.push(CallRecord {
-                attempt: attempt_rec,
-                usage: Usage::default(),
-            });
-            out.cancelled = true;
-            out.transient = true;
-            return out;
-        };
+            started: Instant::now(),
+            hedge: None,
+            call: adapter.chat(req),
+        })
+    }
+
+    /// A call answered: record it (limits, health, metrics, its [`CallRecord`]); its
+    /// response and model when it succeeded.
+    async fn land(
+        &mut self,
+        f: Flight<'a>,
+        result: Result<ChatResponse, ProviderError>,
+    ) -> Option<(ChatResponse, Arc<ModelConfig>)> {
+        let ctx = self.ctx;
+        let job = self.job;
+        let m = &f.cand.model;
+        let took = f.started.elapsed();
+        let mut rec = attempt_of(f.attempt, m, took);
         let reading = match &result {
             Ok(r) => r.rate.as_ref(),
             Err(e) => e.rate.as_deref(),
@@ -192,14 +404,14 @@ pub async fn run_chain(
                 retry_after: e.retry_after,
             },
         };
-        ctx.health
-            .record(&m.provider, &m.name, judged, started.elapsed());
+        ctx.health.record(&m.provider, &m.name, judged, took);
         // Rate limits: correct the reservation to the usage; a 429 cools every worker.
         let used = match &result {
             Ok(r) => Some(r.usage),
             Err(e) => e.usage,
         };
-        permit.settle(used.map(|u| u.input_tokens + u.output_tokens));
+        f.permit
+            .settle(used.map(|u| u.input_tokens + u.output_tokens));
         if let Err(e) = &result {
             if e.class == FailureClass::RateLimited {
                 ctx.limiters
@@ -207,49 +419,40 @@ pub async fn run_chain(
                     .await;
             }
         }
+        if f.hedge.is_some() {
+            ctx.metrics.hedged(&m.provider, &m.name, result.is_ok());
+        }
+        let out = &mut self.out;
         match result {
             Ok(mut resp) => {
                 sanitize(&mut resp.output);
                 let cost = cost_of(m, &resp.usage);
-                attempt_rec.outcome = "succeeded".into();
-                attempt_rec.status = Some(200);
-                attempt_rec.cost_usd = cost;
-                ctx.metrics.call(call_event(
-                    job,
-                    m,
-                    "succeeded",
-                    started.elapsed(),
-                    &resp.usage,
-                    cost,
-                ));
+                rec.outcome = "succeeded".into();
+                rec.status = Some(200);
+                rec.cost_usd = cost;
+                rec.message = f.hedge;
+                ctx.metrics
+                    .call(call_event(job, m, "succeeded", took, &resp.usage, cost));
                 out.calls.push(CallRecord {
-                    attempt: attempt_rec,
+                    attempt: rec,
                     usage: resp.usage,
                 });
-                out.all_context_too_long = false;
-                out.success = Some((resp, m.clone()));
-                return out;
+                Some((resp, m.clone()))
             }
             Err(e) => {
                 // A 200 that we could not use was still billed.
                 let usage = e.usage.unwrap_or_default();
                 let cost = e.usage.map_or(Decimal::ZERO, |u| cost_of(m, &u));
                 tracing::info!(provider = %m.provider, model = %m.name, outcome = e.class.as_str(),
-                    status = e.status, latency_ms, "provider call failed");
-                ctx.metrics.call(call_event(
-                    job,
-                    m,
-                    e.class.as_str(),
-                    started.elapsed(),
-                    &usage,
-                    cost,
-                ));
-                attempt_rec.outcome = e.class.as_str().to_string();
-                attempt_rec.status = e.status;
-                attempt_rec.cost_usd = cost;
-                attempt_rec.message = Some(e.message.clone());
+                    status = e.status, latency_ms = rec.latency_ms, "provider call failed");
+                ctx.metrics
+                    .call(call_event(job, m, e.class.as_str(), took, &usage, cost));
+                rec.outcome = e.class.as_str().to_string();
+                rec.status = e.status;
+                rec.cost_usd = cost;
+                rec.message = Some(e.message);
                 out.calls.push(CallRecord {
-                    attempt: attempt_rec,
+                    attempt: rec,
                     usage,
                 });
                 if e.class.is_transient() {
@@ -261,10 +464,73 @@ pub async fn run_chain(
                 if e.class != FailureClass::ContextTooLong {
                     out.all_context_too_long = false;
                 }
+                None
             }
         }
     }
-    out
+
+    /// Cut a call short (dropping it ends the request): its record is `cancelled` with
+    /// its latency and cost 0 (nobody saw what the provider billed). Its rate-limit
+    /// admission keeps its whole reservation: the request was made.
+    fn cancel(&mut self, f: Flight<'a>, why: String) {
+        let ctx = self.ctx;
+        let Flight {
+            cand,
+            admit,
+            permit,
+            attempt,
+            started,
+            hedge,
+            call,
+        } = f;
+        drop(call);
+        drop(permit);
+        let m = &cand.model;
+        let took = started.elapsed();
+        give_back(ctx, m, admit);
+        if hedge.is_some() {
+            ctx.metrics.hedged(&m.provider, &m.name, false);
+        }
+        let none = Usage::default();
+        ctx.metrics.call(call_event(
+            self.job,
+            m,
+            "cancelled",
+            took,
+            &none,
+            Decimal::ZERO,
+        ));
+        let mut rec = attempt_of(attempt, m, took);
+        rec.outcome = "cancelled".into();
+        rec.message = Some(why);
+        tracing::debug!(provider = %m.provider, model = %m.name, attempt,
+            latency_ms = rec.latency_ms, "provider call cancelled");
+        self.out.calls.push(CallRecord {
+            attempt: rec,
+            usage: Usage::default(),
+        });
+    }
+}
+
+enum Launched<'a> {
+    Flying(Flight<'a>),
+    /// The candidate's provider has no adapter: try the next.
+    NoAdapter,
+    /// The worker is stopping, or another delivery owns the job: make no call.
+    Stop,
+}
+
+fn attempt_of(attempt: u32, m: &ModelConfig, took: Duration) -> Attempt {
+    Attempt {
+        attempt,
+        provider: m.provider.clone(),
+        model: m.name.clone(),
+        outcome: String::new(),
+        latency_ms: took.as_millis() as u64,
+        cost_usd: Decimal::ZERO,
+        status: None,
+        message: None,
+    }
 }
 
 /// health: a probe that made no call frees its slot.

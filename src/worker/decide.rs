@@ -151,6 +151,7 @@ mod tests {
             retry_after: Some(Duration::from_secs(7)),
             all_context_too_long: too_long,
             cancelled: false,
+            hedge_note: None,
         }
     }
 

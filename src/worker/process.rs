@@ -243,25 +243,22 @@ async fn attempt(
     // provider's own tokenizer where there is one (only for tenants with a budget).
     // Counting costs ~50k instructions a job, so while the tenant's budgets are less than
     // half used (as last read) a bound is held instead (a token is at least one byte):
-    // it only holds more, and holding more matters only near a limit.
+    // it only holds more, and holding more matters only near a limit. A hedged plan holds
+    // the calls that may run at once (`Plan::hold`).
     let counted = used.is_none_or(|f| f >= EXACT_TOKENS_FROM);
     let worst = || {
-        plan.candidates
-            .iter()
-            .map(|c| {
-                let input = if !ctx.exact_tokens.contains(&c.model.provider) {
-                    estimate
-                } else if counted {
-                    crate::tokens::openai_input_tokens(job, &c.model.upstream)
-                } else {
-                    crate::tokens::openai_input_tokens_bound(job).max(estimate)
-                };
-                crate::cost::worst_case(&c.model, input, c.max_tokens)
-            })
-            .max()
-            .unwrap_or_default()
+        plan.hold(plan.candidates.iter().map(|c| {
+            let input = if !ctx.exact_tokens.contains(&c.model.provider) {
+                estimate
+            } else if counted {
+                crate::tokens::openai_input_tokens(job, &c.model.upstream)
+            } else {
+                crate::tokens::openai_input_tokens_bound(job).max(estimate)
+            };
+            crate::cost::worst_case(&c.model, input, c.max_tokens)
+        }))
     };
-    let route = Some(plan.route.clone());
+    let mut route = Some(plan.route.clone());
     let reserved = ctx
         .infra
         .store(&ctx.abort, || {
@@ -309,6 +306,9 @@ async fn attempt(
         &lease,
     )
     .await;
+    if let (Some(r), Some(note)) = (route.as_mut(), outcome.hedge_note.as_deref()) {
+        r.reason.push_str(note);
+    }
     let policy = RetryPolicy {
         max_deliveries: ctx.cfg.worker.max_deliveries,
         base: Duration::from_millis(ctx.cfg.worker.retry_base_ms),

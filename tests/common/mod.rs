@@ -43,6 +43,15 @@ pub fn sim_base_url(kind: switchyard::config::ProviderKind, addr: std::net::Sock
     }
 }
 
+/// A TCP port free on 127.0.0.1 now (for a worker's `/metrics`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub struct TestEnv {
     pub prefix: String,
     pub db_name: String,

@@ -76,6 +76,9 @@ fn renders_jobs_calls_tokens_and_spend() {
     m.call(call("rate_limited", Decimal::ZERO));
     m.call(call("succeeded", Decimal::new(15, 7)));
     m.limiter_waited("openai", "gpt-4o-mini", Duration::ZERO);
+    m.hedged("openai", "gpt-4o-mini", true);
+    m.hedged("openai", "gpt-4o-mini", false);
+    m.hedged("openai", "gpt-4o-mini", false);
     m.dead_lettered(Priority::High, "invalid_job");
     m.retried();
     m.reloaded(false);
@@ -138,6 +141,14 @@ fn renders_jobs_calls_tokens_and_spend() {
         (
             r#"switchyard_limiter_wait_seconds_bucket{provider="openai",model="gpt-4o-mini",le="0.005"}"#,
             1.0,
+        ),
+        (
+            r#"switchyard_hedged_calls_total{provider="openai",model="gpt-4o-mini",result="won"}"#,
+            1.0,
+        ),
+        (
+            r#"switchyard_hedged_calls_total{provider="openai",model="gpt-4o-mini",result="lost"}"#,
+            2.0,
         ),
         (
             r#"switchyard_dead_letters_total{priority="high",error_kind="invalid_job"}"#,
