@@ -89,11 +89,14 @@ pub async fn run_chain(
             })
             .collect();
         let asked = Instant::now();
+        // Boxed (as the other steps around the call): a job holds only the call's own
+        // state while it waits for the answer.
         let admitted = tokio::select! {
-            a = ctx.limiters.admit_first(&asks, priority) => a,
+            a = Box::pin(ctx.limiters.admit_first(&asks, priority)) => a,
             _ = ctx.abort.cancelled() => None,
         };
         let waited = asked.elapsed();
+        drop(asks); // not held through the call
         let Some((i, permit)) = admitted else {
             // Nothing left, or the worker is stopping: free the probe slots taken above.
             for (c, a) in left.iter().zip(admits) {
@@ -139,7 +142,7 @@ pub async fn run_chain(
         }
         // Its cost row, `started`, before the call: if this worker dies during the call,
         // the row is there (the next delivery marks it `worker_lost`).
-        if !record_start(ctx, job, attempt, m).await {
+        if !Box::pin(record_start(ctx, job, attempt, m)).await {
             give_back(ctx, m, admit);
             out.cancelled = true;
             out.transient = true;
@@ -202,9 +205,11 @@ pub async fn run_chain(
         permit.settle(used.map(|u| u.input_tokens + u.output_tokens));
         if let Err(e) = &result {
             if e.class == FailureClass::RateLimited {
-                ctx.limiters
-                    .cool_down(&m.provider, &m.upstream, e.retry_after)
-                    .await;
+                Box::pin(
+                    ctx.limiters
+                        .cool_down(&m.provider, &m.upstream, e.retry_after),
+                )
+                .await;
             }
         }
         match result {

@@ -37,18 +37,20 @@ const EXACT_TOKENS_FROM: f64 = 0.5;
 const RECLAIMS: u32 = 3;
 
 pub(super) async fn process(ctx: &Ctx, d: Delivery, msg: &async_nats::Message) -> Disposition {
-    let parsed = match parse_job(&msg.payload, msg.subject.as_str(), d.stream_seq, &ctx.rules) {
-        Ok(p) => p,
+    // Matched by reference: moved out, the parsed job would be held twice in this
+    // future (the match's value and the binding) while the job runs.
+    let parsed = parse_job(&msg.payload, msg.subject.as_str(), d.stream_seq, &ctx.rules);
+    match &parsed {
+        Ok(p) => {
+            let span = tracing::info_span!("job", tenant = %p.job.tenant, id = %p.job.id,
+                priority = %d.priority, delivery = d.delivered);
+            run(ctx, d, msg, &p.job, &p.envelope).instrument(span).await
+        }
         Err(f) => {
             let span = tracing::info_span!("job", tenant = %f.envelope.tenant, id = %f.envelope.id);
-            return Box::pin(fail_unparsed(ctx, d, msg, *f).instrument(span)).await;
+            Box::pin(fail_unparsed(ctx, d, msg, f).instrument(span)).await
         }
-    };
-    let span = tracing::info_span!("job", tenant = %parsed.job.tenant, id = %parsed.job.id,
-        priority = %d.priority, delivery = d.delivered);
-    run(ctx, d, msg, &parsed.job, &parsed.envelope)
-        .instrument(span)
-        .await
+    }
 }
 
 /// Where a failed job's dead letter comes from.
@@ -247,18 +249,17 @@ async fn attempt(
             .max()
             .unwrap_or_default()
     };
-    let route = Some(plan.route.clone());
-    let reserved = ctx
-        .infra
-        .store(&ctx.abort, || {
-            ctx.budgets
-                .reserve(&lease, &job.tenant, &job.id, job.feature.as_deref(), worst)
-        })
-        .await;
+    // Boxed: over by the time the calls start, and larger than what a job holds then.
+    let reserved = Box::pin(ctx.infra.store(&ctx.abort, || {
+        ctx.budgets
+            .reserve(&lease, &job.tenant, &job.id, job.feature.as_deref(), worst)
+    }))
+    .await;
     let reservation = match reserved {
         Ok(Ok(r)) => r,
         Ok(Err(Denial::Fail(why))) => {
             let err = ErrorBody::new(ErrorKind::BudgetExceeded, why);
+            let route = Some(plan.route);
             return Box::pin(fail(ctx, s, Some(lease), route, err, &prior, Vec::new())).await;
         }
         Ok(Err(Denial::Defer(why, delay))) => {
@@ -281,6 +282,7 @@ async fn attempt(
         }
         Err(Gave::Refused(e)) => {
             let err = internal(format!("postgres refused the budget reservation: {e}"));
+            let route = Some(plan.route);
             return Box::pin(fail(ctx, s, Some(lease), route, err, &prior, Vec::new())).await;
         }
     };
@@ -295,6 +297,8 @@ async fn attempt(
         &lease,
     )
     .await;
+    // Taken from the plan once the calls are over (not cloned and held through them).
+    let route = Some(plan.route);
     let policy = RetryPolicy {
         max_deliveries: ctx.cfg.worker.max_deliveries,
         base: Duration::from_millis(ctx.cfg.worker.retry_base_ms),
@@ -463,7 +467,7 @@ async fn fail_unparsed(
     ctx: &Ctx,
     d: Delivery,
     msg: &async_nats::Message,
-    f: ParseFailure,
+    f: &ParseFailure,
 ) -> Disposition {
     tracing::info!(kind = %f.error.kind, message = %f.error.message, "job refused");
     let s = Scope {
