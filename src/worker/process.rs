@@ -553,7 +553,9 @@ async fn finish(
         job: Some(row),
         release: None,
     };
-    let (result, encoded) = match commit(ctx, req).await {
+    // Boxed, and the publish below too: a finished job then holds one of the two at a
+    // time, not a state as large as both (thousands finish at once after a burst).
+    let (result, encoded) = match Box::pin(commit(ctx, req)).await {
         Ok(landed) if landed => {
             if let Some(l) = lease {
                 l.finish();
@@ -571,7 +573,7 @@ async fn finish(
             // A refused payload whose key another delivery runs (or that succeeded): its
             // failure goes to its reply_to and the DLQ, not over that job's result.
             tracing::info!("the key belongs to another delivery; not overwriting its result");
-            return Some(deliver_unstored(ctx, s, &result).await);
+            return Some(Box::pin(deliver_unstored(ctx, s, &result)).await);
         }
         Err(CommitFailed::Stopping) => {
             drop(lease);
@@ -582,13 +584,13 @@ async fn finish(
             // small enough to store and the calls (which were billed) kept.
             tracing::error!(error = %e, "postgres refused the job's rows; failing it as internal");
             let minimal = minimal_failure(&result, &e);
-            match refused_again(ctx, s, lease, &minimal, req.calls).await {
+            match Box::pin(refused_again(ctx, s, lease, &minimal, req.calls)).await {
                 Some(disposition) => return Some(disposition),
                 None => (minimal, None),
             }
         }
     };
-    let disposition = deliver(ctx, s, &result, encoded).await;
+    let disposition = Box::pin(deliver(ctx, s, &result, encoded)).await;
     ctx.metrics.job_finished(FinishedJob {
         priority: d.priority,
         result: &result,
