@@ -163,6 +163,27 @@ async fn auto_takes_h2_through_alpn_and_http1_stays_http1() {
     s.stop.cancel();
 }
 
+#[tokio::test]
+async fn http2_over_tls_takes_h2_through_alpn() {
+    let (id, der) = test_identity();
+    let s = server(ServeOptions {
+        h2_max_streams: 4,
+        tls: Some(id),
+    })
+    .await;
+    let p = provider(
+        &s.base,
+        "http = \"http2\"\nhttp2_streams_per_connection = 4",
+    );
+    let pool = Pool::with_root(&p, Some(&der)).unwrap();
+    let versions = calls(&pool, &format!("{}/call", s.base), 10).await;
+    assert!(versions.iter().all(|v| *v == reqwest::Version::HTTP_2));
+    // No probe: 4 calls per connection, 3 connections.
+    assert_eq!(s.counts.accepted(), 3);
+    assert_eq!(s.load.max.load(Ordering::SeqCst), 10);
+    s.stop.cancel();
+}
+
 /// What a call in flight over `http = "http2"` holds in its own future (issue 12: 10,000
 /// calls in flight), pool and adapter included; printed with `--nocapture`. A debug build's
 /// sizes (a release build's are smaller); the ceiling keeps the per-call state small.
