@@ -33,6 +33,9 @@ struct Adapter {
     /// The API reports implicit prompt-cache reads for long prompts (Anthropic caches
     /// only blocks marked `cache_control`, which the adapter never sends).
     implicit_cache: bool,
+    /// The provider's `http` setting: `auto` (HTTP/1.1 over `http://`, through reqwest) or
+    /// `http2` (h2c on the worker's own HTTP/2 client): the same wire format either way.
+    http: &'static str,
 }
 
 const OPENAI: Adapter = Adapter {
@@ -43,6 +46,7 @@ const OPENAI: Adapter = Adapter {
     model: "gpt-4o-mini-2024-07-18",
     native_json: true,
     implicit_cache: true,
+    http: "auto",
 };
 const COMPATIBLE: Adapter = Adapter {
     name: "local",
@@ -52,6 +56,7 @@ const COMPATIBLE: Adapter = Adapter {
     model: "llama-3.1-8b-instruct",
     native_json: true,
     implicit_cache: true,
+    http: "auto",
 };
 const ANTHROPIC: Adapter = Adapter {
     name: "anthropic",
@@ -61,6 +66,7 @@ const ANTHROPIC: Adapter = Adapter {
     model: "claude-3-5-haiku-20241022",
     native_json: false,
     implicit_cache: false,
+    http: "auto",
 };
 const GEMINI: Adapter = Adapter {
     name: "gemini",
@@ -70,7 +76,13 @@ const GEMINI: Adapter = Adapter {
     model: "gemini-2.0-flash",
     native_json: true,
     implicit_cache: true,
+    http: "auto",
 };
+
+/// The same adapter on the worker's own HTTP/2 client (h2c).
+const fn over_h2(a: Adapter) -> Adapter {
+    Adapter { http: "http2", ..a }
+}
 
 const KEY_VAR: &str = "SY_PROVIDERS_SUITE_KEY";
 const BLANK_KEY_VAR: &str = "SY_PROVIDERS_SUITE_BLANK_KEY";
@@ -123,7 +135,9 @@ kind = "{kind}"
 base_url = "http://{addr}{path}"
 {key_line}
 timeout_s = 20
+http = "{http}"
 "#,
+            http = a.http,
             name = a.name,
             kind = a.kind,
             addr = self.addr,
@@ -632,6 +646,10 @@ suite! {
     openai_compatible => COMPATIBLE,
     anthropic => ANTHROPIC,
     gemini => GEMINI,
+    openai_h2 => over_h2(OPENAI),
+    openai_compatible_h2 => over_h2(COMPATIBLE),
+    anthropic_h2 => over_h2(ANTHROPIC),
+    gemini_h2 => over_h2(GEMINI),
 }
 
 /// An `openai_compatible` provider may have no key at all; the simulator (like OpenAI)

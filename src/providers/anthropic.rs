@@ -16,7 +16,7 @@ use crate::job::{
     ToolCall, Usage,
 };
 use futures::future::BoxFuture;
-use reqwest::header::HeaderMap;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -24,6 +24,8 @@ use std::time::Duration;
 
 /// The API version every request names.
 const VERSION: &str = "2023-06-01";
+const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// Appended to the system prompt when JSON is asked for.
 const JSON_INSTRUCTION: &str =
@@ -58,18 +60,13 @@ impl Provider for Anthropic {
         req: ChatRequest<'a>,
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
         Box::pin(async move {
-            let body = build_body(&req)?;
-            let build = |c: &reqwest::Client| {
-                let http = c
-                    .post(&self.url)
-                    .header("anthropic-version", VERSION)
-                    .json(&body);
-                Ok(match &self.key {
-                    Some(key) => http.header("x-api-key", secret_header(key)?),
-                    None => http,
-                })
-            };
-            let a = self.client.send(build, self.max_response_bytes).await?;
+            // The JSON tree is dropped once encoded: only the bytes wait for the answer.
+            let mut post = http::Post::json(&self.url, &build_body(&req)?)?
+                .header(ANTHROPIC_VERSION, HeaderValue::from_static(VERSION));
+            if let Some(key) = &self.key {
+                post = post.header(X_API_KEY, secret_header(key)?);
+            }
+            let a = self.client.send(post, self.max_response_bytes).await?;
             read_answer(&req, a.status, &a.headers, &a.body)
         })
     }

@@ -17,12 +17,14 @@ use crate::job::{
     ToolCall, Usage,
 };
 use futures::future::BoxFuture;
-use reqwest::header::HeaderMap;
+use reqwest::header::{HeaderMap, HeaderName};
 use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::time::Duration;
+
+const X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
 
 pub struct Gemini {
     base: String,
@@ -58,15 +60,12 @@ impl Provider for Gemini {
         req: ChatRequest<'a>,
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
         Box::pin(async move {
-            let body = build_body(&req)?;
-            let build = |c: &reqwest::Client| {
-                let http = c.post(self.url(req.model)).json(&body);
-                Ok(match &self.key {
-                    Some(key) => http.header("x-goog-api-key", secret_header(key)?),
-                    None => http,
-                })
-            };
-            let a = self.client.send(build, self.max_response_bytes).await?;
+            // The JSON tree is dropped once encoded: only the bytes wait for the answer.
+            let mut post = http::Post::json(self.url(req.model), &build_body(&req)?)?;
+            if let Some(key) = &self.key {
+                post = post.header(X_GOOG_API_KEY, secret_header(key)?);
+            }
+            let a = self.client.send(post, self.max_response_bytes).await?;
             read_answer(&req, a.status, &a.headers, &a.body)
         })
     }

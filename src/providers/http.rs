@@ -1,10 +1,14 @@
-//! The HTTP client every adapter uses, and what all wire formats share: sending a JSON
-//! body and reading the answer (its body capped at `limits.max_response_bytes`),
-//! timeouts and connection errors, and the pool of clients per provider ([`Pool`]).
+//! The HTTP client every adapter uses, and what all wire formats share: a [`Post`] of a
+//! JSON body and reading the answer (its body capped at `limits.max_response_bytes`),
+//! timeouts and connection errors, and the pool of connections per provider ([`Pool`]):
+//! reqwest for HTTP/1.1 and `auto`, [`super::http2`] for `http = "http2"`.
 
+use super::http2;
 use super::{FailureClass, ProviderError};
 use crate::config::{HttpVersion, ProviderConfig};
-use reqwest::header::HeaderMap;
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,6 +20,9 @@ use tokio::sync::Semaphore;
 const H2_STREAM_WINDOW: u32 = 256 * 1024;
 const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
 
+/// The `user-agent` of every call.
+pub(super) const USER_AGENT: &str = concat!("switchyard/", env!("CARGO_PKG_VERSION"));
+
 /// Calls in flight through every [`Pool`] of this process (for the allocator's trim).
 static CALLS_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
@@ -24,18 +31,57 @@ pub fn calls_in_flight() -> usize {
     CALLS_IN_FLIGHT.load(Ordering::Relaxed)
 }
 
-/// One provider's HTTP clients.
+/// One call as an adapter describes it: a POST of a JSON body, encoded once, to `url`,
+/// with the provider's own headers (its key, its API version). The pool adds
+/// `content-type: application/json` and the user agent.
+pub struct Post<'a> {
+    pub url: Cow<'a, str>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
+}
+
+impl<'a> Post<'a> {
+    /// `body` encoded as JSON: what is encoded can be dropped before the call.
+    pub fn json(
+        url: impl Into<Cow<'a, str>>,
+        body: &impl serde::Serialize,
+    ) -> Result<Post<'a>, ProviderError> {
+        let body = serde_json::to_vec(body).map_err(|e| {
+            ProviderError::new(
+                FailureClass::InvalidRequest,
+                None,
+                format!("the request does not encode as JSON: {e}"),
+            )
+        })?;
+        Ok(Post {
+            url: url.into(),
+            headers: Vec::new(),
+            body: body.into(),
+        })
+    }
+
+    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+/// One provider's HTTP connections.
 ///
-/// HTTP/1.1 holds one connection per call in flight, so one client (one pool of
-/// connections) is all it takes. HTTP/2 carries many calls on one connection, but
-/// reqwest keeps a single HTTP/2 connection per host per client and queues the calls
-/// above the server's SETTINGS_MAX_CONCURRENT_STREAMS inside it; so with HTTP/2 the pool
-/// holds several clients (one connection each), fills them in order up to
-/// `http2_streams_per_connection` calls each, and opens another client when all are
-/// full. The tail clients are dropped (closing their connections) when the load falls.
-/// `max_concurrent_calls` caps the calls in flight: a call over it waits for a slot.
+/// HTTP/1.1 holds one connection per call in flight, so one reqwest client (one pool of
+/// connections) is all it takes. HTTP/2 carries many calls on one connection, and a
+/// single connection queues the calls above the server's SETTINGS_MAX_CONCURRENT_STREAMS
+/// inside it; so with HTTP/2 the pool holds several slots (one connection each), fills
+/// them in order up to `http2_streams_per_connection` calls each, and opens another
+/// when all are full. The tail slots are dropped (closing their connections) when the
+/// load falls. With `http = "http2"` a slot is an [`http2::Connection`] of our own;
+/// with `auto` a reqwest client (which keeps one HTTP/2 connection per host) once ALPN
+/// has chosen HTTP/2. `max_concurrent_calls` caps the calls in flight: a call over it
+/// waits for a slot.
 pub struct Pool {
     build: ClientSpec,
+    /// `http = "http2"`: how the slots' connections are opened.
+    dial: Option<Arc<http2::Dial>>,
     /// Calls per connection before another client is opened (HTTP/2 only).
     streams: usize,
     slots: Mutex<Vec<Arc<Slot>>>,
@@ -49,10 +95,24 @@ pub struct Pool {
     cap: Option<Semaphore>,
 }
 
-/// One client and the calls in flight on it.
+/// One connection (or reqwest client) and the calls in flight on it.
 struct Slot {
-    client: reqwest::Client,
+    via: Via,
     in_flight: AtomicUsize,
+}
+
+enum Via {
+    Reqwest(reqwest::Client),
+    H2(http2::Connection),
+}
+
+impl Slot {
+    fn new(via: Via) -> Arc<Slot> {
+        Arc::new(Slot {
+            via,
+            in_flight: AtomicUsize::new(0),
+        })
+    }
 }
 
 /// Everything needed to build one more client for the provider.
@@ -82,7 +142,7 @@ impl ClientSpec {
             .http2_initial_connection_window_size(H2_CONNECTION_WINDOW)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .http2_keep_alive_timeout(Duration::from_secs(20))
-            .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")));
+            .user_agent(USER_AGENT);
         let tls = match http {
             HttpVersion::Http2 if self.http == HttpVersion::Auto => &self.tls_h2,
             _ => &self.tls,
@@ -177,14 +237,29 @@ impl Pool {
             connect_timeout: Duration::from_secs(p.connect_timeout_s),
             timeout: Duration::from_secs(p.timeout_s),
         };
-        let first = Arc::new(Slot {
-            client: build.client(http).map_err(PoolError::Client)?,
-            in_flight: AtomicUsize::new(0),
-        });
+        let (dial, first) = if http == HttpVersion::Http2 {
+            let windows = (H2_STREAM_WINDOW, H2_CONNECTION_WINDOW);
+            let dial = http2::Dial::new(
+                &p.base_url,
+                build.tls.as_ref(),
+                build.connect_timeout,
+                windows,
+            )
+            .map_err(PoolError::Url)?;
+            let dial = Arc::new(dial);
+            (
+                Some(Arc::clone(&dial)),
+                Via::H2(http2::Connection::new(dial)),
+            )
+        } else {
+            let client = build.client(http).map_err(PoolError::Client)?;
+            (None, Via::Reqwest(client))
+        };
         Ok(Pool {
             build,
+            dial,
             streams: p.http2_streams_per_connection.max(1),
-            slots: Mutex::new(vec![first]),
+            slots: Mutex::new(vec![Slot::new(first)]),
             seen: AtomicU8::new(0),
             probed: tokio::sync::OnceCell::new(),
             extra: AtomicBool::new(false),
@@ -214,16 +289,13 @@ impl Pool {
             // Once HTTP/2 is known, the new client speaks only HTTP/2: it then opens one
             // connection for all the calls given to it at once, where `auto` would race
             // one TLS connection per call until ALPN has answered.
-            let http = match self.build.http {
-                HttpVersion::Auto => HttpVersion::Http2,
-                v => v,
+            let via = match &self.dial {
+                Some(dial) => Ok(Via::H2(http2::Connection::new(Arc::clone(dial)))),
+                None => self.build.client(HttpVersion::Http2).map(Via::Reqwest),
             };
-            match self.build.client(http) {
-                Ok(client) => {
-                    let s = Arc::new(Slot {
-                        client,
-                        in_flight: AtomicUsize::new(0),
-                    });
+            match via {
+                Ok(via) => {
+                    let s = Slot::new(via);
                     slots.push(Arc::clone(&s));
                     self.extra.store(true, Ordering::Relaxed);
                     s
@@ -277,7 +349,10 @@ impl Pool {
     async fn probe(&self) {
         let client = {
             let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-            slots[0].client.clone()
+            match &slots[0].via {
+                Via::Reqwest(c) => c.clone(),
+                Via::H2(_) => return,
+            }
         };
         match client.head(&self.build.base_url).send().await {
             Ok(resp) => {
@@ -297,14 +372,11 @@ impl Pool {
         self.slots.lock().map_or(0, |s| s.len())
     }
 
-    /// Wait for a slot under `max_concurrent_calls`, build the request on a client with
-    /// room, send it and read the answer (see [`send`]). The wait is not part of the
-    /// call's timeout, and is not an error.
-    pub async fn send(
-        &self,
-        build: impl FnOnce(&reqwest::Client) -> Result<reqwest::RequestBuilder, ProviderError>,
-        max_bytes: usize,
-    ) -> Result<Answer, ProviderError> {
+    /// Wait for a slot under `max_concurrent_calls`, send `post` on a connection with
+    /// room and read the answer (see [`send`]). The wait is not part of the call's
+    /// timeout (`timeout_s`, which counts from connecting to the answer's last byte), and
+    /// is not an error.
+    pub async fn send(&self, post: Post<'_>, max_bytes: usize) -> Result<Answer, ProviderError> {
         let _permit = match &self.cap {
             Some(cap) => Some(cap.acquire().await.map_err(|_| {
                 ProviderError::new(FailureClass::Connection, None, "HTTP pool closed")
@@ -312,10 +384,30 @@ impl Pool {
             None => None,
         };
         if self.build.http == HttpVersion::Auto && self.build.https {
-            self.probed.get_or_init(|| self.probe()).await;
+            // Boxed: once per pool; it would otherwise size every call's future.
+            Box::pin(self.probed.get_or_init(|| self.probe())).await;
         }
         let lease = self.lease();
-        let answer = send(build(&lease.slot.client)?, max_bytes).await;
+        let answer = match &lease.slot.via {
+            Via::H2(conn) => {
+                let call = conn.send(post, max_bytes);
+                match tokio::time::timeout(self.build.timeout, call).await {
+                    Ok(answer) => answer,
+                    Err(_) => Err(ProviderError::new(
+                        FailureClass::Timeout,
+                        None,
+                        format!(
+                            "no answer within {} s (providers.timeout_s)",
+                            self.build.timeout.as_secs()
+                        ),
+                    )),
+                }
+            }
+            Via::Reqwest(client) => {
+                // Boxed: HTTP/1.1 and `auto` only; the HTTP/2 calls stay small.
+                Box::pin(send(reqwest_post(client, post), max_bytes)).await
+            }
+        };
         if let Ok(a) = &answer {
             let v = if a.version >= reqwest::Version::HTTP_2 {
                 2
@@ -328,12 +420,26 @@ impl Pool {
     }
 }
 
+/// `post` as a reqwest request: the bytes and headers as they are, and
+/// `content-type: application/json` (as reqwest's `json` sets it).
+fn reqwest_post(client: &reqwest::Client, post: Post<'_>) -> reqwest::RequestBuilder {
+    let mut b = client
+        .post(post.url.as_ref())
+        .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    for (name, value) in post.headers {
+        b = b.header(name, value);
+    }
+    b.body(post.body)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     #[error("{0}")]
     Client(reqwest::Error),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("{0}")]
+    Url(String),
 }
 
 /// One HTTP answer, its body read whole but never past the cap.
@@ -405,11 +511,19 @@ pub fn transport_error(e: reqwest::Error) -> ProviderError {
 }
 
 /// An API key as a header value that is never printed (`Debug` shows `Sensitive`).
-pub fn secret_header(
-    key: &secrecy::SecretString,
-) -> Result<reqwest::header::HeaderValue, ProviderError> {
+pub fn secret_header(key: &secrecy::SecretString) -> Result<HeaderValue, ProviderError> {
     use secrecy::ExposeSecret;
-    let mut v = reqwest::header::HeaderValue::from_str(key.expose_secret()).map_err(|_| {
+    sensitive(key.expose_secret())
+}
+
+/// `Bearer <key>` (OpenAI's `authorization`), never printed.
+pub fn bearer_header(key: &secrecy::SecretString) -> Result<HeaderValue, ProviderError> {
+    use secrecy::ExposeSecret;
+    sensitive(&format!("Bearer {}", key.expose_secret()))
+}
+
+fn sensitive(value: &str) -> Result<HeaderValue, ProviderError> {
+    let mut v = HeaderValue::from_str(value).map_err(|_| {
         ProviderError::new(
             FailureClass::Auth,
             None,

@@ -2,7 +2,7 @@
 //! a counting handler): more connections beyond the server's stream limit, the
 //! concurrency cap, ALPN over TLS.
 
-use super::http::Pool;
+use super::http::{Pool, Post};
 use crate::config::ProviderConfig;
 use crate::providers::simulator::serve::{self, test_identity, ConnCounts};
 use crate::providers::simulator::ServeOptions;
@@ -68,7 +68,14 @@ fn provider(base: &str, extra: &str) -> ProviderConfig {
 
 /// `n` calls at once through `pool`; the HTTP versions of the answers.
 async fn calls(pool: &Pool, url: &str, n: usize) -> Vec<reqwest::Version> {
-    let one = || pool.send(|c| Ok(c.post(url).body("{}")), 1 << 20);
+    let one = || {
+        let post = Post {
+            url: url.into(),
+            headers: Vec::new(),
+            body: bytes::Bytes::from_static(b"{}"),
+        };
+        pool.send(post, 1 << 20)
+    };
     let answers = futures::future::join_all((0..n).map(|_| one())).await;
     answers
         .into_iter()
@@ -154,4 +161,71 @@ async fn auto_takes_h2_through_alpn_and_http1_stays_http1() {
     assert!(versions.iter().all(|v| *v == reqwest::Version::HTTP_11));
     assert_eq!(s.counts.accepted() - before, 5);
     s.stop.cancel();
+}
+
+#[tokio::test]
+async fn http2_over_tls_takes_h2_through_alpn() {
+    let (id, der) = test_identity();
+    let s = server(ServeOptions {
+        h2_max_streams: 4,
+        tls: Some(id),
+    })
+    .await;
+    let p = provider(
+        &s.base,
+        "http = \"http2\"\nhttp2_streams_per_connection = 4",
+    );
+    let pool = Pool::with_root(&p, Some(&der)).unwrap();
+    let versions = calls(&pool, &format!("{}/call", s.base), 10).await;
+    assert!(versions.iter().all(|v| *v == reqwest::Version::HTTP_2));
+    // No probe: 4 calls per connection, 3 connections.
+    assert_eq!(s.counts.accepted(), 3);
+    assert_eq!(s.load.max.load(Ordering::SeqCst), 10);
+    s.stop.cancel();
+}
+
+/// What a call in flight over `http = "http2"` holds in its own future (issue 12: 10,000
+/// calls in flight), pool and adapter included; printed with `--nocapture`. A debug build's
+/// sizes (a release build's are smaller); the ceiling keeps the per-call state small.
+#[test]
+fn an_http2_call_in_flight_is_small() {
+    use crate::config::FileConfig;
+    use crate::providers::Providers;
+    // A name no other test reads; the adapters want a key to be built.
+    std::env::set_var("SY_HTTP2_SIZE_TEST_KEY", "k");
+    let mut sizes = Vec::new();
+    for (name, kind, path) in [
+        ("openai", "openai", "/v1"),
+        ("anthropic", "anthropic", ""),
+        ("gemini", "gemini", "/v1beta"),
+    ] {
+        let toml = format!(
+            "[[providers]]\nname = \"{name}\"\nkind = \"{kind}\"\n\
+             base_url = \"http://127.0.0.1:9{path}\"\nhttp = \"http2\"\n\
+             api_key_env = \"SY_HTTP2_SIZE_TEST_KEY\"\n"
+        );
+        let config = FileConfig::from_toml_with_env(&toml, "t", &[]).unwrap();
+        let providers = Providers::from_config(&config).unwrap();
+        let messages = [crate::providers::test_support::text(
+            crate::job::Role::User,
+            "hi",
+        )];
+        let req = crate::providers::ChatRequest {
+            model: "m",
+            messages: &messages,
+            max_tokens: 10,
+            temperature: None,
+            stop: None,
+            response_format: None,
+            tools: None,
+            tool_choice: None,
+        };
+        // Built, never polled: no connection is opened.
+        let call = providers.get(name).unwrap().chat(req);
+        sizes.push((name, std::mem::size_of_val(&*call)));
+    }
+    println!("adapter futures (pool and HTTP/2 call inside): {sizes:?}");
+    for (name, size) in sizes {
+        assert!(size <= 1_400, "{name}: {size} bytes");
+    }
 }

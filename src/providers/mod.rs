@@ -8,6 +8,7 @@ pub mod anthropic;
 mod error;
 pub mod gemini;
 mod http;
+mod http2;
 #[cfg(test)]
 #[allow(clippy::expect_used, clippy::unwrap_used)]
 mod http_pool_tests;

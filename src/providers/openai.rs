@@ -7,8 +7,8 @@ use super::{http, ChatRequest, ChatResponse, FailureClass, Provider, ProviderErr
 use crate::config::{ProviderConfig, ProviderKind};
 use crate::job::{Message, Output, ResponseFormat, Tool, ToolCall, Usage};
 use futures::future::BoxFuture;
-use reqwest::header::HeaderMap;
-use secrecy::{ExposeSecret, SecretString};
+use reqwest::header::{HeaderMap, AUTHORIZATION};
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -128,27 +128,28 @@ impl Provider for OpenAi {
         req: ChatRequest<'a>,
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
         Box::pin(async move {
-            let body = WireRequest {
-                model: req.model,
-                messages: req.messages,
-                max_completion_tokens: (!self.compatible).then_some(req.max_tokens),
-                max_tokens: self.compatible.then_some(req.max_tokens),
-                temperature: req.temperature,
-                stop: req.stop,
-                response_format: req.response_format,
-                tools: req.tools.filter(|t| !t.is_empty()),
-                tool_choice: req
-                    .tool_choice
-                    .filter(|_| req.tools.is_some_and(|t| !t.is_empty())),
-            };
-            let build = |c: &reqwest::Client| {
-                let http = c.post(&self.url).json(&body);
-                Ok(match &self.key {
-                    Some(key) => http.bearer_auth(key.expose_secret()),
-                    None => http,
-                })
-            };
-            let a = self.client.send(build, self.max_response_bytes).await?;
+            // The wire struct is a temporary: only the encoded bytes wait for the answer.
+            let post = http::Post::json(
+                &self.url,
+                &WireRequest {
+                    model: req.model,
+                    messages: req.messages,
+                    max_completion_tokens: (!self.compatible).then_some(req.max_tokens),
+                    max_tokens: self.compatible.then_some(req.max_tokens),
+                    temperature: req.temperature,
+                    stop: req.stop,
+                    response_format: req.response_format,
+                    tools: req.tools.filter(|t| !t.is_empty()),
+                    tool_choice: req
+                        .tool_choice
+                        .filter(|_| req.tools.is_some_and(|t| !t.is_empty())),
+                },
+            );
+            let mut post = post?;
+            if let Some(key) = &self.key {
+                post = post.header(AUTHORIZATION, http::bearer_header(key)?);
+            }
+            let a = self.client.send(post, self.max_response_bytes).await?;
             read_answer(&req, a.status, &a.headers, &a.body)
         })
     }

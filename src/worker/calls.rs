@@ -352,7 +352,7 @@ impl<'a> Chain<'a> {
         }
         // Its cost row, `started`, before the call: if this worker dies during the call,
         // the row is there (the next delivery marks it `worker_lost`).
-        if !record_start(ctx, self.job, self.attempt, m).await {
+        if !Box::pin(record_start(ctx, self.job, self.attempt, m)).await {
             give_back(ctx, m, admit);
             return Launched::Stop;
         }
@@ -414,9 +414,11 @@ impl<'a> Chain<'a> {
             .settle(used.map(|u| u.input_tokens + u.output_tokens));
         if let Err(e) = &result {
             if e.class == FailureClass::RateLimited {
-                ctx.limiters
-                    .cool_down(&m.provider, &m.upstream, e.retry_after)
-                    .await;
+                Box::pin(
+                    ctx.limiters
+                        .cool_down(&m.provider, &m.upstream, e.retry_after),
+                )
+                .await;
             }
         }
         if f.hedge.is_some() {

@@ -10,6 +10,8 @@
 
 mod calls;
 pub mod decide;
+#[cfg(test)]
+mod future_sizes;
 pub mod infra;
 mod process;
 pub mod reload;
@@ -22,6 +24,7 @@ use crate::queue::scheduler::Dispatch;
 use crate::ratelimit::Limiters;
 use crate::router::Router;
 use crate::store::{Claimer, Writer};
+use async_nats::jetstream::message::Acker;
 use async_nats::jetstream::{AckKind, Message};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -97,12 +100,20 @@ pub struct JobDispatch {
 impl Dispatch for JobDispatch {
     fn dispatch(&self, priority: Priority, msg: Message, slot: OwnedSemaphorePermit) {
         let ctx = self.ctx.get();
+        let Some(delivery) = delivery(priority, &msg) else {
+            return;
+        };
         ctx.metrics
             .in_flight
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Split here, not in the task: an async fn keeps its arguments for its whole
+        // life, so the whole message would be held beside its two halves. Its headers
+        // (`Nats-Msg-Id` …) are read by nothing after this: not held while the job runs.
+        let (mut message, acker) = msg.split();
+        message.headers = None;
         // Boxed: the task then holds a pointer, not the job's whole state machine, which
         // spawning would otherwise copy several times.
-        let job = Box::pin(handle(ctx.clone(), priority, msg));
+        let job = Box::pin(handle(ctx.clone(), delivery, message, acker));
         self.tracker.spawn(async move {
             job.await;
             ctx.metrics
@@ -125,29 +136,33 @@ pub struct Delivery {
     pub received: Instant,
 }
 
-async fn handle(ctx: Arc<Ctx>, priority: Priority, msg: Message) {
+/// Where `msg` came from; `None` (logged) for a message without JetStream metadata,
+/// which has nothing to ack and nothing to file it under.
+fn delivery(priority: Priority, msg: &Message) -> Option<Delivery> {
     let received = Instant::now();
-    let delivery = match msg.info() {
+    match msg.info() {
         Ok(info) => {
             let published_ns = info.published.unix_timestamp_nanos();
             let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0) as i128;
             let queued_ns = (now_ns - published_ns).clamp(0, i128::from(u64::MAX)) as u64;
-            Delivery {
+            Some(Delivery {
                 priority,
                 stream_seq: info.stream_sequence,
                 delivered: info.delivered.max(1) as u64,
                 queued: Duration::from_nanos(queued_ns),
                 received,
-            }
+            })
         }
         Err(e) => {
-            // Not a JetStream delivery: nothing to ack, nothing to file it under.
             tracing::error!(error = %e, subject = %msg.subject, "message without JetStream metadata");
-            return;
+            None
         }
-    };
+    }
+}
+
+async fn handle(ctx: Arc<Ctx>, delivery: Delivery, message: async_nats::Message, acker: Acker) {
+    let priority = delivery.priority;
     ctx.metrics.job_started(priority, delivery.queued);
-    let (message, acker) = msg.split();
     let period = Duration::from_secs(ctx.cfg.worker.ack_wait_s)
         .div_f64(3.0)
         .max(Duration::from_millis(500));
@@ -168,11 +183,12 @@ async fn handle(ctx: Arc<Ctx>, priority: Priority, msg: Message) {
             }
         }
     };
+    // Boxed: short, and larger than what the job holds while it waits for its calls.
     let sent = match disposition {
-        Disposition::Ack => acker.ack().await,
+        Disposition::Ack => Box::pin(acker.ack()).await,
         Disposition::Retry(d) => {
             ctx.metrics.retried();
-            acker.ack_with(AckKind::Nak(Some(d))).await
+            Box::pin(acker.ack_with(AckKind::Nak(Some(d)))).await
         }
     };
     if let Err(e) = sent {

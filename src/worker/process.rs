@@ -43,18 +43,20 @@ const RECLAIMS: u32 = 3;
 mod cached;
 
 pub(super) async fn process(ctx: &Ctx, d: Delivery, msg: &async_nats::Message) -> Disposition {
-    let parsed = match parse_job(&msg.payload, msg.subject.as_str(), d.stream_seq, &ctx.rules) {
-        Ok(p) => p,
+    // Matched by reference: moved out, the parsed job would be held twice in this
+    // future (the match's value and the binding) while the job runs.
+    let parsed = parse_job(&msg.payload, msg.subject.as_str(), d.stream_seq, &ctx.rules);
+    match &parsed {
+        Ok(p) => {
+            let span = tracing::info_span!("job", tenant = %p.job.tenant, id = %p.job.id,
+                priority = %d.priority, delivery = d.delivered);
+            run(ctx, d, msg, &p.job, &p.envelope).instrument(span).await
+        }
         Err(f) => {
             let span = tracing::info_span!("job", tenant = %f.envelope.tenant, id = %f.envelope.id);
-            return Box::pin(fail_unparsed(ctx, d, msg, *f).instrument(span)).await;
+            Box::pin(fail_unparsed(ctx, d, msg, f).instrument(span)).await
         }
-    };
-    let span = tracing::info_span!("job", tenant = %parsed.job.tenant, id = %parsed.job.id,
-        priority = %d.priority, delivery = d.delivered);
-    run(ctx, d, msg, &parsed.job, &parsed.envelope)
-        .instrument(span)
-        .await
+    }
 }
 
 /// Where a failed job's dead letter comes from.
@@ -234,7 +236,8 @@ async fn attempt(
         .candidates
         .first()
         .and_then(|c| crate::cache::cacheable(&ctx.cfg.cache, job, &c.model, c.max_tokens));
-    if let Some(hit) = look_up(ctx, job, cacheable.as_ref()).await {
+    // Boxed: over before the calls, and larger than what a job holds through them.
+    if let Some(hit) = Box::pin(look_up(ctx, job, cacheable.as_ref())).await {
         let route = plan.route.clone();
         return Box::pin(answer_from_cache(ctx, s, job, lease, route, prior, hit)).await;
     }
@@ -258,18 +261,17 @@ async fn attempt(
             crate::cost::worst_case(&c.model, input, c.max_tokens)
         }))
     };
-    let mut route = Some(plan.route.clone());
-    let reserved = ctx
-        .infra
-        .store(&ctx.abort, || {
-            ctx.budgets
-                .reserve(&lease, &job.tenant, &job.id, job.feature.as_deref(), worst)
-        })
-        .await;
+    // Boxed: over by the time the calls start, and larger than what a job holds then.
+    let reserved = Box::pin(ctx.infra.store(&ctx.abort, || {
+        ctx.budgets
+            .reserve(&lease, &job.tenant, &job.id, job.feature.as_deref(), worst)
+    }))
+    .await;
     let reservation = match reserved {
         Ok(Ok(r)) => r,
         Ok(Err(Denial::Fail(why))) => {
             let err = ErrorBody::new(ErrorKind::BudgetExceeded, why);
+            let route = Some(plan.route);
             return Box::pin(fail(ctx, s, Some(lease), route, err, &prior, Vec::new())).await;
         }
         Ok(Err(Denial::Defer(why, delay))) => {
@@ -292,6 +294,7 @@ async fn attempt(
         }
         Err(Gave::Refused(e)) => {
             let err = internal(format!("postgres refused the budget reservation: {e}"));
+            let route = Some(plan.route);
             return Box::pin(fail(ctx, s, Some(lease), route, err, &prior, Vec::new())).await;
         }
     };
@@ -306,6 +309,8 @@ async fn attempt(
         &lease,
     )
     .await;
+    // Taken from the plan once the calls are over (not cloned and held through them).
+    let mut route = Some(plan.route);
     if let (Some(r), Some(note)) = (route.as_mut(), outcome.hedge_note.as_deref()) {
         r.reason.push_str(note);
     }
@@ -508,7 +513,7 @@ async fn fail_unparsed(
     ctx: &Ctx,
     d: Delivery,
     msg: &async_nats::Message,
-    f: ParseFailure,
+    f: &ParseFailure,
 ) -> Disposition {
     tracing::info!(kind = %f.error.kind, message = %f.error.message, "job refused");
     let s = Scope {
@@ -595,7 +600,9 @@ async fn finish(
         job: Some(row),
         release: None,
     };
-    let (result, encoded) = match commit(ctx, req).await {
+    // Boxed, and the publish below too: a finished job then holds one of the two at a
+    // time, not a state as large as both (thousands finish at once after a burst).
+    let (result, encoded) = match Box::pin(commit(ctx, req)).await {
         Ok(landed) if landed => {
             if let Some(l) = lease {
                 l.finish();
@@ -613,7 +620,7 @@ async fn finish(
             // A refused payload whose key another delivery runs (or that succeeded): its
             // failure goes to its reply_to and the DLQ, not over that job's result.
             tracing::info!("the key belongs to another delivery; not overwriting its result");
-            return Some(deliver_unstored(ctx, s, &result).await);
+            return Some(Box::pin(deliver_unstored(ctx, s, &result)).await);
         }
         Err(CommitFailed::Stopping) => {
             drop(lease);
@@ -624,13 +631,13 @@ async fn finish(
             // small enough to store and the calls (which were billed) kept.
             tracing::error!(error = %e, "postgres refused the job's rows; failing it as internal");
             let minimal = minimal_failure(&result, &e);
-            match refused_again(ctx, s, lease, &minimal, req.calls).await {
+            match Box::pin(refused_again(ctx, s, lease, &minimal, req.calls)).await {
                 Some(disposition) => return Some(disposition),
                 None => (minimal, None),
             }
         }
     };
-    let disposition = deliver(ctx, s, &result, encoded).await;
+    let disposition = Box::pin(deliver(ctx, s, &result, encoded)).await;
     ctx.metrics.job_finished(FinishedJob {
         priority: d.priority,
         result: &result,
