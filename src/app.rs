@@ -175,7 +175,6 @@ pub async fn run_worker(
         abort: abort.clone(),
         cfg: cfg.clone(),
     });
-    crate::worker::warm_up_tokenizers(&ctx);
     let ctx = Arc::new(CtxCell::new(ctx));
     let reload_stop = CancellationToken::new();
     let reload_task = reload.map(|r| {

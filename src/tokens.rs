@@ -15,6 +15,7 @@
 //! Providers report the real counts afterwards; cost is computed from those.
 
 use crate::job::Job;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tiktoken_rs::CoreBPE;
 
 pub fn estimate_input_tokens(job: &Job) -> u64 {
@@ -44,18 +45,39 @@ fn tools_len(job: &Job) -> usize {
         .sum()
 }
 
-/// Build the encodings these models use (each is built once, on first use).
-pub fn warm_up<'a>(upstreams: impl Iterator<Item = &'a str>) {
-    for u in upstreams {
-        encoding_for(u);
+/// Built encodings, by [`legacy`]: o200k (false), cl100k (true).
+static READY: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
+static BUILDING: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
+
+/// Can `upstream`'s input be counted exactly now, without building its encoding (~30 MB
+/// of tables, ~0.1 s of CPU) inside the caller? When not, the build starts on a thread of
+/// its own and the caller uses [`openai_input_tokens_bound`] meanwhile. The tables are
+/// built only once a count is wanted (a budget half used), not at start: a worker whose
+/// budgets stay low never holds them.
+pub fn exact_ready(upstream: &str) -> bool {
+    let i = usize::from(legacy(upstream));
+    if READY[i].load(Ordering::Acquire) {
+        return true;
     }
+    if !BUILDING[i].swap(true, Ordering::AcqRel) {
+        let upstream = upstream.to_string();
+        std::thread::spawn(move || {
+            encoding_for(&upstream);
+            READY[i].store(true, Ordering::Release);
+        });
+    }
+    false
+}
+
+/// OpenAI's older models (GPT-4, GPT-3.5) use cl100k; the rest o200k.
+fn legacy(upstream: &str) -> bool {
+    let m = upstream.rsplit('/').next().unwrap_or(upstream);
+    (m.starts_with("gpt-4") && !m.starts_with("gpt-4o") && !m.starts_with("gpt-4.1"))
+        || m.starts_with("gpt-3.5")
 }
 
 fn encoding_for(upstream: &str) -> &'static CoreBPE {
-    let m = upstream.rsplit('/').next().unwrap_or(upstream);
-    let legacy = (m.starts_with("gpt-4") && !m.starts_with("gpt-4o") && !m.starts_with("gpt-4.1"))
-        || m.starts_with("gpt-3.5");
-    if legacy {
+    if legacy(upstream) {
         tiktoken_rs::cl100k_base_singleton()
     } else {
         tiktoken_rs::o200k_base_singleton()
@@ -194,5 +216,17 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn an_encoding_is_built_off_the_caller_and_then_ready() {
+        let upstream = "gpt-4o-mini-2024-07-18";
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !exact_ready(upstream) {
+            assert!(std::time::Instant::now() < deadline, "o200k never built");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(exact_ready(upstream));
+        assert!(legacy("gpt-4-0613") && !legacy("openai/gpt-4o") && !legacy("gpt-4.1-nano"));
     }
 }

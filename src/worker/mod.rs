@@ -74,22 +74,6 @@ pub fn exact_tokens(cfg: &Config) -> std::collections::HashSet<String> {
         .collect()
 }
 
-/// Build the tokenizers the configured OpenAI models need now, in the background, rather
-/// than inside the first job that counts tokens (sorting their tables takes ~0.1 s of
-/// CPU each).
-pub fn warm_up_tokenizers(ctx: &Ctx) {
-    let upstreams: Vec<String> = ctx
-        .cfg
-        .models
-        .iter()
-        .filter(|m| ctx.exact_tokens.contains(&m.provider))
-        .map(|m| m.upstream.clone())
-        .collect();
-    tokio::task::spawn_blocking(move || {
-        crate::tokens::warm_up(upstreams.iter().map(String::as_str));
-    });
-}
-
 /// Spawns one task per message on the tracker.
 pub struct JobDispatch {
     /// The context new jobs get (a config reload replaces it).

@@ -246,14 +246,16 @@ async fn attempt(
     // provider's own tokenizer where there is one (only for tenants with a budget).
     // Counting costs ~50k instructions a job, so while the tenant's budgets are less than
     // half used (as last read) a bound is held instead (a token is at least one byte):
-    // it only holds more, and holding more matters only near a limit. A hedged plan holds
+    // it only holds more, and holding more matters only near a limit. The tokenizer's
+    // tables are built the first time a count is wanted, on their own thread (the bound
+    // is held until they are ready). A hedged plan holds
     // the calls that may run at once (`Plan::hold`).
     let counted = used.is_none_or(|f| f >= EXACT_TOKENS_FROM);
     let worst = || {
         plan.hold(plan.candidates.iter().map(|c| {
             let input = if !ctx.exact_tokens.contains(&c.model.provider) {
                 estimate
-            } else if counted {
+            } else if counted && crate::tokens::exact_ready(&c.model.upstream) {
                 crate::tokens::openai_input_tokens(job, &c.model.upstream)
             } else {
                 crate::tokens::openai_input_tokens_bound(job).max(estimate)

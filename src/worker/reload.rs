@@ -130,7 +130,6 @@ pub fn apply(cell: &CtxCell, mut new: Config) -> anyhow::Result<Applied> {
         health,
         abort: cur.abort.clone(),
     };
-    super::warm_up_tokenizers(&ctx);
     let applied = Applied {
         providers: cfg.providers.len(),
         models: cfg.models.len(),
