@@ -88,52 +88,37 @@ fn encoding_for(upstream: &str) -> &'static CoreBPE {
 /// encodings are byte-level BPE, every token at least one byte, so a text has at most as
 /// many tokens as bytes. Over-counts about four times for English.
 pub fn openai_input_tokens_bound(job: &Job) -> u64 {
-    let mut n: u64 = 3;
-    for m in &job.messages {
-        n += 3 + m.text().len() as u64;
-        if let Some(name) = &m.name {
-            n += 1 + name.len() as u64;
-        }
-        for call in m.tool_calls.iter().flatten() {
-            n += (call.function.name.len() + call.function.arguments.len()) as u64 + 3;
-        }
-        n += m.char_len().saturating_sub(m.text().len()) as u64 / 4;
-    }
-    for t in job.tools.iter().flatten() {
-        n += 8 + t.function.name.len() as u64;
-        if let Some(d) = &t.function.description {
-            n += d.len() as u64;
-        }
-        if let Some(p) = &t.function.parameters {
-            n += p.to_string().len() as u64;
-        }
-    }
-    n
+    openai_count(job, |s| s.len() as u64)
 }
 
 /// The input tokens OpenAI will count for `job` on `upstream` (its model id).
 pub fn openai_input_tokens(job: &Job, upstream: &str) -> u64 {
     let bpe = encoding_for(upstream);
+    openai_count(job, |s| bpe.count_ordinary(s) as u64)
+}
+
+/// OpenAI's chat framing over `job`, each text counted by `count` (the tokenizer, or a
+/// bound): 3 tokens to prime the reply, 3 per message, 1 per name, 3 per tool call, 8
+/// per tool definition.
+fn openai_count(job: &Job, count: impl Fn(&str) -> u64) -> u64 {
     let mut n: u64 = 3;
     for m in &job.messages {
-        n += 3;
-        n += bpe.count_ordinary(&m.text()) as u64;
+        n += 3 + count(&m.text());
         if let Some(name) = &m.name {
-            n += 1 + bpe.count_ordinary(name) as u64;
+            n += 1 + count(name);
         }
         for call in m.tool_calls.iter().flatten() {
-            n += bpe.count_ordinary(&call.function.name) as u64;
-            n += bpe.count_ordinary(&call.function.arguments) as u64 + 3;
+            n += count(&call.function.name) + count(&call.function.arguments) + 3;
         }
         n += m.char_len().saturating_sub(m.text().len()) as u64 / 4; // images: 85 tokens each
     }
     for t in job.tools.iter().flatten() {
-        n += 8 + bpe.count_ordinary(&t.function.name) as u64;
+        n += 8 + count(&t.function.name);
         if let Some(d) = &t.function.description {
-            n += bpe.count_ordinary(d) as u64;
+            n += count(d);
         }
         if let Some(p) = &t.function.parameters {
-            n += bpe.count_ordinary(&p.to_string()) as u64;
+            n += count(&p.to_string());
         }
     }
     n

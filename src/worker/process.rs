@@ -256,13 +256,15 @@ async fn attempt(
     // the calls that may run at once (`Plan::hold`).
     let counted = used.is_none_or(|f| f >= EXACT_TOKENS_FROM);
     let worst = || {
+        // The bound is the job's, not a candidate's: counted once, when first wanted.
+        let bound = std::cell::OnceCell::new();
         plan.hold(plan.candidates.iter().map(|c| {
             let input = if !ctx.exact_tokens.contains(&c.model.provider) {
                 estimate
             } else if counted && crate::tokens::exact_ready(&c.model.upstream) {
                 crate::tokens::openai_input_tokens(job, &c.model.upstream)
             } else {
-                crate::tokens::openai_input_tokens_bound(job).max(estimate)
+                (*bound.get_or_init(|| crate::tokens::openai_input_tokens_bound(job))).max(estimate)
             };
             crate::cost::worst_case(&c.model, input, c.max_tokens)
         }))
