@@ -180,3 +180,158 @@ async fn one_batch_of_reservations_never_holds_more_than_the_limit() {
     assert_eq!(rows, 3);
     env.cleanup().await;
 }
+
+/// A claim that opens a job (issue 12: one transaction before the first call) takes the
+/// lease, holds the reservation and writes the first call's `started` row together; a
+/// denied reservation writes no started row, a job claimed before gets none (its attempt
+/// numbers follow its earlier calls), and a job another delivery holds gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_opens_a_job_with_its_reservation_and_started_row_in_one_transaction() {
+    use std::sync::Arc;
+    use switchyard::budget::Denial;
+    use switchyard::store::{ClaimOutcome, ClaimRequest, Claimer, Opened, Opening};
+    let env = TestEnv::new(|_| {}).await;
+    let (code, _, err) = env
+        .cli(&[
+            "budget", "set", "--tenant", "acme", "--period", "day", "--limit", "1",
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let model = Arc::new(env.config.models[0].clone());
+    let req = |tenant: &str, id: &str, token: &str, opening: Option<Opening>| ClaimRequest {
+        tenant: tenant.into(),
+        id: id.into(),
+        feature: None,
+        user_id: Some("u1".into()),
+        priority: "normal",
+        task: "general",
+        requested_model: "auto".into(),
+        lease_token: token.into(),
+        stream_seq: 1,
+        opening,
+    };
+    let opening = |amount: Option<i64>| Opening {
+        reserve: amount.map(|a| (Decimal::new(a, 1), chrono::Utc::now())),
+        first: model.clone(),
+    };
+    // Set up, with a lease of 200 ms: "again" was claimed before and its lease ran out;
+    // "held" is claimed by another delivery with a live lease (claimed last, below).
+    let (short, _) = Claimer::start(
+        env.pool.clone(),
+        64,
+        Duration::from_millis(1),
+        Duration::from_millis(200),
+    );
+    let first = short
+        .claim(req("acme", "again", "old", None))
+        .await
+        .unwrap();
+    assert!(matches!(first, ClaimOutcome::Claimed { .. }), "{first:?}");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (long, _) = Claimer::start(
+        env.pool.clone(),
+        64,
+        Duration::from_millis(1),
+        Duration::from_secs(30),
+    );
+    let held = long
+        .claim(req("acme", "held", "other", None))
+        .await
+        .unwrap();
+    assert!(matches!(held, ClaimOutcome::Claimed { .. }), "{held:?}");
+
+    // One batch (a long linger): three holds of 0.3 fit the limit of 1, the fourth and
+    // fifth do not.
+    let (claimer, _) = Claimer::start(
+        env.pool.clone(),
+        64,
+        Duration::from_millis(300),
+        Duration::from_secs(30),
+    );
+    let asks = [
+        req("acme", "n0", "t0", Some(opening(Some(3)))),
+        req("acme", "n1", "t1", Some(opening(Some(3)))),
+        req("acme", "again", "t2", Some(opening(Some(3)))),
+        req("acme", "n3", "t3", Some(opening(Some(3)))),
+        req("acme", "n4", "t4", Some(opening(Some(3)))),
+        req("acme", "held", "t5", Some(opening(Some(3)))),
+        req("globex", "g0", "t6", Some(opening(None))),
+    ];
+    let answers: Vec<_> = asks
+        .into_iter()
+        .map(|r| {
+            let c = claimer.clone();
+            let id = r.id.clone();
+            tokio::spawn(async move { (id, c.claim(r).await.unwrap()) })
+        })
+        .collect();
+    let (mut started, mut held_n, mut denied, mut busy) = (Vec::new(), 0, 0, 0);
+    for a in answers {
+        let (id, outcome) = a.await.unwrap();
+        match outcome {
+            ClaimOutcome::Claimed {
+                opened:
+                    Some(Opened {
+                        reserved,
+                        started: s,
+                    }),
+                prior,
+                ..
+            } => {
+                if id == "again" {
+                    assert!(
+                        !s,
+                        "a job claimed before gets no started row from its claim"
+                    );
+                    assert!(prior.is_empty(), "{prior:?}");
+                }
+                match reserved {
+                    Some(Ok(())) => held_n += 1,
+                    Some(Err(Denial::Fail(m))) => {
+                        assert!(!s, "{id}: denied, yet a started row");
+                        assert!(m.contains("day budget of acme"), "{m}");
+                        denied += 1;
+                    }
+                    None => assert_eq!(id, "g0"),
+                    other => panic!("{id}: {other:?}"),
+                }
+                if s {
+                    started.push(id);
+                }
+            }
+            ClaimOutcome::Busy(_) => {
+                assert_eq!(id, "held");
+                busy += 1;
+            }
+            other => panic!("{id}: {other:?}"),
+        }
+    }
+    assert_eq!((held_n, denied, busy), (3, 2, 1));
+    started.sort();
+    // Of the three acme jobs held, "again" writes its own started row; the others had
+    // theirs written with the claim, as had globex's (no budget).
+    assert_eq!(started.len(), 3, "{started:?}");
+    assert!(started.contains(&"g0".to_string()), "{started:?}");
+    let rows: Vec<(String, i32, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT job_id, attempt, outcome, model, user_id FROM cost_rows ORDER BY job_id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for (id, attempt, outcome, m, user) in &rows {
+        assert!(started.contains(id), "{rows:?}");
+        assert_eq!((*attempt, outcome.as_str()), (1, "started"));
+        assert_eq!(m, &model.name);
+        assert_eq!(user.as_deref(), Some("u1"));
+    }
+    let (reserved, holds): (Decimal, i64) = sqlx::query_as(
+        "SELECT (SELECT reserved_usd FROM budgets WHERE tenant = 'acme'),
+                (SELECT count(*) FROM budget_reservations)",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!((reserved, holds), (Decimal::new(9, 1), 3));
+    env.cleanup().await;
+}

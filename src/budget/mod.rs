@@ -199,7 +199,18 @@ impl Budgets {
             .and_then(|g| g.1.get(tenant).copied())
     }
 
-    async fn has_budget(&self, tenant: &str) -> Result<bool, StoreError> {
+    /// Does a budget apply to `tenant`, as read less than a few seconds ago? `None`: the
+    /// list is due to be read again ([`Budgets::has_budget`]).
+    pub fn knows(&self, tenant: &str) -> Option<bool> {
+        let guard = self.tenants.lock().ok()?;
+        match &*guard {
+            (Some(at), map) if at.elapsed() < REFRESH => Some(map.contains_key(tenant)),
+            _ => None,
+        }
+    }
+
+    /// Does a budget apply to `tenant` (as read at most a few seconds ago)?
+    pub async fn has_budget(&self, tenant: &str) -> Result<bool, StoreError> {
         {
             let guard = self.tenants.lock().map_err(|_| StoreError::Closed)?;
             if let (Some(at), map) = &*guard {
@@ -217,6 +228,28 @@ impl Budgets {
             *guard = (Some(tokio::time::Instant::now()), map);
         }
         Ok(has)
+    }
+
+    /// The reservation a claim's opening held (see [`crate::store::Opening`]).
+    pub fn held(
+        &self,
+        lease: &Lease,
+        tenant: &str,
+        feature: Option<&str>,
+        amount: Decimal,
+    ) -> Reservation {
+        Reservation {
+            tenant: tenant.to_string(),
+            feature: feature.map(str::to_string),
+            amount,
+            lease_token: lease.token().to_string(),
+            settled: false,
+        }
+    }
+
+    /// The time reservations are judged at (a budget period's turn).
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.now()
     }
 
     /// Reserve `amount()` (worked out only when a budget applies) against every budget of

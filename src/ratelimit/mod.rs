@@ -240,6 +240,20 @@ impl Permit {
     }
 }
 
+impl Permit {
+    /// The call was not made after all (the job turned out to be another delivery's, or
+    /// over its budget): its admission no longer counts against the limits.
+    pub fn cancel(self) {
+        {
+            let mut st = self.inner.lock();
+            if let Some(p) = st.providers.get_mut(&self.provider) {
+                p.log.remove(self.id);
+            }
+        }
+        self.inner.changed.notify_waiters();
+    }
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
         self.inner.calling.fetch_sub(1, Ordering::Relaxed);

@@ -61,6 +61,18 @@ impl Log {
         true
     }
 
+    /// Take an admission back out (its call was never made); false when it has left the
+    /// window already.
+    pub fn remove(&mut self, id: u64) -> bool {
+        let Some(i) = self.entries.iter().position(|e| e.id == id) else {
+            return false;
+        };
+        if let Some(e) = self.entries.remove(i) {
+            self.tokens = self.tokens.saturating_sub(e.tokens);
+        }
+        true
+    }
+
     /// When the oldest entry leaves the window: the next moment the log shrinks.
     pub fn next_expiry(&self, window: Duration) -> Option<Instant> {
         self.entries.front().map(|e| e.at + window)
@@ -159,6 +171,12 @@ mod tests {
         assert!(log.set_tokens(2, 7));
         assert!(!log.set_tokens(1, 7), "entry 1 is out of the window");
         assert_eq!(log.tokens(), 7);
+        // A call that was admitted and then not made leaves the log.
+        log.push(Instant::now(), 3, 4);
+        assert_eq!((log.requests(), log.tokens()), (2, 11));
+        assert!(log.remove(2));
+        assert_eq!((log.requests(), log.tokens()), (1, 4));
+        assert!(!log.remove(2), "already gone");
     }
 
     #[tokio::test(start_paused = true)]

@@ -105,25 +105,53 @@ async fn reserve_loop(
     }
 }
 
-/// One transaction for many reservations: lock every budget row of the batch's tenants
-/// (in one order, so two workers' batches cannot deadlock), decide each request in turn
-/// against the amounts held so far ([`crate::budget::check`]), then write the rows that
-/// changed and the reservations held, all or nothing.
+/// One transaction for many reservations (see [`lock_and_decide`]), all or nothing.
 async fn reserve_batch(
     pool: &PgPool,
     reqs: &[ReserveRequest],
 ) -> Result<Vec<ReserveOutcome>, StoreError> {
+    let mut tx = pool.begin().await.map_err(StoreError::classify)?;
+    let (outcomes, held) = lock_and_decide(&mut tx, reqs).await?;
+    write_held(&mut tx, &held, &[]).await?;
+    tx.commit().await.map_err(StoreError::classify)?;
+    Ok(outcomes)
+}
+
+/// What a batch of reservations decided to write: the budget rows that changed and the
+/// requests held.
+#[derive(Default)]
+pub(super) struct Held<'a> {
+    changed: Vec<(String, BudgetRow)>,
+    held: Vec<&'a ReserveRequest>,
+}
+
+/// A `started` cost row written with a batch of reservations (a claim's first call).
+pub(super) struct StartedRow<'a> {
+    pub tenant: &'a str,
+    pub job_id: &'a str,
+    pub feature: Option<&'a str>,
+    pub user_id: Option<&'a str>,
+    pub provider: &'a str,
+    pub model: &'a str,
+}
+
+/// Lock every budget row of the batch's tenants (in one order, so two workers' batches
+/// cannot deadlock), then decide each request in turn against the amounts held so far
+/// ([`crate::budget::check`]). Nothing is written yet ([`write_held`]).
+pub(super) async fn lock_and_decide<'a>(
+    tx: &mut Transaction<'_, Postgres>,
+    reqs: &'a [ReserveRequest],
+) -> Result<(Vec<ReserveOutcome>, Held<'a>), StoreError> {
     let mut tenants: Vec<&str> = reqs.iter().map(|r| r.tenant.as_str()).collect();
     tenants.sort_unstable();
     tenants.dedup();
-    let mut tx = pool.begin().await.map_err(StoreError::classify)?;
     let locked: Vec<(String, BudgetRow)> = sqlx::query_as::<_, LockedRow>(
         "SELECT tenant, feature, period, limit_usd, spent_usd, reserved_usd, policy, period_start
            FROM budgets WHERE tenant = ANY($1)
           ORDER BY tenant, feature NULLS FIRST, period FOR UPDATE",
     )
     .bind(&tenants)
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut **tx)
     .await
     .map_err(StoreError::classify)?
     .into_iter()
@@ -163,58 +191,82 @@ async fn reserve_batch(
             }
         }
     }
-    let changed: Vec<&(String, BudgetRow, bool)> = rows.iter().filter(|r| r.2).collect();
-    if !changed.is_empty() {
-        sqlx::query(
-            "UPDATE budgets b SET spent_usd = x.spent, reserved_usd = x.reserved,
-                    period_start = x.start, updated_at = now()
-               FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::numeric[],
-                           $6::timestamptz[]) AS x(tenant, feature, period, spent, reserved, start)
-              WHERE b.tenant = x.tenant AND b.feature IS NOT DISTINCT FROM x.feature
-                AND b.period = x.period",
-        )
-        .bind(changed.iter().map(|c| c.0.as_str()).collect::<Vec<_>>())
+    let changed = rows
+        .into_iter()
+        .filter(|r| r.2)
+        .map(|(t, r, _)| (t, r))
+        .collect();
+    Ok((outcomes, Held { changed, held }))
+}
+
+/// The budget rows that changed, the reservations held and `started` cost rows, in one
+/// statement; the started rows that went in come back (one that clashed with an
+/// existing row does not).
+const WRITE_HELD_SQL: &str = r#"
+WITH bu AS (
+    UPDATE budgets b SET spent_usd = x.spent, reserved_usd = x.reserved,
+           period_start = x.start, updated_at = now()
+      FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::numeric[],
+                  $6::timestamptz[]) AS x(tenant, feature, period, spent, reserved, start)
+     WHERE b.tenant = x.tenant AND b.feature IS NOT DISTINCT FROM x.feature
+       AND b.period = x.period
+    RETURNING 1
+), br AS (
+    INSERT INTO budget_reservations (lease_token, tenant, job_id, feature, amount_usd)
+    SELECT * FROM unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::numeric[])
+    RETURNING 1
+)
+-- bu and br run whether or not they are read, as every data-modifying WITH does.
+INSERT INTO cost_rows (tenant, job_id, attempt, feature, user_id, provider, model, outcome,
+                       input_tokens, cached_input_tokens, output_tokens, reasoning_tokens,
+                       cost_usd, latency_ms)
+SELECT tenant, job_id, 1, feature, user_id, provider, model, 'started', 0, 0, 0, 0, 0, 0
+  FROM unnest($12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::text[])
+    AS x(tenant, job_id, feature, user_id, provider, model)
+ON CONFLICT (tenant, job_id, attempt) DO NOTHING
+RETURNING tenant, job_id
+"#;
+
+pub(super) async fn write_held(
+    tx: &mut Transaction<'_, Postgres>,
+    h: &Held<'_>,
+    started: &[StartedRow<'_>],
+) -> Result<Vec<(String, String)>, StoreError> {
+    if h.changed.is_empty() && h.held.is_empty() && started.is_empty() {
+        return Ok(Vec::new());
+    }
+    let c = &h.changed;
+    sqlx::query_as(WRITE_HELD_SQL)
+        .bind(c.iter().map(|c| c.0.as_str()).collect::<Vec<_>>())
+        .bind(c.iter().map(|c| c.1.feature.as_deref()).collect::<Vec<_>>())
+        .bind(c.iter().map(|c| c.1.period.as_str()).collect::<Vec<_>>())
+        .bind(c.iter().map(|c| c.1.spent_usd).collect::<Vec<_>>())
+        .bind(c.iter().map(|c| c.1.reserved_usd).collect::<Vec<_>>())
+        .bind(c.iter().map(|c| c.1.period_start).collect::<Vec<_>>())
         .bind(
-            changed
+            h.held
                 .iter()
-                .map(|c| c.1.feature.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            changed
-                .iter()
-                .map(|c| c.1.period.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(changed.iter().map(|c| c.1.spent_usd).collect::<Vec<_>>())
-        .bind(changed.iter().map(|c| c.1.reserved_usd).collect::<Vec<_>>())
-        .bind(changed.iter().map(|c| c.1.period_start).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::classify)?;
-        sqlx::query(
-            "INSERT INTO budget_reservations (lease_token, tenant, job_id, feature, amount_usd)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[])",
-        )
-        .bind(
-            held.iter()
                 .map(|r| r.lease_token.as_str())
                 .collect::<Vec<_>>(),
         )
-        .bind(held.iter().map(|r| r.tenant.as_str()).collect::<Vec<_>>())
-        .bind(held.iter().map(|r| r.job_id.as_str()).collect::<Vec<_>>())
+        .bind(h.held.iter().map(|r| r.tenant.as_str()).collect::<Vec<_>>())
+        .bind(h.held.iter().map(|r| r.job_id.as_str()).collect::<Vec<_>>())
         .bind(
-            held.iter()
+            h.held
+                .iter()
                 .map(|r| r.feature.as_deref())
                 .collect::<Vec<_>>(),
         )
-        .bind(held.iter().map(|r| r.amount).collect::<Vec<_>>())
-        .execute(&mut *tx)
+        .bind(h.held.iter().map(|r| r.amount).collect::<Vec<_>>())
+        .bind(started.iter().map(|r| r.tenant).collect::<Vec<_>>())
+        .bind(started.iter().map(|r| r.job_id).collect::<Vec<_>>())
+        .bind(started.iter().map(|r| r.feature).collect::<Vec<_>>())
+        .bind(started.iter().map(|r| r.user_id).collect::<Vec<_>>())
+        .bind(started.iter().map(|r| r.provider).collect::<Vec<_>>())
+        .bind(started.iter().map(|r| r.model).collect::<Vec<_>>())
+        .fetch_all(&mut **tx)
         .await
-        .map_err(StoreError::classify)?;
-    }
-    tx.commit().await.map_err(StoreError::classify)?;
-    Ok(outcomes)
+        .map_err(StoreError::classify)
 }
 
 /// A locked budget row with its tenant.

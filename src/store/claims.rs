@@ -7,10 +7,15 @@
 //! again, or how long the other lease still runs.
 
 use super::batch::{next_batch, Asker, Lanes};
+use super::budgets::{lock_and_decide, write_held, ReserveOutcome, ReserveRequest, StartedRow};
 use super::{parse_result, StoreError};
+use crate::config::ModelConfig;
 use crate::job::{Attempt, JobResult};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -27,6 +32,22 @@ pub struct ClaimRequest {
     pub lease_token: String,
     /// The message being processed.
     pub stream_seq: u64,
+    /// What the claim of a new job also does, in the same transaction.
+    pub opening: Option<Opening>,
+}
+
+/// The rest of what a delivery writes before its first call, carried by its claim so
+/// that the common delivery (a new job) waits for one transaction, not three: the
+/// budget reservation, and the first call's `started` cost row (attempt 1). Only a job
+/// claimed with no earlier delivery gets the started row (a redelivery's attempt number
+/// follows its earlier calls: it writes its own), and only when its budget allows.
+#[derive(Debug, Clone)]
+pub struct Opening {
+    /// Hold this much against the tenant's budgets (`None`: the tenant has none), as of
+    /// this time.
+    pub reserve: Option<(Decimal, DateTime<Utc>)>,
+    /// The model of the first call (already admitted by the rate limits).
+    pub first: Arc<ModelConfig>,
 }
 
 #[derive(Debug)]
@@ -36,6 +57,8 @@ pub enum ClaimOutcome {
     Claimed {
         prior: Vec<Attempt>,
         free_deliveries: u32,
+        /// What the [`Opening`] did: `None` without one.
+        opened: Option<Opened>,
     },
     /// A committed succeeded result exists: publish it again, call nothing.
     Succeeded(Box<JobResult>),
@@ -44,6 +67,16 @@ pub enum ClaimOutcome {
     Finished(Box<JobResult>),
     /// Another delivery holds a live lease; it runs out in about this long.
     Busy(Duration),
+}
+
+/// What a claim's [`Opening`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Opened {
+    /// The reservation: `None` when no budget applies (or none was asked), else held or
+    /// denied (then no started row either).
+    pub reserved: ReserveOutcome,
+    /// The first call's `started` row (attempt 1) is written.
+    pub started: bool,
 }
 
 type Reply = super::batch::Reply<ClaimOutcome>;
@@ -161,6 +194,7 @@ fn take(found: &mut Found, req: &ClaimRequest) -> Result<ClaimOutcome, StoreErro
         Ok(ClaimOutcome::Claimed {
             prior: Vec::new(),
             free_deliveries: 0,
+            opened: None,
         })
     };
     if found.is_empty() {
@@ -278,7 +312,13 @@ async fn claim_batch(
         lease_token.push(r.lease_token.as_str());
         stream_seq.push(i64::try_from(r.stream_seq).unwrap_or(i64::MAX));
     }
-    let rows: Vec<ClaimRow> = sqlx::query_as(CLAIM_SQL)
+    let opening = reqs.iter().any(|r| r.opening.is_some());
+    let mut tx = if opening {
+        Some(pool.begin().await.map_err(StoreError::classify)?)
+    } else {
+        None
+    };
+    let query = sqlx::query_as(CLAIM_SQL)
         .bind(tenant)
         .bind(id)
         .bind(feature)
@@ -288,10 +328,12 @@ async fn claim_batch(
         .bind(requested_model)
         .bind(lease_token)
         .bind(stream_seq)
-        .bind(lease.as_secs_f64())
-        .fetch_all(pool)
-        .await
-        .map_err(StoreError::classify)?;
+        .bind(lease.as_secs_f64());
+    let rows: Vec<ClaimRow> = match &mut tx {
+        Some(tx) => query.fetch_all(&mut **tx).await,
+        None => query.fetch_all(pool).await,
+    }
+    .map_err(StoreError::classify)?;
     let mut found = Found::with_capacity(rows.len());
     for (tenant, id, claimed, status, result, free, lease_ms, attempts) in rows {
         let outcome = outcome_of(
@@ -299,7 +341,94 @@ async fn claim_batch(
         );
         found.insert((tenant, id), outcome);
     }
+    if let Some(mut tx) = tx {
+        open(&mut tx, reqs, &mut found).await?;
+        tx.commit().await.map_err(StoreError::classify)?;
+    }
     Ok(found)
+}
+
+/// The openings of the jobs just claimed, in the claim's transaction: reserve (the
+/// budget rows locked after the job rows, as the commit does), then the `started` rows
+/// of the new jobs whose budget allows them. Fills in `found` for every opening.
+async fn open(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    reqs: &[&ClaimRequest],
+    found: &mut Found,
+) -> Result<(), StoreError> {
+    // The claimed requests with an opening: new (no row came back) or claimed again.
+    let mut claimed: Vec<(&ClaimRequest, &Opening, bool)> = Vec::new();
+    for r in reqs {
+        let Some(o) = &r.opening else { continue };
+        match found.get(&(r.tenant.clone(), r.id.clone())) {
+            None => claimed.push((r, o, true)),
+            Some(Ok(ClaimOutcome::Claimed { .. })) => claimed.push((r, o, false)),
+            Some(_) => {}
+        }
+    }
+    let asks: Vec<ReserveRequest> = claimed
+        .iter()
+        .filter_map(|(r, o, _)| {
+            o.reserve.map(|(amount, now)| ReserveRequest {
+                lease_token: r.lease_token.clone(),
+                tenant: r.tenant.clone(),
+                job_id: r.id.clone(),
+                feature: r.feature.clone(),
+                amount,
+                now,
+            })
+        })
+        .collect();
+    let (mut decided, held) = if asks.is_empty() {
+        (Vec::new(), Default::default())
+    } else {
+        lock_and_decide(tx, &asks).await?
+    };
+    // In the order of `claimed`: what each reservation came to.
+    let mut decided = decided.drain(..);
+    let outcomes: Vec<ReserveOutcome> = claimed
+        .iter()
+        .map(|(_, o, _)| match o.reserve {
+            Some(_) => decided.next().flatten(),
+            None => None,
+        })
+        .collect();
+    let started: Vec<StartedRow<'_>> = claimed
+        .iter()
+        .zip(&outcomes)
+        .filter(|((_, _, new), reserved)| *new && !matches!(reserved, Some(Err(_))))
+        .map(|((r, o, _), _)| StartedRow {
+            tenant: &r.tenant,
+            job_id: &r.id,
+            feature: r.feature.as_deref(),
+            user_id: r.user_id.as_deref(),
+            provider: &o.first.provider,
+            model: &o.first.name,
+        })
+        .collect();
+    let written: std::collections::HashSet<(String, String)> =
+        write_held(tx, &held, &started).await?.into_iter().collect();
+    for ((r, _, _), reserved) in claimed.into_iter().zip(outcomes) {
+        let key = (r.tenant.clone(), r.id.clone());
+        let opened = Opened {
+            started: written.contains(&key),
+            reserved,
+        };
+        match found.get_mut(&key) {
+            Some(Ok(ClaimOutcome::Claimed { opened: o, .. })) => *o = Some(opened),
+            _ => {
+                found.insert(
+                    key,
+                    Ok(ClaimOutcome::Claimed {
+                        prior: Vec::new(),
+                        free_deliveries: 0,
+                        opened: Some(opened),
+                    }),
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -327,6 +456,7 @@ fn outcome_of(
         return Ok(ClaimOutcome::Claimed {
             prior,
             free_deliveries: free.unwrap_or(0).max(0) as u32,
+            opened: None,
         });
     }
     match (status.as_deref(), result) {

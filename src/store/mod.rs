@@ -14,7 +14,7 @@ pub mod leases;
 pub mod reports;
 pub mod writer;
 
-pub use claims::{ClaimOutcome, ClaimRequest, Claimer};
+pub use claims::{ClaimOutcome, ClaimRequest, Claimer, Opened, Opening};
 pub use leases::{Lease, LeaseKeeper};
 pub use writer::{CallRecord, CommitJob, CommitOutcome, CommitRequest, JobKey, Writer};
 

@@ -49,17 +49,30 @@ pub struct ChainOutcome {
 }
 
 /// What a delivery's call chain works with.
-struct Chain<'a> {
+pub struct Chain<'a> {
     ctx: &'a Ctx,
     job: &'a Job,
     input_estimate: u64,
     priority: Priority,
-    lease: &'a Lease,
     /// The candidates not called yet, in the order to try them.
     left: Vec<&'a Candidate>,
     /// The number the next call gets.
     attempt: u32,
     out: ChainOutcome,
+}
+
+/// A call the health and rate limits let go, not made yet. The first call of a new job is
+/// admitted before the job is claimed, so that the claim writes its `started` row.
+pub struct Admitted<'a> {
+    cand: &'a Candidate,
+    admit: Admit,
+    permit: Permit,
+}
+
+impl Admitted<'_> {
+    pub fn model(&self) -> &Arc<ModelConfig> {
+        &self.cand.model
+    }
 }
 
 /// A call under way.
@@ -82,51 +95,88 @@ enum Event {
     Stop,
 }
 
+impl<'a> Chain<'a> {
+    /// The chain of `plan`'s candidates for one delivery of `job`.
+    pub fn new(
+        ctx: &'a Ctx,
+        job: &'a Job,
+        plan: &'a Plan,
+        input_estimate: u64,
+        priority: Priority,
+    ) -> Chain<'a> {
+        // ── Rate limits and health (issue 11): each round drops the candidates whose
+        // breaker is open or cooling (no call, no cost row: not a failure of the job), then
+        // calls the first one left that the limits let go now, or waits (in priority order)
+        // for the earliest one. A local limit is never a failure; each candidate is called
+        // at most once per delivery. The order is latency-aware when the job asks for a
+        // tier or auto.
+        let left: Vec<&Candidate> = ctx
+            .health
+            .order(&job.model, &plan.candidates)
+            .into_iter()
+            .filter(|c| ctx.providers.get(&c.model.provider).is_some())
+            .collect();
+        Chain {
+            ctx,
+            job,
+            input_estimate,
+            priority,
+            left,
+            attempt: 1,
+            out: ChainOutcome {
+                calls: Vec::new(),
+                success: None,
+                transient: false,
+                retry_after: None,
+                all_context_too_long: true,
+                cancelled: false,
+                hedge_note: None,
+            },
+        }
+    }
+
+    /// An admitted call that will not be made (the job turned out to be another
+    /// delivery's, or over its budget): its probe slot and rate-limit admission go back.
+    pub fn abandon(&self, a: Admitted<'a>) {
+        give_back(self.ctx, &a.cand.model, a.admit);
+        a.permit.cancel();
+    }
+}
+
+/// Call `chain`'s candidates in turn, numbering the calls from `first_attempt`. `first`:
+/// the first call, admitted already, and whether its `started` row is written.
 pub async fn run_chain(
-    ctx: &Ctx,
-    job: &Job,
+    mut chain: Box<Chain<'_>>,
     plan: &Plan,
-    input_estimate: u64,
     first_attempt: u32,
-    priority: Priority,
     lease: &Lease,
+    mut first: Option<(Admitted<'_>, bool)>,
 ) -> ChainOutcome {
-    // ── Rate limits and health (issue 11): each round drops the candidates whose breaker
-    // is open or cooling (no call, no cost row: not a failure of the job), then calls the
-    // first one left that the limits let go now, or waits (in priority order) for the
-    // earliest one. A local limit is never a failure; each candidate is called at most
-    // once per delivery. The order is latency-aware when the job asks for a tier or auto.
-    let left: Vec<&Candidate> = ctx
-        .health
-        .order(&job.model, &plan.candidates)
-        .into_iter()
-        .filter(|c| ctx.providers.get(&c.model.provider).is_some())
-        .collect();
-    let mut chain = Chain {
-        ctx,
-        job,
-        input_estimate,
-        priority,
-        lease,
-        left,
-        attempt: first_attempt,
-        out: ChainOutcome {
-            calls: Vec::new(),
-            success: None,
-            transient: false,
-            retry_after: None,
-            all_context_too_long: true,
-            cancelled: false,
-            hedge_note: None,
-        },
-    };
+    let ctx = chain.ctx;
+    chain.attempt = first_attempt;
     let mut flying: Vec<Flight<'_>> = Vec::new();
     let mut hedges_left = plan.hedge.map_or(0, |h| h.max_extra);
     // When the next hedge is due, and the delay it was computed with.
     let mut hedge_at: Option<(Instant, Duration)> = None;
     loop {
         if flying.is_empty() {
-            let Some(f) = chain.next_call().await else {
+            // The next call: the one admitted before the claim, else the next the limits
+            // let go.
+            let next = loop {
+                let (a, written) = match first.take() {
+                    Some(first) => first,
+                    None => match chain.admit().await {
+                        Some(a) => (a, false),
+                        None => break None,
+                    },
+                };
+                match chain.launch(a, lease, written).await {
+                    Launched::Flying(f) => break Some(f),
+                    Launched::NoAdapter => continue,
+                    Launched::Stop => break None,
+                }
+            };
+            let Some(f) = next else {
                 break;
             };
             hedge_at = plan.hedge.and_then(|h| {
@@ -182,7 +232,7 @@ pub async fn run_chain(
                 else {
                     continue;
                 };
-                if let Some(mut f) = chain.hedge_call().await {
+                if let Some(mut f) = chain.hedge_call(lease).await {
                     let after = plan.hedge.map(|h| h.after.to_string()).unwrap_or_default();
                     let ms = delay.as_millis();
                     let note = chain.out.hedge_note.get_or_insert_with(String::new);
@@ -229,54 +279,48 @@ async fn first_answer(flying: &mut [Flight<'_>]) -> (usize, Result<ChatResponse,
 }
 
 impl<'a> Chain<'a> {
-    /// The next call of the chain: the first candidate left that is healthy and that the
-    /// limits let go, waiting for the earliest when none can go now. `None`: nothing left,
-    /// or the worker is stopping or lost the lease (`out.cancelled`).
-    async fn next_call(&mut self) -> Option<Flight<'a>> {
+    /// The next call of the chain, admitted: the first candidate left that is healthy and
+    /// that the limits let go, waiting for the earliest when none can go now. `None`:
+    /// nothing left, or the worker is stopping (`out.cancelled`).
+    pub async fn admit(&mut self) -> Option<Admitted<'a>> {
         let ctx = self.ctx;
-        loop {
-            let mut admits = self.healthy();
-            let asks = self.asks();
-            let asked = Instant::now();
-            let admitted = tokio::select! {
-                a = ctx.limiters.admit_first(&asks, self.priority) => a,
-                _ = ctx.abort.cancelled() => None,
-            };
-            let waited = asked.elapsed();
-            let Some((i, permit)) = admitted else {
-                // Nothing left, or the worker is stopping: free the probe slots taken above.
-                for (c, a) in self.left.iter().zip(admits) {
-                    give_back(ctx, &c.model, a);
-                }
-                if ctx.abort.is_cancelled() {
-                    self.out.cancelled = true;
-                    self.out.transient = true;
-                }
-                return None;
-            };
-            let cand = self.left.remove(i);
-            let admit = admits.remove(i);
-            ctx.metrics
-                .limiter_waited(&cand.model.provider, &cand.model.name, waited);
-            // The others' probe slots go back: they are asked again next round.
+        let mut admits = self.healthy();
+        let asks = self.asks();
+        let asked = Instant::now();
+        let admitted = tokio::select! {
+            a = ctx.limiters.admit_first(&asks, self.priority) => a,
+            _ = ctx.abort.cancelled() => None,
+        };
+        let waited = asked.elapsed();
+        let Some((i, permit)) = admitted else {
+            // Nothing left, or the worker is stopping: free the probe slots taken above.
             for (c, a) in self.left.iter().zip(admits) {
                 give_back(ctx, &c.model, a);
             }
-            match self.launch(cand, admit, permit).await {
-                Launched::Flying(f) => return Some(f),
-                Launched::NoAdapter => continue,
-                Launched::Stop => {
-                    self.out.cancelled = true;
-                    self.out.transient = true;
-                    return None;
-                }
+            if ctx.abort.is_cancelled() {
+                self.out.cancelled = true;
+                self.out.transient = true;
             }
+            return None;
+        };
+        let cand = self.left.remove(i);
+        let admit = admits.remove(i);
+        ctx.metrics
+            .limiter_waited(&cand.model.provider, &cand.model.name, waited);
+        // The others' probe slots go back: they are asked again next round.
+        for (c, a) in self.left.iter().zip(admits) {
+            give_back(ctx, &c.model, a);
         }
+        Some(Admitted {
+            cand,
+            admit,
+            permit,
+        })
     }
 
     /// A hedge: the first candidate left that is healthy and that the limits admit at
     /// once; `None` when none can go now (a hedge never waits).
-    async fn hedge_call(&mut self) -> Option<Flight<'a>> {
+    async fn hedge_call(&mut self, lease: &Lease) -> Option<Flight<'a>> {
         let ctx = self.ctx;
         let mut admits = self.healthy();
         let asks = self.asks();
@@ -294,10 +338,12 @@ impl<'a> Chain<'a> {
         for (c, a) in self.left.iter().zip(admits) {
             give_back(ctx, &c.model, a);
         }
-        match self.launch(cand, admit, permit).await {
-            Launched::Flying(f) => Some(f),
-            Launched::NoAdapter | Launched::Stop => None,
-        }
+        let a = Admitted {
+            cand,
+            admit,
+            permit,
+        };
+        self.launch(a, lease, false).await.flying()
     }
 
     /// Drop the candidates whose breaker is open or cooling (not a failure of the job:
@@ -337,23 +383,33 @@ impl<'a> Chain<'a> {
             .collect()
     }
 
-    /// Write the call's `started` row, then start it.
-    async fn launch(&mut self, cand: &'a Candidate, admit: Admit, permit: Permit) -> Launched<'a> {
+    /// Write the call's `started` row (unless `written`: the claim wrote it), then start
+    /// it.
+    async fn launch(&mut self, a: Admitted<'a>, lease: &Lease, written: bool) -> Launched<'a> {
         let ctx = self.ctx;
+        let Admitted {
+            cand,
+            admit,
+            permit,
+        } = a;
         let m = &cand.model;
         let Some(adapter) = ctx.providers.get(&m.provider) else {
             give_back(ctx, m, admit);
             return Launched::NoAdapter;
         };
         // Another delivery owns the job now (this one stalled past its lease): no call.
-        if self.lease.is_lost() {
+        if lease.is_lost() {
             give_back(ctx, m, admit);
+            self.out.cancelled = true;
+            self.out.transient = true;
             return Launched::Stop;
         }
         // Its cost row, `started`, before the call: if this worker dies during the call,
         // the row is there (the next delivery marks it `worker_lost`).
-        if !Box::pin(record_start(ctx, self.job, self.attempt, m)).await {
+        if !written && !Box::pin(record_start(ctx, self.job, self.attempt, m)).await {
             give_back(ctx, m, admit);
+            self.out.cancelled = true;
+            self.out.transient = true;
             return Launched::Stop;
         }
         let job = self.job;
@@ -520,6 +576,15 @@ enum Launched<'a> {
     NoAdapter,
     /// The worker is stopping, or another delivery owns the job: make no call.
     Stop,
+}
+
+impl<'a> Launched<'a> {
+    fn flying(self) -> Option<Flight<'a>> {
+        match self {
+            Launched::Flying(f) => Some(f),
+            Launched::NoAdapter | Launched::Stop => None,
+        }
+    }
 }
 
 fn attempt_of(attempt: u32, m: &ModelConfig, took: Duration) -> Attempt {

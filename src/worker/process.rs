@@ -5,7 +5,7 @@
 //! path commits first, and nothing that can fail after a provider call makes that call
 //! happen again.
 
-use super::calls::{run_chain, ChainOutcome};
+use super::calls::{run_chain, Chain, ChainOutcome};
 use super::decide::{backoff_delay, decide, RetryPolicy, Verdict};
 use super::infra::Gave;
 use super::{Ctx, Delivery, Disposition};
@@ -16,9 +16,11 @@ use crate::job::{
     Route, Status, Usage,
 };
 use crate::queue::publish::DlqEntry;
+use crate::router::Plan;
 use crate::store::writer::Release;
 use crate::store::{
-    CallRecord, ClaimOutcome, ClaimRequest, CommitJob, CommitRequest, JobKey, Lease, StoreError,
+    CallRecord, ClaimOutcome, ClaimRequest, CommitJob, CommitRequest, JobKey, Lease, Opening,
+    StoreError,
 };
 use crate::telemetry::metrics::FinishedJob;
 use crate::tokens::estimate_input_tokens;
@@ -111,11 +113,20 @@ async fn run(
         },
     };
     for _ in 0..RECLAIMS {
+        // The common delivery in one transaction before its first call (see `open`).
+        if let Some(prepared) = prepare(ctx, scope, job) {
+            match open(ctx, scope, job, prepared).await {
+                Opened::Done(disposition) => return disposition,
+                Opened::Reclaim => continue,
+                Opened::LongWay => {}
+            }
+        }
         let (lease, prior, free) = match Box::pin(claim(ctx, scope, job)).await {
             Claimed::Run { lease, prior, free } => (lease, prior, free),
             Claimed::Done(disposition) => return disposition,
         };
-        match attempt(ctx, scope, job, lease, prior, free).await {
+        // Boxed: the long way is the rare one; the short way sets the job task's size.
+        match Box::pin(attempt(ctx, scope, job, lease, prior, free)).await {
             Some(disposition) => return disposition,
             // Another delivery took the job over while this one ran: claim again (it
             // will find that delivery's result, or its lease).
@@ -123,6 +134,221 @@ async fn run(
         }
     }
     Disposition::Retry(retry_delay(ctx, d.delivered, None))
+}
+
+/// A job routed before its claim.
+struct Prepared {
+    plan: Plan,
+    estimate: u64,
+    /// The share of the tenant's budgets used, as last read.
+    used: Option<f64>,
+}
+
+/// How [`open`] ended.
+enum Opened {
+    Done(Disposition),
+    /// The lease was lost at commit: claim again.
+    Reclaim,
+    /// Not the common case after all (another delivery holds the job, nothing can be
+    /// called now, Postgres is away): take the long way, claim then reserve then call.
+    LongWay,
+}
+
+/// The job routed, when it can take the short way: its deadline not passed, a route
+/// found, and no response-cache lookup to make (the long way looks up after its claim).
+fn prepare(ctx: &Ctx, s: Scope<'_>, job: &Job) -> Option<Prepared> {
+    if job
+        .deadline
+        .is_some_and(|deadline| ctx.clock.now() > deadline)
+    {
+        return None;
+    }
+    let (estimate, used, plan) = route(ctx, s, job);
+    let plan = plan.ok()?;
+    let cacheable = plan.candidates.first().is_some_and(|c| {
+        crate::cache::cacheable(&ctx.cfg.cache, job, &c.model, c.max_tokens).is_some()
+    });
+    (!cacheable).then_some(Prepared {
+        plan,
+        estimate,
+        used,
+    })
+}
+
+/// The short way: admit the first call (health, rate limits: waiting here is not a
+/// failure), then one claim that also holds the job's worst case against its budgets and
+/// writes the call's `started` row, all in one transaction; then the calls. Before, a
+/// delivery waited for three group commits (claim, reservation, started row) before its
+/// first call; the long way still does, for what is not the common case.
+async fn open(ctx: &Ctx, s: Scope<'_>, job: &Job, p: Prepared) -> Opened {
+    let Prepared {
+        plan,
+        estimate,
+        used,
+    } = p;
+    // Boxed: moved into the calls, it would take its room in this future twice.
+    let mut chain = Box::new(Chain::new(ctx, job, &plan, estimate, s.d.priority));
+    let Some(first) = chain.admit().await else {
+        return Opened::LongWay;
+    };
+    // Known without a round trip, as a rule (the list is read every few seconds).
+    let has_budget = match ctx.budgets.knows(&job.tenant) {
+        Some(has) => Ok(has),
+        None => Box::pin(ctx.budgets.has_budget(&job.tenant)).await,
+    };
+    let amount = match has_budget {
+        Ok(true) => Some(worst_case(ctx, job, &plan, estimate, used)),
+        Ok(false) => None,
+        Err(_) => {
+            chain.abandon(first);
+            return Opened::LongWay;
+        }
+    };
+    let token = ctx.leases.new_token();
+    let outcome = {
+        let opening = Opening {
+            reserve: amount.map(|a| (a, ctx.budgets.now())),
+            first: first.model().clone(),
+        };
+        ctx.infra
+            .store(&ctx.abort, || {
+                let req = claim_request(s, job, &token, Some(opening.clone()));
+                ctx.claimer.claim(req)
+            })
+            .await
+    };
+    let (prior, free, opened) = match outcome {
+        Ok(ClaimOutcome::Claimed {
+            prior,
+            free_deliveries,
+            opened,
+        }) => (prior, free_deliveries, opened),
+        Ok(ClaimOutcome::Busy(_)) => {
+            chain.abandon(first);
+            return Opened::LongWay;
+        }
+        other => {
+            chain.abandon(first);
+            return match Box::pin(unclaimed(ctx, s, token, other)).await {
+                Some(disposition) => Opened::Done(disposition),
+                None => Opened::LongWay,
+            };
+        }
+    };
+    let lease = ctx.leases.hold(token, &job.tenant, &job.id);
+    let opened = opened.unwrap_or(crate::store::Opened {
+        reserved: None,
+        started: false,
+    });
+    let reservation = match (opened.reserved, amount) {
+        (Some(Ok(())), Some(amount)) => {
+            Some(
+                ctx.budgets
+                    .held(&lease, &job.tenant, job.feature.as_deref(), amount),
+            )
+        }
+        (Some(Err(denial)), _) => {
+            chain.abandon(first);
+            let done = Box::pin(denied(ctx, s, job, lease, plan.route, &prior, denial)).await;
+            return done.map_or(Opened::Reclaim, Opened::Done);
+        }
+        _ => None,
+    };
+    let first = Some((first, opened.started));
+    let outcome = run_chain(chain, &plan, next_attempt(&prior), &lease, first).await;
+    // Boxed: after the calls, and larger than what a job holds through them. (Not a call
+    // of `calls`: what this future moved into it would take room here as well.)
+    let done = Box::pin(conclude(
+        ctx,
+        s,
+        job,
+        lease,
+        reservation,
+        plan.route,
+        (prior, free),
+        (outcome, None),
+    ))
+    .await;
+    done.map_or(Opened::Reclaim, Opened::Done)
+}
+
+/// The calls, then what comes of them (the long way). `None`: the lease was lost.
+#[allow(clippy::too_many_arguments)]
+async fn calls<'a>(
+    ctx: &'a Ctx,
+    s: Scope<'_>,
+    job: &'a Job,
+    (lease, reservation): (Lease, Option<Reservation>),
+    plan: &'a Plan,
+    chain: Box<Chain<'a>>,
+    (prior, free): (Vec<Attempt>, u32),
+    first: Option<(super::calls::Admitted<'a>, bool)>,
+    cacheable: Option<Cacheable>,
+) -> Option<Disposition> {
+    let outcome = run_chain(chain, plan, next_attempt(&prior), &lease, first).await;
+    let route = plan.route.clone();
+    // Boxed: after the calls, and larger than what a job holds through them.
+    Box::pin(conclude(
+        ctx,
+        s,
+        job,
+        lease,
+        reservation,
+        route,
+        (prior, free),
+        (outcome, cacheable),
+    ))
+    .await
+}
+
+fn claim_request(s: Scope<'_>, job: &Job, token: &str, opening: Option<Opening>) -> ClaimRequest {
+    ClaimRequest {
+        tenant: job.tenant.clone(),
+        id: job.id.clone(),
+        feature: job.feature.clone(),
+        user_id: job.user.clone(),
+        priority: s.d.priority.as_str(),
+        task: job.task.as_str(),
+        requested_model: job.model.clone(),
+        lease_token: token.to_string(),
+        stream_seq: s.d.stream_seq,
+        opening,
+    }
+}
+
+/// A claim that did not give this delivery the job: publish the stored result again, or
+/// end it as `internal` when Postgres refused the claim. `None`: another delivery holds
+/// it (wait for it the long way).
+async fn unclaimed(
+    ctx: &Ctx,
+    s: Scope<'_>,
+    token: String,
+    outcome: Result<ClaimOutcome, Gave>,
+) -> Option<Disposition> {
+    match outcome {
+        Ok(ClaimOutcome::Claimed { .. } | ClaimOutcome::Busy(_)) => None,
+        Ok(ClaimOutcome::Succeeded(stored)) => {
+            tracing::info!("already succeeded; publishing the stored result again");
+            ctx.metrics.republished();
+            Some(deliver(ctx, s, &stored, None).await)
+        }
+        Ok(ClaimOutcome::Finished(stored)) => {
+            tracing::info!("this message's failed result is committed; publishing it again");
+            ctx.metrics.republished();
+            Some(deliver(ctx, s, &stored, None).await)
+        }
+        Err(Gave::Stopping(_)) => {
+            // A claim whose answer was lost may have taken the lease: let it go.
+            ctx.leases.release_token(token);
+            Some(Disposition::Retry(Duration::ZERO))
+        }
+        Err(Gave::Refused(e)) => {
+            tracing::error!(error = %e, "postgres refused the job's claim");
+            let err = internal(format!("postgres refused the job's claim: {e}"));
+            let done = fail(ctx, s, None, None, err, &[], Vec::new()).await;
+            Some(done.unwrap_or(Disposition::Ack))
+        }
+    }
 }
 
 /// Take the job's lease, waiting in place while another delivery holds it or Postgres is
@@ -134,23 +360,14 @@ async fn claim(ctx: &Ctx, s: Scope<'_>, job: &Job) -> Claimed {
         let outcome = ctx
             .infra
             .store(&ctx.abort, || {
-                ctx.claimer.claim(ClaimRequest {
-                    tenant: job.tenant.clone(),
-                    id: job.id.clone(),
-                    feature: job.feature.clone(),
-                    user_id: job.user.clone(),
-                    priority: s.d.priority.as_str(),
-                    task: job.task.as_str(),
-                    requested_model: job.model.clone(),
-                    lease_token: token.clone(),
-                    stream_seq: s.d.stream_seq,
-                })
+                ctx.claimer.claim(claim_request(s, job, &token, None))
             })
             .await;
         match outcome {
             Ok(ClaimOutcome::Claimed {
                 prior,
                 free_deliveries,
+                ..
             }) => {
                 let lease = ctx.leases.hold(token, &job.tenant, &job.id);
                 return Claimed::Run {
@@ -158,16 +375,6 @@ async fn claim(ctx: &Ctx, s: Scope<'_>, job: &Job) -> Claimed {
                     prior,
                     free: free_deliveries,
                 };
-            }
-            Ok(ClaimOutcome::Succeeded(stored)) => {
-                tracing::info!("already succeeded; publishing the stored result again");
-                ctx.metrics.republished();
-                return Claimed::Done(deliver(ctx, s, &stored, None).await);
-            }
-            Ok(ClaimOutcome::Finished(stored)) => {
-                tracing::info!("this message's failed result is committed; publishing it again");
-                ctx.metrics.republished();
-                return Claimed::Done(deliver(ctx, s, &stored, None).await);
             }
             Ok(ClaimOutcome::Busy(left)) => {
                 if started.elapsed() > BUSY_WAIT_MAX {
@@ -184,23 +391,17 @@ async fn claim(ctx: &Ctx, s: Scope<'_>, job: &Job) -> Claimed {
                     _ = ctx.abort.cancelled() => return Claimed::Done(Disposition::Retry(Duration::ZERO)),
                 }
             }
-            Err(Gave::Stopping(_)) => {
-                // A claim whose answer was lost may have taken the lease: let it go.
-                ctx.leases.release_token(token);
-                return Claimed::Done(Disposition::Retry(Duration::ZERO));
-            }
-            Err(Gave::Refused(e)) => {
-                tracing::error!(error = %e, "postgres refused the job's claim");
-                let err = internal(format!("postgres refused the job's claim: {e}"));
-                let done = fail(ctx, s, None, None, err, &[], Vec::new()).await;
-                return Claimed::Done(done.unwrap_or(Disposition::Ack));
+            other => {
+                let done = unclaimed(ctx, s, token, other).await;
+                return Claimed::Done(done.unwrap_or(Disposition::Retry(Duration::ZERO)));
             }
         }
     }
 }
 
-/// One run of the job under its lease. `None`: the lease was lost at commit (another
-/// delivery owns the job now).
+/// One run of the job under its lease, the long way: route, look the answer up in the
+/// response cache, reserve, call. `None`: the lease was lost at commit (another delivery
+/// owns the job now).
 async fn attempt(
     ctx: &Ctx,
     s: Scope<'_>,
@@ -209,7 +410,6 @@ async fn attempt(
     prior: Vec<Attempt>,
     free: u32,
 ) -> Option<Disposition> {
-    let own_delivery = s.d.delivered.saturating_sub(u64::from(free)).max(1);
     if let Some(deadline) = job.deadline {
         if ctx.clock.now() > deadline {
             let err = ErrorBody::new(
@@ -222,15 +422,8 @@ async fn attempt(
             return Box::pin(fail(ctx, s, Some(lease), None, err, &prior, Vec::new())).await;
         }
     }
-    let estimate = estimate_input_tokens(job);
-    let mut route_ctx = crate::router::RouteContext::new(s.d.priority);
-    // Budget-aware routing: the share of the tenant's budgets used, as last read.
-    route_ctx.budget_used_fraction = ctx
-        .budgets
-        .used_share(&job.tenant)
-        .and_then(|d| rust_decimal::prelude::ToPrimitive::to_f64(&d));
-    let used = route_ctx.budget_used_fraction;
-    let plan = match ctx.router.plan(job, estimate, route_ctx) {
+    let (estimate, used, plan) = route(ctx, s, job);
+    let plan = match plan {
         Ok(p) => p,
         Err(err) => {
             return Box::pin(fail(ctx, s, Some(lease), None, err, &prior, Vec::new())).await
@@ -245,47 +438,18 @@ async fn attempt(
         let route = plan.route.clone();
         return Box::pin(answer_from_cache(ctx, s, job, lease, route, prior, hit)).await;
     }
-    // Hold the worst case against the tenant's budgets before any call: the dearest
-    // candidate's price for its whole `max_tokens`, with the input counted by the
-    // provider's own tokenizer where there is one (only for tenants with a budget).
-    // Counting costs ~50k instructions a job, so while the tenant's budgets are less than
-    // half used (as last read) a bound is held instead (a token is at least one byte):
-    // it only holds more, and holding more matters only near a limit. The tokenizer's
-    // tables are built the first time a count is wanted, on their own thread (the bound
-    // is held until they are ready). A hedged plan holds
-    // the calls that may run at once (`Plan::hold`).
-    let counted = used.is_none_or(|f| f >= EXACT_TOKENS_FROM);
-    let worst = || {
-        // The bound is the job's, not a candidate's: counted once, when first wanted.
-        let bound = std::cell::OnceCell::new();
-        plan.hold(plan.candidates.iter().map(|c| {
-            let input = if !ctx.exact_tokens.contains(&c.model.provider) {
-                estimate
-            } else if counted && crate::tokens::exact_ready(&c.model.upstream) {
-                crate::tokens::openai_input_tokens(job, &c.model.upstream)
-            } else {
-                (*bound.get_or_init(|| crate::tokens::openai_input_tokens_bound(job))).max(estimate)
-            };
-            crate::cost::worst_case(&c.model, input, c.max_tokens)
-        }))
-    };
     // Boxed: over by the time the calls start, and larger than what a job holds then.
     let reserved = Box::pin(ctx.infra.store(&ctx.abort, || {
         ctx.budgets
-            .reserve(&lease, &job.tenant, &job.id, job.feature.as_deref(), worst)
+            .reserve(&lease, &job.tenant, &job.id, job.feature.as_deref(), || {
+                worst_case(ctx, job, &plan, estimate, used)
+            })
     }))
     .await;
     let reservation = match reserved {
         Ok(Ok(r)) => r,
-        Ok(Err(Denial::Fail(why))) => {
-            let err = ErrorBody::new(ErrorKind::BudgetExceeded, why);
-            let route = Some(plan.route);
-            return Box::pin(fail(ctx, s, Some(lease), route, err, &prior, Vec::new())).await;
-        }
-        Ok(Err(Denial::Defer(why, delay))) => {
-            tracing::info!(delay_s = delay.as_secs(), reason = %why, "budget reached; deferring");
-            // Not the job's fault: this hand-back does not count against max_deliveries.
-            return Box::pin(hand_back(ctx, s, job, lease, None, Vec::new(), true, delay)).await;
+        Ok(Err(denial)) => {
+            return Box::pin(denied(ctx, s, job, lease, plan.route, &prior, denial)).await;
         }
         Err(Gave::Stopping(_)) => {
             return Box::pin(hand_back(
@@ -306,19 +470,103 @@ async fn attempt(
             return Box::pin(fail(ctx, s, Some(lease), route, err, &prior, Vec::new())).await;
         }
     };
-    let first_attempt = prior.iter().map(|a| a.attempt).max().unwrap_or(0) + 1;
-    let outcome = run_chain(
+    let chain = Box::new(Chain::new(ctx, job, &plan, estimate, s.d.priority));
+    let held = (lease, reservation);
+    calls(
         ctx,
+        s,
         job,
+        held,
         &plan,
-        estimate,
-        first_attempt,
-        s.d.priority,
-        &lease,
+        chain,
+        (prior, free),
+        None,
+        cacheable,
     )
-    .await;
+    .await
+}
+
+/// The job's input estimate, the share of its tenant's budgets used (as last read), and
+/// its route.
+fn route(ctx: &Ctx, s: Scope<'_>, job: &Job) -> (u64, Option<f64>, Result<Plan, ErrorBody>) {
+    let estimate = estimate_input_tokens(job);
+    let mut route_ctx = crate::router::RouteContext::new(s.d.priority);
+    // Budget-aware routing: the share of the tenant's budgets used, as last read.
+    route_ctx.budget_used_fraction = ctx
+        .budgets
+        .used_share(&job.tenant)
+        .and_then(|d| rust_decimal::prelude::ToPrimitive::to_f64(&d));
+    let used = route_ctx.budget_used_fraction;
+    (estimate, used, ctx.router.plan(job, estimate, route_ctx))
+}
+
+/// What to hold against the tenant's budgets before any call: the dearest candidate's
+/// price for its whole `max_tokens`, with the input counted by the provider's own
+/// tokenizer where there is one. Counting costs ~50k instructions a job, so while the
+/// tenant's budgets are less than half used (`used`, as last read) a bound is held
+/// instead (a token is at least one byte): it only holds more, and holding more matters
+/// only near a limit. The tokenizer's tables are built the first time a count is wanted,
+/// on their own thread (the bound is held until they are ready). A hedged plan holds the
+/// calls that may run at once (`Plan::hold`).
+fn worst_case(ctx: &Ctx, job: &Job, plan: &Plan, estimate: u64, used: Option<f64>) -> Decimal {
+    let counted = used.is_none_or(|f| f >= EXACT_TOKENS_FROM);
+    // The bound is the job's, not a candidate's: counted once, when first wanted.
+    let bound = std::cell::OnceCell::new();
+    plan.hold(plan.candidates.iter().map(|c| {
+        let input = if !ctx.exact_tokens.contains(&c.model.provider) {
+            estimate
+        } else if counted && crate::tokens::exact_ready(&c.model.upstream) {
+            crate::tokens::openai_input_tokens(job, &c.model.upstream)
+        } else {
+            (*bound.get_or_init(|| crate::tokens::openai_input_tokens_bound(job))).max(estimate)
+        };
+        crate::cost::worst_case(&c.model, input, c.max_tokens)
+    }))
+}
+
+/// The number of this delivery's first call: on from the earlier deliveries' calls.
+fn next_attempt(prior: &[Attempt]) -> u32 {
+    prior.iter().map(|a| a.attempt).max().unwrap_or(0) + 1
+}
+
+/// The job's budget does not allow its worst case: fail it, or hand it back for later
+/// (`defer`, not the job's fault: not counted against `max_deliveries`).
+async fn denied(
+    ctx: &Ctx,
+    s: Scope<'_>,
+    job: &Job,
+    lease: Lease,
+    route: Route,
+    prior: &[Attempt],
+    denial: Denial,
+) -> Option<Disposition> {
+    match denial {
+        Denial::Fail(why) => {
+            let err = ErrorBody::new(ErrorKind::BudgetExceeded, why);
+            fail(ctx, s, Some(lease), Some(route), err, prior, Vec::new()).await
+        }
+        Denial::Defer(why, delay) => {
+            tracing::info!(delay_s = delay.as_secs(), reason = %why, "budget reached; deferring");
+            hand_back(ctx, s, job, lease, None, Vec::new(), true, delay).await
+        }
+    }
+}
+
+/// After the calls: carry out the [`Verdict`] on them. `None`: the lease was lost.
+#[allow(clippy::too_many_arguments)]
+async fn conclude(
+    ctx: &Ctx,
+    s: Scope<'_>,
+    job: &Job,
+    lease: Lease,
+    reservation: Option<Reservation>,
+    route: Route,
+    (prior, free): (Vec<Attempt>, u32),
+    (outcome, cacheable): (ChainOutcome, Option<Cacheable>),
+) -> Option<Disposition> {
+    let own_delivery = s.d.delivered.saturating_sub(u64::from(free)).max(1);
     // Taken from the plan once the calls are over (not cloned and held through them).
-    let mut route = Some(plan.route);
+    let mut route = Some(route);
     if let (Some(r), Some(note)) = (route.as_mut(), outcome.hedge_note.as_deref()) {
         r.reason.push_str(note);
     }
