@@ -140,8 +140,6 @@ async fn run(
 struct Prepared {
     plan: Plan,
     estimate: u64,
-    /// The share of the tenant's budgets used, as last read.
-    used: Option<f64>,
 }
 
 /// How [`open`] ended.
@@ -163,16 +161,12 @@ fn prepare(ctx: &Ctx, s: Scope<'_>, job: &Job) -> Option<Prepared> {
     {
         return None;
     }
-    let (estimate, used, plan) = route(ctx, s, job);
+    let (estimate, plan) = route(ctx, s, job);
     let plan = plan.ok()?;
     let cacheable = plan.candidates.first().is_some_and(|c| {
         crate::cache::cacheable(&ctx.cfg.cache, job, &c.model, c.max_tokens).is_some()
     });
-    (!cacheable).then_some(Prepared {
-        plan,
-        estimate,
-        used,
-    })
+    (!cacheable).then_some(Prepared { plan, estimate })
 }
 
 /// The short way: admit the first call (health, rate limits: waiting here is not a
@@ -181,11 +175,7 @@ fn prepare(ctx: &Ctx, s: Scope<'_>, job: &Job) -> Option<Prepared> {
 /// delivery waited for three group commits (claim, reservation, started row) before its
 /// first call; the long way still does, for what is not the common case.
 async fn open(ctx: &Ctx, s: Scope<'_>, job: &Job, p: Prepared) -> Opened {
-    let Prepared {
-        plan,
-        estimate,
-        used,
-    } = p;
+    let Prepared { plan, estimate } = p;
     // Boxed: moved into the calls, it would take its room in this future twice.
     let mut chain = Box::new(Chain::new(ctx, job, &plan, estimate, s.d.priority));
     let Some(first) = chain.admit().await else {
@@ -197,7 +187,7 @@ async fn open(ctx: &Ctx, s: Scope<'_>, job: &Job, p: Prepared) -> Opened {
         None => Box::pin(ctx.budgets.has_budget(&job.tenant)).await,
     };
     let amount = match has_budget {
-        Ok(true) => Some(worst_case(ctx, job, &plan, estimate, used)),
+        Ok(true) => Some(worst_case(ctx, job, &plan, estimate)),
         Ok(false) => None,
         Err(_) => {
             chain.abandon(first);
@@ -422,7 +412,7 @@ async fn attempt(
             return Box::pin(fail(ctx, s, Some(lease), None, err, &prior, Vec::new())).await;
         }
     }
-    let (estimate, used, plan) = route(ctx, s, job);
+    let (estimate, plan) = route(ctx, s, job);
     let plan = match plan {
         Ok(p) => p,
         Err(err) => {
@@ -442,7 +432,7 @@ async fn attempt(
     let reserved = Box::pin(ctx.infra.store(&ctx.abort, || {
         ctx.budgets
             .reserve(&lease, &job.tenant, &job.id, job.feature.as_deref(), || {
-                worst_case(ctx, job, &plan, estimate, used)
+                worst_case(ctx, job, &plan, estimate)
             })
     }))
     .await;
@@ -486,29 +476,35 @@ async fn attempt(
     .await
 }
 
-/// The job's input estimate, the share of its tenant's budgets used (as last read), and
-/// its route.
-fn route(ctx: &Ctx, s: Scope<'_>, job: &Job) -> (u64, Option<f64>, Result<Plan, ErrorBody>) {
+/// The job's input estimate and its route (budget-aware: the share of the tenant's
+/// budgets used, as last read, may steer it to a cheaper tier).
+fn route(ctx: &Ctx, s: Scope<'_>, job: &Job) -> (u64, Result<Plan, ErrorBody>) {
     let estimate = estimate_input_tokens(job);
     let mut route_ctx = crate::router::RouteContext::new(s.d.priority);
-    // Budget-aware routing: the share of the tenant's budgets used, as last read.
-    route_ctx.budget_used_fraction = ctx
-        .budgets
-        .used_share(&job.tenant)
-        .and_then(|d| rust_decimal::prelude::ToPrimitive::to_f64(&d));
-    let used = route_ctx.budget_used_fraction;
-    (estimate, used, ctx.router.plan(job, estimate, route_ctx))
+    route_ctx.budget_used_fraction = used_share(ctx, job);
+    (estimate, ctx.router.plan(job, estimate, route_ctx))
 }
 
-/// What to hold against the tenant's budgets before any call: the dearest candidate's
-/// price for its whole `max_tokens`, with the input counted by the provider's own
-/// tokenizer where there is one. Counting costs ~50k instructions a job, so while the
-/// tenant's budgets are less than half used (`used`, as last read) a bound is held
-/// instead (a token is at least one byte): it only holds more, and holding more matters
-/// only near a limit. The tokenizer's tables are built the first time a count is wanted,
-/// on their own thread (the bound is held until they are ready). A hedged plan holds the
-/// calls that may run at once (`Plan::hold`).
-fn worst_case(ctx: &Ctx, job: &Job, plan: &Plan, estimate: u64, used: Option<f64>) -> Decimal {
+/// The largest share of one of the tenant's budget limits used, as last read (`None`: no
+/// budget, or not read yet).
+fn used_share(ctx: &Ctx, job: &Job) -> Option<f64> {
+    ctx.budgets
+        .used_share(&job.tenant)
+        .and_then(|d| rust_decimal::prelude::ToPrimitive::to_f64(&d))
+}
+
+/// What to hold against the tenant's budgets before any call (called once a budget is
+/// known to apply): the dearest candidate's price for its whole `max_tokens`, with the
+/// input counted by the provider's own tokenizer where there is one. Counting costs ~50k
+/// instructions a job, so while the tenant's budgets are less than half used (as last
+/// read) a bound is held instead (a token is at least one byte): it only holds more, and
+/// holding more matters only near a limit. The tokenizer's tables are built the first
+/// time a count is wanted, on their own thread (the bound is held until they are
+/// ready). A hedged plan holds the calls that may run at once (`Plan::hold`).
+fn worst_case(ctx: &Ctx, job: &Job, plan: &Plan, estimate: u64) -> Decimal {
+    // Read now, not at routing: the budget list may have been read since (by the
+    // check that a budget applies), and a share not read yet would count exactly.
+    let used = used_share(ctx, job);
     let counted = used.is_none_or(|f| f >= EXACT_TOKENS_FROM);
     // The bound is the job's, not a candidate's: counted once, when first wanted.
     let bound = std::cell::OnceCell::new();
