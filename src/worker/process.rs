@@ -272,10 +272,9 @@ async fn calls<'a>(
     plan: &'a Plan,
     chain: Box<Chain<'a>>,
     (prior, free): (Vec<Attempt>, u32),
-    first: Option<(super::calls::Admitted<'a>, bool)>,
     cacheable: Option<Cacheable>,
 ) -> Option<Disposition> {
-    let outcome = run_chain(chain, plan, next_attempt(&prior), &lease, first).await;
+    let outcome = run_chain(chain, plan, next_attempt(&prior), &lease, None).await;
     let route = plan.route.clone();
     // Boxed: after the calls, and larger than what a job holds through them.
     Box::pin(conclude(
@@ -470,7 +469,6 @@ async fn attempt(
         &plan,
         chain,
         (prior, free),
-        None,
         cacheable,
     )
     .await
