@@ -11,6 +11,7 @@
 //! for `worker_lost`), and its rate-limit admission keeps counting. A call that fails
 //! while another is under way does not start a failover: the other one is waited for.
 
+use super::stream::Chunks;
 use super::Ctx;
 use crate::config::ModelConfig;
 use crate::cost::cost_of;
@@ -59,6 +60,8 @@ struct Chain<'a> {
     left: Vec<&'a Candidate>,
     /// The number the next call gets.
     attempt: u32,
+    /// A streamed job's chunks: calls stream into it, failures reset it.
+    chunks: Option<&'a Chunks>,
     out: ChainOutcome,
 }
 
@@ -82,7 +85,8 @@ enum Event {
     Stop,
 }
 
-pub async fn run_chain(
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn run_chain(
     ctx: &Ctx,
     job: &Job,
     plan: &Plan,
@@ -90,6 +94,7 @@ pub async fn run_chain(
     first_attempt: u32,
     priority: Priority,
     lease: &Lease,
+    chunks: Option<&Chunks>,
 ) -> ChainOutcome {
     // ── Rate limits and health (issue 11): each round drops the candidates whose breaker
     // is open or cooling (no call, no cost row: not a failure of the job), then calls the
@@ -110,6 +115,7 @@ pub async fn run_chain(
         lease,
         left,
         attempt: first_attempt,
+        chunks,
         out: ChainOutcome {
             calls: Vec::new(),
             success: None,
@@ -121,7 +127,11 @@ pub async fn run_chain(
         },
     };
     let mut flying: Vec<Flight<'_>> = Vec::new();
-    let mut hedges_left = plan.hedge.map_or(0, |h| h.max_extra);
+    // A streamed job is not hedged: two calls would stream over each other.
+    let mut hedges_left = match chunks {
+        Some(_) => 0,
+        None => plan.hedge.map_or(0, |h| h.max_extra),
+    };
     // When the next hedge is due, and the delay it was computed with.
     let mut hedge_at: Option<(Instant, Duration)> = None;
     loop {
@@ -376,7 +386,7 @@ impl<'a> Chain<'a> {
             attempt,
             started: Instant::now(),
             hedge: None,
-            call: adapter.chat(req),
+            call: start_call(adapter.as_ref(), req, self.chunks, attempt),
         })
     }
 
@@ -442,6 +452,9 @@ impl<'a> Chain<'a> {
                 Some((resp, m.clone()))
             }
             Err(e) => {
+                if let Some(chunks) = self.chunks {
+                    chunks.failed(f.attempt, failed_reason(m, &e));
+                }
                 // A 200 that we could not use was still billed.
                 let usage = e.usage.unwrap_or_default();
                 let cost = e.usage.map_or(Decimal::ZERO, |u| cost_of(m, &u));
@@ -487,6 +500,9 @@ impl<'a> Chain<'a> {
         } = f;
         drop(call);
         drop(permit);
+        if let Some(chunks) = self.chunks {
+            chunks.failed(attempt, format!("cut short: {why}"));
+        }
         let m = &cand.model;
         let took = started.elapsed();
         give_back(ctx, m, admit);
@@ -520,6 +536,31 @@ enum Launched<'a> {
     NoAdapter,
     /// The worker is stopping, or another delivery owns the job: make no call.
     Stop,
+}
+
+/// The call itself: streamed into `chunks` for a streamed job. (Not inline in `launch`:
+/// there the choice grew every job's future by ~480 bytes in debug builds.)
+fn start_call<'a>(
+    adapter: &'a dyn crate::providers::Provider,
+    req: ChatRequest<'a>,
+    chunks: Option<&Chunks>,
+    attempt: u32,
+) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
+    match chunks {
+        Some(chunks) => adapter.chat_stream(req, chunks.deltas(attempt)),
+        None => adapter.chat(req),
+    }
+}
+
+/// A streamed job's reset reason for a call that failed.
+fn failed_reason(m: &ModelConfig, e: &ProviderError) -> String {
+    format!(
+        "{}/{} failed ({}: {})",
+        m.provider,
+        m.name,
+        e.class.as_str(),
+        e.message
+    )
 }
 
 fn attempt_of(attempt: u32, m: &ModelConfig, took: Duration) -> Attempt {

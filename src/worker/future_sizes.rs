@@ -23,8 +23,8 @@ fn size4<A, B, C, D, R>(_: impl FnOnce(A, B, C, D) -> R) -> usize {
     size_of::<R>()
 }
 
-#[allow(clippy::type_complexity)]
-fn size7<A, B, C, D, E, F, G, R>(_: impl FnOnce(A, B, C, D, E, F, G) -> R) -> usize {
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+fn size8<A, B, C, D, E, F, G, H, R>(_: impl FnOnce(A, B, C, D, E, F, G, H) -> R) -> usize {
     size_of::<R>()
 }
 
@@ -33,10 +33,17 @@ fn job_futures_stay_small() {
     let job = size4::<Arc<Ctx>, Delivery, async_nats::Message, Acker, _>(handle);
     let process =
         size3::<&'static Ctx, Delivery, &'static async_nats::Message, _>(process::process);
-    let chain =
-        size7::<&'static Ctx, &'static Job, &'static Plan, u64, u32, Priority, &'static Lease, _>(
-            calls::run_chain,
-        );
+    let chain = size8::<
+        &'static Ctx,
+        &'static Job,
+        &'static Plan,
+        u64,
+        u32,
+        Priority,
+        &'static Lease,
+        Option<&'static stream::Chunks>,
+        _,
+    >(calls::run_chain);
     println!("job task future: {job} B; process: {process} B; run_chain: {chain} B");
     // Ceilings with some room over what this build measures; a change that grows the
     // state a job waits in fails here (box the new rare state instead).

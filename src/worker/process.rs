@@ -8,6 +8,7 @@
 use super::calls::{run_chain, ChainOutcome};
 use super::decide::{backoff_delay, decide, RetryPolicy, Verdict};
 use super::infra::Gave;
+use super::stream::Chunks;
 use super::{Ctx, Delivery, Disposition};
 use crate::budget::{Denial, Reservation};
 use crate::cache::Cacheable;
@@ -307,6 +308,7 @@ async fn attempt(
         }
     };
     let first_attempt = prior.iter().map(|a| a.attempt).max().unwrap_or(0) + 1;
+    let chunks = streamed(ctx, s, job);
     let outcome = run_chain(
         ctx,
         job,
@@ -315,8 +317,13 @@ async fn attempt(
         first_attempt,
         s.d.priority,
         &lease,
+        chunks.as_ref(),
     )
     .await;
+    // Every chunk out before whatever ends the delivery (the result comes after them).
+    if let Some(c) = chunks {
+        Box::pin(c.close()).await;
+    }
     // Taken from the plan once the calls are over (not cloned and held through them).
     let mut route = Some(plan.route);
     if let (Some(r), Some(note)) = (route.as_mut(), outcome.hedge_note.as_deref()) {
@@ -502,6 +509,17 @@ async fn hand_back(
         Err(CommitFailed::Stopping) => drop(lease),
     }
     Some(Disposition::Retry(delay))
+}
+
+/// A streamed job's chunks (`stream: true` with a `reply_to` that passed its checks).
+fn streamed(ctx: &Ctx, s: Scope<'_>, job: &Job) -> Option<Chunks> {
+    let reply_to = s.env.reply_to.as_deref().filter(|_| job.stream)?;
+    Some(Chunks::start(
+        &ctx.publisher.client,
+        job,
+        reply_to,
+        s.d.delivered,
+    ))
 }
 
 fn internal(message: String) -> ErrorBody {
