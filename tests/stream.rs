@@ -309,3 +309,180 @@ async fn a_cached_answer_is_one_chunk_then_the_result() {
     stop.cancel();
     worker.await.unwrap().unwrap();
 }
+
+/// A worker stopped mid-stream (its grace period over) hands the job back; another worker
+/// streams it again: its first chunk is a reset with `seq` 2^32 (delivery 2), and the
+/// text after it is the result's output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_stream_starts_with_a_reset_at_the_next_delivery_s_seq() {
+    let env = TestEnv::new(|c| c.worker.shutdown_grace_s = 0).await;
+    env.sim.set_profile(FaultProfile {
+        stream_chunk_ms: 100,
+        ..Default::default()
+    });
+    let (stop_a, worker_a) = env.start_worker().await;
+    let mut sub = env.subscribe("_INBOX.re.1").await;
+    let extra =
+        r#","model":"openai/gpt-4o-mini","max_tokens":300,"stream":true,"reply_to":"_INBOX.re.1""#;
+    env.publish(Priority::Normal, "acme", job("re", "acme", extra))
+        .await;
+    let mut seqs = Vec::new();
+    let mut chunks = Vec::new();
+    // The first delivery's first chunks, then stop its worker mid-stream.
+    while seqs.len() < 2 {
+        let m = tokio::time::timeout(Duration::from_secs(20), sub.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let c: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        assert!(c["delta"].is_string(), "{c}");
+        seqs.push(c["seq"].as_u64().unwrap());
+        chunks.push(c);
+    }
+    stop_a.cancel();
+    worker_a.await.unwrap().unwrap();
+    let (stop_b, worker_b) = env.start_worker().await;
+    let result = loop {
+        let m = tokio::time::timeout(Duration::from_secs(30), sub.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        if m.headers.is_none() {
+            break body;
+        }
+        common::assert_schema("chunk", &body);
+        seqs.push(body["seq"].as_u64().unwrap());
+        chunks.push(body);
+    };
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "seq strictly increasing: {seqs:?}"
+    );
+    let first_b = chunks
+        .iter()
+        .position(|c| c["seq"].as_u64().unwrap() >= 1 << 32)
+        .expect("chunks of the second delivery");
+    assert_eq!(chunks[first_b]["seq"].as_u64().unwrap(), 1 << 32);
+    assert_eq!(chunks[first_b]["reset"], true, "{}", chunks[first_b]);
+    let seen = Seen { chunks, result };
+    assert_eq!(seen.result["status"], "succeeded");
+    assert_eq!(
+        seen.text(),
+        seen.result["output"]["content"].as_str().unwrap()
+    );
+    stop_b.cancel();
+    worker_b.await.unwrap().unwrap();
+}
+
+/// The official SDKs (openai, anthropic, google-genai) against the simulator's streaming
+/// endpoints (`scripts/lib/sdk_stream_check.py`), when `SWITCHYARD_SDK_PYTHON` names a
+/// Python that has them (no internet needed then); otherwise skipped, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_sdks_read_the_simulator_s_streams() {
+    let Ok(python) = std::env::var("SWITCHYARD_SDK_PYTHON") else {
+        eprintln!("skipped: SWITCHYARD_SDK_PYTHON is not set");
+        return;
+    };
+    let sim = switchyard::providers::simulator::Simulator::new(FaultProfile::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let served = tokio::spawn({
+        let (sim, stop) = (sim.clone(), stop.clone());
+        async move { sim.serve(listener, stop).await }
+    });
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/lib/sdk_stream_check.py"
+    );
+    let out = tokio::process::Command::new(python)
+        .arg(script)
+        .arg(format!("http://{addr}"))
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the SDK check failed:\n{text}");
+    assert!(text.contains("all passed"));
+    stop.cancel();
+    served.await.unwrap().unwrap();
+}
+
+/// Figures (ignored; `cargo test --test stream figures -- --ignored --nocapture`): how much
+/// sooner a listener sees text with `stream: true`. Per provider, 20 streamed jobs one
+/// after the other (each answer ~25 events, 10 ms apart in the simulator) and the same 20
+/// without streaming: time from publish to the first chunk and to the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn figures() {
+    let env = TestEnv::new(|c| c.health.latency_order = false).await;
+    env.sim.set_profile(FaultProfile {
+        stream_chunk_ms: 10,
+        latency_ms: 50,
+        ..Default::default()
+    });
+    let (stop, worker) = env.start_worker().await;
+    let p50 = |v: &mut Vec<u128>| {
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    println!(
+        "| provider | first chunk p50 | streamed result p50 | plain result p50 | chunks per job |"
+    );
+    println!("|---|---|---|---|---|");
+    for (n, model) in [
+        "openai/gpt-4o-mini",
+        "anthropic/claude-3-5-haiku",
+        "gemini/gemini-2.0-flash",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (mut first, mut streamed, mut plain, mut count) = (vec![], vec![], vec![], 0);
+        for i in 0..20 {
+            for stream in [true, false] {
+                let id = format!("f{n}-{i}-{stream}");
+                let inbox = format!("_INBOX.fig.{n}.{i}.{stream}");
+                let mut sub = env.subscribe(&inbox).await;
+                let extra = format!(
+                    r#","model":"{model}","max_tokens":200,"stream":{stream},"reply_to":"{inbox}""#
+                );
+                let t0 = std::time::Instant::now();
+                env.publish(Priority::Normal, "acme", job(&id, "acme", &extra))
+                    .await;
+                let mut first_chunk = None;
+                loop {
+                    let m = tokio::time::timeout(Duration::from_secs(30), sub.next())
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    let ms = t0.elapsed().as_millis();
+                    if m.headers.is_some() {
+                        first_chunk.get_or_insert(ms);
+                        count += 1;
+                        continue;
+                    }
+                    if stream {
+                        streamed.push(ms);
+                        first.push(first_chunk.expect("a chunk before the result"));
+                    } else {
+                        assert!(first_chunk.is_none());
+                        plain.push(ms);
+                    }
+                    break;
+                }
+            }
+        }
+        println!(
+            "| {model} | {} ms | {} ms | {} ms | {:.1} |",
+            p50(&mut first),
+            p50(&mut streamed),
+            p50(&mut plain),
+            count as f64 / 20.0
+        );
+    }
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+}
