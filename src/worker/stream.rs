@@ -17,6 +17,8 @@ use tokio::sync::mpsc;
 
 /// Deltas already queued are joined into one chunk up to this many bytes.
 const JOIN_UP_TO: usize = 16 * 1024;
+/// How long the end of a delivery waits for its chunks to be handed to NATS.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// A whole answer (from the response cache) goes out in chunks of at most this many
 /// bytes, so that each fits in a NATS message.
 const WHOLE_PIECE: usize = 64 * 1024;
@@ -80,11 +82,23 @@ impl Chunks {
         let _ = self.tx.send(Piece::Whole(text));
     }
 
-    /// Wait until every chunk is handed to the NATS client.
+    /// Wait until every chunk is handed to the NATS client, at most [`CLOSE_WAIT`]: the
+    /// client buffers while NATS is away, so only a long outage makes this wait; then the
+    /// chunks left are dropped (their `seq`s never appear) and the job goes on to its
+    /// commit, whose result waits for NATS as for any job.
     pub(super) async fn close(self) {
-        drop(self.tx);
-        if let Err(e) = self.task.await {
-            tracing::warn!(error = %e, "the chunk publisher ended abnormally");
+        let Chunks { tx, mut task } = self;
+        drop(tx);
+        match tokio::time::timeout(CLOSE_WAIT, &mut task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the chunk publisher ended abnormally"),
+            Err(_) => {
+                task.abort();
+                tracing::warn!(
+                    wait_s = CLOSE_WAIT.as_secs(),
+                    "chunks could not be handed to NATS in time; the rest are dropped"
+                );
+            }
         }
     }
 }

@@ -122,7 +122,7 @@ impl std::fmt::Debug for Simulator {
 /// | `rpm`, `tpm` | none | own requests / tokens per minute per `<api>/<model>`, answered with the provider's real 429 and headers |
 /// | `outages` | `[]` | [`Outage`] windows, in seconds from when this profile was set (or the server started, whichever is later): every request arriving inside one gets its `status` (default 503) in the provider's error shape, before authentication |
 /// | `hang` | false | accept the request and never answer (until shutdown, then 503) |
-/// | `truncate_rate` | 0 | probability (0..1) that a 200 body is cut in half: valid status and headers, `content-length` of the cut body, unparseable JSON |
+/// | `truncate_rate` | 0 | probability (0..1) that a 200 body is cut in half: valid status and headers, `content-length` of the cut body, unparseable JSON (plain answers; a streamed one breaks with the `stream_*` knobs) |
 /// | `unknown_models` | `[]` | model ids answered with the provider's "model not found" 404 (ids starting `no-such-` always are) |
 /// | `no_auth` | false | OpenAI endpoint: accept any key or none |
 /// | `log_capacity` | 1000 | requests kept in the request log ([`Simulator::log`]); 0 keeps none. Only the base profile's value counts |
