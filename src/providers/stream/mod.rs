@@ -71,6 +71,19 @@ pub async fn call<A: Assemble>(
     if !(200..300).contains(&answer.status) {
         return read(req, answer.status, &answer.headers, &answer.body);
     }
+    let event_stream = answer
+        .headers
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|ct| ct.contains("event-stream"));
+    if !event_stream && !asm.finished() {
+        // A server that ignored `stream` (some OpenAI-compatible ones) answers plain JSON.
+        return Err(ProviderError::new(
+            FailureClass::ServerError,
+            Some(answer.status),
+            "asked for a stream, the answer is not text/event-stream",
+        ));
+    }
     if !asm.finished() {
         let how = if decoder.pending() {
             "inside an event"
@@ -158,5 +171,71 @@ pub(crate) mod test_support {
             r
         };
         (got, r)
+    }
+
+    /// One HTTP/1.1 answer to every connection: `content_type` and `body`.
+    async fn serve_once(content_type: &str, body: &str) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let mut buf = [0u8; 8192];
+                let _ = sock.read(&mut buf).await;
+                let _ = sock.write_all(answer.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            }
+        });
+        addr
+    }
+
+    async fn stream_from(content_type: &str, body: &str) -> Result<ChatResponse, ProviderError> {
+        let addr = serve_once(content_type, body).await;
+        let p: crate::config::ProviderConfig = toml::from_str(&format!(
+            "name = \"o\"\nkind = \"openai\"\nbase_url = \"http://{addr}/v1\"\nhttp = \"http1\""
+        ))
+        .unwrap();
+        let pool = http::Pool::new(&p).unwrap();
+        let post = Post::json(
+            format!("http://{addr}/v1/chat/completions"),
+            &serde_json::json!({}),
+        )
+        .unwrap();
+        let req = crate::providers::test_support::request_with_tools(&[]);
+        let asm = openai::Assembler::default();
+        let read: ReadAnswer = crate::providers::openai::read_answer;
+        call(
+            &pool,
+            post,
+            1 << 20,
+            &req,
+            asm,
+            Box::new(|_: &str| {}),
+            read,
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn answers_that_are_not_whole_streams_fail_the_call() {
+        let e = stream_from("application/json", r#"{"choices":[]}"#)
+            .await
+            .unwrap_err();
+        assert_eq!(e.class, FailureClass::ServerError);
+        assert!(e.message.contains("not text/event-stream"), "{}", e.message);
+        let cut = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n";
+        let e = stream_from("text/event-stream", cut).await.unwrap_err();
+        assert_eq!((e.class, e.status), (FailureClass::ServerError, Some(200)));
+        assert_eq!(
+            e.message,
+            "the stream ended before its end (between events)"
+        );
+        let whole = format!("{cut}data: {{\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}]}}\n\ndata: [DONE]\n\n");
+        let r = stream_from("text/event-stream", &whole).await.unwrap();
+        assert_eq!(r.output.content.as_deref(), Some("Hi"));
     }
 }
