@@ -18,8 +18,8 @@ use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::str::FromStr;
 use switchyard::job::{
-    parse_job, Attempt, ErrorBody, ErrorKind, Job, JobResult, Output, ParseRules, ParsedJob, Route,
-    Status, Task, ToolCall, Usage,
+    parse_job, Attempt, Chunk, ErrorBody, ErrorKind, Job, JobResult, Output, ParseRules, ParsedJob,
+    Route, Status, Task, ToolCall, Usage,
 };
 
 // ------------------------------------------------------------------------------ helpers
@@ -126,7 +126,7 @@ fn keys(v: &Value) -> BTreeSet<String> {
 
 #[test]
 fn schemas_are_valid_2020_12() {
-    for name in ["job", "result", "dlq"] {
+    for name in ["job", "result", "dlq", "chunk"] {
         let schema = read_json(&format!("schemas/{name}.schema.json"));
         assert_eq!(
             schema["$schema"], "https://json-schema.org/draft/2020-12/schema",
@@ -360,6 +360,41 @@ fn result_examples_validate_and_round_trip() {
             sum, result.cost_usd,
             "{file}: cost_usd is the sum of attempts"
         );
+    }
+}
+
+/// A streamed job's chunks: the examples (files and the schema's own) validate and
+/// round-trip through `Chunk`; the schema names exactly `Chunk`'s fields; a chunk that is
+/// both or neither a delta and a reset is refused by both.
+#[test]
+fn chunk_examples_validate_and_round_trip() {
+    let v = validator("chunk");
+    let schema = read_json("schemas/chunk.schema.json");
+    let mut all: Vec<(String, Value)> = examples("chunk-")
+        .into_iter()
+        .map(|f| (f.clone(), read_json(&f)))
+        .collect();
+    for (i, e) in schema["examples"].as_array().unwrap().iter().enumerate() {
+        all.push((format!("schema example {i}"), e.clone()));
+    }
+    let mut fields = BTreeSet::new();
+    for (name, value) in &all {
+        assert_valid(&v, value, name);
+        let chunk: Chunk = serde_json::from_value(value.clone())
+            .unwrap_or_else(|e| panic!("{name}: not a Chunk: {e}"));
+        let back = serde_json::to_value(&chunk).unwrap();
+        assert_eq!(&back, value, "{name} does not round-trip through Chunk");
+        fields.extend(keys(&back));
+    }
+    assert_eq!(fields, property_names(&schema));
+    for bad in [
+        json!({"id": "j", "seq": 1}),
+        json!({"id": "j", "seq": 1, "delta": "x", "reset": true, "reason": "r"}),
+        json!({"id": "j", "seq": 1, "reset": true}),
+        json!({"id": "j", "seq": -1, "delta": "x"}),
+        json!({"id": "j", "seq": 1, "delta": "x", "extra": 1}),
+    ] {
+        assert!(!v.is_valid(&bad), "the chunk schema accepts {bad}");
     }
 }
 
@@ -803,6 +838,16 @@ fn invalid_jobs() -> Vec<(&'static str, Value, &'static str)> {
             "messages[0].role",
         ),
         ("id with a space", job_with(json!({"id": "j 1"})), "id"),
+        (
+            "stream without reply_to",
+            job_with(json!({"stream": true})),
+            "stream",
+        ),
+        (
+            "stream not a boolean",
+            job_with(json!({"stream": "yes"})),
+            "stream",
+        ),
         ("id with a dot", job_with(json!({"id": "doc.1"})), "id"),
         ("reserved id", job_with(json!({"id": "_seq1"})), "id"),
         (

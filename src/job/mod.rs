@@ -4,6 +4,7 @@
 //! `tests/schemas.rs` proves that these serde types and every file in `examples/` agree
 //! with them.
 
+pub mod chunk;
 mod error;
 mod message;
 pub mod names;
@@ -11,6 +12,7 @@ mod parse;
 pub mod reply_to;
 mod result;
 
+pub use chunk::Chunk;
 pub use error::{ErrorBody, ErrorKind};
 pub use message::FunctionType;
 pub use message::{
@@ -166,6 +168,10 @@ pub struct Job {
     pub region: Option<String>,
     #[serde(default)]
     pub cache: CacheMode,
+    /// Publish the output on `reply_to` as it is generated, in ordered chunks, before
+    /// the result (see DESIGN.md "Streamed output"). Needs a `reply_to`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
     #[serde(

@@ -324,6 +324,11 @@ fn check_rules(job: &Job, subj: &SubjectInfo, rules: &ParseRules) -> Result<(), 
             return Err(format!("max_cost_usd: {c} must be greater than 0"));
         }
     }
+    if job.stream && job.reply_to.is_none() {
+        return Err(
+            "stream: true needs a reply_to (chunks are published only there, never stored)".into(),
+        );
+    }
     if let Some(r) = &job.reply_to {
         if let Some(problem) = reply_to_problem(r, &rules.prefix) {
             return Err(problem);

@@ -9,7 +9,7 @@
 use super::http::{clip, secret_header};
 use super::ratelimit_headers::{self, retry_after};
 use super::tools::{self, Choice};
-use super::{http, ChatRequest, ChatResponse, FailureClass, Provider, ProviderError};
+use super::{http, stream, ChatRequest, ChatResponse, FailureClass, Provider, ProviderError};
 use crate::config::ProviderConfig;
 use crate::job::{
     Content, ContentPart, FunctionCall, FunctionType, Message, Output, ResponseFormat, Role,
@@ -54,23 +54,28 @@ impl Anthropic {
     }
 }
 
-impl Provider for Anthropic {
-    fn chat<'a>(
+impl Anthropic {
+    /// The request for `req`, streamed or not.
+    fn post<'a>(
         &'a self,
-        req: ChatRequest<'a>,
-    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
-        Box::pin(async move {
-            // The JSON tree is dropped once encoded: only the bytes wait for the answer.
-            let mut post = http::Post::json(&self.url, &build_body(&req)?)?
-                .header(ANTHROPIC_VERSION, HeaderValue::from_static(VERSION));
-            if let Some(key) = &self.key {
-                post = post.header(X_API_KEY, secret_header(key)?);
-            }
-            let a = self.client.send(post, self.max_response_bytes).await?;
-            read_answer(&req, a.status, &a.headers, &a.body)
-        })
+        req: &ChatRequest<'_>,
+        stream: bool,
+    ) -> Result<http::Post<'a>, ProviderError> {
+        let mut body = build_body(req)?;
+        if stream {
+            body["stream"] = Value::Bool(true);
+        }
+        // The JSON tree is dropped once encoded: only the bytes wait for the answer.
+        let mut post = http::Post::json(&self.url, &body)?
+            .header(ANTHROPIC_VERSION, HeaderValue::from_static(VERSION));
+        if let Some(key) = &self.key {
+            post = post.header(X_API_KEY, secret_header(key)?);
+        }
+        Ok(post)
     }
 }
+
+http_provider!(Anthropic, stream::anthropic::Assembler);
 
 /// One HTTP answer to `req` read into the adapter's result, without the network (what
 /// `fuzz/` fuzzes).
@@ -298,6 +303,11 @@ struct WireUsage {
     cache_creation_input_tokens: Option<u64>,
     #[serde(default)]
     cache_read_input_tokens: Option<u64>,
+}
+
+/// The usage of a (possibly incomplete) message body, when it has one.
+pub(crate) fn billed_usage(body: &Value) -> Option<Usage> {
+    WireBilled::deserialize(body).ok()?.usage.map(usage)
 }
 
 /// Anthropic's `input_tokens` leaves out cache reads and writes: ours counts them all.

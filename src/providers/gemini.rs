@@ -10,7 +10,7 @@
 use super::http::{clip, secret_header};
 use super::ratelimit_headers::{parse_go_duration, retry_after};
 use super::tools::{self, Choice};
-use super::{http, ChatRequest, ChatResponse, FailureClass, Provider, ProviderError};
+use super::{http, stream, ChatRequest, ChatResponse, FailureClass, Provider, ProviderError};
 use crate::config::ProviderConfig;
 use crate::job::{
     Content, ContentPart, FunctionCall, FunctionType, Message, Output, ResponseFormat, Role,
@@ -48,28 +48,32 @@ impl Gemini {
         }
     }
 
-    fn url(&self, model: &str) -> String {
+    fn url(&self, model: &str, stream: bool) -> String {
         let model = model.strip_prefix("models/").unwrap_or(model);
-        format!("{}/models/{model}:generateContent", self.base)
+        let method = if stream {
+            "streamGenerateContent?alt=sse"
+        } else {
+            "generateContent"
+        };
+        format!("{}/models/{model}:{method}", self.base)
+    }
+
+    /// The request for `req`, streamed or not.
+    fn post(
+        &self,
+        req: &ChatRequest<'_>,
+        stream: bool,
+    ) -> Result<http::Post<'static>, ProviderError> {
+        // The JSON tree is dropped once encoded: only the bytes wait for the answer.
+        let mut post = http::Post::json(self.url(req.model, stream), &build_body(req)?)?;
+        if let Some(key) = &self.key {
+            post = post.header(X_GOOG_API_KEY, secret_header(key)?);
+        }
+        Ok(post)
     }
 }
 
-impl Provider for Gemini {
-    fn chat<'a>(
-        &'a self,
-        req: ChatRequest<'a>,
-    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
-        Box::pin(async move {
-            // The JSON tree is dropped once encoded: only the bytes wait for the answer.
-            let mut post = http::Post::json(self.url(req.model), &build_body(&req)?)?;
-            if let Some(key) = &self.key {
-                post = post.header(X_GOOG_API_KEY, secret_header(key)?);
-            }
-            let a = self.client.send(post, self.max_response_bytes).await?;
-            read_answer(&req, a.status, &a.headers, &a.body)
-        })
-    }
-}
+http_provider!(Gemini, stream::gemini::Assembler);
 
 /// One HTTP answer to `req` read into the adapter's result, without the network (what
 /// `fuzz/` fuzzes).
@@ -343,6 +347,14 @@ const FILTERED: &[&str] = &[
 ];
 
 /// Gemini's output count leaves out thinking tokens, which are billed as output.
+/// The usage of a (possibly incomplete) response body, when it has one.
+pub(crate) fn billed_usage(body: &Value) -> Option<Usage> {
+    WireBilled::deserialize(body)
+        .ok()?
+        .usage_metadata
+        .map(usage)
+}
+
 fn usage(u: WireUsage) -> Usage {
     Usage {
         input_tokens: u.prompt_token_count,

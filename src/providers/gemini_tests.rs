@@ -233,8 +233,12 @@ api_key_env = "GEMINI_API_KEY""#,
     let g = Gemini::new(&p, None, super::http::Pool::new(&p).unwrap(), 1 << 20);
     let want =
         "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.0-flash:generateContent";
-    assert_eq!(g.url("gemini-2.0-flash"), want);
-    assert_eq!(g.url("models/gemini-2.0-flash"), want);
+    assert_eq!(g.url("gemini-2.0-flash", false), want);
+    assert_eq!(g.url("models/gemini-2.0-flash", false), want);
+    assert_eq!(
+        g.url("gemini-2.0-flash", true),
+        "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse"
+    );
 }
 
 #[test]

@@ -373,10 +373,27 @@ impl Pool {
     }
 
     /// Wait for a slot under `max_concurrent_calls`, send `post` on a connection with
-    /// room and read the answer (see [`send`]). The wait is not part of the call's
+    /// room and read the answer (see [`send_to`]). The wait is not part of the call's
     /// timeout (`timeout_s`, which counts from connecting to the answer's last byte), and
     /// is not an error.
-    pub async fn send(&self, post: Post<'_>, max_bytes: usize) -> Result<Answer, ProviderError> {
+    pub fn send<'s>(
+        &'s self,
+        post: Post<'s>,
+        max_bytes: usize,
+    ) -> impl std::future::Future<Output = Result<Answer, ProviderError>> + Send + 's {
+        // Not an `async fn`: a wrapper future would hold a second copy of its arguments.
+        self.send_to(post, max_bytes, None)
+    }
+
+    /// [`Pool::send`], a 2xx body going to `sink` piece by piece as it arrives (a
+    /// streamed answer) instead of into [`Answer::body`]; other bodies are read whole.
+    /// `max_bytes` caps the whole stream, and `timeout_s` counts to its last byte.
+    pub async fn send_to(
+        &self,
+        post: Post<'_>,
+        max_bytes: usize,
+        sink: Option<BodySink<'_>>,
+    ) -> Result<Answer, ProviderError> {
         let _permit = match &self.cap {
             Some(cap) => Some(cap.acquire().await.map_err(|_| {
                 ProviderError::new(FailureClass::Connection, None, "HTTP pool closed")
@@ -390,7 +407,7 @@ impl Pool {
         let lease = self.lease();
         let answer = match &lease.slot.via {
             Via::H2(conn) => {
-                let call = conn.send(post, max_bytes);
+                let call = conn.send(post, max_bytes, sink);
                 match tokio::time::timeout(self.build.timeout, call).await {
                     Ok(answer) => answer,
                     Err(_) => Err(ProviderError::new(
@@ -405,7 +422,7 @@ impl Pool {
             }
             Via::Reqwest(client) => {
                 // Boxed: HTTP/1.1 and `auto` only; the HTTP/2 calls stay small.
-                Box::pin(send(reqwest_post(client, post), max_bytes)).await
+                Box::pin(send_to(reqwest_post(client, post), max_bytes, sink)).await
             }
         };
         if let Ok(a) = &answer {
@@ -450,10 +467,19 @@ pub struct Answer {
     pub body: Vec<u8>,
 }
 
+/// Where a streamed 2xx body goes, piece by piece as it arrives; an error stops the
+/// reading (the request is dropped) and is the call's error.
+pub type BodySink<'s> = &'s mut (dyn FnMut(&[u8]) -> Result<(), ProviderError> + Send);
+
 /// Send a request and read its answer, body included, chunk by chunk: a body (success or
 /// error) longer than `max_bytes` is not read further and fails the call as a server
 /// error (transient: another provider may answer sanely).
-pub async fn send(req: reqwest::RequestBuilder, max_bytes: usize) -> Result<Answer, ProviderError> {
+/// A 2xx body goes to `sink` (when given) instead of into the answer.
+async fn send_to(
+    req: reqwest::RequestBuilder,
+    max_bytes: usize,
+    sink: Option<BodySink<'_>>,
+) -> Result<Answer, ProviderError> {
     let mut resp = req.send().await.map_err(transport_error)?;
     let status = resp.status().as_u16();
     let version = resp.version();
@@ -463,12 +489,24 @@ pub async fn send(req: reqwest::RequestBuilder, max_bytes: usize) -> Result<Answ
     if announced > max_bytes as u64 {
         return Err(too_large());
     }
+    let mut sink = if (200..300).contains(&status) {
+        sink
+    } else {
+        None
+    };
     let mut body = Vec::with_capacity(usize::try_from(announced).unwrap_or(0));
+    let mut streamed = 0usize;
     while let Some(chunk) = resp.chunk().await.map_err(transport_error)? {
-        if chunk.len() > max_bytes - body.len() {
+        if chunk.len() > max_bytes - body.len() - streamed {
             return Err(too_large());
         }
-        body.extend_from_slice(&chunk);
+        match sink.as_mut() {
+            Some(sink) => {
+                streamed += chunk.len();
+                sink(&chunk)?;
+            }
+            None => body.extend_from_slice(&chunk),
+        }
     }
     Ok(Answer {
         status,
@@ -646,7 +684,7 @@ mod tests {
 
     async fn get(response: Vec<u8>, max: usize) -> Result<Answer, ProviderError> {
         let url = serve(response).await;
-        send(reqwest::Client::new().get(url), max).await
+        send_to(reqwest::Client::new().get(url), max, None).await
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@
 //! flight). Here a waiting call holds its stream's state in the connection and its own
 //! small future; the request's headers and body are gone once written.
 
-use super::http::{body_too_large, Answer, Post};
+use super::http::{body_too_large, Answer, BodySink, Post};
 use super::{FailureClass, ProviderError};
 use bytes::Bytes;
 use h2::client::{self, SendRequest};
@@ -228,11 +228,13 @@ impl Connection {
     }
 
     /// Send `post` and read the answer, its body capped at `max_bytes` (as
-    /// [`super::http::send`] does). No timeout of its own.
+    /// `super::http::send_to` does), a 2xx body going to `sink` when given. No timeout of
+    /// its own.
     pub(super) async fn send(
         &self,
         post: Post<'_>,
         max_bytes: usize,
+        sink: Option<BodySink<'_>>,
     ) -> Result<Answer, ProviderError> {
         let mut send = self.ready().await?;
         let Post { url, headers, body } = post;
@@ -254,14 +256,26 @@ impl Connection {
         if announced > max_bytes as u64 {
             return Err(body_too_large(status, max_bytes));
         }
+        let mut sink = if (200..300).contains(&status) {
+            sink
+        } else {
+            None
+        };
         let mut read = Vec::with_capacity(usize::try_from(announced).unwrap_or(0));
+        let mut streamed = 0usize;
         while let Some(chunk) = body.data().await {
             let chunk = chunk.map_err(h2_error)?;
             let _ = body.flow_control().release_capacity(chunk.len());
-            if chunk.len() > max_bytes - read.len() {
+            if chunk.len() > max_bytes - read.len() - streamed {
                 return Err(body_too_large(status, max_bytes));
             }
-            read.extend_from_slice(&chunk);
+            match sink.as_mut() {
+                Some(sink) => {
+                    streamed += chunk.len();
+                    sink(&chunk)?;
+                }
+                None => read.extend_from_slice(&chunk),
+            }
         }
         Ok(Answer {
             status,

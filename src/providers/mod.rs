@@ -4,6 +4,42 @@
 //! or a classified [`ProviderError`] comes out. Each adapter owns its wire format; the
 //! router only ever sees these types.
 
+/// The [`Provider`] impl of an HTTP adapter: one that has `post(&req, stream)`,
+/// `client` and `max_response_bytes`, whose module has `read_answer`, and whose streamed
+/// events `$assembler` reads.
+macro_rules! http_provider {
+    ($adapter:ty, $assembler:ty) => {
+        impl Provider for $adapter {
+            fn chat<'a>(
+                &'a self,
+                req: ChatRequest<'a>,
+            ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
+                // The request is encoded inside the future: only its bytes wait for the
+                // answer (see `http_pool_tests::an_http2_call_in_flight_is_small`).
+                Box::pin(async move {
+                    let post = self.post(&req, false)?;
+                    let a = self.client.send(post, self.max_response_bytes).await?;
+                    read_answer(&req, a.status, &a.headers, &a.body)
+                })
+            }
+
+            fn chat_stream<'a>(
+                &'a self,
+                req: ChatRequest<'a>,
+                deltas: super::Deltas<'a>,
+            ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
+                Box::pin(async move {
+                    let post = self.post(&req, true)?;
+                    let asm = <$assembler>::default();
+                    let max = self.max_response_bytes;
+                    super::stream::call(&self.client, post, max, &req, asm, deltas, read_answer)
+                        .await
+                })
+            }
+        }
+    };
+}
+
 pub mod anthropic;
 mod error;
 pub mod gemini;
@@ -15,6 +51,7 @@ mod http_pool_tests;
 pub mod openai;
 pub mod ratelimit_headers;
 pub mod simulator;
+pub mod stream;
 #[cfg(test)]
 mod test_support;
 pub mod tools;
@@ -73,12 +110,32 @@ fn read_answer_with(
     }
 }
 
+/// Where a streamed call's text goes, piece by piece, as the provider sends it.
+pub type Deltas<'a> = Box<dyn FnMut(&str) + Send + 'a>;
+
 /// A provider API: one implementation per wire format.
 pub trait Provider: Send + Sync {
     fn chat<'a>(
         &'a self,
         req: ChatRequest<'a>,
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>>;
+
+    /// The same call streamed (a job with `stream: true`): the answer's text goes to
+    /// `deltas` as it is generated, and the answer is what [`Provider::chat`] gives. An
+    /// adapter without a streaming format gives the whole text as one delta.
+    fn chat_stream<'a>(
+        &'a self,
+        req: ChatRequest<'a>,
+        mut deltas: Deltas<'a>,
+    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
+        Box::pin(async move {
+            let answer = self.chat(req).await?;
+            if let Some(text) = answer.output.content.as_deref().filter(|t| !t.is_empty()) {
+                deltas(text);
+            }
+            Ok(answer)
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

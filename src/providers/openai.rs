@@ -3,7 +3,7 @@
 
 use super::http::clip;
 use super::ratelimit_headers::{self, parse_go_duration, retry_after};
-use super::{http, ChatRequest, ChatResponse, FailureClass, Provider, ProviderError};
+use super::{http, stream, ChatRequest, ChatResponse, FailureClass, Provider, ProviderError};
 use crate::config::{ProviderConfig, ProviderKind};
 use crate::job::{Message, Output, ResponseFormat, Tool, ToolCall, Usage};
 use futures::future::BoxFuture;
@@ -56,6 +56,16 @@ struct WireRequest<'a> {
     tools: Option<&'a [Tool]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_choice: Option<&'a serde_json::Value>,
+    /// `Some(true)` for a streamed call, with `stream_options.include_usage`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
 }
 
 #[derive(Deserialize)]
@@ -122,38 +132,42 @@ struct WireErrorBody {
     code: Option<serde_json::Value>,
 }
 
-impl Provider for OpenAi {
-    fn chat<'a>(
+impl OpenAi {
+    /// The request for `req`, streamed or not.
+    fn post<'a>(
         &'a self,
-        req: ChatRequest<'a>,
-    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
-        Box::pin(async move {
-            // The wire struct is a temporary: only the encoded bytes wait for the answer.
-            let post = http::Post::json(
-                &self.url,
-                &WireRequest {
-                    model: req.model,
-                    messages: req.messages,
-                    max_completion_tokens: (!self.compatible).then_some(req.max_tokens),
-                    max_tokens: self.compatible.then_some(req.max_tokens),
-                    temperature: req.temperature,
-                    stop: req.stop,
-                    response_format: req.response_format,
-                    tools: req.tools.filter(|t| !t.is_empty()),
-                    tool_choice: req
-                        .tool_choice
-                        .filter(|_| req.tools.is_some_and(|t| !t.is_empty())),
-                },
-            );
-            let mut post = post?;
-            if let Some(key) = &self.key {
-                post = post.header(AUTHORIZATION, http::bearer_header(key)?);
-            }
-            let a = self.client.send(post, self.max_response_bytes).await?;
-            read_answer(&req, a.status, &a.headers, &a.body)
-        })
+        req: &ChatRequest<'_>,
+        stream: bool,
+    ) -> Result<http::Post<'a>, ProviderError> {
+        // The wire struct is a temporary: only the encoded bytes wait for the answer.
+        let mut post = http::Post::json(
+            &self.url,
+            &WireRequest {
+                model: req.model,
+                messages: req.messages,
+                max_completion_tokens: (!self.compatible).then_some(req.max_tokens),
+                max_tokens: self.compatible.then_some(req.max_tokens),
+                temperature: req.temperature,
+                stop: req.stop,
+                response_format: req.response_format,
+                tools: req.tools.filter(|t| !t.is_empty()),
+                tool_choice: req
+                    .tool_choice
+                    .filter(|_| req.tools.is_some_and(|t| !t.is_empty())),
+                stream: stream.then_some(true),
+                stream_options: stream.then_some(StreamOptions {
+                    include_usage: true,
+                }),
+            },
+        )?;
+        if let Some(key) = &self.key {
+            post = post.header(AUTHORIZATION, http::bearer_header(key)?);
+        }
+        Ok(post)
     }
 }
+
+http_provider!(OpenAi, stream::openai::Assembler);
 
 /// One HTTP answer to `req` read into the adapter's result, without the network (what
 /// `fuzz/` fuzzes).
@@ -165,6 +179,11 @@ pub fn read_answer(
 ) -> Result<ChatResponse, ProviderError> {
     let rate = ratelimit_headers::openai(headers);
     super::read_answer_with(req, (status, headers, body), rate, parse_success, classify)
+}
+
+/// The usage of a (possibly incomplete) completion body, when it has one.
+pub(crate) fn billed_usage(body: &serde_json::Value) -> Option<Usage> {
+    WireBilled::deserialize(body).ok()?.usage.map(usage)
 }
 
 fn usage(u: WireUsage) -> Usage {

@@ -11,6 +11,7 @@
 //! for `worker_lost`), and its rate-limit admission keeps counting. A call that fails
 //! while another is under way does not start a failover: the other one is waited for.
 
+use super::stream::Chunks;
 use super::Ctx;
 use crate::config::ModelConfig;
 use crate::cost::cost_of;
@@ -58,6 +59,8 @@ pub struct Chain<'a> {
     left: Vec<&'a Candidate>,
     /// The number the next call gets.
     attempt: u32,
+    /// A streamed job's chunks: calls stream into it, failures reset it.
+    chunks: Option<&'a Chunks>,
     out: ChainOutcome,
 }
 
@@ -123,6 +126,7 @@ impl<'a> Chain<'a> {
             priority,
             left,
             attempt: 1,
+            chunks: None,
             out: ChainOutcome {
                 calls: Vec::new(),
                 success: None,
@@ -133,6 +137,11 @@ impl<'a> Chain<'a> {
                 hedge_note: None,
             },
         }
+    }
+
+    /// Stream the calls' text into `chunks` (a streamed job's).
+    pub fn stream_into(&mut self, chunks: Option<&'a Chunks>) {
+        self.chunks = chunks;
     }
 
     /// An admitted call that will not be made (the job turned out to be another
@@ -155,7 +164,11 @@ pub async fn run_chain(
     let ctx = chain.ctx;
     chain.attempt = first_attempt;
     let mut flying: Vec<Flight<'_>> = Vec::new();
-    let mut hedges_left = plan.hedge.map_or(0, |h| h.max_extra);
+    // A streamed job is not hedged: two calls would stream over each other.
+    let mut hedges_left = match chain.chunks {
+        Some(_) => 0,
+        None => plan.hedge.map_or(0, |h| h.max_extra),
+    };
     // When the next hedge is due, and the delay it was computed with.
     let mut hedge_at: Option<(Instant, Duration)> = None;
     loop {
@@ -432,7 +445,7 @@ impl<'a> Chain<'a> {
             attempt,
             started: Instant::now(),
             hedge: None,
-            call: adapter.chat(req),
+            call: start_call(adapter.as_ref(), req, self.chunks, attempt),
         })
     }
 
@@ -498,6 +511,9 @@ impl<'a> Chain<'a> {
                 Some((resp, m.clone()))
             }
             Err(e) => {
+                if let Some(chunks) = self.chunks {
+                    chunks.failed(f.attempt, failed_reason(m, &e));
+                }
                 // A 200 that we could not use was still billed.
                 let usage = e.usage.unwrap_or_default();
                 let cost = e.usage.map_or(Decimal::ZERO, |u| cost_of(m, &u));
@@ -543,6 +559,9 @@ impl<'a> Chain<'a> {
         } = f;
         drop(call);
         drop(permit);
+        if let Some(chunks) = self.chunks {
+            chunks.failed(attempt, format!("cut short: {why}"));
+        }
         let m = &cand.model;
         let took = started.elapsed();
         give_back(ctx, m, admit);
@@ -585,6 +604,31 @@ impl<'a> Launched<'a> {
             Launched::NoAdapter | Launched::Stop => None,
         }
     }
+}
+
+/// The call itself: streamed into `chunks` for a streamed job. (Not inline in `launch`:
+/// there the choice grew every job's future by ~480 bytes in debug builds.)
+fn start_call<'a>(
+    adapter: &'a dyn crate::providers::Provider,
+    req: ChatRequest<'a>,
+    chunks: Option<&Chunks>,
+    attempt: u32,
+) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
+    match chunks {
+        Some(chunks) => adapter.chat_stream(req, chunks.deltas(attempt)),
+        None => adapter.chat(req),
+    }
+}
+
+/// A streamed job's reset reason for a call that failed.
+fn failed_reason(m: &ModelConfig, e: &ProviderError) -> String {
+    format!(
+        "{}/{} failed ({}: {})",
+        m.provider,
+        m.name,
+        e.class.as_str(),
+        e.message
+    )
 }
 
 fn attempt_of(attempt: u32, m: &ModelConfig, took: Duration) -> Attempt {

@@ -6,7 +6,8 @@
 //!   publish);
 //! - [`calls`]: the call chain, one [`crate::store::CallRecord`] per call;
 //! - [`decide`]: what a chain's outcome means, without side effects;
-//! - [`infra`]: is Postgres / NATS there; waiting in place while they are not.
+//! - [`infra`]: is Postgres / NATS there; waiting in place while they are not;
+//! - [`stream`]: a streamed job's chunks on its `reply_to`, before its result.
 
 mod calls;
 pub mod decide;
@@ -15,6 +16,7 @@ mod future_sizes;
 pub mod infra;
 mod process;
 pub mod reload;
+mod stream;
 
 use crate::config::Config;
 use crate::job::{ParseRules, Priority};

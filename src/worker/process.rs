@@ -8,6 +8,7 @@
 use super::calls::{run_chain, Chain, ChainOutcome};
 use super::decide::{backoff_delay, decide, RetryPolicy, Verdict};
 use super::infra::Gave;
+use super::stream::Chunks;
 use super::{Ctx, Delivery, Disposition};
 use crate::budget::{Denial, Reservation};
 use crate::cache::Cacheable;
@@ -245,7 +246,13 @@ async fn open(ctx: &Ctx, s: Scope<'_>, job: &Job, p: Prepared) -> Opened {
         _ => None,
     };
     let first = Some((first, opened.started));
+    let chunks = streamed(ctx, s, job);
+    chain.stream_into(chunks.as_ref());
     let outcome = run_chain(chain, &plan, next_attempt(&prior), &lease, first).await;
+    // Every chunk out before whatever ends the delivery (the result comes after them).
+    if let Some(c) = chunks {
+        Box::pin(c.close()).await;
+    }
     // Boxed: after the calls, and larger than what a job holds through them. (Not a call
     // of `calls`: what this future moved into it would take room here as well.)
     let done = Box::pin(conclude(
@@ -269,12 +276,18 @@ async fn calls<'a>(
     s: Scope<'_>,
     job: &'a Job,
     (lease, reservation): (Lease, Option<Reservation>),
-    plan: &'a Plan,
-    chain: Box<Chain<'a>>,
+    (plan, estimate): (&'a Plan, u64),
     (prior, free): (Vec<Attempt>, u32),
     cacheable: Option<Cacheable>,
 ) -> Option<Disposition> {
+    let chunks = streamed(ctx, s, job);
+    let mut chain = Box::new(Chain::new(ctx, job, plan, estimate, s.d.priority));
+    chain.stream_into(chunks.as_ref());
     let outcome = run_chain(chain, plan, next_attempt(&prior), &lease, None).await;
+    // Every chunk out before whatever ends the delivery (the result comes after them).
+    if let Some(c) = chunks {
+        Box::pin(c.close()).await;
+    }
     let route = plan.route.clone();
     // Boxed: after the calls, and larger than what a job holds through them.
     Box::pin(conclude(
@@ -459,15 +472,13 @@ async fn attempt(
             return Box::pin(fail(ctx, s, Some(lease), route, err, &prior, Vec::new())).await;
         }
     };
-    let chain = Box::new(Chain::new(ctx, job, &plan, estimate, s.d.priority));
     let held = (lease, reservation);
     calls(
         ctx,
         s,
         job,
         held,
-        &plan,
-        chain,
+        (&plan, estimate),
         (prior, free),
         cacheable,
     )
@@ -744,6 +755,17 @@ async fn hand_back(
         Err(CommitFailed::Stopping) => drop(lease),
     }
     Some(Disposition::Retry(delay))
+}
+
+/// A streamed job's chunks (`stream: true` with a `reply_to` that passed its checks).
+fn streamed(ctx: &Ctx, s: Scope<'_>, job: &Job) -> Option<Chunks> {
+    let reply_to = s.env.reply_to.as_deref().filter(|_| job.stream)?;
+    Some(Chunks::start(
+        &ctx.publisher.client,
+        job,
+        reply_to,
+        s.d.delivered,
+    ))
 }
 
 fn internal(message: String) -> ErrorBody {

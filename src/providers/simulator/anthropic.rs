@@ -1,4 +1,4 @@
-//! Anthropic Messages API: `POST /v1/messages`.
+//! Anthropic Messages API: `POST /v1/messages` (`"stream": true`: server-sent events).
 //!
 //! Headers `x-api-key` and `anthropic-version` are required. The body is checked like
 //! the real API (extra fields, roles, block types, tool_use/tool_result pairing …).
@@ -274,7 +274,97 @@ pub(crate) async fn messages(
     });
     let mut headers = base_headers(&call);
     headers.extend(rate_headers(&snap));
+    if req.stream {
+        // What Anthropic sends when the API is overloaded after the stream started.
+        let error = json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}});
+        let error = format!("event: error\ndata: {error}\n\n");
+        return call.respond_sse(
+            headers,
+            "text/event-stream; charset=utf-8",
+            stream_events(&out),
+            error,
+        );
+    }
     call.respond(StatusCode::OK, headers, &out)
+}
+
+/// A whole message as the Messages API streams it: `message_start` (input usage,
+/// `output_tokens` 1), a `ping`, per block `content_block_start` / deltas of a few
+/// words (`text_delta`, `input_json_delta`, `thinking_delta` + `signature_delta`) /
+/// `content_block_stop`, `message_delta` (stop reason, output usage), `message_stop`.
+fn stream_events(out: &Value) -> Vec<String> {
+    let event = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+    let mut start = out.clone();
+    start["content"] = json!([]);
+    start["stop_reason"] = Value::Null;
+    start["stop_sequence"] = Value::Null;
+    start["usage"]["output_tokens"] = json!(1);
+    let mut events = vec![
+        event(
+            "message_start",
+            json!({"type": "message_start", "message": start}),
+        ),
+        event("ping", json!({"type": "ping"})),
+    ];
+    let blocks = out["content"].as_array().cloned().unwrap_or_default();
+    for (i, block) in blocks.iter().enumerate() {
+        let delta = |d: Value| {
+            event(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": i, "delta": d}),
+            )
+        };
+        let (first, deltas) = match block["type"].as_str() {
+            Some("text") => {
+                let t = block["text"].as_str().unwrap_or("");
+                let words: Vec<&str> = t.split_inclusive(' ').collect();
+                let ds = words
+                    .chunks(4)
+                    .map(|w| delta(json!({"type": "text_delta", "text": w.concat()})))
+                    .collect();
+                (json!({"type": "text", "text": ""}), ds)
+            }
+            Some("tool_use") => {
+                let input = block["input"].to_string();
+                let mid = (0..=input.len() / 2)
+                    .rev()
+                    .find(|&k| input.is_char_boundary(k))
+                    .unwrap_or(0);
+                let ds = [&input[..mid], &input[mid..]]
+                    .iter()
+                    .map(|p| delta(json!({"type": "input_json_delta", "partial_json": p})))
+                    .collect();
+                let mut first = block.clone();
+                first["input"] = json!({});
+                (first, ds)
+            }
+            Some("thinking") => {
+                let ds = vec![
+                    delta(json!({"type": "thinking_delta", "thinking": block["thinking"]})),
+                    delta(json!({"type": "signature_delta", "signature": block["signature"]})),
+                ];
+                (json!({"type": "thinking", "thinking": ""}), ds)
+            }
+            _ => (block.clone(), Vec::new()),
+        };
+        events.push(event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": i, "content_block": first}),
+        ));
+        events.extend(deltas);
+        events.push(event(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": i}),
+        ));
+    }
+    events.push(event(
+        "message_delta",
+        json!({"type": "message_delta",
+        "delta": {"stop_reason": out["stop_reason"], "stop_sequence": out["stop_sequence"]},
+        "usage": {"output_tokens": out["usage"]["output_tokens"]}}),
+    ));
+    events.push(event("message_stop", json!({"type": "message_stop"})));
+    events
 }
 
 #[cfg(test)]

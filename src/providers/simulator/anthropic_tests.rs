@@ -296,3 +296,72 @@ async fn injected_errors_have_anthropic_shapes() {
     assert_eq!(post(&r, &hello()).await.0, 200);
     r.shutdown.cancel();
 }
+
+/// The events of a streamed answer: (event name, data).
+fn sse_events(text: &str) -> Vec<(String, Value)> {
+    text.split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            let name = e.lines().find_map(|l| l.strip_prefix("event: ")).unwrap();
+            let data = e.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+            (name.to_string(), serde_json::from_str(data).unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn streaming_matches_the_plain_answer_and_breaks_on_demand() {
+    let r = start(FaultProfile {
+        stream_fail_first: 1,
+        ..Default::default()
+    })
+    .await;
+    let mut body = hello();
+    body["stream"] = json!(true);
+    // The first stream breaks after half its events with Anthropic's error event.
+    let (s, h, v) = post(&r, &body).await;
+    assert_eq!(s, 200);
+    assert!(h["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let broken = sse_events(v.as_str().unwrap());
+    let (last, data) = broken.last().unwrap();
+    assert_eq!(last, "error");
+    assert_eq!(data["error"]["type"], "overloaded_error");
+    assert!(broken.iter().all(|(n, _)| n != "message_stop"));
+    // The next one is whole, and says what the plain answer says.
+    let (_, _, plain) = post(&r, &hello()).await;
+    let (_, _, v) = post(&r, &body).await;
+    let events = sse_events(v.as_str().unwrap());
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names[..3], ["message_start", "ping", "content_block_start"]);
+    assert_eq!(names[names.len() - 2..], ["message_delta", "message_stop"]);
+    for (n, d) in &events {
+        assert_eq!(d["type"], n.as_str(), "the data's type is the event's name");
+    }
+    let text: String = events
+        .iter()
+        .filter_map(|(_, d)| d["delta"]["text"].as_str())
+        .collect();
+    assert_eq!(text, plain["content"][0]["text"].as_str().unwrap());
+    let delta = &events[events.len() - 2].1;
+    assert_eq!(delta["delta"]["stop_reason"], plain["stop_reason"]);
+    assert_eq!(
+        delta["usage"]["output_tokens"],
+        plain["usage"]["output_tokens"]
+    );
+    assert_eq!(
+        events[0].1["message"]["usage"]["input_tokens"],
+        plain["usage"]["input_tokens"]
+    );
+    // `stream` must be a boolean.
+    body["stream"] = json!("yes");
+    let (s, _, v) = post(&r, &body).await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        v["error"]["message"],
+        "stream: Input should be a valid boolean"
+    );
+    r.shutdown.cancel();
+}

@@ -48,6 +48,8 @@ pub(crate) struct MsgRequest {
     pub prompt_tokens: u64,
     pub cache_marked: bool,
     pub last_user_text: Option<String>,
+    /// `"stream": true`: answer with server-sent events.
+    pub stream: bool,
 }
 
 #[derive(Default)]
@@ -345,6 +347,11 @@ pub(crate) fn validate(body: &Map<String, Value>) -> R<MsgRequest> {
             ))
         }
     };
+    let stream = match body.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(invalid("stream: Input should be a valid boolean".into())),
+    };
     let tools = check_tools(body.get("tools"), &mut tally)?;
     let choice = check_tool_choice(body.get("tool_choice"), &tools)?;
     let thinking_budget = match body.get("thinking").filter(|v| !v.is_null()) {
@@ -391,6 +398,7 @@ pub(crate) fn validate(body: &Map<String, Value>) -> R<MsgRequest> {
         prompt_tokens,
         cache_marked: tally.cache_marked,
         last_user_text,
+        stream,
     })
 }
 

@@ -220,15 +220,72 @@ async fn handle(
         .unwrap_or(0);
     call.commit_tokens(used.saturating_sub(req.prompt_tokens), &mut snap);
     if method == "streamGenerateContent" {
-        let sse = query.get("alt").is_some_and(|a| a == "sse");
-        let (ct, text) = if sse {
-            ("text/event-stream", format!("data: {out}\r\n\r\n"))
-        } else {
-            ("application/json; charset=UTF-8", format!("[{out}]"))
-        };
+        let chunks = stream_chunks(&out);
+        if query.get("alt").is_some_and(|a| a == "sse") {
+            let events = chunks
+                .iter()
+                .map(|c| format!("data: {c}\r\n\r\n"))
+                .collect();
+            // What Gemini sends when generation fails after it started streaming.
+            let error = json!({"error": {"code": 503, "status": "UNAVAILABLE",
+                "message": "The model is overloaded. Please try again later."}});
+            let error = format!("data: {error}\r\n\r\n");
+            return call.respond_sse(resp_headers(&call), "text/event-stream", events, error);
+        }
+        let text = Value::Array(chunks).to_string();
+        let ct = "application/json; charset=UTF-8";
         return call.respond_raw(StatusCode::OK, resp_headers(&call), ct, text);
     }
     call.respond(StatusCode::OK, resp_headers(&call), &out)
+}
+
+/// A whole answer as the chunks `:streamGenerateContent` sends: its text a few words at a
+/// time, each chunk with the usage so far (`candidatesTokenCount` growing), the last one
+/// with the other parts (function calls), the `finishReason` and the whole usage.
+fn stream_chunks(out: &Value) -> Vec<Value> {
+    let parts = out
+        .pointer("/candidates/0/content/parts")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let text: String = parts
+        .iter()
+        .filter_map(|p| p.get("text").and_then(Value::as_str))
+        .collect();
+    let others: Vec<Value> = parts
+        .into_iter()
+        .filter(|p| p.get("text").is_none())
+        .collect();
+    let words: Vec<&str> = text.split_inclusive(' ').collect();
+    let pieces: Vec<String> = words.chunks(4).map(<[&str]>::concat).collect();
+    let usage = &out["usageMetadata"];
+    let prompt = usage["promptTokenCount"].as_u64().unwrap_or(0);
+    let generated = usage["candidatesTokenCount"].as_u64().unwrap_or(0);
+    let n = pieces.len().max(1) as u64;
+    let mut chunks = Vec::new();
+    for (i, piece) in pieces.iter().enumerate() {
+        let last = i + 1 == pieces.len();
+        let mut parts = vec![json!({ "text": piece })];
+        let mut candidate = json!({"content": {"role": "model"}, "index": 0});
+        let usage_now = if last {
+            parts.extend(others.iter().cloned());
+            candidate["finishReason"] = out["candidates"][0]["finishReason"].clone();
+            usage.clone()
+        } else {
+            let so_far = generated * (i as u64 + 1) / n;
+            json!({"promptTokenCount": prompt, "candidatesTokenCount": so_far,
+                "totalTokenCount": prompt + so_far})
+        };
+        candidate["content"]["parts"] = Value::Array(parts);
+        chunks.push(
+            json!({"candidates": [candidate], "usageMetadata": usage_now,
+            "modelVersion": out["modelVersion"], "responseId": out["responseId"]}),
+        );
+    }
+    if pieces.is_empty() {
+        chunks.push(out.clone());
+    }
+    chunks
 }
 
 /// The deterministic `GenerateContentResponse`.

@@ -236,3 +236,50 @@ async fn injected_429_has_retry_info_and_503_is_overloaded() {
     );
     r.shutdown.cancel();
 }
+
+#[tokio::test]
+async fn sse_streams_come_in_chunks_with_usage_and_break_on_demand() {
+    let r = start(FaultProfile {
+        stream_fail_first: 1,
+        ..Default::default()
+    })
+    .await;
+    let path = "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse";
+    let chunks = |text: &str| -> Vec<Value> {
+        text.split("\r\n\r\n")
+            .filter(|e| !e.is_empty())
+            .map(|e| serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap())
+            .collect()
+    };
+    // The first stream breaks with Gemini's error chunk.
+    let (s, v) = send(&r, path, Some("AIza-test"), hello().to_string()).await;
+    assert_eq!(s, 200);
+    let broken = chunks(v.as_str().unwrap());
+    assert_google_error(&broken.last().unwrap().clone(), 503, "UNAVAILABLE");
+    // The next one: text in pieces, usage in each, the finish reason and whole usage last.
+    let (_, plain) = post(&r, &hello()).await;
+    let (_, v) = send(&r, path, Some("AIza-test"), hello().to_string()).await;
+    let all = chunks(v.as_str().unwrap());
+    assert!(all.len() > 2, "{} chunks", all.len());
+    assert!(all
+        .iter()
+        .all(|c| c["usageMetadata"]["promptTokenCount"]
+            == plain["usageMetadata"]["promptTokenCount"]));
+    let text: String = all
+        .iter()
+        .filter_map(|c| c["candidates"][0]["content"]["parts"][0]["text"].as_str())
+        .collect();
+    assert_eq!(
+        text,
+        plain["candidates"][0]["content"]["parts"][0]["text"]
+            .as_str()
+            .unwrap()
+    );
+    let last = all.last().unwrap();
+    assert_eq!(last["candidates"][0]["finishReason"], "STOP");
+    assert_eq!(last["usageMetadata"], plain["usageMetadata"]);
+    assert!(all[..all.len() - 1]
+        .iter()
+        .all(|c| c["candidates"][0].get("finishReason").is_none()));
+    r.shutdown.cancel();
+}

@@ -9,7 +9,8 @@
 //! # Endpoints (one port)
 //! - `POST /v1/chat/completions` and `POST /chat/completions` — OpenAI (`openai.rs`),
 //!   `"stream": true` included (server-sent events, one body).
-//! - `POST /v1/messages` — Anthropic (`anthropic.rs`).
+//! - `POST /v1/messages` — Anthropic (`anthropic.rs`), `"stream": true` included
+//!   (server-sent events).
 //! - `POST /v1beta/models/{model}:generateContent` (and `/v1/models/...`) — Gemini
 //!   (`gemini.rs`), plus `:streamGenerateContent` and `:countTokens`.
 //! - `GET /_sim/stats` — [`Stats`] as JSON; `GET|POST /_sim/profile` — read / replace the
@@ -33,7 +34,9 @@
 //!    with `error_status` (the count restarts on `set_profile` and `reset_stats`).
 //! 8. `error_rate`: random injected `error_status`.
 //! 9. The deterministic answer (`text.rs`); a 200 body is cut in half with probability
-//!    `truncate_rate`.
+//!    `truncate_rate`. A streamed answer (server-sent events) goes out event by event
+//!    (`stream_chunk_ms` apart) and may break mid-way instead (`stream_fail_first`,
+//!    `stream_error_rate`, `stream_fault`).
 //! 10. The headers are sent; the body follows after `first_byte_ms` (any status).
 //!
 //! Every request is counted once as `<api>/<model>/<status>` (model `-` when the body had
@@ -119,10 +122,14 @@ impl std::fmt::Debug for Simulator {
 /// | `rpm`, `tpm` | none | own requests / tokens per minute per `<api>/<model>`, answered with the provider's real 429 and headers |
 /// | `outages` | `[]` | [`Outage`] windows, in seconds from when this profile was set (or the server started, whichever is later): every request arriving inside one gets its `status` (default 503) in the provider's error shape, before authentication |
 /// | `hang` | false | accept the request and never answer (until shutdown, then 503) |
-/// | `truncate_rate` | 0 | probability (0..1) that a 200 body is cut in half: valid status and headers, `content-length` of the cut body, unparseable JSON |
+/// | `truncate_rate` | 0 | probability (0..1) that a 200 body is cut in half: valid status and headers, `content-length` of the cut body, unparseable JSON (plain answers; a streamed one breaks with the `stream_*` knobs) |
 /// | `unknown_models` | `[]` | model ids answered with the provider's "model not found" 404 (ids starting `no-such-` always are) |
 /// | `no_auth` | false | OpenAI endpoint: accept any key or none |
 /// | `log_capacity` | 1000 | requests kept in the request log ([`Simulator::log`]); 0 keeps none. Only the base profile's value counts |
+/// | `stream_chunk_ms` | 0 | streamed answers (`stream: true`, `:streamGenerateContent`): the wait between two events |
+/// | `stream_error_rate` | 0 | probability (0..1) that a streamed answer breaks after about half its events (see `stream_fault`) |
+/// | `stream_fail_first` | 0 | the first N streamed answers per `<api>/<model>` break after about half their events (counted again from each `set_profile` / reset) |
+/// | `stream_fault` | `"error"` | how a streamed answer breaks: `"error"` — the provider's in-stream error event (OpenAI `data: {"error": …}` server_error, Anthropic `event: error` overloaded_error, Gemini `data: {"error": …}` 503 UNAVAILABLE), then the body ends; `"cut"` — the body stops without its end (the connection is dropped) |
 /// | `per_model` | `{}` | profiles keyed by model id that replace every knob above for that model (their own `per_model` and `log_capacity` are ignored; `unknown_models` and `no_auth` add to the base's) |
 ///
 /// Example: `{"latency_ms": 400, "jitter_ms": 200, "latency_dist": "lognormal",
@@ -178,6 +185,25 @@ pub struct FaultProfile {
     /// Requests kept in the request log (default 1000; 0 keeps none). Only the base
     /// profile's value is used.
     pub log_capacity: Option<usize>,
+    /// Streamed answers: milliseconds between two events.
+    pub stream_chunk_ms: u64,
+    /// Probability (0..1) that a streamed answer breaks mid-way.
+    pub stream_error_rate: f64,
+    /// The first N streamed answers per `<api>/<model>` break mid-way.
+    pub stream_fail_first: u64,
+    /// How a streamed answer breaks.
+    pub stream_fault: StreamFault,
+}
+
+/// How a streamed answer breaks (`stream_fault`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamFault {
+    /// The provider's own in-stream error event, then the end of the body.
+    #[default]
+    Error,
+    /// The body stops mid-way: the connection is dropped.
+    Cut,
 }
 
 /// One outage window of a [`FaultProfile`].
@@ -466,6 +492,10 @@ pub(crate) struct Knobs {
     pub latency_dist: LatencyDist,
     pub first_byte_ms: u64,
     pub truncate_rate: f64,
+    pub stream_chunk_ms: u64,
+    pub stream_error_rate: f64,
+    pub stream_fail_first: u64,
+    pub stream_fault: StreamFault,
 }
 
 impl Knobs {
@@ -493,6 +523,10 @@ impl Knobs {
             latency_dist: p.latency_dist,
             first_byte_ms: p.first_byte_ms,
             truncate_rate: p.truncate_rate,
+            stream_chunk_ms: p.stream_chunk_ms,
+            stream_error_rate: p.stream_error_rate,
+            stream_fail_first: p.stream_fail_first,
+            stream_fault: p.stream_fault,
         }
     }
 }
@@ -624,6 +658,70 @@ impl Call {
         body: String,
     ) -> Response {
         self.answer(status, headers, content_type, body.into_bytes())
+    }
+
+    /// Count and log a streamed 200 answer and build its response: `events` (each a
+    /// whole SSE event, blank line included) go out one by one, `stream_chunk_ms` apart,
+    /// the first after `first_byte_ms`. When the answer breaks (`stream_fail_first`,
+    /// `stream_error_rate`), only the first half of the events go out (at least one,
+    /// never all), then `error_event` (`stream_fault: "error"`) or nothing and the
+    /// connection is dropped (`"cut"`).
+    pub fn respond_sse(
+        &self,
+        headers: Vec<(HeaderName, String)>,
+        content_type: &'static str,
+        mut events: Vec<String>,
+        error_event: String,
+    ) -> Response {
+        let breaks = self.sim.inner.stream_breaks(&self.key(), &self.knobs);
+        let mut cut = false;
+        if breaks && events.len() > 1 {
+            events.truncate((events.len() / 2).max(1));
+            match self.knobs.stream_fault {
+                StreamFault::Error => {
+                    self.set_fault("stream_error");
+                    events.push(error_event);
+                }
+                StreamFault::Cut => {
+                    self.set_fault("stream_cut");
+                    cut = true;
+                }
+            }
+        }
+        self.record(Some(StatusCode::OK));
+        let first = Duration::from_millis(self.knobs.first_byte_ms);
+        let gap = Duration::from_millis(self.knobs.stream_chunk_ms);
+        let release = self.sim.inner.release_token();
+        let body = futures::stream::unfold(
+            (events.into_iter(), true, cut),
+            move |(mut it, first_one, cut)| {
+                let release = release.clone();
+                async move {
+                    let wait = if first_one { first } else { gap };
+                    if !wait.is_zero() {
+                        tokio::select! {
+                            () = tokio::time::sleep(wait) => {}
+                            () = release.cancelled() => {}
+                        }
+                    }
+                    match it.next() {
+                        Some(ev) => Some((Ok(Bytes::from(ev)), (it, false, cut))),
+                        None if cut => Some((
+                            Err(std::io::Error::other("simulated cut mid-stream")),
+                            (it, false, false),
+                        )),
+                        None => None,
+                    }
+                }
+            },
+        );
+        let mut resp = (StatusCode::OK, Body::from_stream(body)).into_response();
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        add_headers(&mut resp, headers);
+        resp
     }
 
     /// Apply `truncate_rate` and `first_byte_ms`, count and log the answer.

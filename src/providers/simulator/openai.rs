@@ -346,12 +346,15 @@ pub(crate) async fn chat_completions(
     let mut headers = base_headers(&call);
     headers.extend(rate_headers(&snap));
     if req.stream {
-        let sse = stream_body(&id, created, &req, &choices, &usage);
-        return call.respond_raw(
-            StatusCode::OK,
+        let events = stream_body(&id, created, &req, &choices, &usage);
+        // What OpenAI sends when a completion fails after it started streaming.
+        let error = json!({"error": {"message": "The server had an error while processing your request. Sorry about that!",
+            "type": "server_error", "param": null, "code": null}});
+        return call.respond_sse(
             headers,
             "text/event-stream; charset=utf-8",
-            sse,
+            events,
+            format!("data: {error}\n\n"),
         );
     }
     let choices: Vec<Value> = choices
@@ -372,15 +375,16 @@ pub(crate) async fn chat_completions(
     call.respond(StatusCode::OK, headers, &body)
 }
 
-/// The streamed form of an answer: role chunk, content (or tool-call) chunks of a few
-/// words, a finish chunk per choice, an optional usage chunk, then `[DONE]`.
+/// The streamed form of an answer, one SSE event each: role chunk, content (or
+/// tool-call) chunks of a few words, a finish chunk per choice, an optional usage chunk,
+/// then `[DONE]`.
 fn stream_body(
     id: &str,
     created: i64,
     req: &ChatRequest,
     choices: &[Choice],
     usage: &Value,
-) -> String {
+) -> Vec<String> {
     let usage_field = if req.include_usage {
         Some(Value::Null)
     } else {
@@ -397,9 +401,9 @@ fn stream_body(
         }
         format!("data: {c}\n\n")
     };
-    let mut out = String::new();
+    let mut out = Vec::new();
     for (i, c) in choices.iter().enumerate() {
-        out.push_str(&chunk(
+        out.push(chunk(
             i,
             json!({"role": "assistant", "content": "", "refusal": null}),
             None,
@@ -408,23 +412,23 @@ fn stream_body(
             for (k, call) in calls.iter().enumerate() {
                 let delta = json!({"tool_calls": [{"index": k, "id": call["id"], "type": "function",
                     "function": {"name": call["function"]["name"], "arguments": call["function"]["arguments"]}}]});
-                out.push_str(&chunk(i, delta, None));
+                out.push(chunk(i, delta, None));
             }
         } else {
             let content = content_text(c.message.get("content"));
             let words: Vec<&str> = content.split_inclusive(' ').collect();
             for piece in words.chunks(4) {
-                out.push_str(&chunk(i, json!({"content": piece.concat()}), None));
+                out.push(chunk(i, json!({"content": piece.concat()}), None));
             }
         }
-        out.push_str(&chunk(i, json!({}), Some(c.finish_reason)));
+        out.push(chunk(i, json!({}), Some(c.finish_reason)));
     }
     if req.include_usage {
         let c = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": req.model,
             "system_fingerprint": "fp_sim", "choices": [], "usage": usage});
-        out.push_str(&format!("data: {c}\n\n"));
+        out.push(format!("data: {c}\n\n"));
     }
-    out.push_str("data: [DONE]\n\n");
+    out.push("data: [DONE]\n\n".to_string());
     out
 }
 

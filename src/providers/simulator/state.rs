@@ -53,6 +53,8 @@ struct ModelState {
     tokens: u64,
     /// Requests that reached the fault stage since the profile was set.
     fault_seen: u64,
+    /// Streamed answers started since the profile was set (`stream_fail_first`).
+    streams_seen: u64,
 }
 
 impl ModelState {
@@ -62,6 +64,7 @@ impl ModelState {
             requests: 0,
             tokens: 0,
             fault_seen: 0,
+            streams_seen: 0,
         }
     }
 
@@ -152,6 +155,7 @@ impl Inner {
         }
         for state in lock(&self.models).values_mut() {
             state.fault_seen = 0;
+            state.streams_seen = 0;
         }
     }
 
@@ -239,6 +243,19 @@ impl Inner {
         if let Some(state) = lock(&self.models).get_mut(key) {
             state.tokens = state.tokens.saturating_add(tokens);
         }
+    }
+
+    /// Whether the streamed answer starting now breaks mid-way (`stream_fail_first`,
+    /// `stream_error_rate`).
+    pub(super) fn stream_breaks(&self, key: &str, knobs: &Knobs) -> bool {
+        let now = Instant::now();
+        let mut models = lock(&self.models);
+        let state = models
+            .entry(key.to_owned())
+            .or_insert_with(|| ModelState::new(now));
+        state.streams_seen += 1;
+        state.streams_seen <= knobs.stream_fail_first
+            || (knobs.stream_error_rate > 0.0 && rand::random::<f64>() < knobs.stream_error_rate)
     }
 
     pub(super) fn check_faults(

@@ -72,6 +72,12 @@ pub(super) async fn answer_from_cache(
         saved_usd: Some(hit.cost_usd),
         entry: None,
     };
+    // A streamed job gets the stored text as one chunk (cut only to fit in messages).
+    if let Some(chunks) = super::streamed(ctx, s, job) {
+        let text = result.output.as_ref().and_then(|o| o.content.clone());
+        chunks.whole(text.unwrap_or_default());
+        chunks.close().await;
+    }
     finish(ctx, s, Some(lease), result, Vec::new(), cache).await
 }
 
