@@ -129,22 +129,7 @@ impl Provider for OpenAi {
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
         Box::pin(async move {
             // The wire struct is a temporary: only the encoded bytes wait for the answer.
-            let post = http::Post::json(
-                &self.url,
-                &WireRequest {
-                    model: req.model,
-                    messages: req.messages,
-                    max_completion_tokens: (!self.compatible).then_some(req.max_tokens),
-                    max_tokens: self.compatible.then_some(req.max_tokens),
-                    temperature: req.temperature,
-                    stop: req.stop,
-                    response_format: req.response_format,
-                    tools: req.tools.filter(|t| !t.is_empty()),
-                    tool_choice: req
-                        .tool_choice
-                        .filter(|_| req.tools.is_some_and(|t| !t.is_empty())),
-                },
-            );
+            let post = http::Post::json(&self.url, &wire_request(&req, self.compatible));
             let mut post = post?;
             if let Some(key) = &self.key {
                 post = post.header(AUTHORIZATION, http::bearer_header(key)?);
@@ -153,6 +138,28 @@ impl Provider for OpenAi {
             read_answer(&req, a.status, &a.headers, &a.body)
         })
     }
+}
+
+/// The chat-completions body of `req` (also each line's `body` in a batch input file).
+fn wire_request<'a>(req: &ChatRequest<'a>, compatible: bool) -> WireRequest<'a> {
+    WireRequest {
+        model: req.model,
+        messages: req.messages,
+        max_completion_tokens: (!compatible).then_some(req.max_tokens),
+        max_tokens: compatible.then_some(req.max_tokens),
+        temperature: req.temperature,
+        stop: req.stop,
+        response_format: req.response_format,
+        tools: req.tools.filter(|t| !t.is_empty()),
+        tool_choice: req
+            .tool_choice
+            .filter(|_| req.tools.is_some_and(|t| !t.is_empty())),
+    }
+}
+
+/// The chat-completions body OpenAI proper is sent for `req`, as JSON.
+pub(crate) fn request_body(req: &ChatRequest<'_>) -> Result<serde_json::Value, serde_json::Error> {
+    serde_json::to_value(wire_request(req, false))
 }
 
 /// One HTTP answer to `req` read into the adapter's result, without the network (what

@@ -1,6 +1,7 @@
 //! One delivery of one job, start to end: parse, claim (take the lease), route, look the
 //! answer up in the response cache (a hit ends here: no reservation, no call), reserve,
-//! call, then carry out the [`Verdict`]: commit (storing the answer in the cache when it
+//! park it for a provider batch when it is latency-tolerant (`batched`: the delivery ends
+//! there, and the job comes back as a new message with the batch's answer), call, then carry out the [`Verdict`]: commit (storing the answer in the cache when it
 //! applies), dead-letter, publish. Every path returns a [`Disposition`]; every terminal
 //! path commits first, and nothing that can fail after a provider call makes that call
 //! happen again.
@@ -40,6 +41,7 @@ const EXACT_TOKENS_FROM: f64 = 0.5;
 /// Times a delivery goes back to its claim after losing its lease at commit.
 const RECLAIMS: u32 = 3;
 
+mod batched;
 mod cached;
 mod finish;
 
@@ -210,6 +212,12 @@ async fn attempt(
     free: u32,
 ) -> Option<Disposition> {
     let own_delivery = s.d.delivered.saturating_sub(u64::from(free)).max(1);
+    // Back from a provider batch with its answer: that is the result (boxed: rare).
+    if s.d.reentry == Some(super::batcher::Reentry::Answered) {
+        if let Some(item) = Box::pin(batched::returned(ctx, job)).await {
+            return Box::pin(batched::answer(ctx, s, job, lease, prior, item)).await;
+        }
+    }
     if let Some(deadline) = job.deadline {
         if ctx.clock.now() > deadline {
             let err = ErrorBody::new(
@@ -306,6 +314,15 @@ async fn attempt(
             return Box::pin(fail(ctx, s, Some(lease), route, err, &prior, Vec::new())).await;
         }
     };
+    // Latency-tolerant: parked for a provider batch instead of called (boxed: rare; the
+    // lease and reservation move only when the delivery ends there).
+    if batched::eligible(ctx, s, job, &plan) {
+        let parked = Box::pin(batched::park(ctx, s, job, &plan)).await;
+        if !matches!(parked, batched::Park::Live) {
+            let held = (lease, reservation, prior);
+            return Box::pin(batched::conclude(ctx, s, job, held, parked)).await;
+        }
+    }
     let first_attempt = prior.iter().map(|a| a.attempt).max().unwrap_or(0) + 1;
     let outcome = run_chain(
         ctx,

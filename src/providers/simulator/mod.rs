@@ -12,6 +12,9 @@
 //! - `POST /v1/messages` — Anthropic (`anthropic.rs`).
 //! - `POST /v1beta/models/{model}:generateContent` (and `/v1/models/...`) — Gemini
 //!   (`gemini.rs`), plus `:streamGenerateContent` and `:countTokens`.
+//! - `POST /v1/files`, `GET /v1/files/{id}[/content]`, `POST|GET /v1/batches`,
+//!   `GET /v1/batches/{id}`, `POST /v1/batches/{id}/cancel` — OpenAI's Batch API
+//!   (`openai_batch.rs`).
 //! - `GET /_sim/stats` — [`Stats`] as JSON; `GET|POST /_sim/profile` — read / replace the
 //!   [`FaultProfile`]; `POST /_sim/reset` — zero the counters and clear the request log;
 //!   `GET /_sim/log?limit=N` — the newest `N` (default 100) [`LogEntry`]s, newest first,
@@ -51,6 +54,7 @@ mod gemini_validate;
 mod latency;
 mod log;
 mod openai;
+mod openai_batch;
 mod openai_messages;
 mod openai_validate;
 mod schema;
@@ -91,6 +95,8 @@ const DEFAULT_LOG_LIMIT: usize = 100;
 pub struct Simulator {
     inner: Arc<Inner>,
     conns: Arc<serve::ConnCounts>,
+    /// OpenAI's files and batches.
+    batches: Arc<openai_batch::Store>,
 }
 
 impl std::fmt::Debug for Simulator {
@@ -123,6 +129,10 @@ impl std::fmt::Debug for Simulator {
 /// | `unknown_models` | `[]` | model ids answered with the provider's "model not found" 404 (ids starting `no-such-` always are) |
 /// | `no_auth` | false | OpenAI endpoint: accept any key or none |
 /// | `log_capacity` | 1000 | requests kept in the request log ([`Simulator::log`]); 0 keeps none. Only the base profile's value counts |
+/// | `batch_complete_ms` | 0 | OpenAI Batch API: a batch completes this long after it was created (see `openai_batch.rs`) |
+/// | `batch_expire_every` | 0 | Batch API: every Nth line is not run, the batch ends `expired` |
+/// | `batch_error_every` | 0 | Batch API: every Nth line is answered with a 500 |
+/// | `batch_hang` | false | Batch API: batches stay `in_progress` until cancelled |
 /// | `per_model` | `{}` | profiles keyed by model id that replace every knob above for that model (their own `per_model` and `log_capacity` are ignored; `unknown_models` and `no_auth` add to the base's) |
 ///
 /// Example: `{"latency_ms": 400, "jitter_ms": 200, "latency_dist": "lognormal",
@@ -178,6 +188,14 @@ pub struct FaultProfile {
     /// Requests kept in the request log (default 1000; 0 keeps none). Only the base
     /// profile's value is used.
     pub log_capacity: Option<usize>,
+    /// Batch API (base profile only): a batch completes this long after it was created.
+    pub batch_complete_ms: u64,
+    /// Batch API: every Nth line (1-based) is not run and the batch ends `expired`.
+    pub batch_expire_every: u64,
+    /// Batch API: every Nth line is answered with a 500.
+    pub batch_error_every: u64,
+    /// Batch API: batches stay `in_progress` until cancelled.
+    pub batch_hang: bool,
 }
 
 /// One outage window of a [`FaultProfile`].
@@ -294,6 +312,7 @@ impl Simulator {
         Self {
             inner: Arc::new(Inner::new(profile)),
             conns: Arc::default(),
+            batches: Arc::default(),
         }
     }
 
@@ -302,6 +321,15 @@ impl Simulator {
         Router::new()
             .route("/v1/chat/completions", post(openai::chat_completions))
             .route("/chat/completions", post(openai::chat_completions))
+            .route("/v1/files", post(openai_batch::create_file))
+            .route("/v1/files/{id}", get(openai_batch::get_file))
+            .route("/v1/files/{id}/content", get(openai_batch::file_content))
+            .route(
+                "/v1/batches",
+                post(openai_batch::create_batch).get(openai_batch::list_batches),
+            )
+            .route("/v1/batches/{id}", get(openai_batch::get_batch))
+            .route("/v1/batches/{id}/cancel", post(openai_batch::cancel_batch))
             .route("/v1/messages", post(anthropic::messages))
             .route("/v1beta/models/{*rest}", post(gemini::generate_v1beta))
             .route("/v1/models/{*rest}", post(gemini::generate_v1))
