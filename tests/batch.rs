@@ -17,6 +17,8 @@ use switchyard::providers::simulator::FaultProfile;
 
 const UPSTREAM: &str = "gpt-4o-mini-2024-07-18";
 
+const HAIKU: &str = "claude-3-5-haiku-20241022";
+
 fn batch_config(c: &mut Config) {
     c.batch.enabled = true;
     c.batch.max_jobs = 100;
@@ -28,6 +30,10 @@ fn batch_config(c: &mut Config) {
             // Half of every live price, as OpenAI's batch discount.
             m.batch_input_per_mtok = Some(Decimal::from_str("0.075").unwrap());
             m.batch_output_per_mtok = Some(Decimal::from_str("0.30").unwrap());
+        }
+        if m.name == "claude-3-5-haiku" {
+            m.batch_input_per_mtok = Some(Decimal::from_str("0.40").unwrap());
+            m.batch_output_per_mtok = Some(Decimal::from_str("2.00").unwrap());
         }
     }
 }
@@ -41,10 +47,14 @@ fn pinned(id: &str, extra: &str) -> String {
 }
 
 fn model(env: &TestEnv) -> switchyard::config::ModelConfig {
+    named_model(env, "gpt-4o-mini")
+}
+
+fn named_model(env: &TestEnv, name: &str) -> switchyard::config::ModelConfig {
     env.config
         .models
         .iter()
-        .find(|m| m.name == "gpt-4o-mini")
+        .find(|m| m.name == name)
         .unwrap()
         .clone()
 }
@@ -79,9 +89,13 @@ async fn rows(env: &TestEnv, id: &str) -> Vec<(String, Decimal, Usage, Option<St
 /// The job's one cost row is a batch call at the batch price (half the live price), and
 /// its result and row agree with it.
 async fn assert_batched(env: &TestEnv, r: &JobResult) {
+    assert_batched_on(env, r, "openai", "gpt-4o-mini").await;
+}
+
+async fn assert_batched_on(env: &TestEnv, r: &JobResult, provider: &str, name: &str) {
     assert_eq!(r.status, Status::Succeeded, "{r:?}");
-    assert_eq!(r.provider.as_deref(), Some("openai"));
-    assert_eq!(r.model.as_deref(), Some("gpt-4o-mini"));
+    assert_eq!(r.provider.as_deref(), Some(provider));
+    assert_eq!(r.model.as_deref(), Some(name));
     let rows = rows(env, &r.id).await;
     assert_eq!(rows.len(), 1, "{}: {rows:?}", r.id);
     let (outcome, cost, usage, message) = &rows[0];
@@ -93,7 +107,7 @@ async fn assert_batched(env: &TestEnv, r: &JobResult) {
             .starts_with("batch sybatch_"),
         "{message:?}"
     );
-    let m = model(env);
+    let m = named_model(env, name);
     assert!(usage.input_tokens > 0 && usage.output_tokens > 0);
     assert_eq!(Some(*cost), switchyard::cost::batch_cost_of(&m, usage));
     assert_eq!(
@@ -427,6 +441,52 @@ async fn a_batch_past_its_deadline_is_cancelled_and_its_jobs_run_live() {
         .await
         .unwrap();
     assert_eq!(status, "cancelled");
+    stop.cancel();
+    handle.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn anthropic_message_batches_answer_at_the_batch_price_and_expired_requests_run_live() {
+    let env = TestEnv::new(|c| {
+        batch_config(c);
+        c.batch.max_jobs = 3;
+        c.batch.max_wait_s = 30;
+    })
+    .await;
+    // The third request of the batch expires.
+    env.sim.set_profile(FaultProfile {
+        batch_complete_ms: 200,
+        batch_expire_every: 3,
+        ..FaultProfile::default()
+    });
+    let (stop, handle) = env.start_worker().await;
+    for i in 0..3 {
+        let payload = job(
+            &format!("a-{i}"),
+            "acme",
+            r#","model":"anthropic/claude-3-5-haiku""#,
+        );
+        env.publish(Priority::Low, "acme", payload).await;
+    }
+    let mut batched = 0;
+    for i in 0..3 {
+        let id = format!("a-{i}");
+        let r = env.result("acme", &id, 60).await;
+        assert_eq!(r.status, Status::Succeeded, "{r:?}");
+        let rows = rows(&env, &id).await;
+        if rows[0].3.is_some() {
+            assert_batched_on(&env, &r, "anthropic", "claude-3-5-haiku").await;
+            batched += 1;
+        } else {
+            assert_eq!(rows.len(), 1);
+            let m = named_model(&env, "claude-3-5-haiku");
+            assert_eq!(rows[0].1, switchyard::cost::cost_of(&m, &rows[0].2));
+        }
+    }
+    assert_eq!(batched, 2);
+    let stats = env.sim.stats();
+    assert_eq!(stats.count("anthropic-batch", HAIKU, 200), 2, "{stats:?}");
+    assert_eq!(stats.calls("anthropic", HAIKU), 1, "the expired one, live");
     stop.cancel();
     handle.await.unwrap().unwrap();
 }

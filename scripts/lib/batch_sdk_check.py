@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Drive the provider simulator's OpenAI Batch API with the official `openai` SDK.
+"""Drive the provider simulator's batch APIs with the official SDKs (`openai`, and
+`anthropic` when it is installed).
 
-Usage: batch_sdk_check.py BASE_URL   (e.g. http://127.0.0.1:8090/v1; a `switchyard
-simulate` must be listening there, with `batch_complete_ms` 0 and no batch faults).
+Usage: batch_sdk_check.py ADDR   (e.g. 127.0.0.1:8090; a `switchyard simulate` must be
+listening there, with `batch_complete_ms` 0 and no batch faults).
 
 Checks what switchyard relies on, through the SDK's own request building and response
 parsing: files.create (multipart, purpose=batch), batches.create / retrieve / list /
@@ -50,8 +51,8 @@ def wait(client, batch_id, want, secs=10):
     raise AssertionError(f"batch {batch_id} never reached {want}")
 
 
-def main():
-    base = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8090/v1"
+def check_openai(addr):
+    base = f"http://{addr}/v1"
     client = openai.OpenAI(base_url=base, api_key="sk-sdk-check", max_retries=0)
     model = "gpt-4o-mini-2024-07-18"
 
@@ -99,6 +100,69 @@ def main():
     assert b4.status == "failed" and b4.errors.data[0].code == "mismatched_model", b4
     expect_status(lambda: openai.OpenAI(base_url=base, api_key="nope", max_retries=0).batches.list(), 401)
     print("openai SDK batch check: ok")
+
+
+def check_anthropic(addr):
+    try:
+        import anthropic
+    except ImportError:
+        print("anthropic SDK not installed: Message Batches not checked")
+        return
+    # The key also as `x-api-key` explicitly: the Messages API's header, which some SDK
+    # builds send only as `Authorization: Bearer`, and the version switchyard sends (the
+    # installed SDK may send a newer `anthropic-version` than the simulator knows).
+    key = "sk-ant-sdk-check"
+    client = anthropic.Anthropic(base_url=f"http://{addr}", api_key=key, max_retries=0,
+                                 default_headers={"x-api-key": key, "anthropic-version": "2023-06-01"})
+    model = "claude-3-5-haiku-20241022"
+    reqs = [{"custom_id": f"sy-{i}", "params": {"model": model, "max_tokens": 32,
+             "messages": [{"role": "user", "content": f"Say something about {i}"}]}} for i in range(3)]
+    # One request whose params the Messages API refuses: it ends `errored`, not the batch.
+    reqs.append({"custom_id": "sy-3", "params": {"model": model, "messages": [{"role": "user", "content": "x"}]}})
+    b = client.messages.batches.create(requests=reqs)
+    assert b.type == "message_batch" and b.processing_status == "in_progress", b
+    deadline = time.time() + 10
+    while b.processing_status != "ended":
+        assert time.time() < deadline, b
+        time.sleep(0.1)
+        b = client.messages.batches.retrieve(b.id)
+    assert b.request_counts.succeeded == 3 and b.request_counts.errored == 1, b.request_counts
+    assert b.results_url, b
+    got = {r.custom_id: r.result for r in client.messages.batches.results(b.id)}
+    assert sorted(got) == ["sy-0", "sy-1", "sy-2", "sy-3"], got
+    for cid in ["sy-0", "sy-1", "sy-2"]:
+        assert got[cid].type == "succeeded", got[cid]
+        assert got[cid].message.content[0].text and got[cid].message.usage.input_tokens > 0
+    assert got["sy-3"].type == "errored" and got["sy-3"].error.error.type == "invalid_request_error", got["sy-3"]
+    assert any(x.id == b.id for x in client.messages.batches.list(limit=10).data)
+    c = client.messages.batches.create(requests=reqs[:1])
+    c = client.messages.batches.cancel(c.id)
+    assert c.processing_status == "canceling", c
+    c = client.messages.batches.retrieve(c.id)
+    assert c.processing_status == "ended" and c.request_counts.canceled == 1, c
+    assert [r.result.type for r in client.messages.batches.results(c.id)] == ["canceled"]
+    # Refusals the real API makes at creation.
+    for bad in ([{"custom_id": "has space", "params": reqs[0]["params"]}],
+                [reqs[0], reqs[0]],
+                []):
+        try:
+            client.messages.batches.create(requests=bad)
+        except anthropic.BadRequestError:
+            continue
+        raise AssertionError(f"accepted {bad}")
+    try:
+        client.messages.batches.retrieve("msgbatch_nope")
+    except anthropic.NotFoundError:
+        pass
+    else:
+        raise AssertionError("an unknown batch was found")
+    print("anthropic SDK batch check: ok")
+
+
+def main():
+    addr = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:8090"
+    check_openai(addr)
+    check_anthropic(addr)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
 //! Each request of a batch is named by its line: custom id `sy-<line>` (every provider's
 //! custom ids accept it; Anthropic's allow only `[A-Za-z0-9_-]{1,64}`).
 
+pub mod anthropic;
 pub mod openai;
 
 use super::{ChatRequest, ChatResponse, FailureClass, ProviderError};
@@ -90,20 +91,32 @@ pub struct BatchApis {
 }
 
 impl BatchApis {
-    /// OpenAI proper has a batch API; `openai_compatible` servers, Anthropic and Gemini are
-    /// not batched (yet): their jobs stay live.
+    /// OpenAI proper and Anthropic have a batch API here; `openai_compatible` servers and
+    /// Gemini are not batched (yet): their jobs stay live.
     pub fn from_config(config: &Config) -> Result<BatchApis, super::SetupError> {
         let mut by_name: HashMap<String, Arc<dyn BatchApi>> = HashMap::new();
         for p in &config.providers {
-            if p.kind == ProviderKind::Openai {
-                let key = super::read_key(p)?;
-                let api = openai::OpenAiBatch::new(p, key, config.limits.max_response_bytes)
-                    .map_err(|e| super::SetupError::Batch {
-                        provider: p.name.clone(),
-                        message: e.to_string(),
-                    })?;
-                by_name.insert(p.name.clone(), Arc::new(api));
-            }
+            let max = config.limits.max_response_bytes;
+            let api: Arc<dyn BatchApi> = match p.kind {
+                ProviderKind::Openai => Arc::new(
+                    openai::OpenAiBatch::new(p, super::read_key(p)?, max).map_err(|e| {
+                        super::SetupError::Batch {
+                            provider: p.name.clone(),
+                            message: e.to_string(),
+                        }
+                    })?,
+                ),
+                ProviderKind::Anthropic => Arc::new(
+                    anthropic::AnthropicBatch::new(p, super::read_key(p)?, max).map_err(|e| {
+                        super::SetupError::Batch {
+                            provider: p.name.clone(),
+                            message: e.to_string(),
+                        }
+                    })?,
+                ),
+                ProviderKind::Gemini | ProviderKind::OpenaiCompatible => continue,
+            };
+            by_name.insert(p.name.clone(), api);
         }
         Ok(BatchApis { by_name })
     }
@@ -119,6 +132,71 @@ impl BatchApis {
     /// Replace or add one (tests).
     pub fn insert(&mut self, name: &str, api: Arc<dyn BatchApi>) {
         self.by_name.insert(name.to_string(), api);
+    }
+}
+
+/// The HTTP side every batch API shares: a client, the provider's authentication
+/// headers (never printed), and answers read whole up to a cap.
+pub(crate) struct BatchHttp {
+    client: reqwest::Client,
+    headers: reqwest::header::HeaderMap,
+    max_bytes: usize,
+}
+
+impl BatchHttp {
+    pub(crate) fn new(
+        p: &crate::config::ProviderConfig,
+        headers: reqwest::header::HeaderMap,
+        max_response_bytes: usize,
+    ) -> Result<Self, ProviderError> {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(p.timeout_s.max(60)))
+            .connect_timeout(std::time::Duration::from_secs(p.connect_timeout_s))
+            .user_agent(super::http::USER_AGENT)
+            .build()
+            .map_err(super::http::transport_error)?;
+        Ok(BatchHttp {
+            client,
+            headers,
+            // A results file holds many answers.
+            max_bytes: max_response_bytes.saturating_mul(64),
+        })
+    }
+
+    pub(crate) fn get(&self, url: &str) -> reqwest::RequestBuilder {
+        self.client.get(url).headers(self.headers.clone())
+    }
+
+    pub(crate) fn post(&self, url: &str) -> reqwest::RequestBuilder {
+        self.client.post(url).headers(self.headers.clone())
+    }
+
+    /// Send, read the whole answer, refuse a non-2xx.
+    pub(crate) async fn call(
+        &self,
+        what: &str,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<Vec<u8>, ProviderError> {
+        let a = super::http::send(rb, self.max_bytes).await?;
+        if !(200..300).contains(&a.status) {
+            return Err(http_error(what, a.status, &a.body));
+        }
+        Ok(a.body)
+    }
+
+    pub(crate) async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<T, ProviderError> {
+        let body = self.call(what, rb).await?;
+        serde_json::from_slice(&body).map_err(|e| {
+            ProviderError::new(
+                FailureClass::ServerError,
+                Some(200),
+                format!("{what}: unreadable answer: {e}"),
+            )
+        })
     }
 }
 

@@ -5,7 +5,7 @@
 //! `failed`; then the output and error files (`GET /files/{id}/content`), one line per
 //! request: `{id, custom_id, response: {status_code, request_id, body}, error}`.
 
-use super::{custom_id, http_error, line_of, BatchApi, BatchStatus, LineOutcome, LineResult};
+use super::{custom_id, line_of, BatchApi, BatchHttp, BatchStatus, LineOutcome, LineResult};
 use crate::config::ProviderConfig;
 use crate::providers::http::bearer_header;
 use crate::providers::{ChatRequest, ChatResponse, FailureClass, ProviderError};
@@ -13,7 +13,6 @@ use futures::future::BoxFuture;
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE};
 use secrecy::SecretString;
 use serde::Deserialize;
-use std::time::Duration;
 
 /// The metadata key that holds our batch id.
 const TAG_KEY: &str = "switchyard_batch";
@@ -21,9 +20,7 @@ const ENDPOINT: &str = "/v1/chat/completions";
 
 pub struct OpenAiBatch {
     base: String,
-    key: Option<SecretString>,
-    client: reqwest::Client,
-    max_bytes: usize,
+    http: BatchHttp,
 }
 
 impl OpenAiBatch {
@@ -31,59 +28,20 @@ impl OpenAiBatch {
         p: &ProviderConfig,
         key: Option<SecretString>,
         max_response_bytes: usize,
-    ) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(p.timeout_s.max(60)))
-            .connect_timeout(Duration::from_secs(p.connect_timeout_s))
-            .user_agent(crate::providers::http::USER_AGENT)
-            .build()?;
+    ) -> Result<Self, ProviderError> {
+        let mut headers = HeaderMap::new();
+        if let Some(k) = &key {
+            headers.insert(AUTHORIZATION, bearer_header(k)?);
+        }
         Ok(OpenAiBatch {
             base: p.base_url.trim_end_matches('/').to_string(),
-            key,
-            client,
-            // An output file holds many answers.
-            max_bytes: max_response_bytes.saturating_mul(64),
-        })
-    }
-
-    fn auth(&self, rb: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder, ProviderError> {
-        Ok(match &self.key {
-            Some(k) => rb.header(AUTHORIZATION, bearer_header(k)?),
-            None => rb,
-        })
-    }
-
-    /// Send, read the whole answer, refuse a non-2xx.
-    async fn call(
-        &self,
-        what: &str,
-        rb: reqwest::RequestBuilder,
-    ) -> Result<Vec<u8>, ProviderError> {
-        let a = crate::providers::http::send(self.auth(rb)?, self.max_bytes).await?;
-        if !(200..300).contains(&a.status) {
-            return Err(http_error(what, a.status, &a.body));
-        }
-        Ok(a.body)
-    }
-
-    async fn json<T: serde::de::DeserializeOwned>(
-        &self,
-        what: &str,
-        rb: reqwest::RequestBuilder,
-    ) -> Result<T, ProviderError> {
-        let body = self.call(what, rb).await?;
-        serde_json::from_slice(&body).map_err(|e| {
-            ProviderError::new(
-                FailureClass::ServerError,
-                Some(200),
-                format!("{what}: unreadable answer: {e}"),
-            )
+            http: BatchHttp::new(p, headers, max_response_bytes)?,
         })
     }
 
     async fn file_lines(&self, file_id: &str) -> Result<Vec<LineResult>, ProviderError> {
         let url = format!("{}/files/{file_id}/content", self.base);
-        let body = self.call("file content", self.client.get(url)).await?;
+        let body = self.http.call("file content", self.http.get(&url)).await?;
         Ok(parse_result_file(&body))
     }
 }
@@ -211,24 +169,24 @@ impl BatchApi for OpenAiBatch {
             let boundary = format!("sy{:032x}", rand::random::<u128>());
             let body = multipart(&boundary, &format!("{tag}.jsonl"), &jsonl);
             let upload = self
-                .client
-                .post(format!("{}/files", self.base))
+                .http
+                .post(&format!("{}/files", self.base))
                 .header(
                     CONTENT_TYPE,
                     format!("multipart/form-data; boundary={boundary}"),
                 )
                 .body(body);
-            let file: WireId = self.json("file upload", upload).await?;
+            let file: WireId = self.http.json("file upload", upload).await?;
             let create =
-                self.client
-                    .post(format!("{}/batches", self.base))
+                self.http
+                    .post(&format!("{}/batches", self.base))
                     .json(&serde_json::json!({
                         "input_file_id": file.id,
                         "endpoint": ENDPOINT,
                         "completion_window": "24h",
                         "metadata": {TAG_KEY: tag},
                     }));
-            let batch: WireBatch = self.json("batch create", create).await?;
+            let batch: WireBatch = self.http.json("batch create", create).await?;
             Ok(batch.id)
         })
     }
@@ -236,10 +194,10 @@ impl BatchApi for OpenAiBatch {
     fn find<'a>(&'a self, tag: &'a str) -> BoxFuture<'a, Result<Option<String>, ProviderError>> {
         Box::pin(async move {
             let list = self
-                .client
-                .get(format!("{}/batches", self.base))
+                .http
+                .get(&format!("{}/batches", self.base))
                 .query(&[("limit", "100")]);
-            let list: WireList = self.json("batch list", list).await?;
+            let list: WireList = self.http.json("batch list", list).await?;
             Ok(list
                 .data
                 .into_iter()
@@ -255,8 +213,8 @@ impl BatchApi for OpenAiBatch {
 
     fn poll<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<BatchStatus, ProviderError>> {
         Box::pin(async move {
-            let get = self.client.get(format!("{}/batches/{id}", self.base));
-            let b: WireBatch = self.json("batch status", get).await?;
+            let get = self.http.get(&format!("{}/batches/{id}", self.base));
+            let b: WireBatch = self.http.json("batch status", get).await?;
             if !matches!(
                 b.status.as_str(),
                 "completed" | "expired" | "cancelled" | "failed"
@@ -277,9 +235,9 @@ impl BatchApi for OpenAiBatch {
     fn cancel<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), ProviderError>> {
         Box::pin(async move {
             let post = self
-                .client
-                .post(format!("{}/batches/{id}/cancel", self.base));
-            self.call("batch cancel", post).await.map(|_| ())
+                .http
+                .post(&format!("{}/batches/{id}/cancel", self.base));
+            self.http.call("batch cancel", post).await.map(|_| ())
         })
     }
 

@@ -15,6 +15,9 @@
 //! - `POST /v1/files`, `GET /v1/files/{id}[/content]`, `POST|GET /v1/batches`,
 //!   `GET /v1/batches/{id}`, `POST /v1/batches/{id}/cancel` — OpenAI's Batch API
 //!   (`openai_batch.rs`).
+//! - `POST|GET /v1/messages/batches`, `GET /v1/messages/batches/{id}[/results]`,
+//!   `POST /v1/messages/batches/{id}/cancel` — Anthropic's Message Batches
+//!   (`anthropic_batch.rs`).
 //! - `GET /_sim/stats` — [`Stats`] as JSON; `GET|POST /_sim/profile` — read / replace the
 //!   [`FaultProfile`]; `POST /_sim/reset` — zero the counters and clear the request log;
 //!   `GET /_sim/log?limit=N` — the newest `N` (default 100) [`LogEntry`]s, newest first,
@@ -48,6 +51,7 @@
 //! starting with `no-such-`, which get the provider's "model not found" 404.
 
 mod anthropic;
+mod anthropic_batch;
 mod anthropic_validate;
 mod gemini;
 mod gemini_validate;
@@ -97,6 +101,8 @@ pub struct Simulator {
     conns: Arc<serve::ConnCounts>,
     /// OpenAI's files and batches.
     batches: Arc<openai_batch::Store>,
+    /// Anthropic's message batches.
+    anthropic_batches: Arc<anthropic_batch::Store>,
 }
 
 impl std::fmt::Debug for Simulator {
@@ -313,6 +319,7 @@ impl Simulator {
             inner: Arc::new(Inner::new(profile)),
             conns: Arc::default(),
             batches: Arc::default(),
+            anthropic_batches: Arc::default(),
         }
     }
 
@@ -331,6 +338,19 @@ impl Simulator {
             .route("/v1/batches/{id}", get(openai_batch::get_batch))
             .route("/v1/batches/{id}/cancel", post(openai_batch::cancel_batch))
             .route("/v1/messages", post(anthropic::messages))
+            .route(
+                "/v1/messages/batches",
+                post(anthropic_batch::create).get(anthropic_batch::list),
+            )
+            .route("/v1/messages/batches/{id}", get(anthropic_batch::retrieve))
+            .route(
+                "/v1/messages/batches/{id}/cancel",
+                post(anthropic_batch::cancel),
+            )
+            .route(
+                "/v1/messages/batches/{id}/results",
+                get(anthropic_batch::results),
+            )
             .route("/v1beta/models/{*rest}", post(gemini::generate_v1beta))
             .route("/v1/models/{*rest}", post(gemini::generate_v1))
             .route("/_sim/stats", get(admin_stats))
@@ -720,6 +740,34 @@ fn add_headers(resp: &mut Response, headers: Vec<(HeaderName, String)>) {
             resp.headers_mut().insert(name, v);
         }
     }
+}
+
+/// One page of a list endpoint: `all` newest first, the items after the one whose `id` is
+/// `after` (from the start without it), at most `limit`; with `has_more` and the page's
+/// first and last ids.
+pub(crate) fn list_page(
+    all: Vec<serde_json::Value>,
+    after: Option<&str>,
+    limit: usize,
+) -> (
+    Vec<serde_json::Value>,
+    bool,
+    serde_json::Value,
+    serde_json::Value,
+) {
+    let start = match after {
+        Some(a) => all
+            .iter()
+            .position(|b| b["id"] == a)
+            .map_or(all.len(), |p| p + 1),
+        None => 0,
+    };
+    let total = all.len();
+    let page: Vec<serde_json::Value> = all.into_iter().skip(start).take(limit).collect();
+    let has_more = total > start + page.len();
+    let id = |b: Option<&serde_json::Value>| b.map_or(serde_json::Value::Null, |b| b["id"].clone());
+    let (first, last) = (id(page.first()), id(page.last()));
+    (page, has_more, first, last)
 }
 
 /// A header name from a static string (all names used here are valid lowercase).

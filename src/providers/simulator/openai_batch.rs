@@ -667,23 +667,8 @@ pub(crate) async fn list_batches(
     let Ok(batches) = sim.batches.batches.lock() else {
         return invalid("unavailable", None);
     };
-    let newest_first: Vec<&Batch> = batches.iter().rev().collect();
-    let start = match &q.after {
-        Some(a) => newest_first
-            .iter()
-            .position(|b| &b.id == a)
-            .map_or(newest_first.len(), |p| p + 1),
-        None => 0,
-    };
-    let page: Vec<Value> = newest_first
-        .iter()
-        .skip(start)
-        .take(limit)
-        .map(|b| batch_json(b))
-        .collect();
-    let has_more = newest_first.len() > start + page.len();
-    let first = page.first().and_then(|b| b.get("id")).cloned();
-    let last = page.last().and_then(|b| b.get("id")).cloned();
+    let all = batches.iter().rev().map(batch_json).collect();
+    let (page, has_more, first, last) = super::list_page(all, q.after.as_deref(), limit);
     json_response(
         StatusCode::OK,
         Vec::new(),
