@@ -490,3 +490,46 @@ async fn anthropic_message_batches_answer_at_the_batch_price_and_expired_request
     stop.cancel();
     handle.await.unwrap().unwrap();
 }
+
+/// Figures for BENCHMARKS.md "Cost levers": `cargo test --test batch -- --ignored
+/// --nocapture batch_figures`. 200 low-priority jobs pinned to gpt-4o-mini, batches off
+/// and on (max_wait_s 1, poll_interval_s 1, the simulator completing a batch at once):
+/// provider calls, spend, and the time from the first publish to the last result.
+#[tokio::test]
+#[ignore]
+async fn batch_figures() {
+    const N: usize = 200;
+    for on in [false, true] {
+        let env = TestEnv::new(|c| {
+            batch_config(c);
+            c.batch.enabled = on;
+            c.batch.max_jobs = 1000;
+        })
+        .await;
+        let (stop, handle) = env.start_worker().await;
+        let started = std::time::Instant::now();
+        for i in 0..N {
+            env.publish(Priority::Low, "acme", pinned(&format!("b-{i}"), ""))
+                .await;
+        }
+        for i in 0..N {
+            let r = env.result("acme", &format!("b-{i}"), 120).await;
+            assert_eq!(r.status, Status::Succeeded);
+        }
+        let took = started.elapsed();
+        let spent: Decimal = sqlx::query_scalar("SELECT coalesce(sum(cost_usd), 0) FROM cost_rows")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+        let stats = env.sim.stats();
+        println!(
+            "batch {}: {N} jobs, live calls {}, batch lines {}, spent ${spent}, first publish -> last result {:.2} s",
+            if on { "on " } else { "off" },
+            stats.calls("openai", UPSTREAM),
+            stats.calls("openai-batch", UPSTREAM),
+            took.as_secs_f64()
+        );
+        stop.cancel();
+        handle.await.unwrap().unwrap();
+    }
+}
