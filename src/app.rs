@@ -152,6 +152,24 @@ pub async fn run_worker(
         cfg.worker.commit_batch,
         linger,
     ));
+    let batching = Arc::new(crate::worker::batcher::Batching {
+        pool: pool.clone(),
+        apis: crate::providers::batch::BatchApis::from_config(&cfg)?,
+    });
+    let publisher = Publisher {
+        client: client.clone(),
+        js,
+        names: Names::new(&cfg.nats.prefix),
+    };
+    // Provider batches: gathered, sent, polled and fanned out beside the job tasks.
+    let batch_task = tokio::spawn(
+        crate::worker::batcher::Batcher {
+            cfg: cfg.clone(),
+            batching: batching.clone(),
+            publisher: publisher.clone(),
+        }
+        .run(infra_stop.clone()),
+    );
     let ctx = Arc::new(Ctx {
         metrics: metrics.clone(),
         health,
@@ -167,12 +185,9 @@ pub async fn run_worker(
         infra: infra.clone(),
         clock,
         exact_tokens: crate::worker::exact_tokens(&cfg),
-        publisher: Publisher {
-            client: client.clone(),
-            js,
-            names: Names::new(&cfg.nats.prefix),
-        },
+        publisher,
         abort: abort.clone(),
+        batching,
         cfg: cfg.clone(),
     });
     let ctx = Arc::new(CtxCell::new(ctx));
@@ -259,6 +274,7 @@ pub async fn run_worker(
     infra_stop.cancel();
     let _ = infra_task.await;
     let _ = cache_sweep.await;
+    let _ = batch_task.await;
     client.flush().await.context("flushing NATS")?;
     pool.close().await;
     metrics_stop.cancel();

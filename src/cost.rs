@@ -29,6 +29,33 @@ pub fn cost_of(model: &ModelConfig, usage: &Usage) -> Decimal {
     (total / MILLION).normalize()
 }
 
+/// The batch-API prices of `model` (`batch_input_per_mtok`, `batch_output_per_mtok`), as
+/// a model whose live prices are those, or `None` when it has no batch prices. Cached
+/// input and cache writes get the batch discount of plain input (their live price times
+/// batch input / input): the providers' batch discounts apply to every token kind.
+pub fn batch_priced(model: &ModelConfig) -> Option<ModelConfig> {
+    let (input, output) = (model.batch_input_per_mtok?, model.batch_output_per_mtok?);
+    let scale = |live: Decimal| {
+        if model.input_per_mtok.is_zero() {
+            input
+        } else {
+            live.saturating_mul(input) / model.input_per_mtok
+        }
+    };
+    Some(ModelConfig {
+        input_per_mtok: input,
+        output_per_mtok: output,
+        cached_input_per_mtok: Some(scale(model.cached_input_price())),
+        cache_write_per_mtok: Some(scale(model.cache_write_price())),
+        ..model.clone()
+    })
+}
+
+/// Exact cost of one call sent in a provider batch (`None`: no batch prices).
+pub fn batch_cost_of(model: &ModelConfig, usage: &Usage) -> Option<Decimal> {
+    batch_priced(model).map(|m| cost_of(&m, usage))
+}
+
 /// The most a call can cost: every input token uncached and `max_tokens` of output.
 pub fn worst_case(model: &ModelConfig, input_tokens: u64, max_tokens: u32) -> Decimal {
     cost_of(
@@ -72,6 +99,24 @@ mod tests {
             aliases: vec![],
             max_output_tokens: None,
         }
+    }
+
+    #[test]
+    fn batch_prices_are_charged_and_discount_cached_input_alike() {
+        // gpt-4o-mini: 0.15 / 0.60 live, 0.075 cached; batch 0.075 / 0.30.
+        let mut m = model("0.15", "0.60", Some("0.075"));
+        let u = Usage {
+            input_tokens: 2048,
+            cached_input_tokens: 1024,
+            output_tokens: 100,
+            ..Usage::default()
+        };
+        assert_eq!(batch_cost_of(&m, &u), None);
+        m.batch_input_per_mtok = Some(Decimal::from_str("0.075").unwrap());
+        m.batch_output_per_mtok = Some(Decimal::from_str("0.30").unwrap());
+        // 1024×0.075 + 1024×0.0375 + 100×0.30 = 76.8 + 38.4 + 30 = 145.2 → /1e6: half of live.
+        assert_eq!(batch_cost_of(&m, &u).unwrap().to_string(), "0.0001452");
+        assert_eq!(cost_of(&m, &u).to_string(), "0.0002904");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use super::ConfigError;
 
 /// The top-level sections of the file (a test holds this equal to `FileConfig`'s).
-pub(super) const SECTIONS: [&str; 13] = [
+pub(super) const SECTIONS: [&str; 14] = [
     "nats",
     "postgres",
     "worker",
@@ -20,6 +20,7 @@ pub(super) const SECTIONS: [&str; 13] = [
     "health",
     "reply_to",
     "cache",
+    "batch",
     "providers",
     "models",
 ];

@@ -7,6 +7,7 @@
 //! `__` included, are not the config's (see `env`). A bad file or variable fails at
 //! start naming the field or the variable.
 
+mod batch;
 mod cache;
 mod connections;
 mod env;
@@ -14,6 +15,7 @@ mod hedge;
 mod reply_to;
 mod sections;
 
+pub use batch::BatchConfig;
 pub use cache::{CacheConfig, CacheRule, CacheScope};
 use connections::mask_userinfo;
 pub use connections::{
@@ -265,6 +267,7 @@ impl FileConfig {
         }
         self.validate_health()?;
         self.cache.validate(&model_names)?;
+        self.batch.validate()?;
         self.validate_routing(&model_names)
     }
 

@@ -1,7 +1,7 @@
 //! The TOML file's sections as serde structs. Unknown keys are refused, so a typo fails
 //! at start instead of being silently ignored.
 
-use super::{CacheConfig, NatsConfig, PostgresConfig, ReplyToConfig};
+use super::{BatchConfig, CacheConfig, NatsConfig, PostgresConfig, ReplyToConfig};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +30,8 @@ pub struct FileConfig {
     pub reply_to: ReplyToConfig,
     #[serde(default)]
     pub cache: CacheConfig,
+    #[serde(default)]
+    pub batch: BatchConfig,
     #[serde(default)]
     pub providers: Vec<ProviderConfig>,
     #[serde(default)]
@@ -443,8 +445,8 @@ pub struct ModelConfig {
     /// when not given. See [`ModelConfig::cache_write_price`].
     #[serde(default, with = "rust_decimal::serde::str_option")]
     pub cache_write_per_mtok: Option<Decimal>,
-    /// Batch-API prices (USD per million tokens), for cost planning; switchyard calls the
-    /// synchronous APIs, so these are recorded, not charged.
+    /// Batch-API prices (USD per million tokens): what a call sent in a provider batch
+    /// costs (`[batch]`); a model without both is never batched.
     #[serde(default, with = "rust_decimal::serde::str_option")]
     pub batch_input_per_mtok: Option<Decimal>,
     #[serde(default, with = "rust_decimal::serde::str_option")]

@@ -107,6 +107,18 @@ pub enum CacheMode {
     Refresh,
 }
 
+/// Whether the job may go through a provider batch API (`[batch]`): `auto` (the
+/// default) when its priority is one of `batch.priorities`, `never`, or `prefer` (at any
+/// priority, when batches are enabled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchMode {
+    #[default]
+    Auto,
+    Never,
+    Prefer,
+}
+
 /// `providers: {"allow": [...], "deny": [...]}`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -172,6 +184,8 @@ pub struct Job {
     /// the result (see DESIGN.md "Streamed output"). Needs a `reply_to`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stream: bool,
+    #[serde(default, skip_serializing_if = "is_auto")]
+    pub batch: BatchMode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
     #[serde(
@@ -180,6 +194,10 @@ pub struct Job {
         deserialize_with = "parse::strict_value"
     )]
     pub metadata: Option<serde_json::Value>,
+}
+
+fn is_auto(b: &BatchMode) -> bool {
+    *b == BatchMode::Auto
 }
 
 fn default_model() -> String {

@@ -474,7 +474,11 @@ pub type BodySink<'s> = &'s mut (dyn FnMut(&[u8]) -> Result<(), ProviderError> +
 /// Send a request and read its answer, body included, chunk by chunk: a body (success or
 /// error) longer than `max_bytes` is not read further and fails the call as a server
 /// error (transient: another provider may answer sanely).
-/// A 2xx body goes to `sink` (when given) instead of into the answer.
+pub async fn send(req: reqwest::RequestBuilder, max_bytes: usize) -> Result<Answer, ProviderError> {
+    send_to(req, max_bytes, None).await
+}
+
+/// As [`send`]; a 2xx body goes to `sink` (when given) instead of into the answer.
 async fn send_to(
     req: reqwest::RequestBuilder,
     max_bytes: usize,

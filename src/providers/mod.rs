@@ -41,6 +41,7 @@ macro_rules! http_provider {
 }
 
 pub mod anthropic;
+pub mod batch;
 mod error;
 pub mod gemini;
 mod http;
@@ -142,6 +143,8 @@ pub trait Provider: Send + Sync {
 pub enum SetupError {
     #[error("providers[{provider}].api_key_env: environment variable {var} is not set")]
     MissingKey { provider: String, var: String },
+    #[error("providers[{provider}]: cannot set up its batch API: {message}")]
+    Batch { provider: String, message: String },
     #[error("providers[{provider}]: cannot build the HTTP client: {source}")]
     Client {
         provider: String,

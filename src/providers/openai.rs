@@ -140,26 +140,7 @@ impl OpenAi {
         stream: bool,
     ) -> Result<http::Post<'a>, ProviderError> {
         // The wire struct is a temporary: only the encoded bytes wait for the answer.
-        let mut post = http::Post::json(
-            &self.url,
-            &WireRequest {
-                model: req.model,
-                messages: req.messages,
-                max_completion_tokens: (!self.compatible).then_some(req.max_tokens),
-                max_tokens: self.compatible.then_some(req.max_tokens),
-                temperature: req.temperature,
-                stop: req.stop,
-                response_format: req.response_format,
-                tools: req.tools.filter(|t| !t.is_empty()),
-                tool_choice: req
-                    .tool_choice
-                    .filter(|_| req.tools.is_some_and(|t| !t.is_empty())),
-                stream: stream.then_some(true),
-                stream_options: stream.then_some(StreamOptions {
-                    include_usage: true,
-                }),
-            },
-        )?;
+        let mut post = http::Post::json(&self.url, &wire_request(req, self.compatible, stream))?;
         if let Some(key) = &self.key {
             post = post.header(AUTHORIZATION, http::bearer_header(key)?);
         }
@@ -168,6 +149,32 @@ impl OpenAi {
 }
 
 http_provider!(OpenAi, stream::openai::Assembler);
+
+/// The chat-completions body of `req` (also each line's `body` in a batch input file).
+fn wire_request<'a>(req: &ChatRequest<'a>, compatible: bool, stream: bool) -> WireRequest<'a> {
+    WireRequest {
+        model: req.model,
+        messages: req.messages,
+        max_completion_tokens: (!compatible).then_some(req.max_tokens),
+        max_tokens: compatible.then_some(req.max_tokens),
+        temperature: req.temperature,
+        stop: req.stop,
+        response_format: req.response_format,
+        tools: req.tools.filter(|t| !t.is_empty()),
+        tool_choice: req
+            .tool_choice
+            .filter(|_| req.tools.is_some_and(|t| !t.is_empty())),
+        stream: stream.then_some(true),
+        stream_options: stream.then_some(StreamOptions {
+            include_usage: true,
+        }),
+    }
+}
+
+/// The chat-completions body OpenAI proper is sent for `req`, as JSON.
+pub(crate) fn request_body(req: &ChatRequest<'_>) -> Result<serde_json::Value, serde_json::Error> {
+    serde_json::to_value(wire_request(req, false, false))
+}
 
 /// One HTTP answer to `req` read into the adapter's result, without the network (what
 /// `fuzz/` fuzzes).

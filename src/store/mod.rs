@@ -5,6 +5,7 @@
 //! so the CLI speaks no SQL. The response cache's entries are in [`cache`].
 
 mod batch;
+pub mod batches;
 pub mod budget_admin;
 pub mod budgets;
 pub mod cache;

@@ -9,6 +9,7 @@
 //! - [`infra`]: is Postgres / NATS there; waiting in place while they are not;
 //! - [`stream`]: a streamed job's chunks on its `reply_to`, before its result.
 
+pub mod batcher;
 mod calls;
 pub mod decide;
 #[cfg(test)]
@@ -57,6 +58,8 @@ pub struct Ctx {
     pub health: Arc<crate::health::Health>,
     /// Cancelled when the shutdown grace period is over: unfinished jobs are handed back.
     pub abort: CancellationToken,
+    /// Provider batch APIs and where parked jobs are kept (`[batch]`).
+    pub batching: Arc<batcher::Batching>,
 }
 
 /// What happens to the message at the end.
@@ -120,6 +123,9 @@ pub struct Delivery {
     /// How long it waited in the stream before this worker took it.
     pub queued: Duration,
     pub received: Instant,
+    /// The message is a parked job coming back from a provider batch
+    /// ([`batcher::REENTRY_HEADER`]).
+    pub reentry: Option<batcher::Reentry>,
 }
 
 /// Where `msg` came from; `None` (logged) for a message without JetStream metadata,
@@ -137,6 +143,7 @@ fn delivery(priority: Priority, msg: &Message) -> Option<Delivery> {
                 delivered: info.delivered.max(1) as u64,
                 queued: Duration::from_nanos(queued_ns),
                 received,
+                reentry: batcher::Reentry::of(msg.headers.as_ref()),
             })
         }
         Err(e) => {

@@ -1,9 +1,13 @@
-//! One delivery of one job, start to end: parse, claim (take the lease), route, look the
-//! answer up in the response cache (a hit ends here: no reservation, no call), reserve,
-//! call, then carry out the [`Verdict`]: commit (storing the answer in the cache when it
-//! applies), dead-letter, publish. Every path returns a [`Disposition`]; every terminal
-//! path commits first, and nothing that can fail after a provider call makes that call
-//! happen again.
+//! One delivery of one job, start to end. The short way, for a new job (`open`): route,
+//! admit the first call, then one transaction takes the lease, holds the budget
+//! reservation and writes the call's `started` row; call. The long way, for the rest
+//! (`claim` then `attempt`): take the lease, route, look the answer up in the response
+//! cache (a hit ends here: no reservation, no call), reserve, park it for a provider batch
+//! when it is latency-tolerant (`batched`: the delivery ends there, and the job comes back
+//! as a new message with the batch's answer), call. Both then carry out the [`Verdict`]:
+//! commit (storing the answer in the cache when it applies), dead-letter, publish. Every
+//! path returns a [`Disposition`]; every terminal path commits first, and nothing that
+//! can fail after a provider call makes that call happen again.
 
 use super::calls::{run_chain, Chain, ChainOutcome};
 use super::decide::{backoff_delay, decide, RetryPolicy, Verdict};
@@ -43,6 +47,7 @@ const EXACT_TOKENS_FROM: f64 = 0.5;
 /// Times a delivery goes back to its claim after losing its lease at commit.
 const RECLAIMS: u32 = 3;
 
+mod batched;
 mod cached;
 mod finish;
 
@@ -154,7 +159,8 @@ enum Opened {
 }
 
 /// The job routed, when it can take the short way: its deadline not passed, a route
-/// found, and no response-cache lookup to make (the long way looks up after its claim).
+/// found, no response-cache lookup to make (the long way looks up after its claim), and
+/// no provider batch in its way.
 fn prepare(ctx: &Ctx, s: Scope<'_>, job: &Job) -> Option<Prepared> {
     if job
         .deadline
@@ -167,7 +173,9 @@ fn prepare(ctx: &Ctx, s: Scope<'_>, job: &Job) -> Option<Prepared> {
     let cacheable = plan.candidates.first().is_some_and(|c| {
         crate::cache::cacheable(&ctx.cfg.cache, job, &c.model, c.max_tokens).is_some()
     });
-    (!cacheable).then_some(Prepared { plan, estimate })
+    // Back from a provider batch, or to be parked for one: the long way.
+    let batch = s.d.reentry.is_some() || batched::eligible(ctx, s, job, &plan);
+    (!cacheable && !batch).then_some(Prepared { plan, estimate })
 }
 
 /// The short way: admit the first call (health, rate limits: waiting here is not a
@@ -412,6 +420,12 @@ async fn attempt(
     prior: Vec<Attempt>,
     free: u32,
 ) -> Option<Disposition> {
+    // Back from a provider batch with its answer: that is the result (boxed: rare).
+    if s.d.reentry == Some(super::batcher::Reentry::Answered) {
+        if let Some(item) = Box::pin(batched::returned(ctx, job)).await {
+            return Box::pin(batched::answer(ctx, s, job, lease, prior, item)).await;
+        }
+    }
     if let Some(deadline) = job.deadline {
         if ctx.clock.now() > deadline {
             let err = ErrorBody::new(
@@ -472,6 +486,15 @@ async fn attempt(
             return Box::pin(fail(ctx, s, Some(lease), route, err, &prior, Vec::new())).await;
         }
     };
+    // Latency-tolerant: parked for a provider batch instead of called (boxed: rare; the
+    // lease and reservation move only when the delivery ends there).
+    if batched::eligible(ctx, s, job, &plan) {
+        let parked = Box::pin(batched::park(ctx, s, job, &plan)).await;
+        if !matches!(parked, batched::Park::Live) {
+            let held = (lease, reservation, prior);
+            return Box::pin(batched::conclude(ctx, s, job, held, parked)).await;
+        }
+    }
     let held = (lease, reservation);
     calls(
         ctx,

@@ -129,6 +129,7 @@ pub fn apply(cell: &CtxCell, mut new: Config) -> anyhow::Result<Applied> {
         metrics: cur.metrics.clone(),
         health,
         abort: cur.abort.clone(),
+        batching: cur.batching.clone(),
     };
     let applied = Applied {
         providers: cfg.providers.len(),

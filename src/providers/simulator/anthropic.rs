@@ -13,14 +13,14 @@ use axum::response::Response;
 use chrono::SecondsFormat;
 use serde_json::{json, Value};
 
-use super::anthropic_validate::{invalid, validate, AErr};
+use super::anthropic_validate::{invalid, validate, AErr, MsgRequest};
 use super::text::{self, Finish};
 use super::{
     header_str, hname, injected_status, json_response, Call, Fault, RateSnapshot, Simulator,
 };
 
 const API: &str = "anthropic";
-const VERSIONS: &[&str] = &["2023-06-01", "2023-01-01"];
+pub(super) const VERSIONS: &[&str] = &["2023-06-01", "2023-01-01"];
 fn base_headers(call: &Call) -> Vec<(HeaderName, String)> {
     vec![(hname("request-id"), format!("req_{}", call.request_id))]
 }
@@ -203,6 +203,30 @@ pub(crate) async fn messages(
     if let Some(f) = fault {
         return fault_response(&call, &f, snap);
     }
+    let (out, output_tokens) = message_json(&req, &body);
+    call.commit_tokens(output_tokens, &mut snap);
+    let mut headers = base_headers(&call);
+    headers.extend(rate_headers(&snap));
+    if req.stream {
+        // What Anthropic sends when the API is overloaded after the stream started.
+        let error = json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}});
+        let error = format!("event: error\ndata: {error}\n\n");
+        return call.respond_sse(
+            headers,
+            "text/event-stream; charset=utf-8",
+            stream_events(&out),
+            error,
+        );
+    }
+    call.respond(StatusCode::OK, headers, &out)
+}
+
+/// The message answering a valid request (and its output tokens): what `/v1/messages`
+/// answers with a 200, and a batch's succeeded result holds.
+pub(super) fn message_json(
+    req: &MsgRequest,
+    body: &serde_json::Map<String, Value>,
+) -> (Value, u64) {
     let messages = body.get("messages").cloned().unwrap_or(Value::Null);
     let seed = text::seed_of(&json!([body.get("system"), messages]), 0);
     let mut content = Vec::new();
@@ -250,7 +274,6 @@ pub(crate) async fn messages(
         }
         ("tool_use", Value::Null)
     };
-    call.commit_tokens(output_tokens, &mut snap);
     let cache_read = if req.cache_marked {
         text::cached_tokens(req.prompt_tokens)
     } else {
@@ -272,20 +295,7 @@ pub(crate) async fn messages(
             "service_tier": "standard"
         }
     });
-    let mut headers = base_headers(&call);
-    headers.extend(rate_headers(&snap));
-    if req.stream {
-        // What Anthropic sends when the API is overloaded after the stream started.
-        let error = json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}});
-        let error = format!("event: error\ndata: {error}\n\n");
-        return call.respond_sse(
-            headers,
-            "text/event-stream; charset=utf-8",
-            stream_events(&out),
-            error,
-        );
-    }
-    call.respond(StatusCode::OK, headers, &out)
+    (out, output_tokens)
 }
 
 /// A whole message as the Messages API streams it: `message_start` (input usage,

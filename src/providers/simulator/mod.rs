@@ -13,6 +13,12 @@
 //!   (server-sent events).
 //! - `POST /v1beta/models/{model}:generateContent` (and `/v1/models/...`) — Gemini
 //!   (`gemini.rs`), plus `:streamGenerateContent` and `:countTokens`.
+//! - `POST /v1/files`, `GET /v1/files/{id}[/content]`, `POST|GET /v1/batches`,
+//!   `GET /v1/batches/{id}`, `POST /v1/batches/{id}/cancel` — OpenAI's Batch API
+//!   (`openai_batch.rs`).
+//! - `POST|GET /v1/messages/batches`, `GET /v1/messages/batches/{id}[/results]`,
+//!   `POST /v1/messages/batches/{id}/cancel` — Anthropic's Message Batches
+//!   (`anthropic_batch.rs`).
 //! - `GET /_sim/stats` — [`Stats`] as JSON; `GET|POST /_sim/profile` — read / replace the
 //!   [`FaultProfile`]; `POST /_sim/reset` — zero the counters and clear the request log;
 //!   `GET /_sim/log?limit=N` — the newest `N` (default 100) [`LogEntry`]s, newest first,
@@ -48,12 +54,14 @@
 //! starting with `no-such-`, which get the provider's "model not found" 404.
 
 mod anthropic;
+mod anthropic_batch;
 mod anthropic_validate;
 mod gemini;
 mod gemini_validate;
 mod latency;
 mod log;
 mod openai;
+mod openai_batch;
 mod openai_messages;
 mod openai_validate;
 mod schema;
@@ -94,6 +102,10 @@ const DEFAULT_LOG_LIMIT: usize = 100;
 pub struct Simulator {
     inner: Arc<Inner>,
     conns: Arc<serve::ConnCounts>,
+    /// OpenAI's files and batches.
+    batches: Arc<openai_batch::Store>,
+    /// Anthropic's message batches.
+    anthropic_batches: Arc<anthropic_batch::Store>,
 }
 
 impl std::fmt::Debug for Simulator {
@@ -130,6 +142,10 @@ impl std::fmt::Debug for Simulator {
 /// | `stream_error_rate` | 0 | probability (0..1) that a streamed answer breaks after about half its events (see `stream_fault`) |
 /// | `stream_fail_first` | 0 | the first N streamed answers per `<api>/<model>` break after about half their events (counted again from each `set_profile` / reset) |
 /// | `stream_fault` | `"error"` | how a streamed answer breaks: `"error"` — the provider's in-stream error event (OpenAI `data: {"error": …}` server_error, Anthropic `event: error` overloaded_error, Gemini `data: {"error": …}` 503 UNAVAILABLE), then the body ends; `"cut"` — the body stops without its end (the connection is dropped) |
+/// | `batch_complete_ms` | 0 | OpenAI Batch API: a batch completes this long after it was created (see `openai_batch.rs`) |
+/// | `batch_expire_every` | 0 | Batch API: every Nth line is not run, the batch ends `expired` |
+/// | `batch_error_every` | 0 | Batch API: every Nth line is answered with a 500 |
+/// | `batch_hang` | false | Batch API: batches stay `in_progress` until cancelled |
 /// | `per_model` | `{}` | profiles keyed by model id that replace every knob above for that model (their own `per_model` and `log_capacity` are ignored; `unknown_models` and `no_auth` add to the base's) |
 ///
 /// Example: `{"latency_ms": 400, "jitter_ms": 200, "latency_dist": "lognormal",
@@ -193,6 +209,14 @@ pub struct FaultProfile {
     pub stream_fail_first: u64,
     /// How a streamed answer breaks.
     pub stream_fault: StreamFault,
+    /// Batch API (base profile only): a batch completes this long after it was created.
+    pub batch_complete_ms: u64,
+    /// Batch API: every Nth line (1-based) is not run and the batch ends `expired`.
+    pub batch_expire_every: u64,
+    /// Batch API: every Nth line is answered with a 500.
+    pub batch_error_every: u64,
+    /// Batch API: batches stay `in_progress` until cancelled.
+    pub batch_hang: bool,
 }
 
 /// How a streamed answer breaks (`stream_fault`).
@@ -320,6 +344,8 @@ impl Simulator {
         Self {
             inner: Arc::new(Inner::new(profile)),
             conns: Arc::default(),
+            batches: Arc::default(),
+            anthropic_batches: Arc::default(),
         }
     }
 
@@ -328,7 +354,29 @@ impl Simulator {
         Router::new()
             .route("/v1/chat/completions", post(openai::chat_completions))
             .route("/chat/completions", post(openai::chat_completions))
+            .route("/v1/files", post(openai_batch::create_file))
+            .route("/v1/files/{id}", get(openai_batch::get_file))
+            .route("/v1/files/{id}/content", get(openai_batch::file_content))
+            .route(
+                "/v1/batches",
+                post(openai_batch::create_batch).get(openai_batch::list_batches),
+            )
+            .route("/v1/batches/{id}", get(openai_batch::get_batch))
+            .route("/v1/batches/{id}/cancel", post(openai_batch::cancel_batch))
             .route("/v1/messages", post(anthropic::messages))
+            .route(
+                "/v1/messages/batches",
+                post(anthropic_batch::create).get(anthropic_batch::list),
+            )
+            .route("/v1/messages/batches/{id}", get(anthropic_batch::retrieve))
+            .route(
+                "/v1/messages/batches/{id}/cancel",
+                post(anthropic_batch::cancel),
+            )
+            .route(
+                "/v1/messages/batches/{id}/results",
+                get(anthropic_batch::results),
+            )
             .route("/v1beta/models/{*rest}", post(gemini::generate_v1beta))
             .route("/v1/models/{*rest}", post(gemini::generate_v1))
             .route("/_sim/stats", get(admin_stats))
@@ -790,6 +838,34 @@ fn add_headers(resp: &mut Response, headers: Vec<(HeaderName, String)>) {
             resp.headers_mut().insert(name, v);
         }
     }
+}
+
+/// One page of a list endpoint: `all` newest first, the items after the one whose `id` is
+/// `after` (from the start without it), at most `limit`; with `has_more` and the page's
+/// first and last ids.
+pub(crate) fn list_page(
+    all: Vec<serde_json::Value>,
+    after: Option<&str>,
+    limit: usize,
+) -> (
+    Vec<serde_json::Value>,
+    bool,
+    serde_json::Value,
+    serde_json::Value,
+) {
+    let start = match after {
+        Some(a) => all
+            .iter()
+            .position(|b| b["id"] == a)
+            .map_or(all.len(), |p| p + 1),
+        None => 0,
+    };
+    let total = all.len();
+    let page: Vec<serde_json::Value> = all.into_iter().skip(start).take(limit).collect();
+    let has_more = total > start + page.len();
+    let id = |b: Option<&serde_json::Value>| b.map_or(serde_json::Value::Null, |b| b["id"].clone());
+    let (first, last) = (id(page.first()), id(page.last()));
+    (page, has_more, first, last)
 }
 
 /// A header name from a static string (all names used here are valid lowercase).

@@ -19,7 +19,7 @@ use super::{
 
 const API: &str = "openai";
 
-fn error_body(e: &OaError) -> Value {
+pub(super) fn error_body(e: &OaError) -> Value {
     json!({"error": {"message": e.message, "type": e.typ, "param": e.param, "code": e.code}})
 }
 
@@ -72,7 +72,7 @@ fn auth_error(message: &str, code: Option<&'static str>) -> OaError {
     }
 }
 
-fn check_auth(headers: &HeaderMap, no_auth: bool) -> Result<(), OaError> {
+pub(super) fn check_auth(headers: &HeaderMap, no_auth: bool) -> Result<(), OaError> {
     if no_auth {
         return Ok(());
     }
@@ -317,16 +317,7 @@ pub(crate) async fn chat_completions(
         Err(e) => return error(&call, &e, Some(&call.peek())),
     };
     if call.knobs.unknown_model {
-        let e = OaError {
-            status: StatusCode::NOT_FOUND,
-            message: format!(
-                "The model `{}` does not exist or you do not have access to it.",
-                req.model
-            ),
-            typ: "invalid_request_error",
-            param: None,
-            code: Some("model_not_found"),
-        };
+        let e = model_not_found(&req.model);
         return error(&call, &e, Some(&call.peek()));
     }
     let (fault, mut snap) = call.check_faults(req.prompt_tokens);
@@ -357,12 +348,23 @@ pub(crate) async fn chat_completions(
             format!("data: {error}\n\n"),
         );
     }
+    let body = completion_body(&id, created, &req, &choices, usage);
+    call.respond(StatusCode::OK, headers, &body)
+}
+
+fn completion_body(
+    id: &str,
+    created: i64,
+    req: &ChatRequest,
+    choices: &[Choice],
+    usage: Value,
+) -> Value {
     let choices: Vec<Value> = choices
         .iter()
         .enumerate()
         .map(|(i, c)| json!({"index": i, "message": c.message, "logprobs": null, "finish_reason": c.finish_reason}))
         .collect();
-    let body = json!({
+    json!({
         "id": id,
         "object": "chat.completion",
         "created": created,
@@ -371,8 +373,44 @@ pub(crate) async fn chat_completions(
         "usage": usage,
         "service_tier": "default",
         "system_fingerprint": "fp_sim",
-    });
-    call.respond(StatusCode::OK, headers, &body)
+    })
+}
+
+/// OpenAI's 404 for a model it does not know.
+fn model_not_found(model: &str) -> OaError {
+    OaError {
+        status: StatusCode::NOT_FOUND,
+        message: format!("The model `{model}` does not exist or you do not have access to it."),
+        typ: "invalid_request_error",
+        param: None,
+        code: Some("model_not_found"),
+    }
+}
+
+/// The answer to one chat-completions body without the HTTP around it (a batch line):
+/// the 200 completion, or the 4xx the live endpoint would give, as (status, body).
+pub(super) fn answer_body(body: &Value) -> (StatusCode, Value) {
+    let req = match validate(body) {
+        Ok(r) => r,
+        Err(e) => return (e.status, error_body(&e)),
+    };
+    if req.model.starts_with("no-such-") {
+        let e = model_not_found(&req.model);
+        return (e.status, error_body(&e));
+    }
+    let messages = body.get("messages").cloned().unwrap_or(Value::Null);
+    let choices: Vec<Choice> = (0..req.n)
+        .map(|i| make_choice(&req, &messages, i))
+        .collect();
+    let completion_tokens: u64 = choices.iter().map(|c| c.tokens).sum();
+    let reasoning: u64 = choices.iter().map(|c| c.reasoning_tokens).sum();
+    let usage = usage(req.prompt_tokens, completion_tokens, reasoning);
+    let id = text::random_id("chatcmpl-", 29);
+    let created = chrono::Utc::now().timestamp();
+    (
+        StatusCode::OK,
+        completion_body(&id, created, &req, &choices, usage),
+    )
 }
 
 /// The streamed form of an answer, one SSE event each: role chunk, content (or
