@@ -14,7 +14,7 @@ mod hedge;
 mod reply_to;
 mod sections;
 
-pub use cache::{CacheConfig, CacheRule, CacheScope};
+pub use cache::{CacheConfig, CacheRule, CacheScope, EmbeddingsConfig, EmbeddingsKind};
 use connections::mask_userinfo;
 pub use connections::{
     redact_url, NatsConfig, NatsServer, PgSslMode, PostgresConfig, UrlCredentials,

@@ -5,6 +5,7 @@
 //! router only ever sees these types.
 
 pub mod anthropic;
+pub mod embeddings;
 mod error;
 pub mod gemini;
 mod http;

@@ -16,6 +16,7 @@ use crate::job::{
     Route, Status, Usage,
 };
 use crate::queue::publish::DlqEntry;
+use crate::store::semantic::SemanticColumns;
 use crate::store::writer::Release;
 use crate::store::{
     CallRecord, ClaimOutcome, ClaimRequest, CommitJob, CommitRequest, JobKey, Lease, StoreError,
@@ -23,7 +24,7 @@ use crate::store::{
 use crate::telemetry::metrics::FinishedJob;
 use crate::tokens::estimate_input_tokens;
 use base64::Engine;
-use cached::{answer_from_cache, look_up, CacheFinal};
+use cached::{answer_from_cache, look_up, CacheFinal, Which};
 use rust_decimal::Decimal;
 use std::time::Duration;
 use tracing::Instrument;
@@ -42,6 +43,7 @@ const RECLAIMS: u32 = 3;
 
 mod cached;
 mod finish;
+mod semantic;
 
 pub(super) use finish::{commit, CommitFailed};
 use finish::{deliver, finish};
@@ -243,8 +245,37 @@ async fn attempt(
     // Boxed: over before the calls, and larger than what a job holds through them.
     if let Some(hit) = Box::pin(look_up(ctx, job, cacheable.as_ref())).await {
         let route = plan.route.clone();
-        return Box::pin(answer_from_cache(ctx, s, job, lease, route, prior, hit)).await;
+        let hit = (hit, Which::Exact);
+        return Box::pin(answer_from_cache(
+            ctx,
+            s,
+            job,
+            lease,
+            route,
+            prior,
+            hit,
+            Vec::new(),
+        ))
+        .await;
     }
+    let first_attempt = prior.iter().map(|a| a.attempt).max().unwrap_or(0) + 1;
+    // In a block, boxed: only the embedding call and what to store outlive it (the
+    // state a job waits in for its calls stays small).
+    let mut sem: Option<Box<semantic::Step>> = {
+        let first = plan.candidates.first().map(|c| (&*c.model, c.max_tokens));
+        let step = semantic::step(ctx, job, first, cacheable.as_ref(), first_attempt);
+        let semantic::Step { hit, calls, store } = Box::pin(step).await;
+        if let Some(hit) = hit {
+            let route = plan.route.clone();
+            let which = Which::Semantic {
+                similarity: hit.similarity,
+            };
+            let done =
+                answer_from_cache(ctx, s, job, lease, route, prior, (hit.answer, which), calls);
+            return Box::pin(done).await;
+        }
+        semantic::Step::boxed(calls, store)
+    };
     // Hold the worst case against the tenant's budgets before any call: the dearest
     // candidate's price for its whole `max_tokens`, with the input counted by the
     // provider's own tokenizer where there is one (only for tenants with a budget).
@@ -280,12 +311,31 @@ async fn attempt(
         Ok(Err(Denial::Fail(why))) => {
             let err = ErrorBody::new(ErrorKind::BudgetExceeded, why);
             let route = Some(plan.route);
-            return Box::pin(fail(ctx, s, Some(lease), route, err, &prior, Vec::new())).await;
+            return Box::pin(fail(
+                ctx,
+                s,
+                Some(lease),
+                route,
+                err,
+                &prior,
+                semantic::calls(&mut sem),
+            ))
+            .await;
         }
         Ok(Err(Denial::Defer(why, delay))) => {
             tracing::info!(delay_s = delay.as_secs(), reason = %why, "budget reached; deferring");
             // Not the job's fault: this hand-back does not count against max_deliveries.
-            return Box::pin(hand_back(ctx, s, job, lease, None, Vec::new(), true, delay)).await;
+            return Box::pin(hand_back(
+                ctx,
+                s,
+                job,
+                lease,
+                None,
+                semantic::calls(&mut sem),
+                true,
+                delay,
+            ))
+            .await;
         }
         Err(Gave::Stopping(_)) => {
             return Box::pin(hand_back(
@@ -294,7 +344,7 @@ async fn attempt(
                 job,
                 lease,
                 None,
-                Vec::new(),
+                semantic::calls(&mut sem),
                 true,
                 Duration::ZERO,
             ))
@@ -303,20 +353,23 @@ async fn attempt(
         Err(Gave::Refused(e)) => {
             let err = internal(format!("postgres refused the budget reservation: {e}"));
             let route = Some(plan.route);
-            return Box::pin(fail(ctx, s, Some(lease), route, err, &prior, Vec::new())).await;
+            return Box::pin(fail(
+                ctx,
+                s,
+                Some(lease),
+                route,
+                err,
+                &prior,
+                semantic::calls(&mut sem),
+            ))
+            .await;
         }
     };
-    let first_attempt = prior.iter().map(|a| a.attempt).max().unwrap_or(0) + 1;
-    let outcome = run_chain(
-        ctx,
-        job,
-        &plan,
-        estimate,
-        first_attempt,
-        s.d.priority,
-        &lease,
-    )
-    .await;
+    let embed_calls = semantic::calls(&mut sem);
+    let first_call = first_attempt + embed_calls.len() as u32;
+    let mut outcome = run_chain(ctx, job, &plan, estimate, first_call, s.d.priority, &lease).await;
+    // The embedding call is one of the job's calls (rows, attempts, cost).
+    outcome.calls.splice(0..0, embed_calls);
     // Taken from the plan once the calls are over (not cloned and held through them).
     let mut route = Some(plan.route);
     if let (Some(r), Some(note)) = (route.as_mut(), outcome.hedge_note.as_deref()) {
@@ -337,7 +390,7 @@ async fn attempt(
                 reservation,
                 route,
                 prior,
-                (outcome, cacheable),
+                (outcome, cacheable, sem.and_then(|s| s.store)),
             ))
             .await
         }
@@ -398,7 +451,7 @@ async fn succeed(
     reservation: Option<Reservation>,
     route: Option<Route>,
     prior: Vec<Attempt>,
-    (outcome, cacheable): (ChainOutcome, Option<Cacheable>),
+    (outcome, cacheable, semantic): (ChainOutcome, Option<Cacheable>, Option<SemanticColumns>),
 ) -> Option<Disposition> {
     let Some((resp, model)) = outcome.success else {
         return Some(Disposition::Retry(Duration::ZERO));
@@ -418,7 +471,7 @@ async fn succeed(
     };
     let result = succeeded(s, job, answer, route, all);
     let _ = reservation.map(Reservation::settle);
-    let cache = CacheFinal::store(cacheable, &result);
+    let cache = CacheFinal::store(cacheable, semantic, &result);
     finish(ctx, s, Some(lease), result, calls, cache).await
 }
 

@@ -9,6 +9,8 @@
 //! # Endpoints (one port)
 //! - `POST /v1/chat/completions` and `POST /chat/completions` — OpenAI (`openai.rs`),
 //!   `"stream": true` included (server-sent events, one body).
+//! - `POST /v1/embeddings` and `POST /embeddings` — OpenAI embeddings
+//!   (`openai_embeddings.rs`), float or base64, `dimensions`.
 //! - `POST /v1/messages` — Anthropic (`anthropic.rs`).
 //! - `POST /v1beta/models/{model}:generateContent` (and `/v1/models/...`) — Gemini
 //!   (`gemini.rs`), plus `:streamGenerateContent` and `:countTokens`.
@@ -51,6 +53,7 @@ mod gemini_validate;
 mod latency;
 mod log;
 mod openai;
+mod openai_embeddings;
 mod openai_messages;
 mod openai_validate;
 mod schema;
@@ -302,6 +305,8 @@ impl Simulator {
         Router::new()
             .route("/v1/chat/completions", post(openai::chat_completions))
             .route("/chat/completions", post(openai::chat_completions))
+            .route("/v1/embeddings", post(openai_embeddings::embeddings))
+            .route("/embeddings", post(openai_embeddings::embeddings))
             .route("/v1/messages", post(anthropic::messages))
             .route("/v1beta/models/{*rest}", post(gemini::generate_v1beta))
             .route("/v1/models/{*rest}", post(gemini::generate_v1))
