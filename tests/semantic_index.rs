@@ -294,6 +294,12 @@ async fn semantic_index_figures() {
     summary("(a) Postgres LSH + GIN lookup", pg_t);
     summary("(b) in-memory LSH lookup", mem_t);
     summary("(b') in-memory brute-force scan", brute_t);
+    // The plan the function runs with (seq scans off, as it sets).
+    let mut tx = env.pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL enable_seqscan = off")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     let plan: Vec<(String,)> = sqlx::query_as(
         "EXPLAIN (ANALYZE, BUFFERS) SELECT key_hash, embedding FROM cache_entries
           WHERE bands && $1 AND bands IS NOT NULL AND tenant = 'bench' AND shape_hash = $2
@@ -301,9 +307,10 @@ async fn semantic_index_figures() {
     )
     .bind(&embedded[0].1)
     .bind(&SHAPE[..])
-    .fetch_all(&env.pool)
+    .fetch_all(&mut *tx)
     .await
     .unwrap();
+    tx.rollback().await.unwrap();
     for (line,) in plan {
         println!("  {line}");
     }

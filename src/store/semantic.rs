@@ -5,8 +5,9 @@
 //!   byte per dimension) and `bands` (its LSH band keys, under a GIN index). It is the
 //!   exact cache's row: one entry answers both lookups and expires once.
 //! - A lookup is two statements: the candidates that share a band with the prompt (same
-//!   tenant, same shape, live), vectors only; then the answer of the most similar one at
-//!   or above the threshold. Not batched: each is one indexed read, and only jobs that
+//!   tenant, same shape, live), vectors only (the SQL function `semantic_candidates`, which
+//!   forces the GIN index: Postgres cannot estimate `&&` on rare keys and would scan the
+//!   table); then the answer of the most similar one at or above the threshold. Not batched: each is one indexed read, and only jobs that
 //!   missed the exact cache ask.
 
 use super::cache::{answer, AnswerRow, CacheLookups, CachedAnswer};
@@ -53,11 +54,9 @@ pub struct SemanticHit {
     pub candidates: usize,
 }
 
-const CANDIDATES_SQL: &str = r#"
-SELECT key_hash, embedding FROM cache_entries
- WHERE bands && $1 AND bands IS NOT NULL AND tenant = $2 AND shape_hash = $3
-   AND expires_at > now() AND created_at > now() - make_interval(secs => $4::double precision)
-"#;
+/// The function `semantic_candidates` (migration 0004) holds the query: it must use the
+/// GIN index, which the planner would not choose on its own.
+const CANDIDATES_SQL: &str = "SELECT key_hash, embedding FROM semantic_candidates($1, $2, $3, $4)";
 
 const ANSWER_SQL: &str = r#"
 SELECT provider, model, output, input_tokens, cached_input_tokens, output_tokens, cost_usd,
