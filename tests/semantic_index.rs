@@ -117,6 +117,12 @@ async fn semantic_index_figures() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
     let env = TestEnv::new(|_| {}).await;
+    // As migration 0004 sets it (the binary may predate it; a JIT compile costs more than
+    // the lookup).
+    sqlx::query("ALTER FUNCTION semantic_candidates(bigint[], text, bytea, bigint) SET jit = off")
+        .execute(&env.pool)
+        .await
+        .unwrap();
     let vocab = vocabulary();
 
     // The entries: prompts of 6-14 words, embedded by the built-in embedder.
@@ -296,10 +302,9 @@ async fn semantic_index_figures() {
     summary("(b') in-memory brute-force scan", brute_t);
     // The plan the function runs with (seq scans off, as it sets).
     let mut tx = env.pool.begin().await.unwrap();
-    sqlx::query("SET LOCAL enable_seqscan = off")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    for set in ["SET LOCAL enable_seqscan = off", "SET LOCAL jit = off"] {
+        sqlx::query(set).execute(&mut *tx).await.unwrap();
+    }
     let plan: Vec<(String,)> = sqlx::query_as(
         "EXPLAIN (ANALYZE, BUFFERS) SELECT key_hash, embedding FROM cache_entries
           WHERE bands && $1 AND bands IS NOT NULL AND tenant = 'bench' AND shape_hash = $2

@@ -1,5 +1,6 @@
 //! One delivery of one job, start to end: parse, claim (take the lease), route, look the
-//! answer up in the response cache (a hit ends here: no reservation, no call), reserve,
+//! answer up in the response cache, exact then semantic (`process/semantic.rs`: a hit
+//! ends here: no reservation, no completion call), reserve,
 //! call, then carry out the [`Verdict`]: commit (storing the answer in the cache when it
 //! applies), dead-letter, publish. Every path returns a [`Disposition`]; every terminal
 //! path commits first, and nothing that can fail after a provider call makes that call
