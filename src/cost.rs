@@ -56,6 +56,12 @@ pub fn batch_cost_of(model: &ModelConfig, usage: &Usage) -> Option<Decimal> {
     batch_priced(model).map(|m| cost_of(&m, usage))
 }
 
+/// Exact cost of an embedding call (the semantic cache's): its input tokens at
+/// `cache.embeddings.input_per_mtok`.
+pub fn embedding_cost(input_tokens: u64, input_per_mtok: Decimal) -> Decimal {
+    (Decimal::from(input_tokens).saturating_mul(input_per_mtok) / MILLION).normalize()
+}
+
 /// The most a call can cost: every input token uncached and `max_tokens` of output.
 pub fn worst_case(model: &ModelConfig, input_tokens: u64, max_tokens: u32) -> Decimal {
     cost_of(

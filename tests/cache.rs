@@ -263,6 +263,7 @@ async fn expired_entries_are_not_served_and_are_swept() {
             model: None,
             ttl_s: Some(60),
             max_temperature: None,
+            ..CacheRule::default()
         });
     })
     .await;

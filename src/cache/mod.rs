@@ -12,6 +12,14 @@
 //!   `max_temperature` (a job without one counts as 1, the providers' default).
 //! - `cache: use` looks up and stores on a miss; `refresh` calls and replaces the entry;
 //!   `bypass` neither looks up nor stores.
+//!
+//! The semantic cache (`semantic`, off by default) answers a paraphrase of a stored
+//! prompt: [`embed`] (the built-in embedder), [`lsh`] (how vectors are stored and found),
+//! [`semantic`] (its key).
+
+pub mod embed;
+pub mod lsh;
+pub mod semantic;
 
 use crate::config::{CacheConfig, ModelConfig};
 use crate::job::{CacheMode, Job, Message, ResponseFormat, Tool};
@@ -92,8 +100,14 @@ pub fn key(job: &Job, model: &ModelConfig, max_tokens: u32) -> Option<[u8; 32]> 
         stop: job.stop.as_deref(),
         max_tokens,
     };
+    sha256_json(&canonical)
+}
+
+/// SHA-256 of a value's JSON (fields in declaration order); `None` when it does not
+/// serialize.
+pub(crate) fn sha256_json(value: &impl Serialize) -> Option<[u8; 32]> {
     let mut h = Sha256::new();
-    serde_json::to_writer(HashWriter(&mut h), &canonical).ok()?;
+    serde_json::to_writer(HashWriter(&mut h), value).ok()?;
     Some(h.finalize().into())
 }
 

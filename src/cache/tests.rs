@@ -94,6 +94,7 @@ fn only_enabled_deterministic_jobs_that_do_not_bypass_are_cached() {
                 model: Some("gpt-4o".into()),
                 ttl_s: Some(0),
                 max_temperature: None,
+                ..CacheRule::default()
             },
             CacheRule {
                 tenant: Some("acme".into()),
@@ -101,6 +102,7 @@ fn only_enabled_deterministic_jobs_that_do_not_bypass_are_cached() {
                 model: None,
                 ttl_s: Some(60),
                 max_temperature: Some(1.0),
+                ..CacheRule::default()
             },
         ],
         ..on()

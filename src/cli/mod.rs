@@ -2,6 +2,7 @@
 //! `SWITCHYARD_CONFIG`); `NATS_URL` and `DATABASE_URL` override the file.
 
 mod budget;
+mod cache;
 mod dlq;
 mod report;
 mod simulate;
@@ -51,6 +52,9 @@ pub enum Command {
     /// Spend limits: set and show.
     #[command(subcommand)]
     Budget(budget::BudgetCommand),
+    /// The response cache: forget a bad answer.
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
     /// Apply the Postgres migrations.
     Migrate,
     /// Run the provider simulator (OpenAI, Anthropic and Gemini wire formats).
@@ -118,6 +122,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Budget(cmd) => budget::run(load_config(&cli.config)?, cmd).await,
         Command::Dlq(cmd) => dlq::run(load_config(&cli.config)?, cmd).await,
         Command::Report(cmd) => report::run(load_config(&cli.config)?, cmd).await,
+        Command::Cache(cmd) => cache::run(load_config(&cli.config)?, cmd).await,
     }
 }
 

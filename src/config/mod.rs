@@ -16,7 +16,7 @@ mod reply_to;
 mod sections;
 
 pub use batch::BatchConfig;
-pub use cache::{CacheConfig, CacheRule, CacheScope};
+pub use cache::{CacheConfig, CacheRule, CacheScope, EmbeddingsConfig, EmbeddingsKind};
 use connections::mask_userinfo;
 pub use connections::{
     redact_url, NatsConfig, NatsServer, PgSslMode, PostgresConfig, UrlCredentials,

@@ -42,6 +42,7 @@ macro_rules! http_provider {
 
 pub mod anthropic;
 pub mod batch;
+pub mod embeddings;
 mod error;
 pub mod gemini;
 mod http;

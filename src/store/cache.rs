@@ -31,6 +31,8 @@ pub struct CacheEntry {
     pub usage: Usage,
     /// What the job's calls cost: what a later hit saves.
     pub cost_usd: Decimal,
+    /// The prompt's embedding, when a semantic scope stored it (see `super::semantic`).
+    pub semantic: Option<super::semantic::SemanticColumns>,
 }
 
 /// A stored answer.
@@ -43,6 +45,8 @@ pub struct CachedAnswer {
     pub usage: Usage,
     /// What the original call cost.
     pub cost_usd: Decimal,
+    /// The job whose answer this is.
+    pub job_id: String,
 }
 
 /// One job's lookup.
@@ -58,6 +62,8 @@ pub struct Lookup {
 #[derive(Clone)]
 pub struct CacheLookups {
     asker: Asker<Lookup, Option<CachedAnswer>>,
+    /// For the semantic cache's lookups (not batched: see `super::semantic`).
+    pub(super) pool: PgPool,
 }
 
 impl CacheLookups {
@@ -68,8 +74,8 @@ impl CacheLookups {
         linger: Duration,
     ) -> (CacheLookups, tokio::task::JoinHandle<()>) {
         let (asker, rx) = Asker::channel(max_batch);
-        let handle = tokio::spawn(run(pool, rx, max_batch, linger));
-        (CacheLookups { asker }, handle)
+        let handle = tokio::spawn(run(pool.clone(), rx, max_batch, linger));
+        (CacheLookups { asker, pool }, handle)
     }
 
     /// The live entry for `req`, if any.
@@ -109,7 +115,7 @@ async fn lookup_and_reply(pool: PgPool, batch: Vec<(Lookup, Reply<Option<CachedA
 }
 
 /// n (1-based position in the batch), provider, model, output, input, cached input and
-/// output tokens, cost
+/// output tokens, cost, job id
 type EntryRow = (
     i64,
     String,
@@ -119,11 +125,12 @@ type EntryRow = (
     i64,
     i64,
     Decimal,
+    String,
 );
 
 const LOOKUP_SQL: &str = r#"
 SELECT i.n, e.provider, e.model, e.output, e.input_tokens, e.cached_input_tokens,
-       e.output_tokens, e.cost_usd
+       e.output_tokens, e.cost_usd, e.job_id
   FROM unnest($1::text[], $2::bytea[], $3::bigint[]) WITH ORDINALITY AS i(tenant, key_hash, ttl_s, n)
   JOIN cache_entries e ON e.tenant = i.tenant AND e.key_hash = i.key_hash
  WHERE e.expires_at > now()
@@ -149,31 +156,53 @@ async fn lookup_batch(
         .await
         .map_err(StoreError::classify)?;
     let mut found: Vec<Option<CachedAnswer>> = vec![None; reqs.len()];
-    let count = |n: i64| u64::try_from(n).unwrap_or(0);
-    for (n, provider, model, output, input, cached, out_tokens, cost_usd) in rows {
+    for (n, provider, model, output, input, cached, out_tokens, cost_usd, job_id) in rows {
         let Some(slot) = usize::try_from(n - 1).ok().and_then(|i| found.get_mut(i)) else {
             continue;
         };
-        match serde_json::from_value::<Output>(output) {
-            Ok(output) => {
-                *slot = Some(CachedAnswer {
-                    provider,
-                    model,
-                    output,
-                    usage: Usage {
-                        input_tokens: count(input),
-                        cached_input_tokens: count(cached),
-                        output_tokens: count(out_tokens),
-                        ..Usage::default()
-                    },
-                    cost_usd,
-                });
-            }
-            // Not served (a miss): the next answer stored replaces it.
-            Err(e) => tracing::warn!(error = %e, "a cache entry's output is unreadable"),
-        }
+        *slot = answer((
+            provider, model, output, input, cached, out_tokens, cost_usd, job_id,
+        ));
     }
     Ok(found)
+}
+
+/// provider, model, output, input, cached input and output tokens, cost, job id
+pub(super) type AnswerRow = (
+    String,
+    String,
+    serde_json::Value,
+    i64,
+    i64,
+    i64,
+    Decimal,
+    String,
+);
+
+/// A stored row as an answer; `None` (logged) when its output is unreadable, which is
+/// served as a miss (the next answer stored replaces it).
+pub(super) fn answer(row: AnswerRow) -> Option<CachedAnswer> {
+    let (provider, model, output, input, cached, out_tokens, cost_usd, job_id) = row;
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    match serde_json::from_value::<Output>(output) {
+        Ok(output) => Some(CachedAnswer {
+            provider,
+            model,
+            output,
+            usage: Usage {
+                input_tokens: count(input),
+                cached_input_tokens: count(cached),
+                output_tokens: count(out_tokens),
+                ..Usage::default()
+            },
+            cost_usd,
+            job_id,
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "a cache entry's output is unreadable");
+            None
+        }
+    }
 }
 
 /// Entries deleted per statement of a sweep.

@@ -13,6 +13,7 @@ pub mod claims;
 pub mod dead_letters;
 pub mod leases;
 pub mod reports;
+pub mod semantic;
 pub mod writer;
 
 pub use claims::{ClaimOutcome, ClaimRequest, Claimer, Opened, Opening};

@@ -75,6 +75,8 @@ pub struct CommitJob {
     pub cache_saved_usd: Option<Decimal>,
     /// The answer to store in the response cache, when this row lands.
     pub cache_entry: Option<Box<CacheEntry>>,
+    /// Answered from the cache: the job whose stored answer it got (`jobs.cache_source`).
+    pub cache_source: Option<String>,
 }
 
 /// A delivery that ends without a final row: its lease (and budget reservation) is let go.
@@ -292,6 +294,7 @@ struct JobColumns<'a> {
     stream_seq: Vec<i64>,
     cache_hit: Vec<bool>,
     cache_saved_usd: Vec<Decimal>,
+    cache_source: Vec<Option<&'a str>>,
 }
 
 impl<'a> JobColumns<'a> {
@@ -318,6 +321,7 @@ impl<'a> JobColumns<'a> {
         self.cache_hit.push(j.cache_saved_usd.is_some());
         self.cache_saved_usd
             .push(j.cache_saved_usd.unwrap_or_default());
+        self.cache_source.push(j.cache_source.as_deref());
     }
 }
 
@@ -335,6 +339,10 @@ struct EntryColumns<'a> {
     cached_input_tokens: Vec<i64>,
     output_tokens: Vec<i64>,
     cost_usd: Vec<Decimal>,
+    /// The semantic cache's columns (null when the scope stored none).
+    shape: Vec<Option<&'a [u8]>>,
+    embedding: Vec<Option<&'a [u8]>>,
+    bands: Vec<Option<String>>,
 }
 
 impl<'a> EntryColumns<'a> {
@@ -362,6 +370,10 @@ impl<'a> EntryColumns<'a> {
             c.cached_input_tokens.push(big(e.usage.cached_input_tokens));
             c.output_tokens.push(big(e.usage.output_tokens));
             c.cost_usd.push(e.cost_usd);
+            let sem = e.semantic.as_ref();
+            c.shape.push(sem.map(|x| &x.shape[..]));
+            c.embedding.push(sem.map(|x| &x.embedding[..]));
+            c.bands.push(sem.map(|x| x.bands_literal()));
         }
         c
     }
@@ -402,24 +414,24 @@ WITH c AS (
                       status, provider, model, input_tokens, cached_input_tokens, output_tokens,
                       cost_usd, error_kind, error_message, output, result, deliveries,
                       started_at, finished_at, lease_token, lease_until, stream_seq,
-                      cache_hit, cache_saved_usd)
+                      cache_hit, cache_saved_usd, cache_source)
     SELECT tenant, id, feature, user_id, priority, task, requested_model, status, provider,
            model, input_tokens, cached_input_tokens, output_tokens, cost_usd, error_kind,
            error_message, nullif(result -> 'output', 'null'::jsonb), result - 'output', 1, now(), now(),
-           lease_token, NULL, stream_seq, cache_hit, cache_saved_usd
+           lease_token, NULL, stream_seq, cache_hit, cache_saved_usd, cache_source
       FROM (SELECT tenant, id, feature, user_id, priority, task, requested_model, status,
                    provider, model, input_tokens, cached_input_tokens, output_tokens,
                    cost_usd, error_kind, error_message, result::jsonb AS result, lease_token,
-                   stream_seq, cache_hit, cache_saved_usd
+                   stream_seq, cache_hit, cache_saved_usd, cache_source
               FROM unnest($17::text[], $18::text[], $19::text[], $20::text[], $21::text[],
                           $22::text[], $23::text[], $24::text[], $25::text[], $26::text[],
                           $27::bigint[], $28::bigint[], $29::bigint[], $30::numeric[],
                           $31::text[], $32::text[], $33::text[], $34::text[], $35::bigint[],
-                          $41::boolean[], $42::numeric[])
+                          $41::boolean[], $42::numeric[], $57::text[])
                 AS y(tenant, id, feature, user_id, priority, task, requested_model, status,
                      provider, model, input_tokens, cached_input_tokens, output_tokens,
                      cost_usd, error_kind, error_message, result, lease_token, stream_seq,
-                     cache_hit, cache_saved_usd)
+                     cache_hit, cache_saved_usd, cache_source)
            ) AS x
     ON CONFLICT (tenant, id) DO UPDATE
        SET status = EXCLUDED.status, provider = EXCLUDED.provider, model = EXCLUDED.model,
@@ -435,7 +447,7 @@ WITH c AS (
            requested_model = coalesce(EXCLUDED.requested_model, j.requested_model),
            lease_token = NULL, lease_until = NULL, stream_seq = EXCLUDED.stream_seq,
            free_deliveries = 0, cache_hit = EXCLUDED.cache_hit,
-           cache_saved_usd = EXCLUDED.cache_saved_usd
+           cache_saved_usd = EXCLUDED.cache_saved_usd, cache_source = EXCLUDED.cache_source
      WHERE j.status <> 'succeeded'
        AND (j.lease_until IS NULL OR j.lease_until < now()
             OR j.lease_token = EXCLUDED.lease_token)
@@ -444,15 +456,16 @@ WITH c AS (
     -- Response-cache entries, each only with its job's final row (landed just above).
     INSERT INTO cache_entries AS e (tenant, key_hash, provider, model, output, input_tokens,
                                     cached_input_tokens, output_tokens, cost_usd, job_id,
-                                    created_at, expires_at)
+                                    created_at, expires_at, shape_hash, embedding, bands)
     SELECT x.tenant, x.key_hash, x.provider, x.model, x.output::jsonb, x.input_tokens,
            x.cached_input_tokens, x.output_tokens, x.cost_usd, x.job_id, now(),
-           now() + make_interval(secs => x.ttl_s::double precision)
+           now() + make_interval(secs => x.ttl_s::double precision), x.shape_hash,
+           x.embedding, x.bands::bigint[]
       FROM unnest($43::text[], $44::text[], $45::bytea[], $46::bigint[], $47::text[],
                   $48::text[], $49::text[], $50::bigint[], $51::bigint[], $52::bigint[],
-                  $53::numeric[])
+                  $53::numeric[], $54::bytea[], $55::bytea[], $56::text[])
         AS x(tenant, job_id, key_hash, ttl_s, provider, model, output, input_tokens,
-             cached_input_tokens, output_tokens, cost_usd)
+             cached_input_tokens, output_tokens, cost_usd, shape_hash, embedding, bands)
      WHERE EXISTS (SELECT 1 FROM f WHERE f.tenant = x.tenant AND f.id = x.job_id)
     ON CONFLICT (tenant, key_hash) DO UPDATE
        SET provider = EXCLUDED.provider, model = EXCLUDED.model, output = EXCLUDED.output,
@@ -460,7 +473,8 @@ WITH c AS (
            cached_input_tokens = EXCLUDED.cached_input_tokens,
            output_tokens = EXCLUDED.output_tokens, cost_usd = EXCLUDED.cost_usd,
            job_id = EXCLUDED.job_id, created_at = EXCLUDED.created_at,
-           expires_at = EXCLUDED.expires_at
+           expires_at = EXCLUDED.expires_at, shape_hash = EXCLUDED.shape_hash,
+           embedding = EXCLUDED.embedding, bands = EXCLUDED.bands
     RETURNING 1
 ), r AS (
     UPDATE jobs j SET lease_token = NULL, lease_until = NULL,
@@ -632,6 +646,10 @@ async fn insert<'a>(
         .bind(entries.cached_input_tokens)
         .bind(entries.output_tokens)
         .bind(entries.cost_usd)
+        .bind(entries.shape)
+        .bind(entries.embedding)
+        .bind(entries.bands)
+        .bind(jobs.cache_source)
         .fetch_all(pool)
         .await
         .map_err(StoreError::classify)?;

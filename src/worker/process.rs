@@ -2,7 +2,8 @@
 //! admit the first call, then one transaction takes the lease, holds the budget
 //! reservation and writes the call's `started` row; call. The long way, for the rest
 //! (`claim` then `attempt`): take the lease, route, look the answer up in the response
-//! cache (a hit ends here: no reservation, no call), reserve, park it for a provider batch
+//! cache, exact then semantic (`process/semantic.rs`; a hit ends here: no reservation, no
+//! completion call), reserve, park it for a provider batch
 //! when it is latency-tolerant (`batched`: the delivery ends there, and the job comes back
 //! as a new message with the batch's answer), call. Both then carry out the [`Verdict`]:
 //! commit (storing the answer in the cache when it applies), dead-letter, publish. Every
@@ -22,6 +23,7 @@ use crate::job::{
 };
 use crate::queue::publish::DlqEntry;
 use crate::router::Plan;
+use crate::store::semantic::SemanticColumns;
 use crate::store::writer::Release;
 use crate::store::{
     CallRecord, ClaimOutcome, ClaimRequest, CommitJob, CommitRequest, JobKey, Lease, Opening,
@@ -30,7 +32,7 @@ use crate::store::{
 use crate::telemetry::metrics::FinishedJob;
 use crate::tokens::estimate_input_tokens;
 use base64::Engine;
-use cached::{answer_from_cache, look_up, CacheFinal};
+use cached::{answer_from_cache, look_up, CacheFinal, Which};
 use rust_decimal::Decimal;
 use std::time::Duration;
 use tracing::Instrument;
@@ -50,6 +52,7 @@ const RECLAIMS: u32 = 3;
 mod batched;
 mod cached;
 mod finish;
+mod semantic;
 
 pub(super) use finish::{commit, CommitFailed};
 use finish::{deliver, finish};
@@ -248,7 +251,8 @@ async fn open(ctx: &Ctx, s: Scope<'_>, job: &Job, p: Prepared) -> Opened {
         }
         (Some(Err(denial)), _) => {
             chain.abandon(first);
-            let done = Box::pin(denied(ctx, s, job, lease, plan.route, &prior, denial)).await;
+            let calls = (&prior[..], Vec::new());
+            let done = Box::pin(denied(ctx, s, job, lease, plan.route, calls, denial)).await;
             return done.map_or(Opened::Reclaim, Opened::Done);
         }
         _ => None,
@@ -271,7 +275,7 @@ async fn open(ctx: &Ctx, s: Scope<'_>, job: &Job, p: Prepared) -> Opened {
         reservation,
         plan.route,
         (prior, free),
-        (outcome, None),
+        (outcome, None, None),
     ))
     .await;
     done.map_or(Opened::Reclaim, Opened::Done)
@@ -286,12 +290,16 @@ async fn calls<'a>(
     (lease, reservation): (Lease, Option<Reservation>),
     (plan, estimate): (&'a Plan, u64),
     (prior, free): (Vec<Attempt>, u32),
-    cacheable: Option<Cacheable>,
+    (cacheable, mut sem): (Option<Cacheable>, Option<Box<semantic::Step>>),
 ) -> Option<Disposition> {
     let chunks = streamed(ctx, s, job);
     let mut chain = Box::new(Chain::new(ctx, job, plan, estimate, s.d.priority));
     chain.stream_into(chunks.as_ref());
-    let outcome = run_chain(chain, plan, next_attempt(&prior), &lease, None).await;
+    let embed_calls = semantic::calls(&mut sem);
+    let first_call = next_attempt(&prior) + embed_calls.len() as u32;
+    let mut outcome = run_chain(chain, plan, first_call, &lease, None).await;
+    // The embedding call is one of the job's calls (rows, attempts, cost).
+    outcome.calls.splice(0..0, embed_calls);
     // Every chunk out before whatever ends the delivery (the result comes after them).
     if let Some(c) = chunks {
         Box::pin(c.close()).await;
@@ -306,7 +314,7 @@ async fn calls<'a>(
         reservation,
         route,
         (prior, free),
-        (outcome, cacheable),
+        (outcome, cacheable, sem.and_then(|s| s.store)),
     ))
     .await
 }
@@ -452,8 +460,37 @@ async fn attempt(
     // Boxed: over before the calls, and larger than what a job holds through them.
     if let Some(hit) = Box::pin(look_up(ctx, job, cacheable.as_ref())).await {
         let route = plan.route.clone();
-        return Box::pin(answer_from_cache(ctx, s, job, lease, route, prior, hit)).await;
+        let hit = (hit, Which::Exact);
+        return Box::pin(answer_from_cache(
+            ctx,
+            s,
+            job,
+            lease,
+            route,
+            prior,
+            hit,
+            Vec::new(),
+        ))
+        .await;
     }
+    let first_attempt = next_attempt(&prior);
+    // In a block, boxed: only the embedding call and what to store outlive it (the
+    // state a job waits in for its calls stays small).
+    let mut sem: Option<Box<semantic::Step>> = {
+        let first = plan.candidates.first().map(|c| (&*c.model, c.max_tokens));
+        let step = semantic::step(ctx, job, first, cacheable.as_ref(), first_attempt);
+        let semantic::Step { hit, calls, store } = Box::pin(step).await;
+        if let Some(hit) = hit {
+            let route = plan.route.clone();
+            let which = Which::Semantic {
+                similarity: hit.similarity,
+            };
+            let done =
+                answer_from_cache(ctx, s, job, lease, route, prior, (hit.answer, which), calls);
+            return Box::pin(done).await;
+        }
+        semantic::Step::boxed(calls, store)
+    };
     // Boxed: over by the time the calls start, and larger than what a job holds then.
     let reserved = Box::pin(ctx.infra.store(&ctx.abort, || {
         ctx.budgets
@@ -465,7 +502,9 @@ async fn attempt(
     let reservation = match reserved {
         Ok(Ok(r)) => r,
         Ok(Err(denial)) => {
-            return Box::pin(denied(ctx, s, job, lease, plan.route, &prior, denial)).await;
+            let calls = semantic::calls(&mut sem);
+            let done = denied(ctx, s, job, lease, plan.route, (&prior, calls), denial);
+            return Box::pin(done).await;
         }
         Err(Gave::Stopping(_)) => {
             return Box::pin(hand_back(
@@ -474,7 +513,7 @@ async fn attempt(
                 job,
                 lease,
                 None,
-                Vec::new(),
+                semantic::calls(&mut sem),
                 true,
                 Duration::ZERO,
             ))
@@ -483,12 +522,22 @@ async fn attempt(
         Err(Gave::Refused(e)) => {
             let err = internal(format!("postgres refused the budget reservation: {e}"));
             let route = Some(plan.route);
-            return Box::pin(fail(ctx, s, Some(lease), route, err, &prior, Vec::new())).await;
+            return Box::pin(fail(
+                ctx,
+                s,
+                Some(lease),
+                route,
+                err,
+                &prior,
+                semantic::calls(&mut sem),
+            ))
+            .await;
         }
     };
     // Latency-tolerant: parked for a provider batch instead of called (boxed: rare; the
     // lease and reservation move only when the delivery ends there).
-    if batched::eligible(ctx, s, job, &plan) {
+    let embedded = sem.as_ref().is_some_and(|s| !s.calls.is_empty());
+    if !embedded && batched::eligible(ctx, s, job, &plan) {
         let parked = Box::pin(batched::park(ctx, s, job, &plan)).await;
         if !matches!(parked, batched::Park::Live) {
             let held = (lease, reservation, prior);
@@ -503,7 +552,7 @@ async fn attempt(
         held,
         (&plan, estimate),
         (prior, free),
-        cacheable,
+        (cacheable, sem),
     )
     .await
 }
@@ -565,17 +614,17 @@ async fn denied(
     job: &Job,
     lease: Lease,
     route: Route,
-    prior: &[Attempt],
+    (prior, calls): (&[Attempt], Vec<CallRecord>),
     denial: Denial,
 ) -> Option<Disposition> {
     match denial {
         Denial::Fail(why) => {
             let err = ErrorBody::new(ErrorKind::BudgetExceeded, why);
-            fail(ctx, s, Some(lease), Some(route), err, prior, Vec::new()).await
+            fail(ctx, s, Some(lease), Some(route), err, prior, calls).await
         }
         Denial::Defer(why, delay) => {
             tracing::info!(delay_s = delay.as_secs(), reason = %why, "budget reached; deferring");
-            hand_back(ctx, s, job, lease, None, Vec::new(), true, delay).await
+            hand_back(ctx, s, job, lease, None, calls, true, delay).await
         }
     }
 }
@@ -590,7 +639,7 @@ async fn conclude(
     reservation: Option<Reservation>,
     route: Route,
     (prior, free): (Vec<Attempt>, u32),
-    (outcome, cacheable): (ChainOutcome, Option<Cacheable>),
+    (outcome, cacheable, semantic): (ChainOutcome, Option<Cacheable>, Option<SemanticColumns>),
 ) -> Option<Disposition> {
     let own_delivery = s.d.delivered.saturating_sub(u64::from(free)).max(1);
     // Taken from the plan once the calls are over (not cloned and held through them).
@@ -613,7 +662,7 @@ async fn conclude(
                 reservation,
                 route,
                 prior,
-                (outcome, cacheable),
+                (outcome, cacheable, semantic),
             ))
             .await
         }
@@ -674,7 +723,7 @@ async fn succeed(
     reservation: Option<Reservation>,
     route: Option<Route>,
     prior: Vec<Attempt>,
-    (outcome, cacheable): (ChainOutcome, Option<Cacheable>),
+    (outcome, cacheable, semantic): (ChainOutcome, Option<Cacheable>, Option<SemanticColumns>),
 ) -> Option<Disposition> {
     let Some((resp, model)) = outcome.success else {
         return Some(Disposition::Retry(Duration::ZERO));
@@ -694,7 +743,7 @@ async fn succeed(
     };
     let result = succeeded(s, job, answer, route, all);
     let _ = reservation.map(Reservation::settle);
-    let cache = CacheFinal::store(cacheable, &result);
+    let cache = CacheFinal::store(cacheable, semantic, &result);
     finish(ctx, s, Some(lease), result, calls, cache).await
 }
 

@@ -9,6 +9,8 @@
 //! # Endpoints (one port)
 //! - `POST /v1/chat/completions` and `POST /chat/completions` — OpenAI (`openai.rs`),
 //!   `"stream": true` included (server-sent events, one body).
+//! - `POST /v1/embeddings` and `POST /embeddings` — OpenAI embeddings
+//!   (`openai_embeddings.rs`), float or base64, `dimensions`.
 //! - `POST /v1/messages` — Anthropic (`anthropic.rs`), `"stream": true` included
 //!   (server-sent events).
 //! - `POST /v1beta/models/{model}:generateContent` (and `/v1/models/...`) — Gemini
@@ -62,6 +64,7 @@ mod latency;
 mod log;
 mod openai;
 mod openai_batch;
+mod openai_embeddings;
 mod openai_messages;
 mod openai_validate;
 mod schema;
@@ -363,6 +366,8 @@ impl Simulator {
             )
             .route("/v1/batches/{id}", get(openai_batch::get_batch))
             .route("/v1/batches/{id}/cancel", post(openai_batch::cancel_batch))
+            .route("/v1/embeddings", post(openai_embeddings::embeddings))
+            .route("/embeddings", post(openai_embeddings::embeddings))
             .route("/v1/messages", post(anthropic::messages))
             .route(
                 "/v1/messages/batches",

@@ -23,7 +23,7 @@ pub(super) fn error_body(e: &OaError) -> Value {
     json!({"error": {"message": e.message, "type": e.typ, "param": e.param, "code": e.code}})
 }
 
-fn base_headers(call: &Call) -> Vec<(HeaderName, String)> {
+pub(super) fn base_headers(call: &Call) -> Vec<(HeaderName, String)> {
     vec![
         (hname("x-request-id"), format!("req_{}", call.request_id)),
         (hname("openai-processing-ms"), call.elapsed_ms().to_string()),
@@ -31,7 +31,7 @@ fn base_headers(call: &Call) -> Vec<(HeaderName, String)> {
     ]
 }
 
-fn rate_headers(snap: &RateSnapshot) -> Vec<(HeaderName, String)> {
+pub(super) fn rate_headers(snap: &RateSnapshot) -> Vec<(HeaderName, String)> {
     vec![
         (
             hname("x-ratelimit-limit-requests"),
@@ -54,7 +54,7 @@ fn rate_headers(snap: &RateSnapshot) -> Vec<(HeaderName, String)> {
     ]
 }
 
-fn error(call: &Call, e: &OaError, snap: Option<&RateSnapshot>) -> Response {
+pub(super) fn error(call: &Call, e: &OaError, snap: Option<&RateSnapshot>) -> Response {
     let mut headers = base_headers(call);
     if let Some(s) = snap {
         headers.extend(rate_headers(s));
@@ -96,7 +96,7 @@ pub(super) fn check_auth(headers: &HeaderMap, no_auth: bool) -> Result<(), OaErr
     }
 }
 
-fn fault_response(call: &Call, fault: &Fault, mut snap: RateSnapshot) -> Response {
+pub(super) fn fault_response(call: &Call, fault: &Fault, mut snap: RateSnapshot) -> Response {
     let mut headers = base_headers(call);
     let (status, body) = match *fault {
         Fault::RateLimited {
@@ -278,17 +278,21 @@ fn usage(prompt: u64, completion: u64, reasoning: u64) -> Value {
 }
 
 /// The chat-completions handler.
-pub(crate) async fn chat_completions(
-    State(sim): State<Simulator>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+/// The first steps of every OpenAI request (chat and embeddings): admission (latency,
+/// hang, shutdown), an outage, the key, a JSON object body. `Err` is the answer to send.
+pub(super) async fn admit_request(
+    sim: &Simulator,
+    headers: &HeaderMap,
+    body: &Bytes,
+    log_body: bool,
+) -> Result<(Call, Value), Response> {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
     let model = parsed
         .as_ref()
         .and_then(|v| v.get("model"))
         .and_then(Value::as_str);
-    let Some(call) = sim.admit(API, model, body.len(), parsed.as_ref()).await else {
+    let logged = parsed.as_ref().filter(|_| log_body);
+    let Some(call) = sim.admit(API, model, body.len(), logged).await else {
         let e = OaError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             message: "The server is shutting down.".into(),
@@ -296,13 +300,13 @@ pub(crate) async fn chat_completions(
             param: None,
             code: None,
         };
-        return json_response(e.status, Vec::new(), &error_body(&e));
+        return Err(json_response(e.status, Vec::new(), &error_body(&e)));
     };
     if let Some(f) = call.outage() {
-        return fault_response(&call, &f, call.peek());
+        return Err(fault_response(&call, &f, call.peek()));
     }
-    if let Err(e) = check_auth(&headers, call.knobs.no_auth) {
-        return error(&call, &e, None);
+    if let Err(e) = check_auth(headers, call.knobs.no_auth) {
+        return Err(error(&call, &e, None));
     }
     let Some(body) = parsed.filter(Value::is_object) else {
         let e = OaError::invalid(
@@ -310,15 +314,31 @@ pub(crate) async fn chat_completions(
             None,
             None,
         );
-        return error(&call, &e, Some(&call.peek()));
+        return Err(error(&call, &e, Some(&call.peek())));
+    };
+    Ok((call, body))
+}
+
+/// The answer for a model the `unknown_model` knob says does not exist.
+pub(super) fn model_not_found(call: &Call, model: &str) -> Response {
+    error(call, &model_not_found_error(model), Some(&call.peek()))
+}
+
+pub(crate) async fn chat_completions(
+    State(sim): State<Simulator>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (call, body) = match admit_request(&sim, &headers, &body, true).await {
+        Ok(admitted) => admitted,
+        Err(answer) => return answer,
     };
     let req = match validate(&body) {
         Ok(r) => r,
         Err(e) => return error(&call, &e, Some(&call.peek())),
     };
     if call.knobs.unknown_model {
-        let e = model_not_found(&req.model);
-        return error(&call, &e, Some(&call.peek()));
+        return model_not_found(&call, &req.model);
     }
     let (fault, mut snap) = call.check_faults(req.prompt_tokens);
     if let Some(f) = fault {
@@ -377,7 +397,7 @@ fn completion_body(
 }
 
 /// OpenAI's 404 for a model it does not know.
-fn model_not_found(model: &str) -> OaError {
+fn model_not_found_error(model: &str) -> OaError {
     OaError {
         status: StatusCode::NOT_FOUND,
         message: format!("The model `{model}` does not exist or you do not have access to it."),
@@ -395,7 +415,7 @@ pub(super) fn answer_body(body: &Value) -> (StatusCode, Value) {
         Err(e) => return (e.status, error_body(&e)),
     };
     if req.model.starts_with("no-such-") {
-        let e = model_not_found(&req.model);
+        let e = model_not_found_error(&req.model);
         return (e.status, error_body(&e));
     }
     let messages = body.get("messages").cloned().unwrap_or(Value::Null);

@@ -236,28 +236,35 @@ pub(super) struct Tally {
 }
 
 /// Check a chat-completions body (already known to be a JSON object).
-pub(crate) fn validate(body: &Value) -> R<ChatRequest> {
-    let Some(obj) = body.as_object() else {
-        return Err(invalid_type("body", "an object", body));
-    };
-    if let Some(k) = obj.keys().find(|k| !KNOWN_PARAMS.contains(&k.as_str())) {
+/// Refuse a field not in `known`, then read the required `model` (as the API does, for
+/// chat and embeddings alike).
+pub(super) fn known_params_and_model(
+    obj: &serde_json::Map<String, Value>,
+    known: &[&str],
+) -> R<String> {
+    if let Some(k) = obj.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(OaError::invalid(
             format!("Unrecognized request argument supplied: {k}"),
             None,
             None,
         ));
     }
-    let model = match obj.get("model") {
-        None | Some(Value::Null) => {
-            return Err(OaError::invalid(
-                "you must provide a model parameter".into(),
-                Some("model".into()),
-                None,
-            ))
-        }
-        Some(Value::String(m)) => m.clone(),
-        Some(v) => return Err(invalid_type("model", "a string", v)),
+    match obj.get("model") {
+        None | Some(Value::Null) => Err(OaError::invalid(
+            "you must provide a model parameter".into(),
+            Some("model".into()),
+            None,
+        )),
+        Some(Value::String(m)) => Ok(m.clone()),
+        Some(v) => Err(invalid_type("model", "a string", v)),
+    }
+}
+
+pub(crate) fn validate(body: &Value) -> R<ChatRequest> {
+    let Some(obj) = body.as_object() else {
+        return Err(invalid_type("body", "an object", body));
     };
+    let model = known_params_and_model(obj, KNOWN_PARAMS)?;
     let messages = match obj.get("messages") {
         None | Some(Value::Null) => return Err(missing("messages")),
         Some(Value::Array(a)) if a.is_empty() => return Err(empty_array("messages")),

@@ -5,7 +5,8 @@ use super::{finish, succeeded, Answer, Scope};
 use crate::cache::Cacheable;
 use crate::job::{Attempt, Job, JobResult, Route, Usage};
 use crate::store::cache::{CacheEntry, CachedAnswer, Lookup};
-use crate::store::Lease;
+use crate::store::semantic::SemanticColumns;
+use crate::store::{CallRecord, Lease};
 use crate::telemetry::metrics::CacheKind;
 use crate::worker::{Ctx, Disposition};
 use rust_decimal::Decimal;
@@ -35,19 +36,38 @@ pub(super) async fn look_up(
     }
 }
 
-/// Answer from the response cache: no reservation and no call. The result carries the
-/// stored output with `cache_hit` true, no usage (nothing was billed) and the cost of
-/// this job's calls (none, unless an earlier delivery made some); its row keeps what
-/// the stored answer cost, as saved.
+/// Which cache answered, for `route.reason`.
+pub(super) enum Which {
+    Exact,
+    Semantic { similarity: f32 },
+}
+
+/// Answer from the response cache: no reservation and no completion call. The result
+/// carries the stored output with `cache_hit` true, no usage (no completion was billed)
+/// and the cost of this job's calls (none, unless an earlier delivery made some or the
+/// semantic cache called an embedding endpoint: `calls`); its row keeps what the stored
+/// answer cost, as saved, and whose answer it was.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn answer_from_cache(
     ctx: &Ctx,
     s: Scope<'_>,
     job: &Job,
     lease: Lease,
-    route: Route,
+    mut route: Route,
     prior: Vec<Attempt>,
-    hit: CachedAnswer,
+    (hit, which): (CachedAnswer, Which),
+    calls: Vec<CallRecord>,
 ) -> Option<Disposition> {
+    match which {
+        Which::Exact => route.reason.push_str(&format!(
+            "; answered by the exact cache (job {})",
+            hit.job_id
+        )),
+        Which::Semantic { similarity } => route.reason.push_str(&format!(
+            "; answered by the semantic cache (similarity {similarity:.3} to job {})",
+            hit.job_id
+        )),
+    }
     tracing::debug!(provider = %hit.provider, model = %hit.model, "answered from the cache");
     let tier = ctx
         .cfg
@@ -63,7 +83,11 @@ pub(super) async fn answer_from_cache(
         usage: Usage::default(),
         cache_hit: true,
     };
-    let mut result = succeeded(s, job, answer, Some(route.clone()), prior);
+    let attempts = prior
+        .into_iter()
+        .chain(calls.iter().map(|c| c.attempt.clone()))
+        .collect();
+    let mut result = succeeded(s, job, answer, Some(route.clone()), attempts);
     if tier.is_empty() {
         // A model no longer configured: the route's own tier stays.
         result.route = Some(route);
@@ -71,6 +95,7 @@ pub(super) async fn answer_from_cache(
     let cache = CacheFinal {
         saved_usd: Some(hit.cost_usd),
         entry: None,
+        source_job: Some(hit.job_id),
     };
     // A streamed job gets the stored text as one chunk (cut only to fit in messages).
     if let Some(chunks) = super::streamed(ctx, s, job) {
@@ -78,7 +103,7 @@ pub(super) async fn answer_from_cache(
         chunks.whole(text.unwrap_or_default());
         chunks.close().await;
     }
-    finish(ctx, s, Some(lease), result, Vec::new(), cache).await
+    finish(ctx, s, Some(lease), result, calls, cache).await
 }
 
 /// What a final row says about the response cache.
@@ -88,12 +113,26 @@ pub(super) struct CacheFinal {
     pub(super) saved_usd: Option<Decimal>,
     /// Store this answer.
     pub(super) entry: Option<Box<CacheEntry>>,
+    /// Answered from the cache: the job whose answer it was.
+    pub(super) source_job: Option<String>,
 }
 
 impl CacheFinal {
     /// A succeeded result's answer to store (none when the cache does not apply), with
-    /// the final row, so only if that row lands.
-    pub(super) fn store(cacheable: Option<Cacheable>, result: &JobResult) -> CacheFinal {
+    /// the final row, so only if that row lands; with its prompt's embedding when a
+    /// semantic scope made one. What it saves later is what its completion calls cost
+    /// (an embedding call is not counted).
+    pub(super) fn store(
+        cacheable: Option<Cacheable>,
+        semantic: Option<SemanticColumns>,
+        result: &JobResult,
+    ) -> CacheFinal {
+        let completions: Decimal = result
+            .attempts
+            .iter()
+            .filter(|a| !a.outcome.starts_with("embedding"))
+            .map(|a| a.cost_usd)
+            .sum();
         let entry = cacheable.and_then(|c| {
             Some(Box::new(CacheEntry {
                 key: c.key,
@@ -102,12 +141,14 @@ impl CacheFinal {
                 model: result.model.clone()?,
                 output: serde_json::value::to_raw_value(result.output.as_ref()?).ok()?,
                 usage: result.usage,
-                cost_usd: result.cost_usd,
+                cost_usd: completions,
+                semantic,
             }))
         });
         CacheFinal {
             saved_usd: None,
             entry,
+            source_job: None,
         }
     }
 }

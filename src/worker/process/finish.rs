@@ -160,6 +160,7 @@ fn final_row(
         result: raw,
         cache_saved_usd: cache.saved_usd,
         cache_entry: cache.entry,
+        cache_source: cache.source_job,
     })
 }
 

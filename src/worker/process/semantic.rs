@@ -1,0 +1,188 @@
+//! The semantic-cache step of a delivery (see `crate::cache::semantic`), after the exact
+//! cache missed: embed the prompt, look for a stored paraphrase, and say what a
+//! succeeded answer stores.
+//!
+//! - The built-in embedder makes no call. An endpoint embedder makes one provider call,
+//!   recorded like any other: a `started` cost row before it, then its final row with
+//!   outcome `embedding` (or `embedding_failed`), priced at
+//!   `cache.embeddings.input_per_mtok`, in the job's `attempts` and cost.
+//! - Anything that fails (the endpoint, Postgres) is a miss, and nothing is stored
+//!   semantically: the job is called as if there were no semantic cache.
+
+use crate::cache::semantic::{semantic_key, SemanticKey};
+use crate::cache::{embed, lsh, Cacheable};
+use crate::config::{EmbeddingsKind, ModelConfig};
+use crate::job::{Attempt, Job, Usage};
+use crate::store::semantic::{SemanticColumns, SemanticHit, SemanticLookup};
+use crate::store::CallRecord;
+use crate::telemetry::metrics::CacheKind;
+use crate::worker::Ctx;
+use rust_decimal::Decimal;
+use std::time::Instant;
+
+/// What the step found and leaves for the rest of the delivery.
+#[derive(Default)]
+pub(super) struct Step {
+    pub(super) hit: Option<SemanticHit>,
+    /// The embedding call, when one was made.
+    pub(super) calls: Vec<CallRecord>,
+    /// Stored with a succeeded answer.
+    pub(super) store: Option<SemanticColumns>,
+}
+
+impl Step {
+    /// What a miss leaves for the rest of the delivery, boxed (none when nothing): held
+    /// while the job waits for its calls, so it takes a pointer's room there.
+    pub(super) fn boxed(
+        calls: Vec<CallRecord>,
+        store: Option<SemanticColumns>,
+    ) -> Option<Box<Step>> {
+        (!calls.is_empty() || store.is_some()).then(|| {
+            Box::new(Step {
+                hit: None,
+                calls,
+                store,
+            })
+        })
+    }
+}
+
+/// The embedding call of a miss (taken: a second ask gets none).
+pub(super) fn calls(step: &mut Option<Box<Step>>) -> Vec<CallRecord> {
+    step.as_mut()
+        .map(|s| std::mem::take(&mut s.calls))
+        .unwrap_or_default()
+}
+
+/// Embed and look up for `job`, routed to `first` (its first candidate: the model and the
+/// `max_tokens` sent), when the semantic cache applies.
+pub(super) async fn step(
+    ctx: &Ctx,
+    job: &Job,
+    first: Option<(&ModelConfig, u32)>,
+    cacheable: Option<&Cacheable>,
+    attempt: u32,
+) -> Step {
+    let key = first.and_then(|(model, max_tokens)| {
+        semantic_key(&ctx.cfg.cache, job, model, max_tokens, cacheable)
+    });
+    let (Some(key), Some(c)) = (key.as_ref(), cacheable) else {
+        return Step::default();
+    };
+    let mut step = Step::default();
+    let cfg = &ctx.cfg.cache.embeddings;
+    let vector = match cfg.kind {
+        EmbeddingsKind::Builtin => Some(embed::builtin(
+            &key.prompt,
+            cfg.dimensions.map_or(embed::BUILTIN_DIMS, |d| d as usize),
+        )),
+        EmbeddingsKind::Openai => {
+            let (vector, call) = Box::pin(call_endpoint(ctx, job, key, attempt)).await;
+            step.calls.extend(call);
+            vector
+        }
+    };
+    let Some(vector) = vector else {
+        return step;
+    };
+    let q = lsh::quantize(&vector);
+    let bands = lsh::band_keys(key.scope, &lsh::signature(&q));
+    if c.lookup {
+        let req = SemanticLookup {
+            tenant: job.tenant.clone(),
+            shape: key.shape,
+            embedding: q.clone(),
+            bands: bands.clone(),
+            min_similarity: key.min_similarity,
+            ttl_s: c.ttl_s,
+        };
+        match ctx.cache.nearest(&req).await {
+            Ok(hit) => {
+                ctx.metrics.cache_lookup(CacheKind::Semantic, hit.is_some());
+                step.hit = hit;
+            }
+            Err(e) => tracing::warn!(error = %e, "semantic cache lookup failed; calling"),
+        }
+    }
+    step.store = Some(SemanticColumns {
+        shape: key.shape,
+        embedding: lsh::to_bytes(&q),
+        bands,
+    });
+    step
+}
+
+/// Call the embedding endpoint, its `started` row first. The vector (none on failure)
+/// and the call's record (none when the worker is stopping: no call was made).
+async fn call_endpoint(
+    ctx: &Ctx,
+    job: &Job,
+    key: &SemanticKey,
+    attempt: u32,
+) -> (Option<Vec<f32>>, Option<CallRecord>) {
+    let cfg = &ctx.cfg.cache.embeddings;
+    let record = |outcome: &str,
+                  latency_ms: u64,
+                  usage: Usage,
+                  cost: Decimal,
+                  e: Option<&crate::providers::ProviderError>| CallRecord {
+        attempt: Attempt {
+            attempt,
+            provider: cfg.name.clone(),
+            model: cfg.model.clone(),
+            outcome: outcome.to_string(),
+            latency_ms,
+            cost_usd: cost,
+            status: e.and_then(|e| e.status),
+            message: e.map(|e| format!("{}: {}", e.class.as_str(), e.message)),
+        },
+        usage,
+    };
+    let started = record("started", 0, Usage::default(), Decimal::ZERO, None);
+    let req = crate::store::CommitRequest {
+        key: crate::store::JobKey {
+            tenant: job.tenant.clone(),
+            id: job.id.clone(),
+            feature: job.feature.clone(),
+            user_id: job.user.clone(),
+        },
+        calls: vec![started],
+        job: None,
+        release: None,
+    };
+    match Box::pin(super::commit(ctx, req)).await {
+        Ok(_) => {}
+        Err(super::CommitFailed::Stopping) => return (None, None),
+        Err(super::CommitFailed::Refused(e, _)) => {
+            tracing::warn!(error = %e, "postgres refused the embedding call's started row");
+            return (None, None);
+        }
+    }
+    let t = Instant::now();
+    let answer = crate::providers::embeddings::embed(cfg, &key.prompt).await;
+    let latency_ms = t.elapsed().as_millis() as u64;
+    match answer {
+        Ok(e) => {
+            let usage = Usage {
+                input_tokens: e.prompt_tokens,
+                ..Usage::default()
+            };
+            let cost = crate::cost::embedding_cost(e.prompt_tokens, cfg.input_per_mtok);
+            (
+                Some(e.vector),
+                Some(record("embedding", latency_ms, usage, cost, None)),
+            )
+        }
+        Err(e) => {
+            tracing::warn!(error = %e.message, "embedding call failed; no semantic lookup");
+            let rec = record(
+                "embedding_failed",
+                latency_ms,
+                Usage::default(),
+                Decimal::ZERO,
+                Some(&e),
+            );
+            (None, Some(rec))
+        }
+    }
+}
