@@ -108,12 +108,9 @@ def check_anthropic(addr):
     except ImportError:
         print("anthropic SDK not installed: Message Batches not checked")
         return
-    # The key also as `x-api-key` explicitly: the Messages API's header, which some SDK
-    # builds send only as `Authorization: Bearer`, and the version switchyard sends (the
-    # installed SDK may send a newer `anthropic-version` than the simulator knows).
+    # As the SDK sends them: the key as `Authorization: Bearer`, its own anthropic-version.
     key = "sk-ant-sdk-check"
-    client = anthropic.Anthropic(base_url=f"http://{addr}", api_key=key, max_retries=0,
-                                 default_headers={"x-api-key": key, "anthropic-version": "2023-06-01"})
+    client = anthropic.Anthropic(base_url=f"http://{addr}", api_key=key, max_retries=0)
     model = "claude-3-5-haiku-20241022"
     reqs = [{"custom_id": f"sy-{i}", "params": {"model": model, "max_tokens": 32,
              "messages": [{"role": "user", "content": f"Say something about {i}"}]}} for i in range(3)]

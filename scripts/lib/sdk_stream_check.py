@@ -50,12 +50,8 @@ def check(name, ok, detail=""):
 
 
 oa = openai.OpenAI(base_url=BASE + "/v1", api_key="sk-sim", max_retries=0)
-# The anthropic package installed here (2.17) sends its key as `Authorization: Bearer` and
-# `anthropic-version: 2026-10-21`; the simulator takes the key in `x-api-key` and knows
-# the versions 2023-06-01 / 2023-01-01 (as the API reference documents them): send those.
-an = anthropic.Anthropic(base_url=BASE, api_key="sk-ant-sim", max_retries=0,
-                         default_headers={"x-api-key": "sk-ant-sim",
-                                          "anthropic-version": "2023-06-01"})
+# As the SDK sends them: the key as `Authorization: Bearer`, its own anthropic-version.
+an = anthropic.Anthropic(base_url=BASE, api_key="sk-ant-sim", max_retries=0)
 gm = genai.Client(
     api_key="sim-key",
     http_options=gtypes.HttpOptions(base_url=BASE, api_version="v1beta"),

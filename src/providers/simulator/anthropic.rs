@@ -1,6 +1,7 @@
 //! Anthropic Messages API: `POST /v1/messages` (`"stream": true`: server-sent events).
 //!
-//! Headers `x-api-key` and `anthropic-version` are required. The body is checked like
+//! Headers: the key (`x-api-key`, or `Authorization: Bearer` as the current Python SDK
+//! sends it) and `anthropic-version` are required. The body is checked like
 //! the real API (extra fields, roles, block types, tool_use/tool_result pairing …).
 //! Prompt caching: when any block or tool carries `cache_control` and the prompt is at
 //! least 1024 tokens, half of it (rounded down to 128) is reported as
@@ -20,7 +21,52 @@ use super::{
 };
 
 const API: &str = "anthropic";
-pub(super) const VERSIONS: &[&str] = &["2023-06-01", "2023-01-01"];
+/// API versions the reference documents; a later date (what a newer SDK pins) is taken
+/// too.
+const VERSIONS: &[&str] = &["2023-06-01", "2023-01-01"];
+
+/// The key and version headers: the key in `x-api-key`, or as `Authorization: Bearer`
+/// (what the current Python SDK sends for an API key); `anthropic-version` one of
+/// [`VERSIONS`] or a later `YYYY-MM-DD` date.
+pub(super) fn check_headers(headers: &HeaderMap) -> Result<(), AErr> {
+    let bearer = header_str(headers, "authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match header_str(headers, "x-api-key").map(str::trim).or(bearer) {
+        None => {
+            return Err(AErr(
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "x-api-key header is required".into(),
+            ))
+        }
+        Some("") => {
+            return Err(AErr(
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "invalid x-api-key".into(),
+            ))
+        }
+        Some(_) => {}
+    }
+    match header_str(headers, "anthropic-version") {
+        None => Err(invalid("anthropic-version: header is required".into())),
+        Some(v) if !known_version(v) => {
+            Err(invalid(format!("anthropic-version: invalid version '{v}'")))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// One of [`VERSIONS`], or a well-formed date after the newest of them.
+fn known_version(v: &str) -> bool {
+    let date = v.len() == 10
+        && v.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            _ => b.is_ascii_digit(),
+        });
+    VERSIONS.contains(&v) || (date && v > "2023-06-01")
+}
 fn base_headers(call: &Call) -> Vec<(HeaderName, String)> {
     vec![(hname("request-id"), format!("req_{}", call.request_id))]
 }
@@ -142,47 +188,8 @@ pub(crate) async fn messages(
     if let Some(f) = call.outage() {
         return fault_response(&call, &f, call.peek());
     }
-    match header_str(&headers, "x-api-key").map(str::trim) {
-        None => {
-            return error(
-                &call,
-                &AErr(
-                    StatusCode::UNAUTHORIZED,
-                    "authentication_error",
-                    "x-api-key header is required".into(),
-                ),
-                Vec::new(),
-            )
-        }
-        Some("") => {
-            return error(
-                &call,
-                &AErr(
-                    StatusCode::UNAUTHORIZED,
-                    "authentication_error",
-                    "invalid x-api-key".into(),
-                ),
-                Vec::new(),
-            )
-        }
-        Some(_) => {}
-    }
-    match header_str(&headers, "anthropic-version") {
-        None => {
-            return error(
-                &call,
-                &invalid("anthropic-version: header is required".into()),
-                Vec::new(),
-            )
-        }
-        Some(v) if !VERSIONS.contains(&v) => {
-            return error(
-                &call,
-                &invalid(format!("anthropic-version: invalid version '{v}'")),
-                Vec::new(),
-            )
-        }
-        Some(_) => {}
+    if let Err(e) = check_headers(&headers) {
+        return error(&call, &e, Vec::new());
     }
     let Some(Value::Object(body)) = parsed else {
         return error(&call, &invalid("There was an error parsing the body of your request. Please check that it is valid JSON.".into()), Vec::new());

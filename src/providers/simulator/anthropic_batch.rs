@@ -3,8 +3,8 @@
 //! nothing else; custom ids `^[a-zA-Z0-9_-]{1,64}$`, unique; 1 to 100,000 requests),
 //! `GET /v1/messages/batches/{id}`, `GET /v1/messages/batches` (newest first, `limit`,
 //! `after_id`), `POST /v1/messages/batches/{id}/cancel`, and `GET
-//! /v1/messages/batches/{id}/results` (JSONL, once `ended`). Headers `x-api-key` and
-//! `anthropic-version` as on `/v1/messages`.
+//! /v1/messages/batches/{id}/results` (JSONL, once `ended`). The key and
+//! `anthropic-version` headers as on `/v1/messages`.
 //!
 //! A batch is `in_progress` until `batch_complete_ms` after its creation, then `ended`:
 //! each request's `params` are checked and answered as `/v1/messages` would (`succeeded`
@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-use super::anthropic::{message_json, VERSIONS};
+use super::anthropic::{check_headers, message_json};
 use super::anthropic_validate::{invalid, validate, AErr};
 use super::{header_str, json_response, text, Simulator};
 
@@ -63,33 +63,6 @@ fn not_found(id: &str) -> Response {
         "not_found_error",
         format!("Message batch {id} not found"),
     ))
-}
-
-fn check_headers(headers: &HeaderMap) -> Result<(), AErr> {
-    match header_str(headers, "x-api-key").map(str::trim) {
-        None => {
-            return Err(AErr(
-                StatusCode::UNAUTHORIZED,
-                "authentication_error",
-                "x-api-key header is required".into(),
-            ))
-        }
-        Some("") => {
-            return Err(AErr(
-                StatusCode::UNAUTHORIZED,
-                "authentication_error",
-                "invalid x-api-key".into(),
-            ))
-        }
-        Some(_) => {}
-    }
-    match header_str(headers, "anthropic-version") {
-        None => Err(invalid("anthropic-version: header is required".into())),
-        Some(v) if !VERSIONS.contains(&v) => {
-            Err(invalid(format!("anthropic-version: invalid version '{v}'")))
-        }
-        Some(_) => Ok(()),
-    }
 }
 
 fn valid_custom_id(id: &str) -> bool {

@@ -128,6 +128,23 @@ async fn header_and_body_errors() {
     let (s, _, v) = send(&r, Some("k"), Some("2023-06-01"), "nope".into()).await;
     assert_eq!(s, 400);
     assert_error(&v, "invalid_request_error");
+    // What the current Python SDK sends: the key as a bearer token, a newer version.
+    let resp = r
+        .client
+        .post(r.url("/v1/messages"))
+        .header("authorization", "Bearer sk-ant-test")
+        .header("anthropic-version", "2026-10-21")
+        .header("content-type", "application/json")
+        .body(hello().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    for bad in ["2022-01-01", "latest", "2026-1-21"] {
+        let (s, _, v) = send(&r, Some("k"), Some(bad), hello().to_string()).await;
+        assert_eq!(s, 400, "{bad}");
+        assert_error(&v, "invalid_request_error");
+    }
 
     let user = json!([{"role": "user", "content": "hi"}]);
     let cases = [
