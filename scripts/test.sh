@@ -24,6 +24,27 @@ sy_services_up
 sy_log "NATS at ${NATS_URL}, Postgres at ${DATABASE_URL%%\?*}"
 sy_ensure_ulimit 8192
 
+# The providers' official Python SDKs (openai, anthropic, google-genai), as the package
+# registry has them today, in a venv kept outside the clone: tests/stream.rs, batch.rs
+# and semantic_cache.rs drive the simulator with them. Without the registry (or with
+# SWITCHYARD_SKIP_SDK=1) those three tests say "skipped".
+if [[ ${SWITCHYARD_SKIP_SDK:-0} != 0 ]]; then
+	sy_log "official SDKs: skipped (SWITCHYARD_SKIP_SDK=${SWITCHYARD_SKIP_SDK})"
+else
+	sdk_venv="${SWITCHYARD_SDK_VENV:-$HOME/.cache/switchyard-sdk-venv}"
+	if [[ ! -x $sdk_venv/bin/python ]] || ! "$sdk_venv/bin/python" -c 'import openai, anthropic, google.genai' 2>/dev/null; then
+		sy_log "official SDKs: installing openai, anthropic, google-genai into $sdk_venv"
+		python3 -m venv "$sdk_venv" 2>/dev/null || true
+		timeout 300 "$sdk_venv/bin/pip" install --quiet --upgrade openai anthropic google-genai >/dev/null 2>&1 || true
+	fi
+	if [[ -x $sdk_venv/bin/python ]] && "$sdk_venv/bin/python" -c 'import openai, anthropic, google.genai' 2>/dev/null; then
+		export SWITCHYARD_SDK_VENV="$sdk_venv" SWITCHYARD_SDK_PYTHON="$sdk_venv/bin/python"
+		sy_log "official SDKs: $("$sdk_venv/bin/python" -c 'import openai, anthropic, google.genai as g; print("openai", openai.__version__, "anthropic", anthropic.__version__, "google-genai", g.__version__)')"
+	else
+		sy_log "official SDKs: not installable here; their tests are skipped"
+	fi
+fi
+
 sy_log "tests"
 # Each integration test makes its own stream prefix and database and removes them.
 cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-4}"

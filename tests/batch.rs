@@ -533,3 +533,32 @@ async fn batch_figures() {
         handle.await.unwrap().unwrap();
     }
 }
+
+/// The simulator's Batch APIs against the official `openai` and `anthropic` Python SDKs
+/// (`scripts/lib/batch_sdk_check.py`: create, retrieve, list, cancel, results and the
+/// refusals), when `SWITCHYARD_SDK_PYTHON` names a Python that has them (`scripts/test.sh`
+/// makes one when the package registry answers; skipped otherwise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_sdks_drive_the_simulators_batch_apis() {
+    let Ok(python) = std::env::var("SWITCHYARD_SDK_PYTHON") else {
+        eprintln!("skipped: SWITCHYARD_SDK_PYTHON is not set");
+        return;
+    };
+    let env = TestEnv::new(|_| {}).await;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/lib/batch_sdk_check.py"
+    );
+    let out = tokio::process::Command::new(python)
+        .arg(script)
+        .arg(env.sim_addr.to_string())
+        .output()
+        .await
+        .expect("run the SDK check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("openai SDK batch check: ok"), "{text}");
+    assert!(text.contains("anthropic SDK batch check: ok"), "{text}");
+    env.cleanup().await;
+}
