@@ -116,7 +116,7 @@ async fn chunks_arrive_in_order_and_make_the_output_on_every_provider() {
     ];
     for (i, (model, provider, upstream)) in models.iter().enumerate() {
         let id = format!("s-{provider}");
-        let inbox = format!("_INBOX.stream.{i}");
+        let inbox = format!("_INBOX.{}.stream.{i}", env.prefix);
         let mut sub = env.subscribe(&inbox).await;
         let extra =
             format!(r#","model":"{model}","max_tokens":300,"stream":true,"reply_to":"{inbox}""#);
@@ -165,9 +165,14 @@ async fn failover_after(fault: StreamFault, first: &str, first_api: &str) {
         ..paced()
     });
     let (stop, worker) = env.start_worker().await;
-    let mut sub = env.subscribe("_INBOX.fo.1").await;
-    let extra = r#","model":"claude-3-5-haiku","providers":{"allow":["anthropic","gemini"]},"max_tokens":300,"stream":true,"reply_to":"_INBOX.fo.1""#;
-    env.publish(Priority::Normal, "acme", job("fo", "acme", extra))
+    // Two tests share this: a reply subject of this test's own (core NATS subjects are
+    // global, and the two run at once).
+    let inbox = format!("_INBOX.{}.fo", env.prefix);
+    let mut sub = env.subscribe(&inbox).await;
+    let extra = format!(
+        r#","model":"claude-3-5-haiku","providers":{{"allow":["anthropic","gemini"]}},"max_tokens":300,"stream":true,"reply_to":"{inbox}""#
+    );
+    env.publish(Priority::Normal, "acme", job("fo", "acme", &extra))
         .await;
     let seen = listen(&mut sub, "acme", "fo").await;
     assert_eq!(seen.result["status"], "succeeded");
@@ -231,8 +236,9 @@ async fn a_connection_cut_mid_stream_resets_and_fails_over() {
 async fn non_stream_jobs_get_only_their_result() {
     let env = TestEnv::new(|_| {}).await;
     let (stop, worker) = env.start_worker().await;
-    let mut sub = env.subscribe("_INBOX.plain.1").await;
-    let extra = r#","model":"openai/gpt-4o-mini","reply_to":"_INBOX.plain.1""#;
+    let inbox = format!("_INBOX.{}.plain", env.prefix);
+    let mut sub = env.subscribe(&inbox).await;
+    let extra = &format!(r#","model":"openai/gpt-4o-mini","reply_to":"{inbox}""#);
     env.publish(Priority::Normal, "acme", job("plain", "acme", extra))
         .await;
     let m = tokio::time::timeout(Duration::from_secs(20), sub.next())
@@ -283,20 +289,22 @@ async fn a_cached_answer_is_one_chunk_then_the_result() {
             r#","model":"openai/gpt-4o-mini","temperature":0,"stream":true,"reply_to":"{inbox}""#
         )
     };
-    let mut first = env.subscribe("_INBOX.c.1").await;
+    let (c1, c2) = (
+        format!("_INBOX.{}.c1", env.prefix),
+        format!("_INBOX.{}.c2", env.prefix),
+    );
+    let mut first = env.subscribe(&c1).await;
     let body = |id: &str, inbox: &str| {
         format!(
             r#"{{"id":"{id}","tenant":"acme","messages":[{{"role":"user","content":"the same question"}}]{}}}"#,
             extra(inbox)
         )
     };
-    env.publish(Priority::Normal, "acme", body("c1", "_INBOX.c.1"))
-        .await;
+    env.publish(Priority::Normal, "acme", body("c1", &c1)).await;
     let one = listen(&mut first, "acme", "c1").await;
     assert_eq!(one.result["cache_hit"], false);
-    let mut second = env.subscribe("_INBOX.c.2").await;
-    env.publish(Priority::Normal, "acme", body("c2", "_INBOX.c.2"))
-        .await;
+    let mut second = env.subscribe(&c2).await;
+    env.publish(Priority::Normal, "acme", body("c2", &c2)).await;
     let two = listen(&mut second, "acme", "c2").await;
     assert_eq!(two.result["cache_hit"], true);
     assert_eq!(two.chunks.len(), 1, "one chunk with the whole output");
@@ -321,10 +329,12 @@ async fn a_redelivered_stream_starts_with_a_reset_at_the_next_delivery_s_seq() {
         ..Default::default()
     });
     let (stop_a, worker_a) = env.start_worker().await;
-    let mut sub = env.subscribe("_INBOX.re.1").await;
-    let extra =
-        r#","model":"openai/gpt-4o-mini","max_tokens":300,"stream":true,"reply_to":"_INBOX.re.1""#;
-    env.publish(Priority::Normal, "acme", job("re", "acme", extra))
+    let inbox = format!("_INBOX.{}.re", env.prefix);
+    let mut sub = env.subscribe(&inbox).await;
+    let extra = format!(
+        r#","model":"openai/gpt-4o-mini","max_tokens":300,"stream":true,"reply_to":"{inbox}""#
+    );
+    env.publish(Priority::Normal, "acme", job("re", "acme", &extra))
         .await;
     let mut seqs = Vec::new();
     let mut chunks = Vec::new();
