@@ -59,7 +59,7 @@ def check_openai(addr):
     f = client.files.create(file=("in.jsonl", io.BytesIO(lines(model, 3))), purpose="batch")
     assert f.purpose == "batch" and f.bytes > 0, f
     b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
-                              completion_window="24h", metadata={"switchyard_batch": "sdk-check"})
+                              completion_window="24h", metadata={"switchyard-batch": "sdk-check"})
     assert b.status == "validating", b
     b = wait(client, b.id, {"completed", "failed"})
     assert b.status == "completed", b
@@ -75,7 +75,7 @@ def check_openai(addr):
         assert c.choices[0].message.content, c
         assert c.usage.prompt_tokens > 0, c
     listed = client.batches.list(limit=10)
-    assert any(x.id == b.id and (x.metadata or {}).get("switchyard_batch") == "sdk-check" for x in listed.data)
+    assert any(x.id == b.id and (x.metadata or {}).get("switchyard-batch") == "sdk-check" for x in listed.data)
 
     # Cancelling: a new batch, cancelled before it runs, ends cancelled.
     f2 = client.files.create(file=("in2.jsonl", io.BytesIO(lines(model, 2))), purpose="batch")

@@ -15,7 +15,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 /// The metadata key that holds our batch id.
-const TAG_KEY: &str = "switchyard_batch";
+const TAG_KEY: &str = "switchyard-batch";
 const ENDPOINT: &str = "/v1/chat/completions";
 
 pub struct OpenAiBatch {
