@@ -357,18 +357,20 @@ async fn open(
     found: &mut Found,
 ) -> Result<(), StoreError> {
     // The claimed requests with an opening: new (no row came back) or claimed again.
-    let mut claimed: Vec<(&ClaimRequest, &Opening, bool)> = Vec::new();
+    // Each with its key (made once: it also files the outcome in `found`).
+    let mut claimed: Vec<(&ClaimRequest, &Opening, bool, (String, String))> = Vec::new();
     for r in reqs {
         let Some(o) = &r.opening else { continue };
-        match found.get(&(r.tenant.clone(), r.id.clone())) {
-            None => claimed.push((r, o, true)),
-            Some(Ok(ClaimOutcome::Claimed { .. })) => claimed.push((r, o, false)),
+        let key = (r.tenant.clone(), r.id.clone());
+        match found.get(&key) {
+            None => claimed.push((r, o, true, key)),
+            Some(Ok(ClaimOutcome::Claimed { .. })) => claimed.push((r, o, false, key)),
             Some(_) => {}
         }
     }
     let asks: Vec<ReserveRequest> = claimed
         .iter()
-        .filter_map(|(r, o, _)| {
+        .filter_map(|(r, o, _, _)| {
             o.reserve.map(|(amount, now)| ReserveRequest {
                 lease_token: r.lease_token.clone(),
                 tenant: r.tenant.clone(),
@@ -388,7 +390,7 @@ async fn open(
     let mut decided = decided.drain(..);
     let outcomes: Vec<ReserveOutcome> = claimed
         .iter()
-        .map(|(_, o, _)| match o.reserve {
+        .map(|(_, o, _, _)| match o.reserve {
             Some(_) => decided.next().flatten(),
             None => None,
         })
@@ -396,8 +398,8 @@ async fn open(
     let started: Vec<StartedRow<'_>> = claimed
         .iter()
         .zip(&outcomes)
-        .filter(|((_, _, new), reserved)| *new && !matches!(reserved, Some(Err(_))))
-        .map(|((r, o, _), _)| StartedRow {
+        .filter(|((_, _, new, _), reserved)| *new && !matches!(reserved, Some(Err(_))))
+        .map(|((r, o, _, _), _)| StartedRow {
             tenant: &r.tenant,
             job_id: &r.id,
             feature: r.feature.as_deref(),
@@ -408,8 +410,7 @@ async fn open(
         .collect();
     let written: std::collections::HashSet<(String, String)> =
         write_held(tx, &held, &started).await?.into_iter().collect();
-    for ((r, _, _), reserved) in claimed.into_iter().zip(outcomes) {
-        let key = (r.tenant.clone(), r.id.clone());
+    for ((_, _, _, key), reserved) in claimed.into_iter().zip(outcomes) {
         let opened = Opened {
             started: written.contains(&key),
             reserved,
