@@ -170,7 +170,9 @@ pub async fn run_worker(
         }
         .run(infra_stop.clone()),
     );
+    let shadow = crate::worker::shadow::ShadowRunner::new(pool.clone(), cfg.shadow.max_concurrent);
     let ctx = Arc::new(Ctx {
+        shadow: shadow.clone(),
         metrics: metrics.clone(),
         health,
         rules: cfg.parse_rules(),
@@ -257,6 +259,8 @@ pub async fn run_worker(
         abort.cancel();
         tracker.wait().await;
     }
+    // Shadow calls under way are cut short (their rows say so); none start after this.
+    shadow.close().await;
     reload_stop.cancel();
     if let Some(t) = reload_task {
         let _ = t.await;

@@ -14,6 +14,7 @@ mod env;
 mod hedge;
 mod reply_to;
 mod sections;
+mod shadow;
 
 pub use batch::BatchConfig;
 pub use cache::{CacheConfig, CacheRule, CacheScope, EmbeddingsConfig, EmbeddingsKind};
@@ -24,6 +25,7 @@ pub use connections::{
 pub use hedge::{HedgeConfig, Quantile, RuleHedge};
 pub use reply_to::{ReplyToConfig, TenantReplyTo};
 pub use sections::*;
+pub use shadow::{CompareKind, ShadowConfig, ShadowRoute, DEFAULT_JUDGE_PROMPT};
 
 use crate::job::names::is_valid_prefix;
 use crate::job::{ParseRules, ReplyToRules};
@@ -268,6 +270,7 @@ impl FileConfig {
         self.validate_health()?;
         self.cache.validate(&model_names)?;
         self.batch.validate()?;
+        self.shadow.validate(&self.model_references())?;
         self.validate_routing(&model_names)
     }
 

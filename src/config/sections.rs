@@ -33,6 +33,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub batch: BatchConfig,
     #[serde(default)]
+    pub shadow: super::ShadowConfig,
+    #[serde(default)]
     pub providers: Vec<ProviderConfig>,
     #[serde(default)]
     pub models: Vec<ModelConfig>,

@@ -14,6 +14,7 @@ pub mod dead_letters;
 pub mod leases;
 pub mod reports;
 pub mod semantic;
+pub mod shadow;
 pub mod writer;
 
 pub use claims::{ClaimOutcome, ClaimRequest, Claimer, Opened, Opening};

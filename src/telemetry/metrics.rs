@@ -10,6 +10,9 @@
 //! set by a poller ([`super::poll`]).
 
 use super::live::Live;
+
+mod shadow;
+pub use shadow::{EvalResult, ShadowMetrics};
 use crate::config::Config;
 use crate::health::Health;
 use crate::job::{Job, JobResult, Priority, Usage};
@@ -280,6 +283,8 @@ pub struct Metrics {
     retries: Counter,
     republished: Counter,
     reloads: Family<ReloadLabels, Counter>,
+    /// Shadow evaluation (`[shadow]`).
+    pub shadow: ShadowMetrics,
     /// provider → model → handles; the configured models are made at start.
     models: RwLock<TwoKeys<Arc<ModelMetrics>>>,
 }
@@ -333,6 +338,7 @@ impl Metrics {
             retries: Counter::default(),
             republished: Counter::default(),
             reloads: Family::default(),
+            shadow: ShadowMetrics::default(),
             models: RwLock::new(HashMap::new()),
         };
         // Series that exist before anything happens, so dashboards show 0, not nothing.
@@ -469,6 +475,7 @@ impl Metrics {
             "Config reloads (SIGHUP or a changed file) by result: applied, refused",
             self.reloads.clone(),
         );
+        self.shadow.register(r);
         r.register_collector(Box::new(self.live.clone()));
     }
 

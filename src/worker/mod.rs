@@ -7,7 +7,8 @@
 //! - [`calls`]: the call chain, one [`crate::store::CallRecord`] per call;
 //! - [`decide`]: what a chain's outcome means, without side effects;
 //! - [`infra`]: is Postgres / NATS there; waiting in place while they are not;
-//! - [`stream`]: a streamed job's chunks on its `reply_to`, before its result.
+//! - [`stream`]: a streamed job's chunks on its `reply_to`, before its result;
+//! - [`shadow`]: a sampled finished job run again on a candidate model (`[shadow]`).
 
 pub mod batcher;
 mod calls;
@@ -17,6 +18,7 @@ mod future_sizes;
 pub mod infra;
 mod process;
 pub mod reload;
+pub mod shadow;
 mod stream;
 
 use crate::config::Config;
@@ -60,6 +62,9 @@ pub struct Ctx {
     pub abort: CancellationToken,
     /// Provider batch APIs and where parked jobs are kept (`[batch]`).
     pub batching: Arc<batcher::Batching>,
+    /// Shadow evaluation's tasks (`[shadow]`); offered finished jobs only while routes
+    /// are configured.
+    pub shadow: shadow::ShadowRunner,
 }
 
 /// What happens to the message at the end.

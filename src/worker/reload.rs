@@ -130,6 +130,7 @@ pub fn apply(cell: &CtxCell, mut new: Config) -> anyhow::Result<Applied> {
         health,
         abort: cur.abort.clone(),
         batching: cur.batching.clone(),
+        shadow: cur.shadow.clone(),
     };
     let applied = Applied {
         providers: cfg.providers.len(),

@@ -1,4 +1,4 @@
-//! `switchyard report costs | savings | budgets`: spend from `cost_rows` (one row per
+//! `switchyard report costs | savings | budgets | eval` (eval: shadow evaluation, `eval.rs`): spend from `cost_rows` (one row per
 //! provider call, failed calls included), exact, summed by `store::reports`; the same
 //! token sums priced at a baseline model (`cost::cost_of`, prices from the config); and
 //! each budget's limit, spend, reservations and share used (`store::budget_admin`).
@@ -6,6 +6,7 @@
 //! and what those answers cost when made (`cache_saved_usd`): spend the cache avoided.
 //! Printed here, in one of three formats ([`table`]).
 
+mod eval;
 mod table;
 
 use crate::config::{Config, ModelConfig};
@@ -27,6 +28,8 @@ pub enum ReportCommand {
     /// Each budget (tenant, feature or whole tenant, period): limit, spent, reserved, share
     /// used, what is left, policy.
     Budgets(BudgetArgs),
+    /// Shadow evaluation per route and candidate: agreement and cost difference.
+    Eval(eval::EvalArgs),
 }
 
 /// Which cost rows, grouped how, printed how.
@@ -104,6 +107,17 @@ pub async fn run(cfg: Config, cmd: ReportCommand) -> anyhow::Result<ExitCode> {
             let pool = crate::connect::postgres(&cfg.postgres, 1).await?;
             let rows = budget_status(&pool, args.tenant.as_deref(), Utc::now()).await?;
             budget_table(&rows).print(&args.format);
+        }
+        ReportCommand::Eval(args) => {
+            let query = crate::store::shadow::EvalQuery {
+                since: args.since.as_deref().map(parse_time).transpose()?,
+                until: args.until.as_deref().map(parse_time).transpose()?,
+                tenant: args.tenant.as_deref(),
+                route: args.route.as_deref(),
+            };
+            let pool = crate::connect::postgres(&cfg.postgres, 1).await?;
+            let lines = crate::store::shadow::eval_report(&pool, &query).await?;
+            eval::eval_table(&lines).print(&args.format);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -67,7 +67,14 @@ pub(super) async fn finish(
             }
         }
     };
+    let landed = encoded.is_some();
     let disposition = Box::pin(deliver(ctx, s, &result, encoded)).await;
+    // Shadow evaluation: after the result is committed and published, never before.
+    if landed && !ctx.cfg.shadow.routes.is_empty() {
+        if let Some(job) = s.job {
+            ctx.shadow.offer(ctx, job, &result);
+        }
+    }
     ctx.metrics.job_finished(FinishedJob {
         priority: d.priority,
         result: &result,
