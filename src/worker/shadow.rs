@@ -13,7 +13,7 @@
 //! row per job and candidate, claimed before the call (a redelivery calls nothing).
 
 use super::Ctx;
-use crate::config::{CompareKind, ModelConfig, ShadowRoute, DEFAULT_JUDGE_PROMPT};
+use crate::config::{ModelConfig, ShadowRoute, DEFAULT_JUDGE_PROMPT};
 use crate::cost::cost_of;
 use crate::health::{Admit, CallOutcome, Health};
 use crate::job::{Job, JobResult, Message, Output, Priority, ResponseFormat, Status};
@@ -21,7 +21,6 @@ use crate::providers::{ChatRequest, ChatResponse, FailureClass, Provider, Provid
 use crate::ratelimit::{Ask, Limiters, Permit};
 use crate::shadow::{compare, judge_request, parse_verdict, sampled};
 use crate::store::shadow::{self as rows, EvalClaim, EvalEnd, ShadowCall, ShadowKey};
-use crate::store::StoreError;
 use crate::telemetry::metrics::{CallEvent, EvalResult, Metrics};
 use rust_decimal::Decimal;
 use sqlx::PgPool;
@@ -176,8 +175,8 @@ async fn evaluate(w: Work, pool: PgPool, stop: CancellationToken, _slot: OwnedSe
     let cand = &w.candidate.model;
     // Admitted first (a claim then makes the call at once), unless its breaker is open:
     // that evaluation fails without a call.
-    let admitted = match admit(&w, cand, &stop).await {
-        Admission::Go(permit, probe) => Some((permit, probe)),
+    let (permit, probe) = match admit(&w, cand, &stop).await {
+        Admission::Go(permit, probe) => (permit, probe),
         Admission::Skip(why) => {
             let claimed = claim(&w, &pool, &stop, false).await;
             if claimed.is_some() {
@@ -190,9 +189,6 @@ async fn evaluate(w: Work, pool: PgPool, stop: CancellationToken, _slot: OwnedSe
             w.metrics.shadow.dropped(route, reason);
             return;
         }
-    };
-    let Some((permit, probe)) = admitted else {
-        return;
     };
     let Some(attempt) = claim(&w, &pool, &stop, true).await.and_then(|c| c.attempt) else {
         give_back(&w.health, cand, probe);
@@ -498,9 +494,6 @@ async fn finish(
         .await;
     if let Err(e) = settled {
         // Left `running` with `started` rows, as after a crash (DESIGN.md says so).
-        let e: Option<&StoreError> = match &e {
-            super::infra::Gave::Refused(e) | super::infra::Gave::Stopping(e) => Some(e),
-        };
         tracing::error!(error = ?e, route = %w.route.name, calls = ?calls,
             "shadow evaluation could not be stored");
         return;
