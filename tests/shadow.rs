@@ -43,8 +43,12 @@ async fn run_jobs(env: &TestEnv, n: usize, secs: u64) -> HashMap<String, Vec<Job
     let mut sub = env.subscribe(&reply).await;
     for i in 0..n {
         let extra = format!(r#","model":"{PRIMARY}","reply_to":"{reply}""#);
-        env.publish(Priority::Normal, "acme", job(&format!("sh-{i}"), "acme", &extra))
-            .await;
+        env.publish(
+            Priority::Normal,
+            "acme",
+            job(&format!("sh-{i}"), "acme", &extra),
+        )
+        .await;
     }
     let mut got: HashMap<String, Vec<JobResult>> = HashMap::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
@@ -59,8 +63,11 @@ async fn run_jobs(env: &TestEnv, n: usize, secs: u64) -> HashMap<String, Vec<Job
     }
     // Nothing more comes: shadow work never publishes.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    while let Ok(Some(m)) =
-        tokio::time::timeout(Duration::from_millis(50), futures::StreamExt::next(&mut sub)).await
+    while let Ok(Some(m)) = tokio::time::timeout(
+        Duration::from_millis(50),
+        futures::StreamExt::next(&mut sub),
+    )
+    .await
     {
         let r: JobResult = serde_json::from_slice(&m.payload).unwrap();
         got.entry(r.id.clone()).or_default().push(r);
@@ -101,7 +108,13 @@ fn assert_primary_only(replies: &HashMap<String, Vec<JobResult>>, n: usize) {
 
 #[tokio::test]
 async fn every_sampled_job_is_shadowed_once_and_the_producer_gets_the_primary() {
-    let env = env(|c| c.shadow.routes = vec![route(1.0, CompareKind::Json)]).await;
+    // Room for every job at once: with the default 8 slots a burst of 20 over two
+    // workers drops some (measured: 12 of 20 evaluated), which is the bound working.
+    let env = env(|c| {
+        c.shadow.routes = vec![route(1.0, CompareKind::Json)];
+        c.shadow.max_concurrent = 64;
+    })
+    .await;
     let (stop1, w1) = env.start_worker().await;
     let (stop2, w2) = env.start_worker().await;
     let n = 20;
@@ -111,7 +124,10 @@ async fn every_sampled_job_is_shadowed_once_and_the_producer_gets_the_primary() 
 
     // Exactly one evaluation and one shadow cost row per job; the job's own rows and
     // cost untouched.
-    assert_eq!(count(&env, "SELECT count(*) FROM shadow_evals").await, n as i64);
+    assert_eq!(
+        count(&env, "SELECT count(*) FROM shadow_evals").await,
+        n as i64
+    );
     let per_job: Vec<(String, i64, i64)> = sqlx::query_as(
         "SELECT job_id, count(*) FILTER (WHERE shadow), count(*) FILTER (WHERE NOT shadow)
            FROM cost_rows GROUP BY job_id",
@@ -175,7 +191,9 @@ async fn every_sampled_job_is_shadowed_once_and_the_producer_gets_the_primary() 
     assert_eq!(dec(&l["agree_pct"]), pct);
     // The candidate is cheaper per token (0.10 / 0.40 against 0.15 / 0.60).
     assert!(cand_cost < prim_cost, "{cand_cost} vs {prim_cost}");
-    let csv = env.cli(&["report", "eval", "--format", "csv", "--route", "nope"]).await;
+    let csv = env
+        .cli(&["report", "eval", "--format", "csv", "--route", "nope"])
+        .await;
     assert_eq!(csv.0, 0, "{}", csv.2);
     assert_eq!(csv.1.lines().count(), 1, "only the header: {}", csv.1);
 
@@ -193,7 +211,10 @@ async fn a_zero_rate_shadows_nothing() {
     let replies = run_jobs(&env, 5, 60).await;
     assert_primary_only(&replies, 5);
     assert_eq!(count(&env, "SELECT count(*) FROM shadow_evals").await, 0);
-    assert_eq!(count(&env, "SELECT count(*) FROM cost_rows WHERE shadow").await, 0);
+    assert_eq!(
+        count(&env, "SELECT count(*) FROM cost_rows WHERE shadow").await,
+        0
+    );
     stop.cancel();
     w.await.unwrap().unwrap();
     env.cleanup().await;
@@ -201,7 +222,11 @@ async fn a_zero_rate_shadows_nothing() {
 
 #[tokio::test]
 async fn a_failing_candidate_is_recorded_and_the_producer_is_unaffected() {
-    let env = env(|c| c.shadow.routes = vec![route(1.0, CompareKind::Exact)]).await;
+    let env = env(|c| {
+        c.shadow.routes = vec![route(1.0, CompareKind::Exact)];
+        c.shadow.max_concurrent = 64;
+    })
+    .await;
     env.fail_model("gpt-4.1-nano-2025-04-14");
     let (stop1, w1) = env.start_worker().await;
     let (stop2, w2) = env.start_worker().await;
@@ -220,7 +245,10 @@ async fn a_failing_candidate_is_recorded_and_the_producer_is_unaffected() {
         assert_eq!(*agree, None);
         let m = message.as_deref().unwrap();
         // The call failed (a 500), or, once the breaker opened, none was made.
-        assert!(m.contains("server_error") || m.starts_with("no call"), "{m}");
+        assert!(
+            m.contains("server_error") || m.starts_with("no call"),
+            "{m}"
+        );
     }
     // Each failed call has its shadow row; a breaker-skipped one has none.
     let calls = count(&env, "SELECT count(*) FROM cost_rows WHERE shadow").await;
@@ -232,7 +260,11 @@ async fn a_failing_candidate_is_recorded_and_the_producer_is_unaffected() {
     assert_eq!(calls, called);
     assert!(calls >= 1);
     assert_eq!(
-        count(&env, "SELECT count(*) FROM cost_rows WHERE shadow AND outcome <> 'server_error'").await,
+        count(
+            &env,
+            "SELECT count(*) FROM cost_rows WHERE shadow AND outcome <> 'server_error'"
+        )
+        .await,
         0
     );
     let lines = env.cli_json(&["report", "eval", "--format", "json"]).await;
@@ -256,12 +288,11 @@ async fn a_judge_gives_the_verdict_and_its_call_is_a_shadow_row() {
     let replies = run_jobs(&env, n, 60).await;
     assert_primary_only(&replies, n);
     assert_eq!(wait_evals(&env, n as i64, 30).await, n as i64);
-    let evals: Vec<(String, Option<bool>, Decimal, Option<String>)> = sqlx::query_as(
-        "SELECT state, agree, judge_cost_usd, message FROM shadow_evals",
-    )
-    .fetch_all(&env.pool)
-    .await
-    .unwrap();
+    let evals: Vec<(String, Option<bool>, Decimal, Option<String>)> =
+        sqlx::query_as("SELECT state, agree, judge_cost_usd, message FROM shadow_evals")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
     for (state, agree, judge_cost, message) in &evals {
         assert_eq!(state, "compared", "{message:?}");
         assert!(agree.is_some());

@@ -195,7 +195,10 @@ impl ShadowConfig {
             }
             match (r.compare, r.judge.as_deref()) {
                 (CompareKind::Judge, None) => {
-                    return Err(invalid(f("judge"), "compare = \"judge\" needs a judge model"))
+                    return Err(invalid(
+                        f("judge"),
+                        "compare = \"judge\" needs a judge model",
+                    ))
                 }
                 (CompareKind::Judge, Some(j)) if !models.contains(j) => {
                     return Err(invalid(
@@ -208,7 +211,10 @@ impl ShadowConfig {
                 }
                 _ => {}
             }
-            if r.judge_prompt.as_deref().is_some_and(|p| p.trim().is_empty()) {
+            if r.judge_prompt
+                .as_deref()
+                .is_some_and(|p| p.trim().is_empty())
+            {
                 return Err(invalid(f("judge_prompt"), "must not be empty"));
             }
         }
@@ -247,10 +253,7 @@ mod tests {
     use crate::config::FileConfig;
 
     fn load(extra: &str) -> Result<FileConfig, ConfigError> {
-        let text = format!(
-            "{}\n{extra}",
-            include_str!("../../config/demo.toml")
-        );
+        let text = format!("{}\n{extra}", include_str!("../../config/demo.toml"));
         FileConfig::from_toml_with_env(&text, "demo.toml", &[])
     }
 
@@ -286,9 +289,18 @@ compare = "json"
     #[test]
     fn bad_routes_name_the_field() {
         for (toml, field) in [
-            ("name = \"a b\"\ncandidate = \"gpt-4o\"\nsample_rate = 0.1", "name"),
-            ("name = \"a\"\ncandidate = \"nope\"\nsample_rate = 0.1", "candidate"),
-            ("name = \"a\"\ncandidate = \"gpt-4o\"\nsample_rate = 1.5", "sample_rate"),
+            (
+                "name = \"a b\"\ncandidate = \"gpt-4o\"\nsample_rate = 0.1",
+                "name",
+            ),
+            (
+                "name = \"a\"\ncandidate = \"nope\"\nsample_rate = 0.1",
+                "candidate",
+            ),
+            (
+                "name = \"a\"\ncandidate = \"gpt-4o\"\nsample_rate = 1.5",
+                "sample_rate",
+            ),
             (
                 "name = \"a\"\ncandidate = \"gpt-4o\"\nsample_rate = 1\ncompare = \"judge\"",
                 "judge",
@@ -309,13 +321,20 @@ compare = "json"
             let e = load(&format!("[[shadow.routes]]\n{toml}"))
                 .expect_err(toml)
                 .to_string();
-            assert!(e.contains(&format!("shadow.routes[0].{field}")), "{toml}: {e}");
+            assert!(
+                e.contains(&format!("shadow.routes[0].{field}")),
+                "{toml}: {e}"
+            );
         }
-        let e = load("[[shadow.routes]]\nname = \"a\"\ncandidate = \"gpt-4o\"\nsample_rate = 1\ncolour = 1")
-            .expect_err("unknown key")
-            .to_string();
+        let e = load(
+            "[[shadow.routes]]\nname = \"a\"\ncandidate = \"gpt-4o\"\nsample_rate = 1\ncolour = 1",
+        )
+        .expect_err("unknown key")
+        .to_string();
         assert!(e.contains("colour"), "{e}");
-        let e = load("[shadow]\nmax_concurrent = 0").expect_err("0").to_string();
+        let e = load("[shadow]\nmax_concurrent = 0")
+            .expect_err("0")
+            .to_string();
         assert!(e.contains("shadow.max_concurrent"), "{e}");
     }
 }

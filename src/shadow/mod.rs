@@ -99,8 +99,7 @@ pub fn json_equal(a: &Value, b: &Value) -> bool {
         }
         (Value::Object(x), Value::Object(y)) => {
             x.len() == y.len()
-                && x
-                    .iter()
+                && x.iter()
                     .all(|(k, v)| y.get(k).is_some_and(|w| json_equal(v, w)))
         }
         _ => a == b,
@@ -188,10 +187,12 @@ pub fn parse_verdict(o: &Output) -> Result<bool, String> {
     let text = o.content.as_deref().unwrap_or("").trim();
     let v: Value = serde_json::from_str(text)
         .map_err(|e| format!("the judge's answer is not JSON ({e}): {}", clip(text)))?;
-    let obj = v
-        .as_object()
-        .filter(|o| o.len() == 1)
-        .ok_or_else(|| format!("the judge's answer is not {{\"verdict\": …}}: {}", clip(text)))?;
+    let obj = v.as_object().filter(|o| o.len() == 1).ok_or_else(|| {
+        format!(
+            "the judge's answer is not {{\"verdict\": …}}: {}",
+            clip(text)
+        )
+    })?;
     match obj.get("verdict").and_then(Value::as_str) {
         Some("agree") => Ok(true),
         Some("disagree") => Ok(false),

@@ -40,11 +40,24 @@ fn json_equal_ignores_key_order_whitespace_and_number_spelling() {
         r#"{"a": 1, "b": [true, {"x": "y"}], "c": 2.5, "d": null}"#,
         r#"{"a": 1, "b": [{"x": "y"}, true], "c": 2.5}"#,
     ] {
-        assert!(!compare(CompareKind::Json, &a, &out(other), 0.9).unwrap().agree, "{other}");
+        assert!(
+            !compare(CompareKind::Json, &a, &out(other), 0.9)
+                .unwrap()
+                .agree,
+            "{other}"
+        );
     }
     // Text that is not JSON is compared exactly.
-    assert!(compare(CompareKind::Json, &out("hi"), &out("hi"), 0.9).unwrap().agree);
-    assert!(!compare(CompareKind::Json, &out("hi"), &out("hi "), 0.9).unwrap().agree);
+    assert!(
+        compare(CompareKind::Json, &out("hi"), &out("hi"), 0.9)
+            .unwrap()
+            .agree
+    );
+    assert!(
+        !compare(CompareKind::Json, &out("hi"), &out("hi "), 0.9)
+            .unwrap()
+            .agree
+    );
     assert!(!text_equal_as_json(Some("1"), Some("\"1\"")));
     assert!(text_equal_as_json(Some(" [1, 2] "), Some("[1,2]")));
 }
@@ -58,7 +71,11 @@ fn tool_calls_are_compared_too() {
     let c = call("search", r#"{"q": "x", "n": 1}"#);
     assert!(!compare(CompareKind::Json, &a, &c, 0.9).unwrap().agree);
     assert!(!compare(CompareKind::Json, &a, &out(""), 0.9).unwrap().agree);
-    assert!(compare(CompareKind::Exact, &a, &a.clone(), 0.9).unwrap().agree);
+    assert!(
+        compare(CompareKind::Exact, &a, &a.clone(), 0.9)
+            .unwrap()
+            .agree
+    );
 }
 
 #[test]
@@ -74,17 +91,32 @@ fn embedding_similarity_against_the_threshold() {
     assert!(far.similarity.unwrap() < 0.3, "{far:?}");
     // The threshold decides.
     let s = far.similarity.unwrap();
-    assert!(compare(CompareKind::Embedding, &a, &c, s.max(0.0001)).unwrap().agree);
+    assert!(
+        compare(CompareKind::Embedding, &a, &c, s.max(0.0001))
+            .unwrap()
+            .agree
+    );
     // Empty against empty agrees; empty against text does not.
-    assert!(compare(CompareKind::Embedding, &out(""), &out(""), 0.9).unwrap().agree);
-    assert!(!compare(CompareKind::Embedding, &out(""), &a, 0.9).unwrap().agree);
+    assert!(
+        compare(CompareKind::Embedding, &out(""), &out(""), 0.9)
+            .unwrap()
+            .agree
+    );
+    assert!(
+        !compare(CompareKind::Embedding, &out(""), &a, 0.9)
+            .unwrap()
+            .agree
+    );
     assert!(compare(CompareKind::Judge, &a, &b, 0.9).is_none());
 }
 
 #[test]
 fn verdicts_are_parsed_strictly() {
     assert_eq!(parse_verdict(&out(r#"{"verdict": "agree"}"#)), Ok(true));
-    assert_eq!(parse_verdict(&out(" {\"verdict\":\"disagree\"}\n")), Ok(false));
+    assert_eq!(
+        parse_verdict(&out(" {\"verdict\":\"disagree\"}\n")),
+        Ok(false)
+    );
     for bad in [
         "agree",
         "AGREE",
@@ -120,7 +152,9 @@ fn sampling_is_stable_and_near_the_rate() {
     assert!(!sampled("t", "a", 0.0));
     assert!(sampled("t", "a", 1.0));
     let n = 20_000;
-    let hits = (0..n).filter(|i| sampled("acme", &format!("doc-{i}"), 0.1)).count();
+    let hits = (0..n)
+        .filter(|i| sampled("acme", &format!("doc-{i}"), 0.1))
+        .count();
     // 10 % of 20,000 = 2,000; a fair hash stays well inside ±10 %.
     assert!((1800..=2200).contains(&hits), "{hits}");
     for i in 0..100 {

@@ -12,7 +12,6 @@
 use super::live::Live;
 
 mod shadow;
-pub use shadow::{EvalResult, ShadowMetrics};
 use crate::config::Config;
 use crate::health::Health;
 use crate::job::{Job, JobResult, Priority, Usage};
@@ -28,6 +27,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
+pub use shadow::{EvalResult, ShadowMetrics};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};

@@ -211,8 +211,12 @@ async fn evaluate(w: Work, pool: PgPool, stop: CancellationToken, _slot: OwnedSe
     let end = match answer {
         Err(why) => failed(format!("candidate: {why}"), candidate_cost),
         Ok(resp) => {
-            let mut end = match compare(w.route.compare, &w.primary, &resp.output, w.route.min_similarity)
-            {
+            let mut end = match compare(
+                w.route.compare,
+                &w.primary,
+                &resp.output,
+                w.route.min_similarity,
+            ) {
                 Some(c) => EvalEnd {
                     agree: Some(c.agree),
                     similarity: c.similarity,
@@ -269,9 +273,16 @@ async fn judge(
     let Ok(attempt) = started else {
         give_back(&w.health, &j.model, probe);
         permit.cancel();
-        return failed("judge: its cost row could not be written".into(), candidate_cost);
+        return failed(
+            "judge: its cost row could not be written".into(),
+            candidate_cost,
+        );
     };
-    let prompt = w.route.judge_prompt.as_deref().unwrap_or(DEFAULT_JUDGE_PROMPT);
+    let prompt = w
+        .route
+        .judge_prompt
+        .as_deref()
+        .unwrap_or(DEFAULT_JUDGE_PROMPT);
     let (messages, format): (Vec<Message>, ResponseFormat) =
         judge_request(prompt, &w.job, &w.primary, candidate);
     let req = ChatRequest {
@@ -340,7 +351,11 @@ async fn admit(w: &Work, m: &ModelConfig, stop: &CancellationToken) -> Admission
         }
         None => {
             give_back(&w.health, m, probe);
-            Admission::Dropped(if stop.is_cancelled() { "stopping" } else { "limits" })
+            Admission::Dropped(if stop.is_cancelled() {
+                "stopping"
+            } else {
+                "limits"
+            })
         }
     }
 }
@@ -472,7 +487,12 @@ async fn run_call(
             ..
         }) => {
             call.status = status;
-            let why = format!("{}/{} failed ({}: {message})", m.provider, m.name, class.as_str());
+            let why = format!(
+                "{}/{} failed ({}: {message})",
+                m.provider,
+                m.name,
+                class.as_str()
+            );
             call.message = Some(message);
             (call, Err(why))
         }

@@ -61,9 +61,7 @@ impl Default for ShadowMetrics {
         ShadowMetrics {
             evals: Family::default(),
             similarity: Family::new_with_constructor(|| {
-                Histogram::new(
-                    [0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0].into_iter(),
-                )
+                Histogram::new([0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0])
             }),
             dropped: Family::default(),
         }
