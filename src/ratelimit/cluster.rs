@@ -203,7 +203,7 @@ impl Limiters {
                 limits,
             }
         };
-        self.inner.changed.notify_waiters();
+        self.inner.changed();
         report
     }
 
@@ -228,7 +228,14 @@ impl Limiters {
         {
             let mut st = self.inner.lock();
             if r.id == st.me.id {
+                // Heard again: calls held back while it was unheard may go.
+                let was_unheard =
+                    now.saturating_duration_since(st.me.echo) > self.inner.timing.self_hold();
                 st.me.echo = now;
+                drop(st);
+                if was_unheard {
+                    self.inner.changed();
+                }
                 return;
             }
             let limits: HashMap<String, PeerLimit> = r
@@ -254,7 +261,7 @@ impl Limiters {
                 },
             );
         }
-        self.inner.changed.notify_waiters();
+        self.inner.changed();
     }
 
     fn cooled(&self, c: &Cooldown) {

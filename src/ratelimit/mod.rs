@@ -44,7 +44,7 @@ pub use cluster::Report;
 use crate::config::Config;
 use crate::job::Priority;
 use crate::providers::ratelimit_headers::{RateReading, Window};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
@@ -98,8 +98,10 @@ struct ProviderState {
     share: Amount,
     /// What its last heartbeat told the others it may use.
     announced: Amount,
-    /// Waiting jobs: (priority index, arrival).
-    queue: BTreeSet<(usize, u64)>,
+    /// Waiting jobs: (priority index, arrival) → how to wake that job. Only the first is
+    /// woken when capacity may have come back (it wakes the next when it leaves), so a
+    /// change costs the same with 10 or 10,000 jobs waiting.
+    queue: BTreeMap<(usize, u64), Arc<Notify>>,
 }
 
 impl ProviderState {
@@ -155,14 +157,53 @@ struct Me {
     members: usize,
 }
 
+/// Values per provider and model, looked up by `&str`s (no key is built per call).
+struct ByModel<V>(HashMap<String, HashMap<String, V>>);
+
+impl<V> Default for ByModel<V> {
+    fn default() -> Self {
+        ByModel(HashMap::new())
+    }
+}
+
+impl<V> ByModel<V> {
+    fn get(&self, provider: &str, model: &str) -> Option<&V> {
+        self.0.get(provider)?.get(model)
+    }
+    fn get_mut(&mut self, provider: &str, model: &str) -> Option<&mut V> {
+        self.0.get_mut(provider)?.get_mut(model)
+    }
+    fn entry(
+        &mut self,
+        provider: &str,
+        model: &str,
+    ) -> std::collections::hash_map::Entry<'_, String, V> {
+        if !self.0.contains_key(provider) {
+            self.0.insert(provider.to_string(), HashMap::new());
+        }
+        self.0
+            .get_mut(provider)
+            .map(|m| m.entry(model.to_string()))
+            .unwrap_or_else(|| unreachable!("inserted above"))
+    }
+    fn remove(&mut self, provider: &str, model: &str) {
+        if let Some(m) = self.0.get_mut(provider) {
+            m.remove(model);
+        }
+    }
+}
+
 struct State {
     providers: HashMap<String, ProviderState>,
     /// Provider+model held until then (cool-downs, exhausted windows).
-    holds: HashMap<(String, String), Instant>,
-    headroom: HashMap<(String, String), Headroom>,
+    holds: ByModel<Instant>,
+    headroom: ByModel<Headroom>,
     peers: HashMap<String, Peer>,
     me: Me,
     seq: u64,
+    /// Times a waiting job woke up and looked at its queue (what waiting costs; the
+    /// tests count it).
+    looks: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -191,8 +232,6 @@ enum Check {
 struct Inner {
     timing: Timing,
     state: Mutex<State>,
-    /// Woken whenever capacity may have come back.
-    changed: Notify,
     /// Permits alive: calls admitted and not yet settled.
     calling: AtomicUsize,
     /// Jobs waiting in a queue or out a hold.
@@ -203,6 +242,15 @@ struct Inner {
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Capacity may have come back: wake the first job waiting for each provider (none
+    /// when no job waits, the common case: one atomic load).
+    fn changed(&self) {
+        if self.waiting.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        self.lock().wake_heads();
     }
 }
 
@@ -236,7 +284,7 @@ impl Permit {
                 }
             }
         }
-        self.inner.changed.notify_waiters();
+        self.inner.changed();
     }
 }
 
@@ -250,7 +298,7 @@ impl Permit {
                 p.log.remove(self.id);
             }
         }
-        self.inner.changed.notify_waiters();
+        self.inner.changed();
     }
 }
 
@@ -269,10 +317,14 @@ struct Queued<'a> {
 
 impl Drop for Queued<'_> {
     fn drop(&mut self) {
-        if let Some(p) = self.inner.lock().providers.get_mut(self.provider) {
+        let mut st = self.inner.lock();
+        if let Some(p) = st.providers.get_mut(self.provider) {
             p.queue.remove(&self.key);
+            // The next in line looks at the limits now: there may be room for it too.
+            if let Some(next) = p.queue.values().next() {
+                next.notify_one();
+            }
         }
-        self.inner.changed.notify_waiters();
     }
 }
 
@@ -317,14 +369,14 @@ impl State {
     }
 
     fn check(&mut self, ask: &Ask<'_>, now: Instant, t: &Timing) -> Check {
-        let key = (ask.provider.to_string(), ask.model.to_string());
-        if let Some(until) = self.holds.get(&key).copied() {
+        let (provider, model) = (ask.provider, ask.model);
+        if let Some(until) = self.holds.get(provider, model).copied() {
             if until > now {
                 return Check::Held(until);
             }
-            self.holds.remove(&key);
+            self.holds.remove(provider, model);
         }
-        if let Some(h) = self.headroom.get(&key).copied() {
+        if let Some(h) = self.headroom.get(provider, model).copied() {
             let mut live = false;
             if let Some((left, until)) = h.requests.filter(|(_, u)| *u > now) {
                 live = true;
@@ -339,7 +391,7 @@ impl State {
                 }
             }
             if !live {
-                self.headroom.remove(&key);
+                self.headroom.remove(provider, model);
             }
         }
         let (others, peers_next) = self.others(ask.provider, now, t);
@@ -407,8 +459,7 @@ impl State {
                 p.log.push(now, id, tokens);
             }
         }
-        let key = (ask.provider.to_string(), ask.model.to_string());
-        if let Some(h) = self.headroom.get_mut(&key) {
+        if let Some(h) = self.headroom.get_mut(ask.provider, ask.model) {
             if let Some((left, _)) = &mut h.requests {
                 *left = left.saturating_sub(1);
             }
@@ -423,15 +474,22 @@ impl State {
     fn queued_ahead(&self, provider: &str, priority: Priority) -> bool {
         self.providers
             .get(provider)
-            .and_then(|p| p.queue.first())
+            .and_then(|p| p.queue.keys().next())
             .is_some_and(|(prio, _)| *prio <= priority.index())
     }
 
+    /// Wake the first job of every provider's queue (a wake-up given while it is not
+    /// listening is kept for it: none is lost).
+    fn wake_heads(&self) {
+        for p in self.providers.values() {
+            if let Some(first) = p.queue.values().next() {
+                first.notify_one();
+            }
+        }
+    }
+
     fn hold(&mut self, provider: &str, model: &str, until: Instant) {
-        let e = self
-            .holds
-            .entry((provider.to_string(), model.to_string()))
-            .or_insert(until);
+        let e = self.holds.entry(provider, model).or_insert(until);
         *e = (*e).max(until);
     }
 }
@@ -464,7 +522,7 @@ impl Limiters {
                     log: Log::default(),
                     share: full,
                     announced: full,
-                    queue: BTreeSet::new(),
+                    queue: BTreeMap::new(),
                 };
                 (p.name.clone(), state)
             })
@@ -480,8 +538,8 @@ impl Limiters {
                 timing,
                 state: Mutex::new(State {
                     providers,
-                    holds: HashMap::new(),
-                    headroom: HashMap::new(),
+                    holds: ByModel::default(),
+                    headroom: ByModel::default(),
                     peers: HashMap::new(),
                     me: Me {
                         id: String::new(),
@@ -490,8 +548,8 @@ impl Limiters {
                         members: 1,
                     },
                     seq: 0,
+                    looks: 0,
                 }),
-                changed: Notify::new(),
                 calling: AtomicUsize::new(0),
                 waiting: AtomicUsize::new(0),
                 link: OnceLock::new(),
@@ -522,7 +580,7 @@ impl Limiters {
                     log: Log::default(),
                     share: if clustered { Amount::default() } else { full },
                     announced: if clustered { Amount::default() } else { full },
-                    queue: BTreeSet::new(),
+                    queue: BTreeMap::new(),
                 });
             state.rpm = rpm;
             state.tpm = tpm;
@@ -532,12 +590,18 @@ impl Limiters {
             }
         }
         drop(st);
-        self.inner.changed.notify_waiters();
+        self.inner.changed();
     }
 
     /// Calls admitted and not yet settled (permits alive).
     pub fn calling(&self) -> usize {
         self.inner.calling.load(Ordering::Relaxed)
+    }
+
+    /// How many times waiting jobs woke up and looked at their queue.
+    #[cfg(test)]
+    fn looks(&self) -> u64 {
+        self.inner.lock().looks
     }
 
     /// Jobs waiting for capacity right now.
@@ -565,14 +629,13 @@ impl Limiters {
                 requests: part(&reading.requests),
                 tokens: part(&reading.tokens),
             };
-            let key = (provider.to_string(), model.to_string());
             if h.requests.is_some() || h.tokens.is_some() {
-                st.headroom.insert(key, h);
+                st.headroom.entry(provider, model).insert_entry(h);
             } else {
-                st.headroom.remove(&key);
+                st.headroom.remove(provider, model);
             }
         }
-        self.inner.changed.notify_waiters();
+        self.inner.changed();
     }
 
     /// A 429 asked to wait `retry_after`: hold `provider`/`model` that long here and on
@@ -667,11 +730,15 @@ impl Limiters {
     /// again).
     async fn wait_in_queue(&self, ask: &Ask<'_>, priority: Priority) -> Option<Permit> {
         let t = self.inner.timing;
+        let wake = Arc::new(Notify::new());
         let key = {
             let mut st = self.inner.lock();
             st.seq += 1;
             let key = (priority.index(), st.seq);
-            st.providers.get_mut(ask.provider)?.queue.insert(key);
+            st.providers
+                .get_mut(ask.provider)?
+                .queue
+                .insert(key, wake.clone());
             key
         };
         let queued = Queued {
@@ -680,14 +747,18 @@ impl Limiters {
             key,
         };
         loop {
-            let notified = self.inner.changed.notified();
+            let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let now = Instant::now();
             let next = {
                 let mut st = self.inner.lock();
-                let first =
-                    st.providers.get(ask.provider).and_then(|p| p.queue.first()) == Some(&key);
+                st.looks += 1;
+                let first = st
+                    .providers
+                    .get(ask.provider)
+                    .and_then(|p| p.queue.keys().next())
+                    == Some(&key);
                 if first {
                     match st.check(ask, now, &t) {
                         Check::Go => {

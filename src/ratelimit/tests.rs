@@ -152,6 +152,43 @@ async fn waiting_jobs_go_high_first_then_in_arrival_order() {
     assert_eq!(l.waiting(), 0);
 }
 
+/// A change wakes the first job waiting, not all of them: with thousands waiting behind
+/// a binding limit, each admission costs a few wake-ups, not one per waiting job (which
+/// was quadratic).
+#[tokio::test(start_paused = true)]
+async fn a_long_queue_drains_in_order_with_a_few_wake_ups_per_admission() {
+    const N: usize = 2_000;
+    let l = limiters("rpm = 600");
+    let order = Arc::new(Mutex::new(Vec::with_capacity(N)));
+    let mut tasks = Vec::with_capacity(N);
+    for i in 0..N {
+        let (l, order) = (l.clone(), order.clone());
+        tasks.push(tokio::spawn(async move {
+            let permit = l.admit(ask("m", 1), Priority::Normal).await;
+            order.lock().unwrap().push(i);
+            // Settled (a change) as soon as it is admitted, as a fast call is.
+            permit.settle(Some(1));
+        }));
+        // Arrivals spread out, so the window frees one call at a time later on.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let order = order.lock().unwrap().clone();
+    assert_eq!(
+        order,
+        (0..N).collect::<Vec<_>>(),
+        "first come, first served"
+    );
+    let looks = l.looks();
+    assert!(
+        looks < 4 * N as u64,
+        "{looks} wake-ups for {N} admissions: waiting jobs are woken all at once"
+    );
+    assert_eq!(l.waiting(), 0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_job_that_gives_up_leaves_the_queue() {
     let l = limiters("rpm = 1");
