@@ -14,6 +14,7 @@ mod env;
 mod hedge;
 mod reply_to;
 mod sections;
+mod serve;
 
 pub use batch::BatchConfig;
 pub use cache::{CacheConfig, CacheRule, CacheScope, EmbeddingsConfig, EmbeddingsKind};
@@ -24,6 +25,7 @@ pub use connections::{
 pub use hedge::{HedgeConfig, Quantile, RuleHedge};
 pub use reply_to::{ReplyToConfig, TenantReplyTo};
 pub use sections::*;
+pub use serve::{ApiKeyConfig, ServeConfig};
 
 use crate::job::names::is_valid_prefix;
 use crate::job::{ParseRules, ReplyToRules};
@@ -268,6 +270,7 @@ impl FileConfig {
         self.validate_health()?;
         self.cache.validate(&model_names)?;
         self.batch.validate()?;
+        self.serve.validate()?;
         self.validate_routing(&model_names)
     }
 
