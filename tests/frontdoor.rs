@@ -491,3 +491,178 @@ async fn the_official_openai_sdk_works_against_serve() {
     assert!(text.contains("all passed"));
     run.end().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_reads_openai_batch_jsonl_and_writes_openai_s_output_and_error_files() {
+    let env = env(|_| {}).await;
+    let (stop, worker) = env.start_worker().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("batch.jsonl");
+    let mut lines: Vec<String> = (0..10).map(|i| batch_line(i, "gpt-4o-mini")).collect();
+    lines.push(batch_line(10, "no-such-model"));
+    lines.push(
+        r#"{"custom_id":"get","method":"GET","url":"/v1/chat/completions","body":{}}"#.into(),
+    );
+    // A switchyard job line in the same file.
+    lines.push(common::job("own-line", "acme", ""));
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let (out, errs) = (dir.path().join("out.jsonl"), dir.path().join("err.jsonl"));
+    let args = [
+        "submit",
+        file.to_str().unwrap(),
+        "--tenant",
+        "acme",
+        "--priority",
+        "low",
+        "--wait",
+        "--quiet",
+        "--timeout-s",
+        "60",
+        "--format",
+        "openai",
+        "--results",
+        out.to_str().unwrap(),
+        "--errors",
+        errs.to_str().unwrap(),
+    ];
+    let (code, _, err) = env.cli(&args).await;
+    assert_eq!(code, 4, "one line could not become a job: {err}");
+    assert!(
+        err.contains("line 12: not submitted") && err.contains("method must be POST"),
+        "{err}"
+    );
+    let read = |p: &std::path::Path| -> Vec<Value> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let ok = read(&out);
+    assert_eq!(ok.len(), 11, "10 batch lines and the job line");
+    let mut ids: Vec<&str> = ok
+        .iter()
+        .map(|o| o["custom_id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    let mut want: Vec<String> = (0..10).map(|i| format!("req-{i}")).collect();
+    want.push("own-line".into());
+    want.sort_unstable();
+    assert_eq!(ids, want);
+    assert!(ok.iter().all(|o| o["response"]["status_code"] == 200));
+    let bad = read(&errs);
+    let codes: Vec<Value> = bad
+        .iter()
+        .map(|e| {
+            json!([
+                e["custom_id"],
+                e["response"]["status_code"],
+                e["error"]["code"]
+            ])
+        })
+        .collect();
+    assert_eq!(codes.len(), 2);
+    assert!(
+        codes.contains(&json!(["get", null, "invalid_method"])),
+        "{codes:?}"
+    );
+    assert!(codes.contains(&json!(["req-10", 404, null])), "{codes:?}");
+    // The same file again: the same job ids, answered from their stored results.
+    let (code, _, err) = env.cli(&args).await;
+    assert_eq!(code, 4, "{err}");
+    let n: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE tenant = 'acme' AND priority = 'low'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(n, 12);
+    let calls: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM cost_rows WHERE outcome = 'succeeded'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(calls, 11, "the second run made no provider call");
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_batch_ends_with_what_finished_and_says_which_lines_did_not() {
+    let env = env(|_| {}).await;
+    env.ensure_streams().await;
+    // No worker: nothing finishes before the cancel.
+    let (base, stop, task) = serve(&env).await;
+    let lines: Vec<String> = (0..3).map(|i| batch_line(i, "gpt-4o-mini")).collect();
+    let http = reqwest::Client::new();
+    let (ct, body) = multipart("in.jsonl", lines.join("\n").as_bytes());
+    let f: Value = http
+        .post(format!("{base}/files"))
+        .bearer_auth(KEY)
+        .header("content-type", ct)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (s, b) = post(&base, "/batches", Some(KEY),
+        &json!({"input_file_id": f["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"})).await;
+    assert_eq!(s, 200, "{b}");
+    let id = b["id"].as_str().unwrap();
+    let (s, c) = post(
+        &base,
+        &format!("/batches/{id}/cancel"),
+        Some(KEY),
+        &json!({}),
+    )
+    .await;
+    assert_eq!((s, c["status"].as_str()), (200, Some("cancelling")), "{c}");
+    let mut b = c;
+    for _ in 0..100 {
+        if b["status"] == "cancelled" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        b = http
+            .get(format!("{base}/batches/{id}"))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    }
+    assert_eq!(b["status"], "cancelled", "{b}");
+    assert_eq!(b["output_file_id"], Value::Null);
+    let t = http
+        .get(format!(
+            "{base}/files/{}/content",
+            b["error_file_id"].as_str().unwrap()
+        ))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let codes: Vec<Value> = t
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["error"]["code"].clone())
+        .collect();
+    assert_eq!(codes, vec![json!("batch_cancelled"); 3]);
+    // An unknown batch or file is 404 in OpenAI's shape.
+    let r = http
+        .get(format!("{base}/batches/batch-nope"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "batch_not_found");
+    stop.cancel();
+    task.await.unwrap();
+}
