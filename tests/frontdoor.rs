@@ -666,3 +666,59 @@ async fn a_cancelled_batch_ends_with_what_finished_and_says_which_lines_did_not(
     stop.cancel();
     task.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_over_its_in_flight_limit_gets_429_and_its_slot_back_after() {
+    let env = env(|c| c.serve.keys[0].max_in_flight = 1).await;
+    env.sim
+        .set_profile(switchyard::providers::simulator::FaultProfile {
+            latency_ms: 1500,
+            ..Default::default()
+        });
+    let (base, run) = start(&env).await;
+    let slow = tokio::spawn({
+        let base = base.clone();
+        async move {
+            post(
+                &base,
+                "/chat/completions",
+                Some(KEY),
+                &chat("gpt-4o-mini", "slow one"),
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (s, v) = post(
+        &base,
+        "/chat/completions",
+        Some(KEY),
+        &chat("gpt-4o-mini", "second"),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (429, Some("rate_limit_exceeded")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("acme-test"),
+        "{v}"
+    );
+    let (s, v) = slow.await.unwrap();
+    assert_eq!(s, 200, "{v}");
+    env.sim
+        .set_profile(switchyard::providers::simulator::FaultProfile::default());
+    let (s, v) = post(
+        &base,
+        "/chat/completions",
+        Some(KEY),
+        &chat("gpt-4o-mini", "third"),
+    )
+    .await;
+    assert_eq!(s, 200, "the slot came back: {v}");
+    run.end().await;
+}
