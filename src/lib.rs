@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod connect;
 pub mod cost;
+pub mod frontdoor;
 pub mod health;
 pub mod job;
 pub mod providers;

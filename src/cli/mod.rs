@@ -5,9 +5,11 @@ mod budget;
 mod cache;
 mod dlq;
 mod report;
+mod serve;
 mod simulate;
 mod status;
 mod submit;
+mod submit_openai;
 
 use crate::config::{Config, FileConfig};
 use clap::{Parser, Subcommand};
@@ -59,12 +61,14 @@ pub enum Command {
     Migrate,
     /// Run the provider simulator (OpenAI, Anthropic and Gemini wire formats).
     Simulate(simulate::SimulateArgs),
+    /// Serve an OpenAI-compatible HTTP front door (chat completions, files, batches).
+    Serve(serve::ServeArgs),
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match cli.command {
-        Command::Worker | Command::Simulate(_) => "info",
+        Command::Worker | Command::Simulate(_) | Command::Serve(_) => "info",
         _ => "warn",
     };
     crate::telemetry::init(level);
@@ -119,6 +123,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate(args) => simulate::run(args).await,
+        Command::Serve(args) => serve::run(load_config(&cli.config)?, args).await,
         Command::Budget(cmd) => budget::run(load_config(&cli.config)?, cmd).await,
         Command::Dlq(cmd) => dlq::run(load_config(&cli.config)?, cmd).await,
         Command::Report(cmd) => report::run(load_config(&cli.config)?, cmd).await,

@@ -3,6 +3,8 @@
 //! `Nats-Msg-Id: <tenant>:<id>`, a bounded window of publish acks and a progress bar.
 //! Lines that are not valid jobs are published too: the worker fails them with a result
 //! saying why, as it would for any producer. `--wait` collects one result per job.
+//! OpenAI Batch lines (`custom_id`, `method`, `url`, `body`) are mapped to jobs first
+//! (see `submit_openai`); `--format openai` writes OpenAI's batch output lines.
 
 use crate::config::Config;
 use crate::job::names::{is_valid_job_id, is_valid_tenant};
@@ -37,6 +39,18 @@ pub struct SubmitArgs {
     /// With --wait: write every result, one JSON per line, to this file.
     #[arg(long)]
     pub results: Option<PathBuf>,
+    /// Format of --results: `switchyard` (the results as published) or `openai`
+    /// (OpenAI's batch output lines: `{"id", "custom_id", "response", "error"}`).
+    #[arg(long, default_value = "switchyard", value_parser = ["switchyard", "openai"])]
+    pub format: String,
+    /// With --format openai: write failed requests (and OpenAI Batch lines that could not
+    /// become jobs) here, as OpenAI's error file, instead of into --results.
+    #[arg(long)]
+    pub errors: Option<PathBuf>,
+    /// Batch id for OpenAI Batch lines: job ids are `<batch>-<hash of custom_id>`
+    /// (default: from the file's SHA-256, so submitting the same file again is idempotent).
+    #[arg(long)]
+    pub batch_id: Option<String>,
     /// Publish acks outstanding at once.
     #[arg(long, default_value_t = 1024)]
     pub window: usize,
@@ -53,9 +67,25 @@ pub async fn run(cfg: Config, args: SubmitArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("reading {}", args.file.display()))?
     };
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let batch = match &args.batch_id {
+        Some(b) => b.clone(),
+        None => crate::frontdoor::openai_batch::file_batch_id(text.as_bytes()),
+    };
+    if !is_valid_job_id(&format!("{batch}-0000000000000000")) {
+        anyhow::bail!("--batch-id {batch:?}: job ids made from it would not be valid");
+    }
+    if args.errors.is_some() && args.format != "openai" {
+        anyhow::bail!("--errors needs --format openai");
+    }
     let priority = Priority::parse(&args.priority).context("--priority")?;
     if !is_valid_tenant(&args.tenant) {
         anyhow::bail!("--tenant {:?} is not a valid tenant", args.tenant);
+    }
+    let mut custom_ids = std::collections::HashMap::new();
+    let (prepared, refused) =
+        super::submit_openai::prepare(&lines, &batch, &args.tenant, &mut custom_ids)?;
+    for (n, e) in &refused {
+        eprintln!("line {n}: not submitted: {} ({})", e.message, e.code);
     }
     let names = Names::new(&cfg.nats.prefix);
     let rules = cfg.parse_rules();
@@ -73,19 +103,19 @@ pub async fn run(cfg: Config, args: SubmitArgs) -> anyhow::Result<ExitCode> {
         None
     };
 
-    let bar = progress(args.quiet, lines.len() as u64, "published");
+    let bar = progress(args.quiet, prepared.len() as u64, "published");
     let mut pending = VecDeque::new();
     let mut expected: HashSet<(String, String)> = HashSet::with_capacity(lines.len());
     let started = Instant::now();
-    for line in &lines {
-        let (tenant, id) = line_key(line);
+    for line in &prepared {
+        let (tenant, id) = (line.tenant.clone(), line.id.clone());
         let tenant = tenant.unwrap_or_else(|| args.tenant.clone());
         let subject = names.jobs_subject(priority, &tenant);
         let mut headers = async_nats::HeaderMap::new();
         if let Some(id) = &id {
             headers.insert("Nats-Msg-Id", format!("{tenant}:{id}").as_str());
         }
-        let payload = Bytes::copy_from_slice(line.as_bytes());
+        let payload = Bytes::copy_from_slice(line.payload.as_bytes());
         let ack = js
             .publish_with_headers(subject.clone(), headers, payload.clone())
             .await
@@ -102,23 +132,48 @@ pub async fn run(cfg: Config, args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "published {} jobs ({} priority) in {:.2}s ({:.0}/s)",
-        lines.len(),
+        prepared.len(),
         priority,
         secs,
-        lines.len() as f64 / secs.max(1e-9)
+        prepared.len() as f64 / secs.max(1e-9)
     );
+    if !refused.is_empty() {
+        eprintln!(
+            "{} OpenAI Batch lines were not submitted (see above)",
+            refused.len()
+        );
+    }
+    let refused_code = if refused.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(4)
+    };
     let Some(sub) = results_sub.as_mut() else {
-        return Ok(ExitCode::SUCCESS);
+        return Ok(refused_code);
     };
 
     // Collect one result per (tenant, id).
     let bar = progress(args.quiet, expected.len() as u64, "results");
-    let mut out = match &args.results {
-        Some(p) => Some(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
-        )),
-        None => None,
-    };
+    let create =
+        |p: &Option<PathBuf>| -> anyhow::Result<Option<std::io::BufWriter<std::fs::File>>> {
+            match p {
+                Some(p) => Ok(Some(std::io::BufWriter::new(
+                    std::fs::File::create(p)
+                        .with_context(|| format!("creating {}", p.display()))?,
+                ))),
+                None => Ok(None),
+            }
+        };
+    let mut out = create(&args.results)?;
+    let mut errors_out = create(&args.errors)?;
+    let openai = args.format == "openai";
+    if openai {
+        for (n, e) in &refused {
+            if let Some(w) = errors_out.as_mut().or(out.as_mut()) {
+                writeln!(w, "{}", e.to_line(*n))?;
+            }
+        }
+    }
     let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout_s);
     while !expected.is_empty() {
@@ -143,14 +198,26 @@ pub async fn run(cfg: Config, args: SubmitArgs) -> anyhow::Result<ExitCode> {
             None => "?".into(),
         };
         *by_status.entry(label).or_default() += 1;
-        if let Some(w) = out.as_mut() {
+        if openai {
+            if let Some((line, ok)) = super::submit_openai::output_line(&msg.payload, &custom_ids) {
+                let w = if ok {
+                    out.as_mut()
+                } else {
+                    errors_out.as_mut().or(out.as_mut())
+                };
+                if let Some(w) = w {
+                    writeln!(w, "{line}")?;
+                }
+            }
+        } else if let Some(w) = out.as_mut() {
             w.write_all(&msg.payload)?;
             w.write_all(b"\n")?;
         }
         bar.inc(1);
     }
     bar.finish_and_clear();
-    if let Some(mut w) = out {
+    for w in [out, errors_out].into_iter().flatten() {
+        let mut w = w;
         w.flush()?;
     }
     let total: u64 = by_status.values().sum();
@@ -172,7 +239,7 @@ pub async fn run(cfg: Config, args: SubmitArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::from(2));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(refused_code)
 }
 
 type Pending = VecDeque<(
@@ -207,7 +274,7 @@ async fn settle(
 }
 
 /// The tenant and id a line names, when it is a JSON object that has valid ones.
-fn line_key(line: &str) -> (Option<String>, Option<String>) {
+pub(super) fn line_key(line: &str) -> (Option<String>, Option<String>) {
     let Ok(serde_json::Value::Object(o)) = serde_json::from_str::<serde_json::Value>(line) else {
         return (None, None);
     };

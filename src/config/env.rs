@@ -8,7 +8,7 @@
 use super::ConfigError;
 
 /// The top-level sections of the file (a test holds this equal to `FileConfig`'s).
-pub(super) const SECTIONS: [&str; 15] = [
+pub(super) const SECTIONS: [&str; 16] = [
     "nats",
     "postgres",
     "worker",
@@ -22,6 +22,7 @@ pub(super) const SECTIONS: [&str; 15] = [
     "cache",
     "batch",
     "shadow",
+    "serve",
     "providers",
     "models",
 ];

@@ -15,6 +15,7 @@ mod hedge;
 mod reply_to;
 mod sections;
 mod shadow;
+mod serve;
 
 pub use batch::BatchConfig;
 pub use cache::{CacheConfig, CacheRule, CacheScope, EmbeddingsConfig, EmbeddingsKind};
@@ -26,6 +27,7 @@ pub use hedge::{HedgeConfig, Quantile, RuleHedge};
 pub use reply_to::{ReplyToConfig, TenantReplyTo};
 pub use sections::*;
 pub use shadow::{CompareKind, ShadowConfig, ShadowRoute, DEFAULT_JUDGE_PROMPT};
+pub use serve::{ApiKeyConfig, ServeConfig};
 
 use crate::job::names::is_valid_prefix;
 use crate::job::{ParseRules, ReplyToRules};
@@ -271,6 +273,7 @@ impl FileConfig {
         self.cache.validate(&model_names)?;
         self.batch.validate()?;
         self.shadow.validate(&self.model_references())?;
+        self.serve.validate()?;
         self.validate_routing(&model_names)
     }
 

@@ -35,6 +35,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub shadow: super::ShadowConfig,
     #[serde(default)]
+    pub serve: super::ServeConfig,
+    #[serde(default)]
     pub providers: Vec<ProviderConfig>,
     #[serde(default)]
     pub models: Vec<ModelConfig>,
