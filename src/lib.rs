@@ -20,6 +20,7 @@ pub mod providers;
 pub mod queue;
 pub mod ratelimit;
 pub mod router;
+pub mod screen;
 pub mod store;
 pub mod telemetry;
 pub mod tokens;
