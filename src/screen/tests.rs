@@ -244,6 +244,9 @@ fn figures() {
             redacted += usize::from(std::hint::black_box(s.screen(&j)).is_some());
         }
         let per = t.elapsed() / n;
-        println!("{name}: {per:?} per job ({} bytes of text; {redacted} screened)", text.len());
+        println!(
+            "{name}: {per:?} per job ({} bytes of text; {redacted} screened)",
+            text.len()
+        );
     }
 }
