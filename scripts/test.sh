@@ -25,9 +25,9 @@ sy_log "NATS at ${NATS_URL}, Postgres at ${DATABASE_URL%%\?*}"
 sy_ensure_ulimit 8192
 
 # The providers' official Python SDKs (openai, anthropic, google-genai), as the package
-# registry has them today, in a venv kept outside the clone: tests/stream.rs, batch.rs
-# and semantic_cache.rs drive the simulator with them. Without the registry (or with
-# SWITCHYARD_SKIP_SDK=1) those three tests say "skipped".
+# registry has them today, in a venv kept outside the clone: tests/stream.rs, batch.rs,
+# semantic_cache.rs and sdk_simulator.rs (each SDK in ordinary use) drive the simulator
+# with them. Without the registry (or with SWITCHYARD_SKIP_SDK=1) those tests say "skipped".
 if [[ ${SWITCHYARD_SKIP_SDK:-0} != 0 ]]; then
 	sy_log "official SDKs: skipped (SWITCHYARD_SKIP_SDK=${SWITCHYARD_SKIP_SDK})"
 else

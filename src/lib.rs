@@ -21,6 +21,7 @@ pub mod providers;
 pub mod queue;
 pub mod ratelimit;
 pub mod router;
+pub mod screen;
 pub mod shadow;
 pub mod store;
 pub mod telemetry;

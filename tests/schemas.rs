@@ -273,9 +273,31 @@ fn schema_fields_match_serde_fields() {
         property_names(&result_schema["$defs"]["usage"])
     );
     assert!(keys(&r["usage"]).is_subset(&keys(&usage)));
+    // `screen` is written only when a screening policy applied: a screened route (with a
+    // restriction) shows every field.
+    let screen = switchyard::screen::ScreenRecord {
+        policy: "p".into(),
+        findings: [("iban".to_string(), 1)].into(),
+        action: "restrict".into(),
+        restrict: Some(switchyard::config::Restriction {
+            providers: Some(vec!["a".into()]),
+            models: Some(vec!["m".into()]),
+            region: Some("eu".into()),
+        }),
+    };
+    let mut route = r["route"].clone();
+    route["screen"] = serde_json::to_value(&screen).unwrap();
     assert_eq!(
-        keys(&r["route"]),
+        keys(&route),
         property_names(&result_schema["$defs"]["route"])
+    );
+    assert_eq!(
+        keys(&route["screen"]),
+        property_names(&result_schema["$defs"]["screen"])
+    );
+    assert_eq!(
+        keys(&route["screen"]["restrict"]),
+        property_names(&result_schema["$defs"]["screen"]["properties"]["restrict"])
     );
     assert_eq!(
         keys(&r["output"]),
@@ -1298,6 +1320,7 @@ fn succeeded_result() -> JobResult {
             tier: Some("fast".into()),
             reason: "default; generation; 1200 tokens → fast; rule 0: A/B variant gpt-4o-mini; chain gpt-4o-mini".into(),
             variant: Some("gpt-4o-mini".into()),
+            screen: None,
         }),
         attempts: vec![Attempt {
             attempt: 1,

@@ -390,34 +390,12 @@ async fn a_redelivered_stream_starts_with_a_reset_at_the_next_delivery_s_seq() {
 /// Python that has them (no internet needed then); otherwise skipped, saying so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_sdks_read_the_simulator_s_streams() {
-    let Ok(python) = std::env::var("SWITCHYARD_SDK_PYTHON") else {
-        eprintln!("skipped: SWITCHYARD_SDK_PYTHON is not set");
+    let Some((_, out)) = common::run_sdk_script("sdk_stream_check.py", &[]).await else {
         return;
     };
-    let sim = switchyard::providers::simulator::Simulator::new(FaultProfile::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let served = tokio::spawn({
-        let (sim, stop) = (sim.clone(), stop.clone());
-        async move { sim.serve(listener, stop).await }
-    });
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/scripts/lib/sdk_stream_check.py"
-    );
-    let out = tokio::process::Command::new(python)
-        .arg(script)
-        .arg(format!("http://{addr}"))
-        .output()
-        .await
-        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the SDK check failed:\n{text}");
     assert!(text.contains("all passed"));
-    stop.cancel();
-    served.await.unwrap().unwrap();
 }
 
 /// Figures (ignored; `cargo test --test stream figures -- --ignored --nocapture`): how much

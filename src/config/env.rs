@@ -8,7 +8,7 @@
 use super::ConfigError;
 
 /// The top-level sections of the file (a test holds this equal to `FileConfig`'s).
-pub(super) const SECTIONS: [&str; 16] = [
+pub(super) const SECTIONS: [&str; 17] = [
     "nats",
     "postgres",
     "worker",
@@ -23,6 +23,7 @@ pub(super) const SECTIONS: [&str; 16] = [
     "batch",
     "shadow",
     "serve",
+    "screen",
     "providers",
     "models",
 ];

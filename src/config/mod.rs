@@ -13,9 +13,10 @@ mod connections;
 mod env;
 mod hedge;
 mod reply_to;
+mod screen;
 mod sections;
-mod shadow;
 mod serve;
+mod shadow;
 
 pub use batch::BatchConfig;
 pub use cache::{CacheConfig, CacheRule, CacheScope, EmbeddingsConfig, EmbeddingsKind};
@@ -25,9 +26,10 @@ pub use connections::{
 };
 pub use hedge::{HedgeConfig, Quantile, RuleHedge};
 pub use reply_to::{ReplyToConfig, TenantReplyTo};
+pub use screen::{Restriction, ScreenAction, ScreenConfig, ScreenPolicy, SimpleAction};
 pub use sections::*;
-pub use shadow::{CompareKind, ShadowConfig, ShadowRoute, DEFAULT_JUDGE_PROMPT};
 pub use serve::{ApiKeyConfig, ServeConfig};
+pub use shadow::{CompareKind, ShadowConfig, ShadowRoute, DEFAULT_JUDGE_PROMPT};
 
 use crate::job::names::is_valid_prefix;
 use crate::job::{ParseRules, ReplyToRules};
@@ -274,6 +276,7 @@ impl FileConfig {
         self.batch.validate()?;
         self.shadow.validate(&self.model_references())?;
         self.serve.validate()?;
+        self.screen.validate(&names, &model_names)?;
         self.validate_routing(&model_names)
     }
 

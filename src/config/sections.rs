@@ -37,6 +37,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub serve: super::ServeConfig,
     #[serde(default)]
+    pub screen: super::ScreenConfig,
+    #[serde(default)]
     pub providers: Vec<ProviderConfig>,
     #[serde(default)]
     pub models: Vec<ModelConfig>,

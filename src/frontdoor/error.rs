@@ -141,6 +141,8 @@ pub fn job_error_status(kind: ErrorKind) -> (StatusCode, &'static str, &'static 
             "invalid_request_error",
             "provider_rejected",
         ),
+        // Screening refused the request's content (before any call).
+        K::Refused => (StatusCode::BAD_REQUEST, "invalid_request_error", "refused"),
         K::BudgetExceeded => (
             StatusCode::TOO_MANY_REQUESTS,
             "insufficient_quota",

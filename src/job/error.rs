@@ -17,11 +17,13 @@ pub enum ErrorKind {
     ContextTooLong,
     ProviderRejected,
     ProvidersExhausted,
+    /// A `[screen]` policy refused the job (no call; not retried).
+    Refused,
     Internal,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 12] = [
         ErrorKind::MalformedJob,
         ErrorKind::InvalidJob,
         ErrorKind::UnknownModel,
@@ -32,6 +34,7 @@ impl ErrorKind {
         ErrorKind::ContextTooLong,
         ErrorKind::ProviderRejected,
         ErrorKind::ProvidersExhausted,
+        ErrorKind::Refused,
         ErrorKind::Internal,
     ];
 
@@ -47,6 +50,7 @@ impl ErrorKind {
             ErrorKind::ContextTooLong => "context_too_long",
             ErrorKind::ProviderRejected => "provider_rejected",
             ErrorKind::ProvidersExhausted => "providers_exhausted",
+            ErrorKind::Refused => "refused",
             ErrorKind::Internal => "internal",
         }
     }

@@ -194,6 +194,9 @@ pub struct Job {
         deserialize_with = "parse::strict_value"
     )]
     pub metadata: Option<serde_json::Value>,
+    /// Set by screening (`crate::screen`) before routing, never read from the wire.
+    #[serde(skip)]
+    pub screen: Option<std::sync::Arc<crate::screen::ScreenRecord>>,
 }
 
 fn is_auto(b: &BatchMode) -> bool {

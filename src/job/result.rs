@@ -74,6 +74,10 @@ pub struct Route {
     /// Absent in results stored before the field existed.
     #[serde(default)]
     pub variant: Option<String>,
+    /// What a `[screen]` policy did (absent when none applied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Boxed: a route is held by every job in flight, and most have none.
+    pub screen: Option<Box<crate::screen::ScreenRecord>>,
 }
 
 /// One provider call.

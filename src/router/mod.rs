@@ -9,6 +9,10 @@
 //! `allow_upgrade`; it may go one tier below the required one (still acceptable quality).
 //! When the budget is above `routing.budget_pressure`, a job that is not high priority
 //! starts one tier below its required tier (see README, "Routing").
+//!
+//! Screening (`crate::screen`, `[screen]`) runs first, through [`Router::screen`]: a job
+//! its policy refused ends here as `refused`; a restricted one keeps only the candidates
+//! its restriction allows; `route.screen` records what was done.
 
 pub mod classify;
 mod rules;
@@ -106,6 +110,8 @@ pub struct Router {
     /// `routing.hedge_high` and `[routing.hedge]`.
     hedge_high: bool,
     hedge: HedgeConfig,
+    /// `[screen]`: run before routing ([`Router::screen`]).
+    screener: crate::screen::Screener,
 }
 
 /// The price a tier's models are ordered by: USD per million tokens at 3 input tokens
@@ -169,7 +175,15 @@ impl Router {
             default_max_tokens: config.limits.default_max_tokens,
             hedge_high: config.routing.hedge_high,
             hedge: config.routing.hedge,
+            screener: crate::screen::Screener::new(&config.screen),
         }
+    }
+
+    /// Screening before routing: the job as it goes on when a `[screen]` policy applies
+    /// to it (text redacted, [`crate::screen::ScreenRecord`] in `job.screen`), `None`
+    /// when none does (then the job goes on as it is).
+    pub fn screen(&self, job: &Job) -> Option<Job> {
+        self.screener.screen(job)
     }
 
     pub fn model(&self, name: &str) -> Option<&Arc<ModelConfig>> {
@@ -179,6 +193,10 @@ impl Router {
     /// The ordered candidates for `job`, whose input is about `input_tokens` tokens, or the
     /// error that ends it without a call.
     pub fn plan(&self, job: &Job, input_tokens: u64, ctx: RouteContext) -> Result<Plan, ErrorBody> {
+        let screen = job.screen.as_deref();
+        if let Some(s) = screen.filter(|s| s.refused()) {
+            return Err(ErrorBody::new(ErrorKind::Refused, s.refusal_message()));
+        }
         let class = classify(job, input_tokens);
         let mut reason = String::with_capacity(192);
         let (resolved, variant) = if job.model == "auto" {
@@ -200,7 +218,10 @@ impl Router {
         let (mut filtered, mut too_long, mut too_dear) = (0, 0, 0);
         for i in resolved {
             let m = &self.models[i];
-            if !self.provider_allowed(job, &m.provider) {
+            let region = self.regions.get(&m.provider).and_then(|r| r.as_deref());
+            if !self.provider_allowed(job, &m.provider)
+                || screen.is_some_and(|s| !s.allows(&m.name, &m.provider, region))
+            {
                 filtered += 1;
                 continue;
             }
@@ -251,8 +272,9 @@ impl Router {
                 ErrorBody::new(
                     ErrorKind::NoRoute,
                     format!(
-                        "no model for {:?} passes the job's providers/region filters ({filtered} excluded)",
-                        job.model
+                        "no model for {:?} passes the job's providers/region filters{} ({filtered} excluded)",
+                        job.model,
+                        if screen.is_some_and(|s| s.restrict.is_some()) { " and its screening restriction" } else { "" }
                     ),
                 )
             };
@@ -276,6 +298,7 @@ impl Router {
                     .map(|c| c.model.tier.as_str().to_string()),
                 reason: String::new(),
                 variant: variant.map(str::to_string),
+                screen: screen.cloned().map(Box::new),
             },
             candidates,
         };
@@ -287,6 +310,9 @@ impl Router {
             } else {
                 let _ = write!(reason, "; hedge after {}", h.after);
             }
+        }
+        if let Some(s) = screen {
+            let _ = write!(reason, "; screen {}: {}", s.policy, s.action);
         }
         plan.route.reason = reason;
         Ok(plan)

@@ -60,7 +60,10 @@ use finish::{deliver, finish};
 pub(super) async fn process(ctx: &Ctx, d: Delivery, msg: &async_nats::Message) -> Disposition {
     // Matched by reference: moved out, the parsed job would be held twice in this
     // future (the match's value and the binding) while the job runs.
-    let parsed = parse_job(&msg.payload, msg.subject.as_str(), d.stream_seq, &ctx.rules);
+    let mut parsed = parse_job(&msg.payload, msg.subject.as_str(), d.stream_seq, &ctx.rules);
+    if let Ok(p) = &mut parsed {
+        screen(ctx, &mut p.job);
+    }
     match &parsed {
         Ok(p) => {
             let span = tracing::info_span!("job", tenant = %p.job.tenant, id = %p.job.id,
@@ -71,6 +74,15 @@ pub(super) async fn process(ctx: &Ctx, d: Delivery, msg: &async_nats::Message) -
             let span = tracing::info_span!("job", tenant = %f.envelope.tenant, id = %f.envelope.id);
             Box::pin(fail_unparsed(ctx, d, msg, f).instrument(span)).await
         }
+    }
+}
+
+/// Screening before routing: the job goes on redacted, carrying what was done, when a
+/// `[screen]` policy applies; else as parsed. (Not async: nothing of it is held in the
+/// job's future.)
+fn screen(ctx: &Ctx, job: &mut Job) {
+    if let Some(screened) = ctx.router.screen(job) {
+        *job = screened;
     }
 }
 

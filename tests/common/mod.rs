@@ -446,3 +446,41 @@ pub fn assert_schema(name: &str, instance: &serde_json::Value) {
         errors.join("\n  ")
     );
 }
+
+/// Run `scripts/lib/<script>` with the official SDKs' Python (`SWITCHYARD_SDK_PYTHON`)
+/// against a fresh in-process simulator, the simulator's URL after `args`; `None` (and a
+/// "skipped" line) when that variable is not set. Returns the simulator (for its
+/// counters) and the script's output, the output also printed.
+pub async fn run_sdk_script(
+    script: &str,
+    args: &[&str],
+) -> Option<(Simulator, std::process::Output)> {
+    let Ok(python) = std::env::var("SWITCHYARD_SDK_PYTHON") else {
+        eprintln!("skipped: SWITCHYARD_SDK_PYTHON is not set");
+        return None;
+    };
+    let sim = Simulator::new(FaultProfile::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let served = tokio::spawn({
+        let (sim, stop) = (sim.clone(), stop.clone());
+        async move { sim.serve(listener, stop).await }
+    });
+    let path = format!("{}/scripts/lib/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = tokio::process::Command::new(python)
+        .arg(path)
+        .args(args)
+        .arg(format!("http://{addr}"))
+        .output()
+        .await
+        .unwrap();
+    eprintln!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stop.cancel();
+    served.await.unwrap().unwrap();
+    Some((sim, out))
+}

@@ -264,7 +264,16 @@ pub(super) fn message_json(
         ("any", _) if mentioned.is_empty() => req.tools.iter().take(1).collect(),
         _ => mentioned,
     };
-    let (stop_reason, stop_sequence) = if calls.is_empty() {
+    let (stop_reason, stop_sequence) = if let (true, Some(schema)) =
+        (calls.is_empty(), &req.format_schema)
+    {
+        // Structured outputs: the text is JSON of the schema (cut short at max_tokens).
+        let v = text::value_for_schema(schema, seed);
+        let (s, tokens, cut) = text::limit_json(v.to_string(), Some(limit));
+        output_tokens += tokens;
+        content.push(json!({"type": "text", "text": s}));
+        (if cut { "max_tokens" } else { "end_turn" }, Value::Null)
+    } else if calls.is_empty() {
         let g = text::generate_text(seed, Some(limit), &req.stops);
         output_tokens += g.tokens;
         content.push(json!({"type": "text", "text": g.text}));

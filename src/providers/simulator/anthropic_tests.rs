@@ -382,3 +382,45 @@ async fn streaming_matches_the_plain_answer_and_breaks_on_demand() {
     );
     r.shutdown.cancel();
 }
+
+/// Structured outputs (`output_config.format`, what today's SDKs send, `messages.parse`
+/// too): the text is JSON of the schema; a malformed config is a 400 naming the field.
+#[tokio::test]
+async fn output_config_format_answers_json_of_the_schema() {
+    let r = start(FaultProfile::default()).await;
+    let schema = json!({"type": "object", "properties": {"name": {"type": "string"},
+        "age": {"type": "integer"}}, "required": ["name", "age"], "additionalProperties": false});
+    let mut body = hello();
+    body["output_config"] =
+        json!({"effort": "low", "format": {"type": "json_schema", "schema": schema}});
+    let (s, _, v) = post(&r, &body).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["stop_reason"], "end_turn");
+    let out: Value =
+        serde_json::from_str(v["content"][0]["text"].as_str().expect("text")).expect("JSON text");
+    assert!(out["name"].is_string() && out["age"].is_i64(), "{out}");
+    for (config, needle) in [
+        (
+            json!({"format": {"type": "json_object"}}),
+            "output_config.format.type",
+        ),
+        (
+            json!({"format": {"type": "json_schema"}}),
+            "output_config.format.schema: Field required",
+        ),
+        (json!({"effort": "extreme"}), "output_config.effort"),
+        (
+            json!({"colour": "blue"}),
+            "output_config.colour: Extra inputs",
+        ),
+    ] {
+        let mut body = hello();
+        body["output_config"] = config;
+        let (s, _, v) = post(&r, &body).await;
+        assert_eq!(s, 400, "{v}");
+        assert_error(&v, "invalid_request_error");
+        let msg = v["error"]["message"].as_str().expect("message");
+        assert!(msg.contains(needle), "{msg} should contain {needle}");
+    }
+    r.shutdown.cancel();
+}

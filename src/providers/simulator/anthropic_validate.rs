@@ -23,6 +23,7 @@ const KNOWN_PARAMS: &[&str] = &[
     "service_tier",
     "container",
     "mcp_servers",
+    "output_config",
 ];
 const BLOCK_TYPES: &str = "'text', 'image', 'document', 'search_result', 'thinking', 'redacted_thinking', 'tool_use', 'tool_result'";
 
@@ -50,6 +51,8 @@ pub(crate) struct MsgRequest {
     pub last_user_text: Option<String>,
     /// `"stream": true`: answer with server-sent events.
     pub stream: bool,
+    /// `output_config.format` (structured outputs): the JSON schema the text answers.
+    pub format_schema: Option<Value>,
 }
 
 #[derive(Default)]
@@ -374,6 +377,7 @@ pub(crate) fn validate(body: &Map<String, Value>) -> R<MsgRequest> {
             _ => return Err(invalid("thinking: Input tag found using 'type' does not match any of the expected tags: 'enabled', 'disabled'".into())),
         },
     };
+    let format_schema = check_output_config(body.get("output_config"), &mut tally)?;
     let prompt_tokens = text::estimate_tokens(tally.chars, messages.len()) + 85 * tally.images;
     let last_user_text = messages
         .last()
@@ -399,7 +403,69 @@ pub(crate) fn validate(body: &Map<String, Value>) -> R<MsgRequest> {
         cache_marked: tally.cache_marked,
         last_user_text,
         stream,
+        format_schema,
     })
+}
+
+/// `output_config`: `effort` (`low` … `max`) and `format`, structured outputs: `{"type":
+/// "json_schema", "schema": {…}}` (what the current SDKs send, `messages.parse` too).
+/// The schema counts as input, as the API's does.
+fn check_output_config(oc: Option<&Value>, tally: &mut Tally) -> R<Option<Value>> {
+    let Some(oc) = oc.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let Some(obj) = oc.as_object() else {
+        return Err(invalid(
+            "output_config: Input should be a valid dictionary".into(),
+        ));
+    };
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !["effort", "format"].contains(&k.as_str()))
+    {
+        return Err(invalid(format!(
+            "output_config.{k}: Extra inputs are not permitted"
+        )));
+    }
+    match obj.get("effort") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(e))
+            if ["low", "medium", "high", "xhigh", "max"].contains(&e.as_str()) => {}
+        Some(_) => {
+            return Err(invalid(
+                "output_config.effort: Input should be 'low', 'medium', 'high', 'xhigh' or 'max'"
+                    .into(),
+            ))
+        }
+    }
+    let Some(format) = obj.get("format").filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    if format.get("type").and_then(Value::as_str) != Some("json_schema") {
+        return Err(invalid(
+            "output_config.format.type: Input should be 'json_schema'".into(),
+        ));
+    }
+    if let Some(k) = format
+        .as_object()
+        .and_then(|f| f.keys().find(|k| !["type", "schema"].contains(&k.as_str())))
+    {
+        return Err(invalid(format!(
+            "output_config.format.{k}: Extra inputs are not permitted"
+        )));
+    }
+    match format.get("schema") {
+        Some(s @ Value::Object(_)) => {
+            tally.chars += s.to_string().len();
+            Ok(Some(s.clone()))
+        }
+        None | Some(Value::Null) => Err(invalid(
+            "output_config.format.schema: Field required".into(),
+        )),
+        Some(_) => Err(invalid(
+            "output_config.format.schema: Input should be a valid dictionary".into(),
+        )),
+    }
 }
 
 fn check_tools(tools: Option<&Value>, tally: &mut Tally) -> R<Vec<(String, Value)>> {

@@ -112,6 +112,11 @@ async fn validation_errors() {
             "temperature value of 2.5",
         ),
         (
+            // Proto JSON takes a number or a numeric string, not a word.
+            json!({"contents": text, "generationConfig": {"temperature": "hot", "topK": "3"}}),
+            "Invalid value at 'generation_config.temperature' (TYPE_FLOAT), \"hot\"",
+        ),
+        (
             json!({"contents": text, "generationConfig": {"stopSequences": ["a", "b", "c", "d", "e", "f"]}}),
             "maximum allowed is 5",
         ),
@@ -145,7 +150,7 @@ async fn validation_errors() {
     .await;
     assert_eq!(s, 404);
     assert_google_error(&v, 404, "NOT_FOUND");
-    assert_eq!(r.sim.stats().count("gemini", "gemini-2.0-flash", 400), 11);
+    assert_eq!(r.sim.stats().count("gemini", "gemini-2.0-flash", 400), 12);
     r.shutdown.cancel();
 }
 

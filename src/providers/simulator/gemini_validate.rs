@@ -207,6 +207,43 @@ fn array<'a>(v: &'a Value, path: &str) -> R<&'a Vec<Value>> {
     })
 }
 
+/// `generationConfig`'s numeric fields and their proto types.
+const GEN_NUMBERS: &[(&str, &str)] = &[
+    ("temperature", "TYPE_FLOAT"),
+    ("topP", "TYPE_FLOAT"),
+    ("topK", "TYPE_INT32"),
+    ("candidateCount", "TYPE_INT32"),
+    ("maxOutputTokens", "TYPE_INT32"),
+    ("presencePenalty", "TYPE_FLOAT"),
+    ("frequencyPenalty", "TYPE_FLOAT"),
+    ("seed", "TYPE_INT32"),
+];
+
+/// Proto JSON's rule for a number: a JSON number, or a string holding one (an integer
+/// for int fields); anything else is `Invalid value at 'generation_config.temperature'
+/// (TYPE_FLOAT), "hot"`.
+fn check_numbers(gc: &Map<String, Value>) -> R<()> {
+    for (name, ty) in GEN_NUMBERS {
+        let Some(v) = gc.get(*name).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        let int = *ty == "TYPE_INT32";
+        let ok = match v {
+            Value::Number(n) => !int || n.is_i64() || n.is_u64(),
+            Value::String(s) if int => s.trim().parse::<i64>().is_ok(),
+            Value::String(s) => s.trim().parse::<f64>().is_ok(),
+            _ => false,
+        };
+        if !ok {
+            return Err(bad(format!(
+                "Invalid JSON payload received. Invalid value at 'generation_config.{}' ({ty}), {v}",
+                snake(name).trim_start_matches('_')
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn field_err(path: &str, what: &str) -> GErr {
     bad(format!(
         "* GenerateContentRequest.{}: {what}\n",
@@ -424,6 +461,7 @@ pub(crate) fn validate(body: &Map<String, Value>, model: &str) -> R<GenRequest> 
         )?,
         None => Map::new(),
     };
+    check_numbers(&gc)?;
     if let Some(t) = gc.get("temperature").and_then(Value::as_f64) {
         if !(0.0..=2.0).contains(&t) {
             return Err(bad(format!("Unable to submit request because it has a temperature value of {t} but the supported range is from 0 (inclusive) to 2.0001 (exclusive). Update the value and try again.")));

@@ -16,6 +16,10 @@ const MESSAGE_KEYS: &[&str] = &[
     "function_call",
     "refusal",
     "audio",
+    // What the API's own answer carries (`annotations: []` for url citations): the
+    // function-calling guide sends `completion.choices[0].message` back as it came,
+    // and the SDK serialises it with this field, so the API takes it on a message.
+    "annotations",
 ];
 const ROLES: &str = "'system', 'assistant', 'user', 'tool', and 'developer'";
 
@@ -44,6 +48,11 @@ pub(super) fn check_message(i: usize, m: &Value, tally: &mut Tally) -> R<()> {
     if let Some(name) = obj.get("name") {
         if !name.is_string() {
             return Err(invalid_type(&format!("{p}.name"), "a string", name));
+        }
+    }
+    if let Some(a) = obj.get("annotations").filter(|a| !a.is_null()) {
+        if !a.is_array() {
+            return Err(invalid_type(&format!("{p}.annotations"), "an array", a));
         }
     }
     let has_tool_calls = obj.get("tool_calls").is_some_and(|t| !t.is_null());
@@ -256,6 +265,17 @@ mod tests {
         let ok = json!([user, {"role": "assistant", "content": null, "tool_calls": [call("c1", json!("{}"))]},
             {"role": "tool", "tool_call_id": "c1", "content": "done"}]);
         assert!(validate(&json!({"model": "m", "messages": ok})).is_ok());
+        // The assistant message as the SDK sends back what the API returned.
+        let as_returned = json!([user, {"role": "assistant", "content": null, "refusal": null,
+            "annotations": [], "tool_calls": [call("c1", json!("{}"))]},
+            {"role": "tool", "tool_call_id": "c1", "content": "done"}]);
+        assert!(validate(&json!({"model": "m", "messages": as_returned})).is_ok());
+        let (param, code, _) =
+            err(json!([{"role": "assistant", "content": "x", "annotations": {}}]));
+        assert_eq!(
+            (param.as_deref(), code),
+            (Some("messages[0].annotations"), Some("invalid_type"))
+        );
 
         let (_, _, msg) = err(
             json!([user, {"role": "assistant", "tool_calls": [call("c1", json!("{}")), call("c2", json!("{}"))]},
