@@ -3,8 +3,9 @@
 
 mod budget;
 mod cache;
-mod dlq;
-mod report;
+mod console;
+pub(crate) mod dlq;
+pub(crate) mod report;
 mod simulate;
 mod status;
 mod submit;
@@ -59,12 +60,14 @@ pub enum Command {
     Migrate,
     /// Run the provider simulator (OpenAI, Anthropic and Gemini wire formats).
     Simulate(simulate::SimulateArgs),
+    /// Serve the operator web console: backlog, jobs, dead letters (replay, purge), spend.
+    Console(console::ConsoleArgs),
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match cli.command {
-        Command::Worker | Command::Simulate(_) => "info",
+        Command::Worker | Command::Simulate(_) | Command::Console(_) => "info",
         _ => "warn",
     };
     crate::telemetry::init(level);
@@ -123,6 +126,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dlq(cmd) => dlq::run(load_config(&cli.config)?, cmd).await,
         Command::Report(cmd) => report::run(load_config(&cli.config)?, cmd).await,
         Command::Cache(cmd) => cache::run(load_config(&cli.config)?, cmd).await,
+        Command::Console(args) => console::run(load_config(&cli.config)?, args).await,
     }
 }
 

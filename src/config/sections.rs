@@ -33,6 +33,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub batch: BatchConfig,
     #[serde(default)]
+    pub console: super::ConsoleConfig,
+    #[serde(default)]
     pub providers: Vec<ProviderConfig>,
     #[serde(default)]
     pub models: Vec<ModelConfig>,
