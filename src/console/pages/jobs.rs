@@ -259,21 +259,21 @@ pub async fn show(
         ],
         &call_rows,
     ));
-    body.push_str("<h2>Stored result</h2>");
+    body.push_str("<h2>Output</h2>");
+    match &j.output {
+        Some(out) if c.cfg.console.show_content => body.push_str(&html::json_block(out)),
+        Some(_) => body.push_str(&format!("<p class=\"muted\">{}</p>", esc(html::HIDDEN))),
+        None => body.push_str("<p class=\"muted\">No output.</p>"),
+    }
+    body.push_str("<h2>Stored result (without its output)</h2>");
     match &j.result {
         Some(r) => {
             let mut r = r.clone();
-            if !c.cfg.console.show_content {
-                if let Some(o) = r.as_object_mut() {
-                    if o.contains_key("output") {
-                        o.insert(
-                            "output".into(),
-                            serde_json::Value::String(html::HIDDEN.into()),
-                        );
-                    }
+            // producers' metadata may hold personal data too
+            if let (false, Some(o)) = (c.cfg.console.show_content, r.as_object_mut()) {
+                if o.get("metadata").is_some_and(|m| !m.is_null()) {
+                    o.insert("metadata".into(), html::HIDDEN.into());
                 }
-            } else if let (Some(o), Some(out)) = (r.as_object_mut(), &j.output) {
-                o.insert("output".into(), out.clone());
             }
             body.push_str(&html::json_block(&r));
         }
