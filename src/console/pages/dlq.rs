@@ -18,6 +18,9 @@ use axum::response::Html;
 use axum::Extension;
 use std::collections::BTreeMap;
 
+/// Rows the list shows at most (a purge of everything that matches still takes all).
+const SHOWN_MAX: usize = 500;
+
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct DlqParams {
     pub tenant: Option<String>,
@@ -131,6 +134,7 @@ pub async fn list(
     let mut body = filter_form(&p);
     let rows: Vec<Vec<String>> = letters
         .iter()
+        .take(SHOWN_MAX)
         .map(|d| {
             let (tenant, id) = key_of(&dlq.names, &d.subject);
             let feature = d
@@ -161,8 +165,13 @@ pub async fn list(
         })
         .collect();
     body.push_str(&format!(
-        "<p>{} dead letters match.</p><form method=\"post\" action=\"/dlq/replay\" id=\"selection\">{}",
+        "<p>{} dead letters match{}.</p><form method=\"post\" action=\"/dlq/replay\" id=\"selection\">{}",
         letters.len(),
+        if letters.len() > SHOWN_MAX {
+            format!(" (the oldest {SHOWN_MAX} shown: narrow the filters to see the others)")
+        } else {
+            String::new()
+        },
         csrf_field(&session)
     ));
     body.push_str(&html::table(
