@@ -13,6 +13,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod connect;
+pub mod console;
 pub mod cost;
 pub mod frontdoor;
 pub mod health;

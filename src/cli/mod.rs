@@ -3,8 +3,9 @@
 
 mod budget;
 mod cache;
-mod dlq;
-mod report;
+mod console;
+pub(crate) mod dlq;
+pub(crate) mod report;
 mod serve;
 mod simulate;
 mod status;
@@ -63,12 +64,14 @@ pub enum Command {
     Simulate(simulate::SimulateArgs),
     /// Serve an OpenAI-compatible HTTP front door (chat completions, files, batches).
     Serve(serve::ServeArgs),
+    /// Serve the operator web console: backlog, jobs, dead letters (replay, purge), spend.
+    Console(console::ConsoleArgs),
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match cli.command {
-        Command::Worker | Command::Simulate(_) | Command::Serve(_) => "info",
+        Command::Worker | Command::Simulate(_) | Command::Serve(_) | Command::Console(_) => "info",
         _ => "warn",
     };
     crate::telemetry::init(level);
@@ -128,6 +131,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dlq(cmd) => dlq::run(load_config(&cli.config)?, cmd).await,
         Command::Report(cmd) => report::run(load_config(&cli.config)?, cmd).await,
         Command::Cache(cmd) => cache::run(load_config(&cli.config)?, cmd).await,
+        Command::Console(args) => console::run(load_config(&cli.config)?, args).await,
     }
 }
 

@@ -8,7 +8,7 @@
 use super::ConfigError;
 
 /// The top-level sections of the file (a test holds this equal to `FileConfig`'s).
-pub(super) const SECTIONS: [&str; 17] = [
+pub(super) const SECTIONS: [&str; 18] = [
     "nats",
     "postgres",
     "worker",
@@ -24,6 +24,7 @@ pub(super) const SECTIONS: [&str; 17] = [
     "shadow",
     "serve",
     "screen",
+    "console",
     "providers",
     "models",
 ];

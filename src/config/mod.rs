@@ -10,6 +10,7 @@
 mod batch;
 mod cache;
 mod connections;
+mod console;
 mod env;
 mod hedge;
 mod reply_to;
@@ -24,6 +25,7 @@ use connections::mask_userinfo;
 pub use connections::{
     redact_url, NatsConfig, NatsServer, PgSslMode, PostgresConfig, UrlCredentials,
 };
+pub use console::{ConsoleConfig, ConsoleRole, ConsoleToken};
 pub use hedge::{HedgeConfig, Quantile, RuleHedge};
 pub use reply_to::{ReplyToConfig, TenantReplyTo};
 pub use screen::{Restriction, ScreenAction, ScreenConfig, ScreenPolicy, SimpleAction};
@@ -118,6 +120,7 @@ impl FileConfig {
             ));
         }
         self.nats.validate()?;
+        self.console.validate()?;
         self.postgres.validate()?;
         self.reply_to.compile(&self.nats.prefix)?;
         let w = &self.worker;

@@ -39,6 +39,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub screen: super::ScreenConfig,
     #[serde(default)]
+    pub console: super::ConsoleConfig,
+    #[serde(default)]
     pub providers: Vec<ProviderConfig>,
     #[serde(default)]
     pub models: Vec<ModelConfig>,

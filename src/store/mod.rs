@@ -10,6 +10,7 @@ pub mod budget_admin;
 pub mod budgets;
 pub mod cache;
 pub mod claims;
+pub mod console;
 pub mod dead_letters;
 pub mod frontdoor;
 pub mod leases;

@@ -1,12 +1,14 @@
 //! Telemetry: logs ([`init`]), Prometheus metrics and the finished-job log line
 //! ([`metrics`]), what is read at scrape time ([`live`]) and the poller of backlog and
-//! budget gauges ([`poll`]).
+//! budget gauges ([`poll`]), which reads the JetStream backlog through [`backlog`] (as the
+//! console does).
 //!
 //! Logs go to stderr, filtered by `SWITCHYARD_LOG` (or `RUST_LOG`), plain text or JSON
 //! lines (`SWITCHYARD_LOG_FORMAT=json`, which also names each event's target, e.g.
 //! `switchyard::job` for the line each finished job writes). Spans carry tenant, job id
 //! and priority.
 
+pub mod backlog;
 pub mod live;
 pub mod metrics;
 pub mod poll;

@@ -4,7 +4,6 @@
 //! same backlog: aggregate with `max`, not `sum`.
 
 use super::metrics::{BudgetLabels, Metrics, PriorityLabels};
-use crate::job::Priority;
 use crate::queue::Names;
 use async_nats::jetstream;
 use rust_decimal::prelude::ToPrimitive;
@@ -52,41 +51,21 @@ impl Poller {
 
     async fn streams(&self) -> Result<(), async_nats::Error> {
         let m = &self.metrics;
-        // Fetched with its info (one request each).
-        let jobs = self.js.get_stream(self.names.jobs_stream()).await?;
-        let first_seq = jobs.cached_info().state.first_sequence;
-        let now_ns = i128::from(chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0));
-        for p in Priority::ALL {
+        let backlog = super::backlog::read(&self.js, &self.names).await?;
+        for b in &backlog.priorities {
             let labels = PriorityLabels {
-                priority: p.as_str(),
+                priority: b.priority.as_str(),
             };
-            let info = jobs.consumer_info(Names::consumer_name(p)).await?;
-            let ack_pending = info.num_ack_pending as u64;
             m.pending
                 .get_or_create(&labels)
-                .set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
+                .set(i64::try_from(b.pending).unwrap_or(i64::MAX));
             m.ack_pending
                 .get_or_create(&labels)
-                .set(i64::try_from(ack_pending).unwrap_or(i64::MAX));
-            // Nothing pending or in flight: none of this priority's messages is left.
-            let age = if info.num_pending + ack_pending == 0 {
-                0.0
-            } else {
-                let filter = format!("{}.jobs.{}.>", self.names.prefix, p.as_str());
-                match jobs
-                    .get_first_raw_message_by_subject(&filter, first_seq)
-                    .await
-                {
-                    Ok(msg) => (now_ns - msg.time.unix_timestamp_nanos()).max(0) as f64 / 1e9,
-                    // Acked (deleted) between the two reads.
-                    Err(_) => 0.0,
-                }
-            };
-            m.oldest_age.get_or_create(&labels).set(age);
+                .set(i64::try_from(b.ack_pending).unwrap_or(i64::MAX));
+            m.oldest_age.get_or_create(&labels).set(b.oldest_age_s);
         }
-        let dlq = self.js.get_stream(self.names.dlq_stream()).await?;
-        let dead = dlq.cached_info().state.messages;
-        m.dlq_messages.set(i64::try_from(dead).unwrap_or(i64::MAX));
+        m.dlq_messages
+            .set(i64::try_from(backlog.dead_letters).unwrap_or(i64::MAX));
         Ok(())
     }
 

@@ -8,9 +8,9 @@
 //! job again through the normal path and then deletes exactly the dead letter it
 //! replayed; purging ([`purge`]) deletes after a confirmation.
 
-mod purge;
-mod replay;
-mod select;
+pub(crate) mod purge;
+pub(crate) mod replay;
+pub(crate) mod select;
 
 use crate::config::Config;
 use crate::job::names::is_valid_tenant;
@@ -189,10 +189,7 @@ async fn list(
         println!("{}", selection.selected.len());
         return Ok(ExitCode::SUCCESS);
     }
-    let mut letters = dlq
-        .read_selection(selection, filter.tenant.as_deref())
-        .await?;
-    letters.sort_by(|a, b| (a.entry.failed_at, &a.subject).cmp(&(b.entry.failed_at, &b.subject)));
+    let letters = read_sorted(&dlq, selection, &filter).await?;
     if args.format == "json" {
         for d in &letters {
             println!("{}", serde_json::to_string(&d.entry)?);
@@ -226,8 +223,32 @@ async fn list(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The dead letters that match `filter` (`dlq list`; the console's list), oldest first.
+pub async fn matching(
+    cfg: &Config,
+    js: &jetstream::Context,
+    names: Names,
+    filter: &DeadLetterFilter,
+) -> anyhow::Result<(Dlq, Vec<DeadLetter>)> {
+    let (dlq, selection) = open_and_select(cfg, js, names, filter, &[], false).await?;
+    let letters = read_sorted(&dlq, selection, filter).await?;
+    Ok((dlq, letters))
+}
+
+async fn read_sorted(
+    dlq: &Dlq,
+    selection: Selection,
+    filter: &DeadLetterFilter,
+) -> anyhow::Result<Vec<DeadLetter>> {
+    let mut letters = dlq
+        .read_selection(selection, filter.tenant.as_deref())
+        .await?;
+    letters.sort_by(|a, b| (a.entry.failed_at, &a.subject).cmp(&(b.entry.failed_at, &b.subject)));
+    Ok(letters)
+}
+
 /// One line of at most `max` bytes (cut at a character boundary, with an ellipsis).
-fn clip(text: &str, max: usize) -> String {
+pub(crate) fn clip(text: &str, max: usize) -> String {
     let mut msg = text.replace('\n', " ");
     if msg.len() > max {
         let mut end = max;
@@ -251,7 +272,7 @@ fn check_kind(kind: Option<&str>) -> anyhow::Result<()> {
 }
 
 /// `<prefix>.dlq.<tenant>.<id>` → (tenant, id)
-fn key_of(names: &Names, subject: &str) -> (String, String) {
+pub(crate) fn key_of(names: &Names, subject: &str) -> (String, String) {
     let rest = subject
         .strip_prefix(&format!("{}.dlq.", names.prefix))
         .unwrap_or(subject);

@@ -42,33 +42,73 @@ pub struct PurgeArgs {
     pub quiet: bool,
 }
 
+/// What a purge did (or, dry, would do).
+#[derive(Debug, Default)]
+pub struct PurgeReport {
+    pub deleted: u64,
+    /// Gone meanwhile, or newer than the selection: kept.
+    pub kept: u64,
+    /// A dry run: the keys (`tenant/id`) that would be deleted.
+    pub would_delete: Vec<String>,
+    pub summary: String,
+    /// The exit code the CLI gives it.
+    pub code: u8,
+}
+
 pub async fn run(
     cfg: &Config,
     js: &jetstream::Context,
     names: Names,
     args: PurgeArgs,
 ) -> anyhow::Result<ExitCode> {
+    let report = execute(cfg, js, names, &args, true).await?;
+    for key in &report.would_delete {
+        println!("would delete {key}");
+    }
+    eprintln!("{}", report.summary);
+    Ok(ExitCode::from(report.code))
+}
+
+/// Purge what `args` selects (the CLI's `dlq purge` and the console's purge form).
+/// Unless `args.yes` or `args.dry_run`, asks on the terminal first. `echo`: show a
+/// progress bar (unless `args.quiet`).
+pub async fn execute(
+    cfg: &Config,
+    js: &jetstream::Context,
+    names: Names,
+    args: &PurgeArgs,
+    echo: bool,
+) -> anyhow::Result<PurgeReport> {
     check_ids_or_all(&args.ids, args.all, &args.filters)?;
     let filter = args.filters.resolve(cfg, args.provider.as_deref())?;
     let (dlq, selection) = open_and_select(cfg, js, names, &filter, &args.ids, false).await?;
     let n = selection.selected.len();
     if n == 0 {
-        eprintln!("no dead letters match; nothing deleted");
-        return Ok(ExitCode::SUCCESS);
+        return Ok(PurgeReport {
+            summary: "no dead letters match; nothing deleted".into(),
+            ..PurgeReport::default()
+        });
     }
     if args.dry_run {
-        for s in &selection.selected {
-            println!("would delete {}/{}", s.tenant, s.id);
-        }
-        eprintln!("{n} dead letters would be deleted");
-        return Ok(ExitCode::SUCCESS);
+        return Ok(PurgeReport {
+            would_delete: selection
+                .selected
+                .iter()
+                .map(|s| format!("{}/{}", s.tenant, s.id))
+                .collect(),
+            summary: format!("{n} dead letters would be deleted"),
+            ..PurgeReport::default()
+        });
     }
     if !args.yes && !confirm(n).await? {
-        eprintln!("not confirmed; nothing deleted");
-        return Ok(ExitCode::FAILURE);
+        return Ok(PurgeReport {
+            summary: "not confirmed; nothing deleted".into(),
+            code: 1,
+            ..PurgeReport::default()
+        });
     }
     let bound = selection.last_sequence + 1;
-    let bar = crate::cli::submit::progress(args.quiet, n as u64, "deleted");
+    let bar = crate::cli::submit::progress(args.quiet || !echo, n as u64, "deleted");
     let (mut deleted, mut kept) = (0u64, 0u64);
     if args.ids.is_empty() && filter.is_scope_only() {
         // Every dead letter of the scope: one purge of its subjects.
@@ -126,10 +166,14 @@ pub async fn run(
         }
     }
     bar.finish_and_clear();
-    eprintln!(
-        "{deleted} dead letters deleted, {kept} gone meanwhile or newer than the selection (kept)"
-    );
-    Ok(ExitCode::SUCCESS)
+    Ok(PurgeReport {
+        deleted,
+        kept,
+        summary: format!(
+            "{deleted} dead letters deleted, {kept} gone meanwhile or newer than the selection (kept)"
+        ),
+        ..PurgeReport::default()
+    })
 }
 
 /// Ask on the terminal. Refuses (an error naming `--yes`) when stdin or stderr is not a

@@ -180,6 +180,23 @@ struct Replayer<'a> {
     prefix: &'a str,
     dry_run: bool,
     bar: &'a indicatif::ProgressBar,
+    /// Print each key's line as it happens (the CLI); the lines are kept either way.
+    echo: bool,
+    lines: std::sync::Mutex<Vec<String>>,
+}
+
+/// What a replay did: counts, each key's line ("replayed acme/a to …", "skip …: why"),
+/// and the summary line the CLI prints.
+#[derive(Debug, Default)]
+pub struct ReplayReport {
+    pub replayed: u64,
+    pub failed: u64,
+    pub not_removed: u64,
+    pub lines: Vec<String>,
+    pub summary: String,
+    /// The exit code the CLI gives it (0 done, 1 failures, 3 a named id had no dead
+    /// letter, 4 a skip the operator has to act on).
+    pub code: u8,
 }
 
 pub async fn run(
@@ -188,13 +205,27 @@ pub async fn run(
     names: Names,
     args: ReplayArgs,
 ) -> anyhow::Result<ExitCode> {
+    let report = execute(cfg, js, names, &args, true).await?;
+    eprintln!("{}", report.summary);
+    Ok(ExitCode::from(report.code))
+}
+
+/// Replay what `args` selects (the CLI's `dlq replay` and the console's replay form).
+/// `echo`: print each key's line (and a progress bar unless `args.quiet`).
+pub async fn execute(
+    cfg: &Config,
+    js: &jetstream::Context,
+    names: Names,
+    args: &ReplayArgs,
+    echo: bool,
+) -> anyhow::Result<ReplayReport> {
     check_ids_or_all(&args.ids, args.all, &args.filters)?;
     let router = Router::new(cfg);
-    let overrides = Overrides::checked(&args, cfg, &router)?;
+    let overrides = Overrides::checked(args, cfg, &router)?;
     let filter = args.filters.resolve(cfg, args.from_provider.as_deref())?;
     let (dlq, selection) = open_and_select(cfg, js, names, &filter, &args.ids, true).await?;
     let bar = crate::cli::submit::progress(
-        args.quiet,
+        args.quiet || !echo,
         selection.selected.len() as u64,
         if args.dry_run { "checked" } else { "replayed" },
     );
@@ -206,19 +237,24 @@ pub async fn run(
         prefix: &cfg.nats.prefix,
         dry_run: args.dry_run,
         bar: &bar,
+        echo,
+        lines: std::sync::Mutex::new(Vec::new()),
     };
-    let mut outcomes = futures::stream::iter(selection.selected)
-        .map(|s| r.one(s))
-        .buffer_unordered(FETCH_WINDOW);
     let (mut replayed, mut failed, mut not_removed) = (0u64, 0u64, 0u64);
     let mut skipped: BTreeMap<Skip, u64> = BTreeMap::new();
     for id in &selection.missing {
-        eprintln!(
-            "skip {}/{id}: no dead letter",
-            filter.tenant.as_deref().unwrap_or("")
+        r.say(
+            false,
+            format!(
+                "skip {}/{id}: no dead letter",
+                filter.tenant.as_deref().unwrap_or("")
+            ),
         );
         *skipped.entry(Skip::NoDeadLetter).or_default() += 1;
     }
+    let mut outcomes = futures::stream::iter(selection.selected)
+        .map(|s| r.one(s))
+        .buffer_unordered(FETCH_WINDOW);
     while let Some(o) = outcomes.next().await {
         bar.inc(1);
         match o {
@@ -231,6 +267,7 @@ pub async fn run(
             }
         }
     }
+    drop(outcomes);
     bar.finish_and_clear();
     let total_skipped: u64 = skipped.values().sum();
     let mut summary = format!(
@@ -254,23 +291,48 @@ pub async fn run(
             ", {not_removed} replayed whose dead letters could not be removed (do not replay them again before they ran)"
         ));
     }
-    eprintln!("{summary}");
-    Ok(if failed > 0 || not_removed > 0 {
-        ExitCode::FAILURE
+    let code = if failed > 0 || not_removed > 0 {
+        1
     } else if skipped.keys().any(Skip::needs_action) {
-        ExitCode::from(4)
+        4
     } else if !args.ids.is_empty() && skipped.contains_key(&Skip::NoDeadLetter) {
-        ExitCode::from(3)
+        3
     } else {
-        ExitCode::SUCCESS
+        0
+    };
+    let lines = r.lines.into_inner().unwrap_or_else(|e| e.into_inner());
+    Ok(ReplayReport {
+        replayed,
+        failed,
+        not_removed,
+        lines,
+        summary,
+        code,
     })
 }
 
 impl Replayer<'_> {
+    /// Keep a key's line, and print it (stdout for what was done, stderr for the rest)
+    /// when echoing.
+    fn say(&self, done: bool, line: String) {
+        if self.echo {
+            self.bar.suspend(|| {
+                if done {
+                    println!("{line}");
+                } else {
+                    eprintln!("{line}");
+                }
+            });
+        }
+        if let Ok(mut lines) = self.lines.lock() {
+            lines.push(line);
+        }
+    }
+
     async fn one(&self, s: Selected) -> Outcome {
         let key = format!("{}/{}", s.tenant, s.id);
         let skip = |why: Skip| {
-            self.bar.suspend(|| eprintln!("skip {key}: {}", why.why()));
+            self.say(false, format!("skip {key}: {}", why.why()));
             Outcome::Skipped(why)
         };
         match s.status.as_deref() {
@@ -284,7 +346,7 @@ impl Replayer<'_> {
                 Ok(Some(l)) => l,
                 Ok(None) => return skip(Skip::NoDeadLetter),
                 Err(e) => {
-                    self.bar.suspend(|| eprintln!("failed {key}: {e:#}"));
+                    self.say(false, format!("failed {key}: {e:#}"));
                     return Outcome::Failed;
                 }
             },
@@ -308,21 +370,19 @@ impl Replayer<'_> {
         });
         if self.overrides.changes_route() {
             if let Err(why) = self.routes(&job, priority) {
-                self.bar
-                    .suspend(|| eprintln!("skip {key}: {}: {why}", Skip::NoRoute.why()));
+                self.say(false, format!("skip {key}: {}: {why}", Skip::NoRoute.why()));
                 return Outcome::Skipped(Skip::NoRoute);
             }
         }
         let target = self.dlq.names.jobs_subject(priority, &s.tenant);
         if self.dry_run {
-            self.bar
-                .suspend(|| println!("would replay {key} to {target}"));
+            self.say(true, format!("would replay {key} to {target}"));
             return Outcome::Replayed;
         }
         let body = match serde_json::to_vec(&job) {
             Ok(b) => b,
             Err(e) => {
-                self.bar.suspend(|| eprintln!("failed {key}: {e}"));
+                self.say(false, format!("failed {key}: {e}"));
                 return Outcome::Failed;
             }
         };
@@ -339,21 +399,21 @@ impl Replayer<'_> {
         let duplicate = match published {
             Ok(ack) => ack.duplicate,
             Err(e) => {
-                self.bar
-                    .suspend(|| eprintln!("failed {key}: publishing to {target}: {e}"));
+                self.say(false, format!("failed {key}: publishing to {target}: {e}"));
                 return Outcome::Failed;
             }
         };
         if let Err(e) = remove_dead_letter(&self.dlq.stream, sequence).await {
-            self.bar.suspend(|| {
-                eprintln!("replayed {key}, but its dead letter {subject} was not removed: {e}")
-            });
+            self.say(
+                false,
+                format!("replayed {key}, but its dead letter {subject} was not removed: {e}"),
+            );
             return Outcome::NotRemoved;
         }
         if duplicate {
             return skip(Skip::Duplicate);
         }
-        self.bar.suspend(|| println!("replayed {key} to {target}"));
+        self.say(true, format!("replayed {key} to {target}"));
         Outcome::Replayed
     }
 

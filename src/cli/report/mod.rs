@@ -7,7 +7,7 @@
 //! Printed here, in one of three formats ([`table`]).
 
 mod eval;
-mod table;
+pub mod table;
 
 use crate::config::{Config, ModelConfig};
 use crate::job::Usage;
@@ -80,17 +80,12 @@ pub async fn run(cfg: Config, cmd: ReportCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ReportCommand::Costs(args) => {
             let (dims, lines) = cost_lines(&cfg, &args.range).await?;
-            let mut t = Table::new(dims.iter().map(|d| (d.name(), Kind::Text)));
-            t.columns.extend(figure_columns());
+            cost_table(&dims, &lines).print(&args.range.format);
             let (mut total, mut saved) = (Decimal::ZERO, Decimal::ZERO);
             for l in &lines {
                 total += l.cost_usd;
                 saved += l.cache_saved_usd;
-                let mut row = l.group.clone();
-                row.extend(figures(l));
-                t.rows.push(row);
             }
-            t.print(&args.range.format);
             if args.range.format == "table" {
                 println!("total cost_usd {}", total.normalize());
                 if !saved.is_zero() {
@@ -123,19 +118,37 @@ pub async fn run(cfg: Config, cmd: ReportCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The cost rows of `range`, summed per group.
-async fn cost_lines(
-    cfg: &Config,
-    range: &Range,
-) -> anyhow::Result<(Vec<CostDimension>, Vec<CostLine>)> {
+/// The cost report's table (`report costs`; the console's downloads are the same).
+pub fn cost_table(dims: &[CostDimension], lines: &[CostLine]) -> Table {
+    let mut t = Table::new(dims.iter().map(|d| (d.name(), Kind::Text)));
+    t.columns.extend(figure_columns());
+    for l in lines {
+        let mut row = l.group.clone();
+        row.extend(figures(l));
+        t.rows.push(row);
+    }
+    t
+}
+
+/// `--by`'s comma-separated dimensions; the error names the bad one and lists them.
+pub fn parse_dimensions(by: &str) -> anyhow::Result<Vec<CostDimension>> {
     let mut dims = Vec::new();
-    for d in range.by.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+    for d in by.split(',').map(str::trim).filter(|d| !d.is_empty()) {
         let Some(dim) = CostDimension::parse(d) else {
             let all: Vec<&str> = CostDimension::ALL.iter().map(|d| d.name()).collect();
             anyhow::bail!("--by: {d:?} is not one of {}", all.join(", "));
         };
         dims.push(dim);
     }
+    Ok(dims)
+}
+
+/// The cost rows of `range`, summed per group.
+async fn cost_lines(
+    cfg: &Config,
+    range: &Range,
+) -> anyhow::Result<(Vec<CostDimension>, Vec<CostLine>)> {
+    let dims = parse_dimensions(&range.by)?;
     let query = CostQuery {
         by: &dims,
         since: range.since.as_deref().map(parse_time).transpose()?,

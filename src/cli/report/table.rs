@@ -34,6 +34,14 @@ impl Table {
 
     /// Print in `format` (`table`, `json` or `csv`).
     pub fn print(&self, format: &str) {
+        print!("{}", self.render(format));
+    }
+
+    /// The report in `format` (`table`, `json` or `csv`), each line ending in a newline:
+    /// what [`Table::print`] prints (the console's downloads serve the same bytes).
+    pub fn render(&self, format: &str) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
         let rows = self.rows.iter().chain(self.total.as_ref());
         match format {
             "json" => {
@@ -45,15 +53,15 @@ impl Table {
                     for ((name, kind), cell) in self.columns.iter().zip(row) {
                         obj.insert(name.clone(), json_cell(*kind, cell));
                     }
-                    println!("{}", serde_json::Value::Object(obj));
+                    let _ = writeln!(out, "{}", serde_json::Value::Object(obj));
                 }
             }
             "csv" => {
                 let names: Vec<String> = self.columns.iter().map(|(n, _)| csv_cell(n)).collect();
-                println!("{}", names.join(","));
+                let _ = writeln!(out, "{}", names.join(","));
                 for row in rows {
                     let cells: Vec<String> = row.iter().map(|c| csv_cell(c)).collect();
-                    println!("{}", cells.join(","));
+                    let _ = writeln!(out, "{}", cells.join(","));
                 }
             }
             _ => {
@@ -70,8 +78,8 @@ impl Table {
                             .unwrap_or(0)
                     })
                     .collect();
-                let line = |cells: &mut dyn Iterator<Item = &str>| {
-                    let out: Vec<String> = cells
+                let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+                    let cells_out: Vec<String> = cells
                         .zip(&self.columns)
                         .zip(&widths)
                         .map(|((c, (_, kind)), w)| match kind {
@@ -79,7 +87,7 @@ impl Table {
                             _ => format!("{c:>w$}"),
                         })
                         .collect();
-                    println!("{}", out.join("  ").trim_end());
+                    let _ = writeln!(out, "{}", cells_out.join("  ").trim_end());
                 };
                 line(&mut self.columns.iter().map(|(n, _)| n.as_str()));
                 for row in all {
@@ -87,6 +95,7 @@ impl Table {
                 }
             }
         }
+        out
     }
 }
 
