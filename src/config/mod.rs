@@ -13,6 +13,7 @@ mod connections;
 mod env;
 mod hedge;
 mod reply_to;
+mod scheduling;
 mod sections;
 
 pub use batch::BatchConfig;
@@ -23,6 +24,7 @@ pub use connections::{
 };
 pub use hedge::{HedgeConfig, Quantile, RuleHedge};
 pub use reply_to::{ReplyToConfig, TenantReplyTo};
+pub use scheduling::SchedulingConfig;
 pub use sections::*;
 
 use crate::job::names::is_valid_prefix;
@@ -268,6 +270,7 @@ impl FileConfig {
         self.validate_health()?;
         self.cache.validate(&model_names)?;
         self.batch.validate()?;
+        self.scheduling.validate()?;
         self.validate_routing(&model_names)
     }
 

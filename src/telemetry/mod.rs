@@ -1,6 +1,6 @@
 //! Telemetry: logs ([`init`]), Prometheus metrics and the finished-job log line
 //! ([`metrics`]), what is read at scrape time ([`live`]) and the poller of backlog and
-//! budget gauges ([`poll`]).
+//! budget gauges ([`poll`]), and the metrics per priority and tenant ([`tenants`]).
 //!
 //! Logs go to stderr, filtered by `SWITCHYARD_LOG` (or `RUST_LOG`), plain text or JSON
 //! lines (`SWITCHYARD_LOG_FORMAT=json`, which also names each event's target, e.g.
@@ -10,6 +10,7 @@
 pub mod live;
 pub mod metrics;
 pub mod poll;
+pub mod tenants;
 
 use tracing_subscriber::EnvFilter;
 

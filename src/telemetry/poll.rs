@@ -1,5 +1,7 @@
 //! The gauges no event updates: the JetStream backlog per priority (pending, ack pending,
-//! the oldest message's age), the dead-letter stream's size, and each budget's level,
+//! the oldest message's age; with `[scheduling] fair` summed over the priority's tenant
+//! consumers) and per priority and tenant ([`crate::queue::backlog`]), the dead-letter
+//! stream's size, and each budget's level,
 //! read every `metrics.poll_ms` by one small task per worker. Every worker reports the
 //! same backlog: aggregate with `max`, not `sum`.
 
@@ -24,6 +26,8 @@ pub struct Poller {
     pub names: Names,
     pub pool: PgPool,
     pub every: Duration,
+    /// Per-tenant consumers (`[scheduling] fair`) instead of one per priority.
+    pub fair: bool,
 }
 
 impl Poller {
@@ -56,20 +60,32 @@ impl Poller {
         let jobs = self.js.get_stream(self.names.jobs_stream()).await?;
         let first_seq = jobs.cached_info().state.first_sequence;
         let now_ns = i128::from(chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0));
+        m.tenants
+            .set_backlog(&crate::queue::backlog::read(&jobs, &self.names.prefix).await?);
+        let tenant_sums = if self.fair {
+            Some(tenant_consumer_sums(&jobs).await?)
+        } else {
+            None
+        };
         for p in Priority::ALL {
             let labels = PriorityLabels {
                 priority: p.as_str(),
             };
-            let info = jobs.consumer_info(Names::consumer_name(p)).await?;
-            let ack_pending = info.num_ack_pending as u64;
+            let (num_pending, ack_pending) = match &tenant_sums {
+                Some(sums) => sums[p.index()],
+                None => {
+                    let info = jobs.consumer_info(Names::consumer_name(p)).await?;
+                    (info.num_pending, info.num_ack_pending as u64)
+                }
+            };
             m.pending
                 .get_or_create(&labels)
-                .set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
+                .set(i64::try_from(num_pending).unwrap_or(i64::MAX));
             m.ack_pending
                 .get_or_create(&labels)
                 .set(i64::try_from(ack_pending).unwrap_or(i64::MAX));
             // Nothing pending or in flight: none of this priority's messages is left.
-            let age = if info.num_pending + ack_pending == 0 {
+            let age = if num_pending + ack_pending == 0 {
                 0.0
             } else {
                 let filter = format!("{}.jobs.{}.>", self.names.prefix, p.as_str());
@@ -124,4 +140,27 @@ impl Poller {
         *shown = now_shown;
         Ok(())
     }
+}
+
+/// Pending and ack-pending messages per priority, summed over the `jobs-<priority>-*`
+/// consumers (one request per 256 consumers).
+async fn tenant_consumer_sums(
+    jobs: &jetstream::stream::Stream,
+) -> Result<[(u64, u64); 3], async_nats::Error> {
+    use futures::TryStreamExt;
+    let mut sums = [(0u64, 0u64); 3];
+    let mut infos = jobs.consumers();
+    while let Some(info) = infos.try_next().await? {
+        for p in Priority::ALL {
+            if info
+                .name
+                .strip_prefix(&Names::consumer_name(p))
+                .is_some_and(|rest| rest.starts_with('-'))
+            {
+                sums[p.index()].0 += info.num_pending;
+                sums[p.index()].1 += info.num_ack_pending as u64;
+            }
+        }
+    }
+    Ok(sums)
 }

@@ -1,0 +1,159 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Fair share among tenants of one priority (`[scheduling] fair`), against the real NATS
+//! and Postgres: a small tenant publishing after a huge backlog of another is served at
+//! once, at its weighted share, by one worker and by a pool of three.
+
+mod common;
+
+use common::{job, TestEnv};
+use std::time::Duration;
+use switchyard::job::Priority;
+use switchyard::providers::simulator::FaultProfile;
+
+const PINNED: &str = r#","model":"openai/gpt-4o-mini""#;
+
+/// Publish `n` jobs of `tenant` at normal priority, acks awaited in batches.
+async fn publish_many(env: &TestEnv, tenant: &str, n: usize) {
+    let subject = env.names().jobs_subject(Priority::Normal, tenant);
+    let mut acks = Vec::with_capacity(500);
+    for i in 0..n {
+        let payload = job(&format!("{tenant}-{i}"), tenant, PINNED);
+        acks.push(
+            env.js
+                .publish(subject.clone(), payload.into())
+                .await
+                .expect("publish"),
+        );
+        if acks.len() == 500 || i + 1 == n {
+            for a in acks.drain(..) {
+                a.await.expect("publish ack");
+            }
+        }
+    }
+}
+
+async fn succeeded(env: &TestEnv, tenant: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM jobs WHERE tenant = $1 AND status = 'succeeded'")
+        .bind(tenant)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+}
+
+/// Finish times (ms since the epoch) of each tenant's succeeded jobs.
+async fn finish_times(env: &TestEnv, tenant: &str) -> Vec<i64> {
+    sqlx::query_scalar(
+        "SELECT (extract(epoch FROM finished_at) * 1000)::bigint FROM jobs
+         WHERE tenant = $1 AND status = 'succeeded' ORDER BY finished_at",
+    )
+    .bind(tenant)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap()
+}
+
+/// B's share of completions in every 10 s window while B had jobs (the whole span of B's
+/// completions when it is shorter), each printed; returns the (min, max) share seen.
+fn shares(a: &[i64], b: &[i64]) -> (f64, f64) {
+    let (t0, t1) = (b[0], *b.last().unwrap());
+    let count = |v: &[i64], s: i64, e: i64| v.iter().filter(|&&t| t >= s && t <= e).count();
+    let mut windows = Vec::new();
+    if t1 - t0 <= 10_000 {
+        windows.push((t0, t1));
+    } else {
+        let mut s = t0;
+        while s + 10_000 <= t1 {
+            windows.push((s, s + 10_000));
+            s += 1_000;
+        }
+    }
+    let (mut lo, mut hi) = (1.0f64, 0.0f64);
+    for (s, e) in windows {
+        let (na, nb) = (count(a, s, e), count(b, s, e));
+        let share = nb as f64 / (na + nb) as f64;
+        println!(
+            "window {:.1}s..{:.1}s: a {na}, b {nb}, b's share {share:.3}",
+            (s - t0) as f64 / 1e3,
+            (e - t0) as f64 / 1e3
+        );
+        lo = lo.min(share);
+        hi = hi.max(share);
+    }
+    (lo, hi)
+}
+
+/// A publishes 10,000, then B 100, same priority; B's weight `wb` against A's 1. Runs
+/// `workers` workers of `in_flight` slots each, with the simulator answering in
+/// `latency_ms`, so the pool does `workers × in_flight / latency` jobs a second.
+async fn small_tenant_behind_a_big_one(workers: usize, in_flight: usize, wb: u32) {
+    let env = TestEnv::new(|c| {
+        c.scheduling.fair = true;
+        c.scheduling.discover_ms = 200;
+        if wb != 1 {
+            c.scheduling.weights.insert("bee".into(), wb);
+        }
+        c.worker.max_in_flight = in_flight;
+        c.worker.commit_linger_ms = 1;
+    })
+    .await;
+    env.sim.set_profile(FaultProfile {
+        latency_ms: 300,
+        ..FaultProfile::default()
+    });
+    env.ensure_streams().await;
+    publish_many(&env, "ant", 10_000).await;
+    publish_many(&env, "bee", 100).await;
+    let mut running = Vec::new();
+    for _ in 0..workers {
+        running.push(env.start_worker().await);
+    }
+    let started = std::time::Instant::now();
+    let mut done_b = 0;
+    while started.elapsed() < Duration::from_secs(90) {
+        done_b = succeeded(&env, "bee").await;
+        if done_b == 100 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = started.elapsed();
+    for (stop, _) in &running {
+        stop.cancel();
+    }
+    for (_, handle) in running {
+        handle.await.unwrap().unwrap();
+    }
+    let done_a = succeeded(&env, "ant").await;
+    let left = env.jobs_left().await;
+    println!(
+        "{workers} worker(s) × {in_flight} slots, weights ant 1 / bee {wb}: bee's 100 done in {:.1}s; ant {done_a} done, {left} left in the stream",
+        took.as_secs_f64()
+    );
+    assert_eq!(done_b, 100, "all of bee's jobs finish");
+    assert!(
+        left >= 9_000,
+        "ant still has thousands waiting when bee is done: {left} left"
+    );
+    let (a, b) = (
+        finish_times(&env, "ant").await,
+        finish_times(&env, "bee").await,
+    );
+    let want = f64::from(wb) / f64::from(wb + 1);
+    let (lo, hi) = shares(&a, &b);
+    assert!(
+        lo >= want * 0.8 && hi <= (want * 1.2).min(1.0),
+        "bee's share {lo:.3}..{hi:.3}, weight share {want:.3} ± 20%"
+    );
+    // The stream is deleted with the env; nothing of the backlog is left behind.
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_small_tenant_is_served_at_its_share_behind_a_big_backlog() {
+    small_tenant_behind_a_big_one(1, 6, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_workers_share_by_tenant_weight() {
+    small_tenant_behind_a_big_one(3, 2, 3).await;
+}
