@@ -157,3 +157,72 @@ async fn a_small_tenant_is_served_at_its_share_behind_a_big_backlog() {
 async fn three_workers_share_by_tenant_weight() {
     small_tenant_behind_a_big_one(3, 2, 3).await;
 }
+
+/// `switchyard queue`: jobs waiting per priority and tenant with the oldest one's age,
+/// then, once a worker ran them, what each tenant got finished and its share.
+#[tokio::test]
+async fn queue_shows_the_backlog_and_the_shares() {
+    let env = TestEnv::new(|c| c.scheduling.fair = true).await;
+    env.ensure_streams().await;
+    for i in 0..5 {
+        env.publish(
+            Priority::Normal,
+            "ant",
+            job(&format!("a{i}"), "ant", PINNED),
+        )
+        .await;
+    }
+    for i in 0..3 {
+        env.publish(
+            Priority::Normal,
+            "bee",
+            job(&format!("b{i}"), "bee", PINNED),
+        )
+        .await;
+    }
+    env.publish(Priority::High, "bee", job("h0", "bee", PINNED))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let rows = env.cli_json(&["queue", "--format", "json"]).await;
+    let row = |rows: &[serde_json::Value], p: &str, t: &str| {
+        rows.iter()
+            .find(|r| r["priority"] == p && r["tenant"] == t)
+            .cloned()
+            .unwrap_or_else(|| panic!("no row {p}/{t} in {rows:?}"))
+    };
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(rows[0]["priority"], "high", "high first: {rows:?}");
+    assert_eq!(row(&rows, "normal", "ant")["waiting"], 5);
+    assert_eq!(row(&rows, "normal", "bee")["waiting"], 3);
+    assert_eq!(row(&rows, "high", "bee")["waiting"], 1);
+    let age: f64 = row(&rows, "normal", "ant")["oldest_age_s"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1.0..30.0).contains(&age), "oldest age {age}");
+
+    let (stop, worker) = env.start_worker().await;
+    assert_eq!(env.wait_succeeded(9, 30).await, 9);
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    let rows = env.cli_json(&["queue", "--format", "json"]).await;
+    let ant = row(&rows, "normal", "ant");
+    assert_eq!(
+        (ant["waiting"].as_i64(), ant["finished"].as_i64()),
+        (Some(0), Some(5))
+    );
+    assert_eq!(ant["share_pct"], "62.5");
+    assert_eq!(row(&rows, "normal", "bee")["share_pct"], "37.5");
+    assert_eq!(row(&rows, "high", "bee")["share_pct"], "100");
+    // The per-tenant consumers the worker made are named after the tenants.
+    let stream = env.js.get_stream(env.names().jobs_stream()).await.unwrap();
+    let names: Vec<String> = {
+        use futures::TryStreamExt;
+        stream.consumer_names().try_collect().await.unwrap()
+    };
+    for n in ["jobs-normal-ant", "jobs-normal-bee", "jobs-high-bee"] {
+        assert!(names.iter().any(|x| x == n), "{n} in {names:?}");
+    }
+    assert!(!names.iter().any(|x| x == "jobs-normal"), "{names:?}");
+}

@@ -4,6 +4,7 @@
 mod budget;
 mod cache;
 mod dlq;
+mod queue;
 mod report;
 mod simulate;
 mod status;
@@ -43,6 +44,8 @@ pub enum Command {
     Submit(submit::SubmitArgs),
     /// Show a job's state and result.
     Status(status::StatusArgs),
+    /// The backlog per priority and tenant: jobs waiting, oldest age, share of the pool.
+    Queue(queue::QueueArgs),
     /// Dead letters: list, show, replay, purge (one by one or by filter).
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
@@ -111,6 +114,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Submit(args) => submit::run(load_config(&cli.config)?, args).await,
         Command::Status(args) => status::run(load_config(&cli.config)?, args).await,
+        Command::Queue(args) => queue::run(load_config(&cli.config)?, args).await,
         Command::Migrate => {
             let cfg = load_config(&cli.config)?;
             let pool = crate::connect::postgres(&cfg.postgres, 2).await?;

@@ -8,7 +8,7 @@
 use super::ConfigError;
 
 /// The top-level sections of the file (a test holds this equal to `FileConfig`'s).
-pub(super) const SECTIONS: [&str; 14] = [
+pub(super) const SECTIONS: [&str; 15] = [
     "nats",
     "postgres",
     "worker",
@@ -21,6 +21,7 @@ pub(super) const SECTIONS: [&str; 14] = [
     "reply_to",
     "cache",
     "batch",
+    "scheduling",
     "providers",
     "models",
 ];

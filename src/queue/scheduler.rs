@@ -46,7 +46,7 @@ pub trait Dispatch: Send + Sync + 'static {
 /// Where the scheduler pulls from.
 pub enum Source {
     /// One consumer per priority, high first: stream order within a priority.
-    Priority([PullConsumer; 3]),
+    Priority(Box<[PullConsumer; 3]>),
     /// One consumer per priority and tenant with jobs waiting, found as they come.
     Tenant(Arc<Tenants>),
 }

@@ -120,9 +120,9 @@ pub fn consumer_config(cfg: &Config, p: Priority) -> consumer::pull::Config {
 /// per priority and tenant, made as tenants are found ([`super::tenants`]).
 pub enum Consumers {
     /// `jobs-high`, `jobs-normal`, `jobs-low`.
-    Priority([consumer::PullConsumer; 3]),
+    Priority(Box<[consumer::PullConsumer; 3]>),
     /// The jobs stream, whose per-tenant consumers are made on demand.
-    Tenant(jetstream::stream::Stream),
+    Tenant(Box<jetstream::stream::Stream>),
 }
 
 /// Create or update the streams and consumers. A work-queue stream refuses overlapping
@@ -146,7 +146,7 @@ pub async fn ensure(js: &jetstream::Context, cfg: &Config) -> Result<Consumers, 
         })?;
     remove_other_layout(&stream, cfg.scheduling.fair).await?;
     if cfg.scheduling.fair {
-        return Ok(Consumers::Tenant(stream));
+        return Ok(Consumers::Tenant(Box::new(stream)));
     }
     let mut out = Vec::with_capacity(3);
     for p in Priority::ALL {
@@ -173,7 +173,7 @@ pub async fn ensure(js: &jetstream::Context, cfg: &Config) -> Result<Consumers, 
         out.push(c);
     }
     out.try_into()
-        .map(Consumers::Priority)
+        .map(|c| Consumers::Priority(Box::new(c)))
         .map_err(|_| SetupError::Consumer {
             consumer: "jobs-*".into(),
             message: "expected three consumers".into(),

@@ -11,6 +11,7 @@ pub mod budgets;
 pub mod cache;
 pub mod claims;
 pub mod dead_letters;
+pub mod finished;
 pub mod leases;
 pub mod reports;
 pub mod semantic;

@@ -103,3 +103,56 @@ impl TenantMetrics {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(m: &TenantMetrics) -> String {
+        let mut r = Registry::default();
+        m.register(&mut r);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
+        out
+    }
+
+    #[test]
+    fn finished_jobs_per_tenant_and_the_cap() {
+        let m = TenantMetrics::default();
+        m.finished(Priority::Normal, "acme");
+        m.finished(Priority::Normal, "acme");
+        m.finished(Priority::High, "globex");
+        let out = text(&m);
+        assert!(
+            out.contains(r#"switchyard_tenant_jobs_total{priority="normal",tenant="acme"} 2"#),
+            "{out}"
+        );
+        assert!(out.contains(r#"switchyard_tenant_jobs_total{priority="high",tenant="globex"} 1"#));
+        for i in 0..TENANT_LABEL_SETS_MAX {
+            m.finished(Priority::Low, &format!("t{i}"));
+        }
+        let out = text(&m);
+        assert!(out.contains(r#"switchyard_tenant_jobs_total{priority="low",tenant="_other"} 2"#));
+    }
+
+    #[test]
+    fn backlog_gauges_follow_the_last_poll() {
+        let m = TenantMetrics::default();
+        let b = |tenant: &str, messages| TenantBacklog {
+            priority: Priority::Normal,
+            tenant: tenant.into(),
+            messages,
+            oldest_age_s: 1.5,
+        };
+        m.set_backlog(&[b("acme", 7), b("globex", 3)]);
+        let out = text(&m);
+        assert!(out
+            .contains(r#"switchyard_tenant_backlog_messages{priority="normal",tenant="acme"} 7"#));
+        assert!(out.contains(
+            r#"switchyard_tenant_oldest_job_age_seconds{priority="normal",tenant="globex"} 1.5"#
+        ));
+        m.set_backlog(&[b("acme", 1)]);
+        let out = text(&m);
+        assert!(!out.contains("globex"), "a tenant gone is dropped: {out}");
+    }
+}

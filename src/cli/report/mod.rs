@@ -6,7 +6,7 @@
 //! and what those answers cost when made (`cache_saved_usd`): spend the cache avoided.
 //! Printed here, in one of three formats ([`table`]).
 
-mod table;
+pub(super) mod table;
 
 use crate::config::{Config, ModelConfig};
 use crate::job::Usage;
