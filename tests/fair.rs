@@ -226,3 +226,136 @@ async fn queue_shows_the_backlog_and_the_shares() {
     }
     assert!(!names.iter().any(|x| x == "jobs-normal"), "{names:?}");
 }
+
+/// Records the order messages are dispatched in (each holds its slot; nothing is acked:
+/// the stream goes with the test).
+struct Recorder(std::sync::Mutex<Vec<(String, tokio::sync::OwnedSemaphorePermit)>>);
+
+impl switchyard::queue::scheduler::Dispatch for Recorder {
+    fn dispatch(
+        &self,
+        _p: Priority,
+        msg: async_nats::jetstream::Message,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+        let id = v["id"].as_str().unwrap().to_string();
+        self.0.lock().unwrap().push((id, slot));
+    }
+}
+
+struct Open;
+impl switchyard::queue::scheduler::PullGate for Open {
+    fn room(&self) -> usize {
+        usize::MAX
+    }
+}
+
+/// Deadlines: a mixed backlog (deadlines in reverse stream order, every third job without
+/// one) pulled in one window by the scheduler from the tenant's consumer on the real
+/// server is dispatched earliest deadline first, the jobs without one after in stream
+/// order. (What happens after dispatch is concurrent: calls start in about that order.)
+#[tokio::test]
+async fn a_mixed_backlog_is_dispatched_earliest_deadline_first() {
+    use switchyard::queue::scheduler::{Scheduler, Source};
+    use switchyard::queue::streams::{ensure, Consumers};
+    let env = TestEnv::new(|c| c.scheduling.fair = true).await;
+    let Consumers::Tenant(stream) = ensure(&env.js, &env.config).await.unwrap() else {
+        panic!("fair scheduling makes per-tenant consumers");
+    };
+    let now = chrono::Utc::now();
+    let mut want: Vec<(Option<chrono::DateTime<chrono::Utc>>, usize)> = Vec::new();
+    for i in 0..60usize {
+        let dl = (i % 3 != 0).then(|| now + chrono::Duration::minutes(120 - i as i64));
+        let extra = match dl {
+            Some(d) => format!(r#"{PINNED},"deadline":"{}""#, d.to_rfc3339()),
+            None => PINNED.to_string(),
+        };
+        env.publish(
+            Priority::Normal,
+            "ant",
+            job(&format!("j{i}"), "ant", &extra),
+        )
+        .await;
+        want.push((dl, i));
+    }
+    want.sort_by_key(|(dl, i)| (dl.is_none(), *dl, *i));
+    let want: Vec<String> = want.iter().map(|(_, i)| format!("j{i}")).collect();
+    let recorder = std::sync::Arc::new(Recorder(Default::default()));
+    let (_ready_tx, ready) = tokio::sync::watch::channel(true);
+    let scheduler = Scheduler {
+        source: Source::Tenant(std::sync::Arc::new(
+            switchyard::queue::tenants::Tenants::new(*stream, &env.config),
+        )),
+        weights: env.config.worker.priority_weights,
+        slots: std::sync::Arc::new(tokio::sync::Semaphore::new(60)),
+        dispatch: recorder.clone(),
+        ready,
+        gate: std::sync::Arc::new(Open),
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(scheduler.run(stop.clone()));
+    for _ in 0..100 {
+        if recorder.0.lock().unwrap().len() == 60 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    run.await.unwrap();
+    let got: Vec<String> = recorder
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.0.clone())
+        .collect();
+    assert_eq!(got, want);
+}
+
+/// A job whose deadline is nearer than its route's observed median latency fails as
+/// `expired` before any call; one with time enough runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deadline_the_route_cannot_meet_expires_before_any_call() {
+    let env = TestEnv::new(|_| {}).await;
+    env.sim.set_profile(FaultProfile {
+        latency_ms: 600,
+        ..FaultProfile::default()
+    });
+    let (stop, worker) = env.start_worker().await;
+    // 25 calls teach the worker the model's latency (20 are needed for an estimate).
+    for i in 0..25 {
+        env.publish(
+            Priority::Normal,
+            "ant",
+            job(&format!("w{i}"), "ant", PINNED),
+        )
+        .await;
+    }
+    assert_eq!(env.wait_succeeded(25, 30).await, 25);
+    let calls = env.sim.stats().total;
+    let soon = (chrono::Utc::now() + chrono::Duration::milliseconds(300)).to_rfc3339();
+    let later = (chrono::Utc::now() + chrono::Duration::seconds(60)).to_rfc3339();
+    env.publish(
+        Priority::Normal,
+        "ant",
+        job("soon", "ant", &format!(r#"{PINNED},"deadline":"{soon}""#)),
+    )
+    .await;
+    let r = env.result("ant", "soon", 10).await;
+    let err = r.error.expect("expired");
+    assert_eq!(err.kind, switchyard::job::ErrorKind::Expired);
+    assert!(err.message.contains("cannot be met"), "{}", err.message);
+    assert!(r.attempts.is_empty(), "{:?}", r.attempts);
+    assert_eq!(env.sim.stats().total, calls, "no call for the expired job");
+    env.publish(
+        Priority::Normal,
+        "ant",
+        job("later", "ant", &format!(r#"{PINNED},"deadline":"{later}""#)),
+    )
+    .await;
+    let r = env.result("ant", "later", 10).await;
+    assert!(r.error.is_none(), "{:?}", r.error);
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+}

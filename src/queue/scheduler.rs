@@ -9,8 +9,10 @@
 //!
 //! With `[scheduling] fair` ([`Source::Tenant`]) a priority's slots are shared again
 //! among its tenants' consumers by the same round-robin, weighted per tenant
-//! ([`Tenants`]); a tenant found empty is skipped for the rest of the round.
+//! ([`Tenants`]); a tenant found empty is skipped for the rest of the round. And each
+//! pulled window is dispatched earliest deadline first ([`edf_order`]).
 
+use super::deadline_order::edf_order;
 use super::tenants::Tenants;
 use super::weighted::Weighted;
 use crate::job::Priority;
@@ -161,7 +163,12 @@ impl<D: Dispatch> Scheduler<D> {
     /// was granted is empty for the rest of the round: its unused grants are given back
     /// and the slots go to the others at once.
     async fn round(&self, shares: &mut Weighted, budget: &mut OwnedSemaphorePermit) -> usize {
-        let mut empty = [false; 3];
+        // Fair share: a priority without tenants is empty before it is asked, so one
+        // window goes to the priority that has jobs (earliest deadline first within it).
+        let mut empty = match &self.source {
+            Source::Priority(_) => [false; 3],
+            Source::Tenant(t) => Priority::ALL.map(|p| !t.has_lanes(p)),
+        };
         let mut total = 0;
         while budget.num_permits() > 0 && empty.contains(&false) {
             let grant = shares.grant(budget.num_permits(), empty);
@@ -252,6 +259,9 @@ impl<D: Dispatch> Scheduler<D> {
             }
         };
         let mut n = 0;
+        // Fair share: the window is dispatched at its end, earliest deadline first.
+        let mut held: Vec<Message> = Vec::new();
+        let hold = matches!(self.source, Source::Tenant(_)) && want > 1;
         // A no-wait pull is answered at once, but NATS 2.9 has been seen to leave one
         // unanswered, and async-nats sets no client deadline without `expires` (which
         // would make the server wait): bound each wait here so the scheduler never stalls.
@@ -267,16 +277,12 @@ impl<D: Dispatch> Scheduler<D> {
                 }
             };
             match item {
+                Ok(msg) if hold => {
+                    held.push(msg);
+                    n += 1;
+                }
                 Ok(msg) => {
-                    // The server never sends more than asked, so a slot is always there.
-                    match budget.split(1) {
-                        Some(slot) => self.dispatch.dispatch(p, msg, slot),
-                        None => {
-                            let _ = msg
-                                .ack_with(async_nats::jetstream::AckKind::Nak(None))
-                                .await;
-                        }
-                    }
+                    self.dispatch_one(p, msg, budget).await;
                     n += 1;
                 }
                 Err(e) => {
@@ -285,7 +291,29 @@ impl<D: Dispatch> Scheduler<D> {
                 }
             }
         }
+        if !held.is_empty() {
+            let order = edf_order(held.iter().map(|m| m.payload.as_ref()));
+            let mut held: Vec<Option<Message>> = held.into_iter().map(Some).collect();
+            for i in order {
+                if let Some(msg) = held.get_mut(i).and_then(Option::take) {
+                    self.dispatch_one(p, msg, budget).await;
+                }
+            }
+        }
         Some(n)
+    }
+
+    /// Hand `msg` to the dispatcher with one of `budget`'s slots.
+    async fn dispatch_one(&self, p: Priority, msg: Message, budget: &mut OwnedSemaphorePermit) {
+        // The server never sends more than asked, so a slot is always there.
+        match budget.split(1) {
+            Some(slot) => self.dispatch.dispatch(p, msg, slot),
+            None => {
+                let _ = msg
+                    .ack_with(async_nats::jetstream::AckKind::Nak(None))
+                    .await;
+            }
+        }
     }
 }
 

@@ -98,6 +98,12 @@ impl Tenants {
         self.discover_every
     }
 
+    /// Whether `p` has any tenant's consumer now.
+    pub fn has_lanes(&self, p: Priority) -> bool {
+        let lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+        !lanes[p.index()].is_empty()
+    }
+
     /// The lanes of `p` now (their order is the grants' order until the next discovery).
     pub fn lanes(&self, p: Priority) -> Vec<Lane> {
         let lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
