@@ -6,6 +6,7 @@
 mod common;
 
 use common::{job, TestEnv};
+use rust_decimal::Decimal;
 use std::time::Duration;
 use switchyard::job::Priority;
 use switchyard::providers::simulator::FaultProfile;
@@ -358,4 +359,104 @@ async fn a_deadline_the_route_cannot_meet_expires_before_any_call() {
     assert!(r.error.is_none(), "{:?}", r.error);
     stop.cancel();
     worker.await.unwrap().unwrap();
+}
+
+/// Wait until `n` jobs have a terminal row.
+async fn finished(env: &TestEnv, n: usize) {
+    for _ in 0..600 {
+        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status <> 'running'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+        if done as usize >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{n} jobs did not finish");
+}
+
+/// `submit --estimate` against a real run of the labeled routing set: the first half runs
+/// (its calls are the history the estimate reads: each model's mean output), then the
+/// second half is estimated, run, and its estimate compared with the cost rows it made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_estimate_is_within_ten_percent_of_the_real_bill() {
+    let env = TestEnv::new(|_| {}).await;
+    let text = include_str!("fixtures/routing/labeled.jsonl");
+    let jobs: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["job"].clone())
+        .collect();
+    let (first, second) = jobs.split_at(jobs.len() / 2);
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, part: &[serde_json::Value]| {
+        let path = dir.path().join(name);
+        let body: Vec<String> = part.iter().map(|j| j.to_string()).collect();
+        std::fs::write(&path, body.join("\n")).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let (f1, f2) = (write("first.jsonl", first), write("second.jsonl", second));
+    let (stop, worker) = env.start_worker().await;
+    let (code, _, err) = env.cli(&["submit", &f1, "--quiet"]).await;
+    assert_eq!(code, 0, "{err}");
+    finished(&env, first.len()).await;
+
+    let blind = env
+        .cli_json(&[
+            "submit",
+            "--estimate",
+            &f2,
+            "--format",
+            "json",
+            "--history-days",
+            "0",
+        ])
+        .await;
+    let rows = env
+        .cli_json(&["submit", "--estimate", &f2, "--format", "json"])
+        .await;
+    let total = |rows: &[serde_json::Value]| -> f64 {
+        let t = rows.iter().find(|r| r["total"] == true).expect("total row");
+        t["cost_usd"].as_str().unwrap().parse().unwrap()
+    };
+    let before: Decimal = sqlx::query_scalar("SELECT coalesce(sum(cost_usd), 0) FROM cost_rows")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    let (code, _, err) = env.cli(&["submit", &f2, "--quiet"]).await;
+    assert_eq!(code, 0, "{err}");
+    finished(&env, jobs.len()).await;
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    let after: Decimal = sqlx::query_scalar("SELECT coalesce(sum(cost_usd), 0) FROM cost_rows")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    let real: f64 = (after - before).to_string().parse().unwrap();
+    let (est, blind) = (total(&rows), total(&blind));
+    println!(
+        "{} jobs: estimate {est:.6} USD (output from history), {blind:.6} USD (no history: 25% of max_tokens); real bill {real:.6} USD; error {:+.1}% / {:+.1}%",
+        second.len(),
+        100.0 * (est - real) / real,
+        100.0 * (blind - real) / real
+    );
+    for r in &rows {
+        println!("{r}");
+    }
+    let by_model: Vec<(String, i64, i64, i64, Decimal)> = sqlx::query_as(
+        "SELECT provider || '/' || model, count(*), sum(input_tokens)::bigint, sum(output_tokens)::bigint, sum(cost_usd)
+         FROM cost_rows WHERE job_id = ANY($1) GROUP BY 1 ORDER BY 1",
+    )
+    .bind(second.iter().map(|j| j["id"].as_str().unwrap().to_string()).collect::<Vec<_>>())
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    for m in by_model {
+        println!("real: {m:?}");
+    }
+    assert!(real > 0.0);
+    assert!(
+        ((est - real) / real).abs() <= 0.10,
+        "estimate {est} vs real {real}"
+    );
 }

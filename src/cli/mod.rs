@@ -4,6 +4,7 @@
 mod budget;
 mod cache;
 mod dlq;
+mod estimate;
 mod queue;
 mod report;
 mod simulate;

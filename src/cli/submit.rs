@@ -3,6 +3,7 @@
 //! `Nats-Msg-Id: <tenant>:<id>`, a bounded window of publish acks and a progress bar.
 //! Lines that are not valid jobs are published too: the worker fails them with a result
 //! saying why, as it would for any producer. `--wait` collects one result per job.
+//! `--estimate` publishes nothing and prints what the file would cost ([`super::estimate`]).
 
 use crate::config::Config;
 use crate::job::names::{is_valid_job_id, is_valid_tenant};
@@ -43,6 +44,21 @@ pub struct SubmitArgs {
     /// No progress bar (for scripts).
     #[arg(long)]
     pub quiet: bool,
+    /// Publish nothing: print what the file would cost (per tier and model, and in total)
+    /// and how long the providers' rate limits make it take.
+    #[arg(long)]
+    pub estimate: bool,
+    /// With --estimate: table, json or csv (as `report costs`).
+    #[arg(long, default_value = "table", value_parser = ["table", "json", "csv"])]
+    pub format: String,
+    /// With --estimate: each model's output is the mean of its succeeded calls over this
+    /// many days (0: no history).
+    #[arg(long, default_value_t = 7)]
+    pub history_days: u32,
+    /// With --estimate: where a model has no history, this share of `max_tokens` is
+    /// assumed as its output.
+    #[arg(long, default_value = "0.25")]
+    pub output_share: rust_decimal::Decimal,
 }
 
 pub async fn run(cfg: Config, args: SubmitArgs) -> anyhow::Result<ExitCode> {
@@ -56,6 +72,17 @@ pub async fn run(cfg: Config, args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let priority = Priority::parse(&args.priority).context("--priority")?;
     if !is_valid_tenant(&args.tenant) {
         anyhow::bail!("--tenant {:?} is not a valid tenant", args.tenant);
+    }
+    if args.estimate {
+        let est = super::estimate::EstimateArgs {
+            text: &text,
+            priority,
+            tenant: &args.tenant,
+            format: &args.format,
+            history_days: args.history_days,
+            output_share: args.output_share,
+        };
+        return super::estimate::run(&cfg, est).await;
     }
     let names = Names::new(&cfg.nats.prefix);
     let rules = cfg.parse_rules();

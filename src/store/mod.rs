@@ -13,6 +13,7 @@ pub mod claims;
 pub mod dead_letters;
 pub mod finished;
 pub mod leases;
+pub mod output_history;
 pub mod reports;
 pub mod semantic;
 pub mod writer;
