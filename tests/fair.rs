@@ -460,3 +460,64 @@ async fn the_estimate_is_within_ten_percent_of_the_real_bill() {
         "estimate {est} vs real {real}"
     );
 }
+
+/// CPU time of this process so far (user + system), from /proc/self/stat (clock ticks of
+/// 10 ms).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+/// The single-tenant cost of fair share (opt-in: `cargo test --test fair -- --ignored
+/// --nocapture`): 3,000 jobs of one tenant as a backlog, one worker in this process
+/// against the simulator at 0 ms, per-priority consumers and per-tenant ones alternated
+/// three times each; jobs/s and CPU of the whole process (worker, simulator, test) per
+/// job. A debug build: the ratio, not the figures, is the point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn single_tenant_cost_of_fair_share() {
+    const N: usize = 3_000;
+    let mut figures: Vec<(bool, f64, f64)> = Vec::new();
+    for run in 0..6 {
+        let fair = run % 2 == 1;
+        let env = TestEnv::new(|c| {
+            c.scheduling.fair = fair;
+            c.worker.max_in_flight = 512;
+        })
+        .await;
+        env.ensure_streams().await;
+        publish_many(&env, "ant", N).await;
+        let (cpu0, t0) = (cpu_seconds(), std::time::Instant::now());
+        let (stop, worker) = env.start_worker().await;
+        assert_eq!(env.wait_succeeded(N as i64, 300).await, N as i64);
+        let (secs, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+        stop.cancel();
+        worker.await.unwrap().unwrap();
+        println!(
+            "{}: {:.0} jobs/s, {:.0} µs CPU per job",
+            if fair { "fair" } else { "per-priority" },
+            N as f64 / secs,
+            cpu * 1e6 / N as f64
+        );
+        figures.push((fair, N as f64 / secs, cpu * 1e6 / N as f64));
+    }
+    let median = |fair: bool, i: usize| {
+        let mut v: Vec<f64> = figures
+            .iter()
+            .filter(|f| f.0 == fair)
+            .map(|f| if i == 0 { f.1 } else { f.2 })
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "median: per-priority {:.0} jobs/s {:.0} µs/job; fair {:.0} jobs/s {:.0} µs/job",
+        median(false, 0),
+        median(false, 1),
+        median(true, 0),
+        median(true, 1)
+    );
+}

@@ -1,12 +1,15 @@
 //! Earliest deadline first within one pulled window (`[scheduling] fair`): JetStream
 //! delivers a consumer's messages in stream order, so the scheduler reorders what one
 //! pull request brought before dispatching it: jobs with a `deadline` first, earliest
-//! first, then the others in stream order. Only the `deadline` field is read (the rest of
-//! the payload is skipped without allocating); a payload that does not parse, or whose
+//! first, then the others in stream order. A payload without the bytes `"deadline"` is
+//! not parsed; otherwise only the `deadline` field is read (the rest of the payload is
+//! skipped without allocating); a payload that does not parse, or whose
 //! deadline is not RFC 3339, counts as having none (the worker fails it on its own).
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
+
+const KEY: &[u8] = b"\"deadline\"";
 
 #[derive(Deserialize)]
 struct DeadlineOnly<'a> {
@@ -16,6 +19,10 @@ struct DeadlineOnly<'a> {
 
 /// The job's deadline, if its payload is a JSON object with a valid one.
 pub fn deadline_of(payload: &[u8]) -> Option<DateTime<Utc>> {
+    // Most jobs have none: a byte scan, not a parse.
+    if !payload.windows(KEY.len()).any(|w| w == KEY) {
+        return None;
+    }
     let d: DeadlineOnly<'_> = serde_json::from_slice(payload).ok()?;
     DateTime::parse_from_rfc3339(d.deadline?)
         .ok()

@@ -124,7 +124,7 @@ impl<D: Dispatch> Scheduler<D> {
                     Source::Tenant(t) => t
                         .lanes(p)
                         .into_iter()
-                        .map(|l| (l.consumer, l.polling))
+                        .map(|l| (l.consumer.clone(), l.polling.clone()))
                         .collect(),
                 };
                 for (consumer, flag) in idle {

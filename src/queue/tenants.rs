@@ -49,7 +49,8 @@ pub struct Lane {
 }
 
 struct LaneState {
-    lane: Lane,
+    /// Shared: the scheduler takes the lanes every round (a consumer's info is large).
+    lane: Arc<Lane>,
     weight: i64,
     credit: i64,
     last_seen: Instant,
@@ -105,7 +106,7 @@ impl Tenants {
     }
 
     /// The lanes of `p` now (their order is the grants' order until the next discovery).
-    pub fn lanes(&self, p: Priority) -> Vec<Lane> {
+    pub fn lanes(&self, p: Priority) -> Vec<Arc<Lane>> {
         let lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
         lanes[p.index()].iter().map(|l| l.lane.clone()).collect()
     }
@@ -223,12 +224,12 @@ impl Tenants {
             let list = &mut lanes[p.index()];
             if list.iter().all(|l| l.lane.subject != subject) {
                 list.push(LaneState {
-                    lane: Lane {
+                    lane: Arc::new(Lane {
                         subject,
                         tenant,
                         consumer,
                         polling: Arc::default(),
-                    },
+                    }),
                     weight,
                     credit: 0,
                     last_seen: now,
