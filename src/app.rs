@@ -6,7 +6,8 @@ use crate::config::Config;
 use crate::job::Priority;
 use crate::providers::Providers;
 use crate::queue::publish::Publisher;
-use crate::queue::scheduler::{PullGate, Scheduler};
+use crate::queue::scheduler::{PullGate, Scheduler, Source};
+use crate::queue::tenants::Tenants;
 use crate::queue::{streams, Names};
 use crate::ratelimit::Limiters;
 use crate::router::Router;
@@ -130,6 +131,7 @@ pub async fn run_worker(
             names: Names::new(&cfg.nats.prefix),
             pool: pool.clone(),
             every: Duration::from_millis(cfg.metrics.poll_ms),
+            fair: cfg.scheduling.fair,
         };
         let poll_stop = stop.clone();
         Some(tokio::spawn(async move {
@@ -224,7 +226,12 @@ pub async fn run_worker(
     };
     let tracker = TaskTracker::new();
     let scheduler = Scheduler {
-        consumers,
+        source: match consumers {
+            streams::Consumers::Priority(c) => Source::Priority(c),
+            streams::Consumers::Tenant(stream) => {
+                Source::Tenant(Arc::new(Tenants::new(*stream, &cfg)))
+            }
+        },
         weights: cfg.worker.priority_weights,
         slots: Arc::new(Semaphore::new(cfg.worker.max_in_flight)),
         ready: infra.ready(),

@@ -5,6 +5,8 @@ mod budget;
 mod cache;
 mod console;
 pub(crate) mod dlq;
+mod estimate;
+mod queue;
 pub(crate) mod report;
 mod serve;
 mod simulate;
@@ -46,6 +48,8 @@ pub enum Command {
     Submit(submit::SubmitArgs),
     /// Show a job's state and result.
     Status(status::StatusArgs),
+    /// The backlog per priority and tenant: jobs waiting, oldest age, share of the pool.
+    Queue(queue::QueueArgs),
     /// Dead letters: list, show, replay, purge (one by one or by filter).
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
@@ -118,6 +122,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Submit(args) => submit::run(load_config(&cli.config)?, args).await,
         Command::Status(args) => status::run(load_config(&cli.config)?, args).await,
+        Command::Queue(args) => queue::run(load_config(&cli.config)?, args).await,
         Command::Migrate => {
             let cfg = load_config(&cli.config)?;
             let pool = crate::connect::postgres(&cfg.postgres, 2).await?;

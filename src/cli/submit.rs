@@ -5,6 +5,7 @@
 //! saying why, as it would for any producer. `--wait` collects one result per job.
 //! OpenAI Batch lines (`custom_id`, `method`, `url`, `body`) are mapped to jobs first
 //! (see `submit_openai`); `--format openai` writes OpenAI's batch output lines.
+//! `--estimate` publishes nothing and prints what the file would cost ([`super::estimate`]).
 
 use crate::config::Config;
 use crate::job::names::{is_valid_job_id, is_valid_tenant};
@@ -40,8 +41,10 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub results: Option<PathBuf>,
     /// Format of --results: `switchyard` (the results as published) or `openai`
-    /// (OpenAI's batch output lines: `{"id", "custom_id", "response", "error"}`).
-    #[arg(long, default_value = "switchyard", value_parser = ["switchyard", "openai"])]
+    /// (OpenAI's batch output lines: `{"id", "custom_id", "response", "error"}`); of
+    /// --estimate: `table` (the default there), `json` or `csv` (as `report costs`).
+    #[arg(long, default_value = "switchyard",
+          value_parser = ["switchyard", "openai", "table", "json", "csv"])]
     pub format: String,
     /// With --format openai: write failed requests (and OpenAI Batch lines that could not
     /// become jobs) here, as OpenAI's error file, instead of into --results.
@@ -57,6 +60,18 @@ pub struct SubmitArgs {
     /// No progress bar (for scripts).
     #[arg(long)]
     pub quiet: bool,
+    /// Publish nothing: print what the file would cost (per tier and model, and in total)
+    /// and how long the providers' rate limits make it take.
+    #[arg(long)]
+    pub estimate: bool,
+    /// With --estimate: each model's output is the mean of its succeeded calls over this
+    /// many days (0: no history).
+    #[arg(long, default_value_t = 7)]
+    pub history_days: u32,
+    /// With --estimate: where a model has no history, this share of `max_tokens` is
+    /// assumed as its output.
+    #[arg(long, default_value = "0.25")]
+    pub output_share: rust_decimal::Decimal,
 }
 
 pub async fn run(cfg: Config, args: SubmitArgs) -> anyhow::Result<ExitCode> {
@@ -80,6 +95,30 @@ pub async fn run(cfg: Config, args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let priority = Priority::parse(&args.priority).context("--priority")?;
     if !is_valid_tenant(&args.tenant) {
         anyhow::bail!("--tenant {:?} is not a valid tenant", args.tenant);
+    }
+    if args.estimate {
+        let format = match args.format.as_str() {
+            "switchyard" | "table" => "table",
+            "json" => "json",
+            "csv" => "csv",
+            other => anyhow::bail!("--format {other} is not one of --estimate's: table, json, csv"),
+        }
+        .to_string();
+        let est = super::estimate::EstimateArgs {
+            text: &text,
+            priority,
+            tenant: &args.tenant,
+            format: &format,
+            history_days: args.history_days,
+            output_share: args.output_share,
+        };
+        return super::estimate::run(&cfg, est).await;
+    }
+    if matches!(args.format.as_str(), "table" | "json" | "csv") {
+        anyhow::bail!(
+            "--format {} is for --estimate; --results takes switchyard or openai",
+            args.format
+        );
     }
     let mut custom_ids = std::collections::HashMap::new();
     let (prepared, refused) =

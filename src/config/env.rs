@@ -8,7 +8,7 @@
 use super::ConfigError;
 
 /// The top-level sections of the file (a test holds this equal to `FileConfig`'s).
-pub(super) const SECTIONS: [&str; 18] = [
+pub(super) const SECTIONS: [&str; 19] = [
     "nats",
     "postgres",
     "worker",
@@ -25,6 +25,7 @@ pub(super) const SECTIONS: [&str; 18] = [
     "serve",
     "screen",
     "console",
+    "scheduling",
     "providers",
     "models",
 ];

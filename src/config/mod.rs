@@ -14,6 +14,7 @@ mod console;
 mod env;
 mod hedge;
 mod reply_to;
+mod scheduling;
 mod screen;
 mod sections;
 mod serve;
@@ -28,6 +29,7 @@ pub use connections::{
 pub use console::{ConsoleConfig, ConsoleRole, ConsoleToken};
 pub use hedge::{HedgeConfig, Quantile, RuleHedge};
 pub use reply_to::{ReplyToConfig, TenantReplyTo};
+pub use scheduling::SchedulingConfig;
 pub use screen::{Restriction, ScreenAction, ScreenConfig, ScreenPolicy, SimpleAction};
 pub use sections::*;
 pub use serve::{ApiKeyConfig, ServeConfig};
@@ -280,6 +282,7 @@ impl FileConfig {
         self.shadow.validate(&self.model_references())?;
         self.serve.validate()?;
         self.screen.validate(&names, &model_names)?;
+        self.scheduling.validate()?;
         self.validate_routing(&model_names)
     }
 

@@ -1,7 +1,9 @@
 //! The TOML file's sections as serde structs. Unknown keys are refused, so a typo fails
 //! at start instead of being silently ignored.
 
-use super::{BatchConfig, CacheConfig, NatsConfig, PostgresConfig, ReplyToConfig};
+use super::{
+    BatchConfig, CacheConfig, NatsConfig, PostgresConfig, ReplyToConfig, SchedulingConfig,
+};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +42,8 @@ pub struct FileConfig {
     pub screen: super::ScreenConfig,
     #[serde(default)]
     pub console: super::ConsoleConfig,
+    #[serde(default)]
+    pub scheduling: SchedulingConfig,
     #[serde(default)]
     pub providers: Vec<ProviderConfig>,
     #[serde(default)]

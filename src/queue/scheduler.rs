@@ -6,7 +6,14 @@
 //! messages are pulled as there are free slots: a buffered message's ack wait runs. And
 //! no more than the [`PullGate`] has room for: jobs waiting for a provider's rate limit
 //! stay in JetStream, not in the worker.
+//!
+//! With `[scheduling] fair` ([`Source::Tenant`]) a priority's slots are shared again
+//! among its tenants' consumers by the same round-robin, weighted per tenant
+//! ([`Tenants`]); a tenant found empty is skipped for the rest of the round. And each
+//! pulled window is dispatched earliest deadline first ([`edf_order`]).
 
+use super::deadline_order::edf_order;
+use super::tenants::Tenants;
 use super::weighted::Weighted;
 use crate::job::Priority;
 use async_nats::jetstream::{consumer::PullConsumer, Message};
@@ -38,8 +45,16 @@ pub trait Dispatch: Send + Sync + 'static {
     fn dispatch(&self, priority: Priority, msg: Message, slot: OwnedSemaphorePermit);
 }
 
+/// Where the scheduler pulls from.
+pub enum Source {
+    /// One consumer per priority, high first: stream order within a priority.
+    Priority(Box<[PullConsumer; 3]>),
+    /// One consumer per priority and tenant with jobs waiting, found as they come.
+    Tenant(Arc<Tenants>),
+}
+
 pub struct Scheduler<D: Dispatch> {
-    pub consumers: [PullConsumer; 3],
+    pub source: Source,
     pub weights: [u32; 3],
     pub slots: Arc<Semaphore>,
     pub dispatch: Arc<D>,
@@ -63,6 +78,11 @@ impl<D: Dispatch> Scheduler<D> {
                     _ = stop.cancelled() => break,
                 }
                 continue;
+            }
+            if let Source::Tenant(t) = &self.source {
+                if let Err(e) = t.discover_if_due().await {
+                    tracing::warn!(error = %e, "finding tenants with jobs waiting failed");
+                }
             }
             let first = tokio::select! {
                 p = self.slots.clone().acquire_owned() => match p {
@@ -95,27 +115,42 @@ impl<D: Dispatch> Scheduler<D> {
             if got > 0 {
                 continue;
             }
-            // Nothing waiting: one long pull per idle priority, each holding one slot.
+            // Nothing waiting: one long pull per idle consumer, each holding one slot.
             for p in Priority::ALL {
-                let flag = &polling[p.index()];
-                if flag.load(Ordering::Acquire) {
-                    continue;
+                let idle: Vec<(PullConsumer, Arc<AtomicBool>)> = match &self.source {
+                    Source::Priority(c) => {
+                        vec![(c[p.index()].clone(), polling[p.index()].clone())]
+                    }
+                    Source::Tenant(t) => t
+                        .lanes(p)
+                        .into_iter()
+                        .map(|l| (l.consumer.clone(), l.polling.clone()))
+                        .collect(),
+                };
+                for (consumer, flag) in idle {
+                    if flag.load(Ordering::Acquire) {
+                        continue;
+                    }
+                    let Some(slot) = budget.split(1) else { break };
+                    flag.store(true, Ordering::Release);
+                    polls.spawn(long_poll(
+                        consumer,
+                        p,
+                        slot,
+                        self.dispatch.clone(),
+                        wake.clone(),
+                        flag,
+                    ));
                 }
-                let Some(slot) = budget.split(1) else { break };
-                flag.store(true, Ordering::Release);
-                polls.spawn(long_poll(
-                    self.consumers[p.index()].clone(),
-                    p,
-                    slot,
-                    self.dispatch.clone(),
-                    wake.clone(),
-                    flag.clone(),
-                ));
             }
             drop(budget);
+            let idle_wait = match &self.source {
+                Source::Priority(_) => IDLE_POLL,
+                Source::Tenant(t) => t.discover_every().min(IDLE_POLL),
+            };
             tokio::select! {
                 _ = wake.notified() => {}
-                _ = tokio::time::sleep(IDLE_POLL) => {}
+                _ = tokio::time::sleep(idle_wait) => {}
                 _ = stop.cancelled() => break,
             }
         }
@@ -128,7 +163,12 @@ impl<D: Dispatch> Scheduler<D> {
     /// was granted is empty for the rest of the round: its unused grants are given back
     /// and the slots go to the others at once.
     async fn round(&self, shares: &mut Weighted, budget: &mut OwnedSemaphorePermit) -> usize {
-        let mut empty = [false; 3];
+        // Fair share: a priority without tenants is empty before it is asked, so one
+        // window goes to the priority that has jobs (earliest deadline first within it).
+        let mut empty = match &self.source {
+            Source::Priority(_) => [false; 3],
+            Source::Tenant(t) => Priority::ALL.map(|p| !t.has_lanes(p)),
+        };
         let mut total = 0;
         while budget.num_permits() > 0 && empty.contains(&false) {
             let grant = shares.grant(budget.num_permits(), empty);
@@ -152,19 +192,76 @@ impl<D: Dispatch> Scheduler<D> {
     }
 
     async fn pull(&self, p: Priority, want: usize, budget: &mut OwnedSemaphorePermit) -> usize {
-        if want == 0 {
-            return 0;
+        match &self.source {
+            Source::Priority(c) => self
+                .pull_from(&c[p.index()], p, want, budget)
+                .await
+                .unwrap_or(0),
+            Source::Tenant(t) => self.pull_tenants(t, p, want, budget).await,
         }
-        let consumer = &self.consumers[p.index()];
+    }
+
+    /// Up to `want` messages of priority `p` from its tenants' consumers, shared by weight;
+    /// a tenant that returns fewer than asked is empty for the rest of this pull.
+    async fn pull_tenants(
+        &self,
+        t: &Tenants,
+        p: Priority,
+        want: usize,
+        budget: &mut OwnedSemaphorePermit,
+    ) -> usize {
+        let lanes = t.lanes(p);
+        let mut empty = vec![false; lanes.len()];
+        let mut total = 0;
+        while total < want && budget.num_permits() > 0 && empty.contains(&false) {
+            let grant = t.grant(p, want - total, &empty);
+            for (i, lane) in lanes.iter().enumerate() {
+                let granted = grant.slots[i];
+                if granted == 0 {
+                    continue;
+                }
+                let ask = granted.min(MAX_FETCH).min(budget.num_permits());
+                let got = match self.pull_from(&lane.consumer, p, ask, budget).await {
+                    Some(n) => n,
+                    None => {
+                        // Most likely deleted for inactivity: found again if jobs wait.
+                        t.drop_lane(p, &lane.subject);
+                        0
+                    }
+                };
+                t.settle(p, &grant, i, got);
+                if got < ask {
+                    empty[i] = true;
+                }
+                total += got;
+            }
+        }
+        total
+    }
+
+    /// Up to `want` messages from `consumer`; `None` when the pull request failed.
+    async fn pull_from(
+        &self,
+        consumer: &PullConsumer,
+        p: Priority,
+        want: usize,
+        budget: &mut OwnedSemaphorePermit,
+    ) -> Option<usize> {
+        if want == 0 {
+            return Some(0);
+        }
         let mut batch = match consumer.fetch().max_messages(want).messages().await {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(priority = %p, error = %e, "pull request failed");
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                return 0;
+                return None;
             }
         };
         let mut n = 0;
+        // Fair share: the window is dispatched at its end, earliest deadline first.
+        let mut held: Vec<Message> = Vec::new();
+        let hold = matches!(self.source, Source::Tenant(_)) && want > 1;
         // A no-wait pull is answered at once, but NATS 2.9 has been seen to leave one
         // unanswered, and async-nats sets no client deadline without `expires` (which
         // would make the server wait): bound each wait here so the scheduler never stalls.
@@ -180,16 +277,12 @@ impl<D: Dispatch> Scheduler<D> {
                 }
             };
             match item {
+                Ok(msg) if hold => {
+                    held.push(msg);
+                    n += 1;
+                }
                 Ok(msg) => {
-                    // The server never sends more than asked, so a slot is always there.
-                    match budget.split(1) {
-                        Some(slot) => self.dispatch.dispatch(p, msg, slot),
-                        None => {
-                            let _ = msg
-                                .ack_with(async_nats::jetstream::AckKind::Nak(None))
-                                .await;
-                        }
-                    }
+                    self.dispatch_one(p, msg, budget).await;
                     n += 1;
                 }
                 Err(e) => {
@@ -198,7 +291,29 @@ impl<D: Dispatch> Scheduler<D> {
                 }
             }
         }
-        n
+        if !held.is_empty() {
+            let order = edf_order(held.iter().map(|m| m.payload.as_ref()));
+            let mut held: Vec<Option<Message>> = held.into_iter().map(Some).collect();
+            for i in order {
+                if let Some(msg) = held.get_mut(i).and_then(Option::take) {
+                    self.dispatch_one(p, msg, budget).await;
+                }
+            }
+        }
+        Some(n)
+    }
+
+    /// Hand `msg` to the dispatcher with one of `budget`'s slots.
+    async fn dispatch_one(&self, p: Priority, msg: Message, budget: &mut OwnedSemaphorePermit) {
+        // The server never sends more than asked, so a slot is always there.
+        match budget.split(1) {
+            Some(slot) => self.dispatch.dispatch(p, msg, slot),
+            None => {
+                let _ = msg
+                    .ack_with(async_nats::jetstream::AckKind::Nak(None))
+                    .await;
+            }
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! The three streams and the three durable pull consumers, created or updated at start.
+//! The three streams and the durable pull consumers (three per priority, or per tenant with
+//! `[scheduling] fair`), created or updated at start.
 //! Safe to run from several workers at once (a lost create race is retried as an update).
 
 use crate::config::Config;
@@ -115,11 +116,19 @@ pub fn consumer_config(cfg: &Config, p: Priority) -> consumer::pull::Config {
     }
 }
 
-/// Create or update the streams and consumers; returns the three consumers, high first.
-pub async fn ensure(
-    js: &jetstream::Context,
-    cfg: &Config,
-) -> Result<[consumer::PullConsumer; 3], SetupError> {
+/// The consumers the workers pull from: one per priority, or (`[scheduling] fair`) one
+/// per priority and tenant, made as tenants are found ([`super::tenants`]).
+pub enum Consumers {
+    /// `jobs-high`, `jobs-normal`, `jobs-low`.
+    Priority(Box<[consumer::PullConsumer; 3]>),
+    /// The jobs stream, whose per-tenant consumers are made on demand.
+    Tenant(Box<jetstream::stream::Stream>),
+}
+
+/// Create or update the streams and consumers. A work-queue stream refuses overlapping
+/// consumer filters, so the layout not configured is removed first: with `fair` the
+/// three per-priority consumers, without it every per-tenant one.
+pub async fn ensure(js: &jetstream::Context, cfg: &Config) -> Result<Consumers, SetupError> {
     for config in [
         jobs_stream_config(cfg),
         results_stream_config(cfg),
@@ -135,6 +144,10 @@ pub async fn ensure(
             stream: stream_name.clone(),
             message: e.to_string(),
         })?;
+    remove_other_layout(&stream, cfg.scheduling.fair).await?;
+    if cfg.scheduling.fair {
+        return Ok(Consumers::Tenant(Box::new(stream)));
+    }
     let mut out = Vec::with_capacity(3);
     for p in Priority::ALL {
         let config = consumer_config(cfg, p);
@@ -159,10 +172,44 @@ pub async fn ensure(
         })?;
         out.push(c);
     }
-    out.try_into().map_err(|_| SetupError::Consumer {
-        consumer: "jobs-*".into(),
-        message: "expected three consumers".into(),
-    })
+    out.try_into()
+        .map(|c| Consumers::Priority(Box::new(c)))
+        .map_err(|_| SetupError::Consumer {
+            consumer: "jobs-*".into(),
+            message: "expected three consumers".into(),
+        })
+}
+
+/// Delete the consumers of the layout not in use: `jobs-<priority>` when `fair`, else
+/// `jobs-<priority>-<tenant>`. Messages they held unacked stay in the stream (a work
+/// queue deletes a message only on ack) and go to the new layout's consumers.
+async fn remove_other_layout(
+    stream: &jetstream::stream::Stream,
+    fair: bool,
+) -> Result<(), SetupError> {
+    use futures::TryStreamExt;
+    let names: Vec<String> =
+        stream
+            .consumer_names()
+            .try_collect()
+            .await
+            .map_err(|e| SetupError::Consumer {
+                consumer: "jobs-*".into(),
+                message: format!("listing consumers: {e}"),
+            })?;
+    for name in names {
+        let per_priority = Priority::ALL
+            .iter()
+            .any(|p| name == Names::consumer_name(*p));
+        let per_tenant = Priority::ALL
+            .iter()
+            .any(|p| name.starts_with(&format!("{}-", Names::consumer_name(*p))));
+        if (fair && per_priority) || (!fair && per_tenant) {
+            // Another worker may have removed it already.
+            let _ = stream.delete_consumer(&name).await;
+        }
+    }
+    Ok(())
 }
 
 async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<(), SetupError> {

@@ -38,42 +38,66 @@ impl Weighted {
     /// go to the eligible ones (work-conserving); none are granted when all are empty.
     pub fn grant(&mut self, k: usize, empty: [bool; 3]) -> Grant {
         let eligible = empty.map(|e| !e);
-        let total: i64 = (0..3)
-            .filter(|&i| eligible[i])
-            .map(|i| self.weights[i])
-            .sum();
         let mut slots = [0; 3];
-        if total == 0 {
-            return Grant { slots, eligible };
-        }
-        for _ in 0..k {
-            let mut best: Option<usize> = None;
-            for i in (0..3).filter(|&i| eligible[i]) {
-                self.credit[i] += self.weights[i];
-                if best.is_none_or(|b| self.credit[i] > self.credit[b]) {
-                    best = Some(i);
-                }
-            }
-            if let Some(b) = best {
-                self.credit[b] -= total;
-                slots[b] += 1;
-            }
-        }
+        smooth_grant(&self.weights, &mut self.credit, &eligible, k, &mut slots);
         Grant { slots, eligible }
     }
 
     /// Undo `n` of `grant`'s slots for `p` (it could not use them), exactly as if they
     /// had never been granted.
     pub fn refund(&mut self, grant: &Grant, p: Priority, n: usize) {
-        let i = p.index();
-        let n = n.min(grant.slots[i]) as i64;
-        let mut total = 0;
-        for j in (0..3).filter(|&j| grant.eligible[j]) {
-            self.credit[j] -= n * self.weights[j];
-            total += self.weights[j];
-        }
-        self.credit[i] += n * total;
+        let n = n.min(grant.slots[p.index()]);
+        smooth_refund(
+            &self.weights,
+            &mut self.credit,
+            &grant.eligible,
+            p.index(),
+            n,
+        );
     }
+}
+
+/// Smooth weighted round-robin over any number of entries (the priorities here, the
+/// tenants of one priority in `super::fair`): share `k` slots one at a time among the
+/// `eligible` entries, adding each one's grants to `slots`. All slots go to eligible
+/// entries; none when no entry is eligible.
+pub fn smooth_grant(
+    weights: &[i64],
+    credit: &mut [i64],
+    eligible: &[bool],
+    k: usize,
+    slots: &mut [usize],
+) {
+    let n = weights.len();
+    let total: i64 = (0..n).filter(|&i| eligible[i]).map(|i| weights[i]).sum();
+    if total == 0 {
+        return;
+    }
+    for _ in 0..k {
+        let mut best: Option<usize> = None;
+        for i in (0..n).filter(|&i| eligible[i]) {
+            credit[i] += weights[i];
+            if best.is_none_or(|b| credit[i] > credit[b]) {
+                best = Some(i);
+            }
+        }
+        if let Some(b) = best {
+            credit[b] -= total;
+            slots[b] += 1;
+        }
+    }
+}
+
+/// Undo `n` grants to entry `i` made by [`smooth_grant`] with `eligible`, exactly as if
+/// they had never been made.
+pub fn smooth_refund(weights: &[i64], credit: &mut [i64], eligible: &[bool], i: usize, n: usize) {
+    let n = n as i64;
+    let mut total = 0;
+    for j in (0..weights.len()).filter(|&j| eligible[j]) {
+        credit[j] -= n * weights[j];
+        total += weights[j];
+    }
+    credit[i] += n * total;
 }
 
 #[cfg(test)]

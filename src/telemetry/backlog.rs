@@ -28,19 +28,60 @@ pub struct Backlog {
     pub dead_letters: u64,
 }
 
-/// Read the backlog: one stream info, one consumer info and at most one direct read per
-/// priority, and the DLQ stream's info.
-pub async fn read(js: &jetstream::Context, names: &Names) -> Result<Backlog, async_nats::Error> {
+/// Read the backlog: one stream info, the consumers' info (one per priority, or with
+/// `fair` (`[scheduling] fair`: a consumer per priority and tenant) the list of them,
+/// summed per priority) and at most one direct read per priority, and the DLQ stream's
+/// info.
+pub async fn read(
+    js: &jetstream::Context,
+    names: &Names,
+    fair: bool,
+) -> Result<Backlog, async_nats::Error> {
     // Fetched with its info (one request each).
     let jobs = js.get_stream(names.jobs_stream()).await?;
+    Ok(Backlog {
+        priorities: priorities(&jobs, names, fair).await?,
+        dead_letters: dead_letters(js, names).await?,
+    })
+}
+
+/// Messages in the dead-letter stream.
+pub async fn dead_letters(
+    js: &jetstream::Context,
+    names: &Names,
+) -> Result<u64, async_nats::Error> {
+    Ok(js
+        .get_stream(names.dlq_stream())
+        .await?
+        .cached_info()
+        .state
+        .messages)
+}
+
+/// The backlog per priority of the jobs stream `jobs` (fetched with its info).
+pub async fn priorities(
+    jobs: &jetstream::stream::Stream,
+    names: &Names,
+    fair: bool,
+) -> Result<Vec<PriorityBacklog>, async_nats::Error> {
     let first_seq = jobs.cached_info().state.first_sequence;
     let now_ns = i128::from(chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0));
-    let mut priorities = Vec::with_capacity(3);
+    let sums = if fair {
+        Some(tenant_consumer_sums(jobs).await?)
+    } else {
+        None
+    };
+    let mut out = Vec::with_capacity(3);
     for p in Priority::ALL {
-        let info = jobs.consumer_info(Names::consumer_name(p)).await?;
-        let ack_pending = info.num_ack_pending as u64;
+        let (pending, ack_pending) = match &sums {
+            Some(sums) => sums[p.index()],
+            None => {
+                let info = jobs.consumer_info(Names::consumer_name(p)).await?;
+                (info.num_pending, info.num_ack_pending as u64)
+            }
+        };
         // Nothing pending or in flight: none of this priority's messages is left.
-        let age = if info.num_pending + ack_pending == 0 {
+        let age = if pending + ack_pending == 0 {
             0.0
         } else {
             let filter = format!("{}.jobs.{}.>", names.prefix, p.as_str());
@@ -53,18 +94,36 @@ pub async fn read(js: &jetstream::Context, names: &Names) -> Result<Backlog, asy
                 Err(_) => 0.0,
             }
         };
-        priorities.push(PriorityBacklog {
+        out.push(PriorityBacklog {
             priority: p,
-            pending: info.num_pending,
+            pending,
             ack_pending,
             oldest_age_s: age,
         });
     }
-    let dlq = js.get_stream(names.dlq_stream()).await?;
-    Ok(Backlog {
-        priorities,
-        dead_letters: dlq.cached_info().state.messages,
-    })
+    Ok(out)
+}
+
+/// Pending and ack-pending summed over each priority's tenant consumers
+/// (`jobs-<priority>-<tenant>`), indexed by [`Priority::index`].
+async fn tenant_consumer_sums(
+    jobs: &jetstream::stream::Stream,
+) -> Result<[(u64, u64); 3], async_nats::Error> {
+    let mut sums = [(0u64, 0u64); 3];
+    let mut infos = jobs.consumers();
+    while let Some(info) = infos.try_next().await? {
+        for p in Priority::ALL {
+            if info
+                .name
+                .strip_prefix(&Names::consumer_name(p))
+                .is_some_and(|rest| rest.starts_with('-'))
+            {
+                sums[p.index()].0 += info.num_pending;
+                sums[p.index()].1 += info.num_ack_pending as u64;
+            }
+        }
+    }
+    Ok(sums)
 }
 
 /// Messages the jobs stream holds (pending or held), per (priority, tenant), from the

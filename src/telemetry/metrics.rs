@@ -274,6 +274,7 @@ pub struct Metrics {
     pub(super) pending: Family<PriorityLabels, Gauge>,
     pub(super) ack_pending: Family<PriorityLabels, Gauge>,
     pub(super) oldest_age: Family<PriorityLabels, FloatGauge>,
+    pub(super) tenants: super::tenants::TenantMetrics,
     pub(super) dlq_messages: Gauge,
     dead_letters: Family<DeadLetterLabels, Counter>,
     pub(super) budget_used: Family<BudgetLabels, FloatGauge>,
@@ -329,6 +330,7 @@ impl Metrics {
             pending: Family::default(),
             ack_pending: Family::default(),
             oldest_age: Family::default(),
+            tenants: Default::default(),
             dlq_messages: Gauge::default(),
             dead_letters: Family::default(),
             budget_used: Family::default(),
@@ -365,6 +367,7 @@ impl Metrics {
     /// Names without `_total`: the encoder appends it to counters.
     fn register(&mut self) {
         let r = &mut self.registry;
+        self.tenants.register(r);
         r.register(
             "switchyard_jobs",
             "Jobs that reached a terminal result (error_kind empty on success)",
@@ -546,6 +549,7 @@ impl Metrics {
         self.job_latency
             .get_or_create(&LatencyLabels { priority, status })
             .observe(f.latency.as_secs_f64());
+        self.tenants.finished(f.priority, &r.tenant);
         let (prompt, output) = if self.log_content {
             (
                 f.job.and_then(|j| serde_json::to_string(&j.messages).ok()),

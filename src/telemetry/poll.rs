@@ -1,5 +1,7 @@
 //! The gauges no event updates: the JetStream backlog per priority (pending, ack pending,
-//! the oldest message's age), the dead-letter stream's size, and each budget's level,
+//! the oldest message's age; with `[scheduling] fair` summed over the priority's tenant
+//! consumers) and per priority and tenant ([`crate::queue::backlog`]), the dead-letter
+//! stream's size, and each budget's level,
 //! read every `metrics.poll_ms` by one small task per worker. Every worker reports the
 //! same backlog: aggregate with `max`, not `sum`.
 
@@ -23,6 +25,8 @@ pub struct Poller {
     pub names: Names,
     pub pool: PgPool,
     pub every: Duration,
+    /// Per-tenant consumers (`[scheduling] fair`) instead of one per priority.
+    pub fair: bool,
 }
 
 impl Poller {
@@ -51,8 +55,11 @@ impl Poller {
 
     async fn streams(&self) -> Result<(), async_nats::Error> {
         let m = &self.metrics;
-        let backlog = super::backlog::read(&self.js, &self.names).await?;
-        for b in &backlog.priorities {
+        // Fetched with its info (one request each).
+        let jobs = self.js.get_stream(self.names.jobs_stream()).await?;
+        m.tenants
+            .set_backlog(&crate::queue::backlog::read(&jobs, &self.names.prefix).await?);
+        for b in super::backlog::priorities(&jobs, &self.names, self.fair).await? {
             let labels = PriorityLabels {
                 priority: b.priority.as_str(),
             };
@@ -64,8 +71,9 @@ impl Poller {
                 .set(i64::try_from(b.ack_pending).unwrap_or(i64::MAX));
             m.oldest_age.get_or_create(&labels).set(b.oldest_age_s);
         }
+        let dead_letters = super::backlog::dead_letters(&self.js, &self.names).await?;
         m.dlq_messages
-            .set(i64::try_from(backlog.dead_letters).unwrap_or(i64::MAX));
+            .set(i64::try_from(dead_letters).unwrap_or(i64::MAX));
         Ok(())
     }
 

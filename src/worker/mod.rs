@@ -12,6 +12,7 @@
 
 pub mod batcher;
 mod calls;
+mod deadline;
 pub mod decide;
 #[cfg(test)]
 mod future_sizes;

@@ -185,6 +185,10 @@ fn prepare(ctx: &Ctx, s: Scope<'_>, job: &Job) -> Option<Prepared> {
     }
     let (estimate, plan) = route(ctx, s, job);
     let plan = plan.ok()?;
+    // Cannot finish in time: the long way fails it as expired.
+    if super::deadline::check(ctx, job, &plan).is_some() {
+        return None;
+    }
     let cacheable = plan.candidates.first().is_some_and(|c| {
         crate::cache::cacheable(&ctx.cfg.cache, job, &c.model, c.max_tokens).is_some()
     });
@@ -484,6 +488,9 @@ async fn attempt(
             Vec::new(),
         ))
         .await;
+    }
+    if let Some(err) = super::deadline::check(ctx, job, &plan) {
+        return Box::pin(fail(ctx, s, Some(lease), None, err, &prior, Vec::new())).await;
     }
     let first_attempt = next_attempt(&prior);
     // In a block, boxed: only the embedding call and what to store outlive it (the

@@ -7,7 +7,7 @@
 //!   unset) is refused with the error that names it; the running config stays.
 //! - Jobs already running finish with the config they started with (they hold their
 //!   [`Ctx`]); jobs taken after the reload use the new one.
-//! - `[nats]`, `[postgres]`, `[worker]`, `[ratelimit]` and `[metrics]` are read at start
+//! - `[nats]`, `[postgres]`, `[worker]`, `[ratelimit]`, `[metrics]` and `[scheduling]` are read at start
 //!   only: a change there is logged as needing a restart, and the running values stay.
 //! - Breakers and latency averages of models that stay are kept; a new model starts closed.
 
@@ -81,6 +81,9 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     if differs(&old.metrics, &new.metrics) {
         out.push("metrics");
     }
+    if differs(&old.scheduling, &new.scheduling) {
+        out.push("scheduling");
+    }
     out
 }
 
@@ -106,6 +109,7 @@ pub fn apply(cell: &CtxCell, mut new: Config) -> anyhow::Result<Applied> {
     new.worker = cur.cfg.worker.clone();
     new.ratelimit = cur.cfg.ratelimit.clone();
     new.metrics = cur.cfg.metrics.clone();
+    new.scheduling = cur.cfg.scheduling.clone();
     let providers = Providers::from_config(&new).context("providers")?;
     let health = Arc::new(cur.health.reconfigured(&new));
     cur.metrics.watch_health(health.clone());

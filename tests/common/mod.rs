@@ -178,7 +178,8 @@ impl TestEnv {
             if let Ok(mut s) = self.js.get_stream(&name).await {
                 if s.info()
                     .await
-                    .map(|i| i.state.consumer_count == 3)
+                    // Fair share makes its consumers as tenants' jobs come.
+                    .map(|i| self.config.scheduling.fair || i.state.consumer_count == 3)
                     .unwrap_or(false)
                 {
                     return;

@@ -14,7 +14,7 @@ pub async fn show(
 ) -> Result<Html<String>, ConsoleError> {
     let mut body = String::new();
     body.push_str("<h2>Backlog</h2>");
-    match crate::telemetry::backlog::read(&c.js, &c.names).await {
+    match crate::telemetry::backlog::read(&c.js, &c.names, c.cfg.scheduling.fair).await {
         Ok(b) => {
             let rows: Vec<Vec<String>> = b
                 .priorities
