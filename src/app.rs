@@ -167,6 +167,7 @@ pub async fn run_worker(
             cfg: cfg.clone(),
             batching: batching.clone(),
             publisher: publisher.clone(),
+            metrics: metrics.clone(),
         }
         .run(infra_stop.clone()),
     );

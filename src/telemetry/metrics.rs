@@ -280,6 +280,8 @@ pub struct Metrics {
     retries: Counter,
     republished: Counter,
     reloads: Family<ReloadLabels, Counter>,
+    /// Provider batches (`super::batch`).
+    pub batch: super::batch::BatchMetrics,
     /// provider → model → handles; the configured models are made at start.
     models: RwLock<TwoKeys<Arc<ModelMetrics>>>,
 }
@@ -333,6 +335,7 @@ impl Metrics {
             retries: Counter::default(),
             republished: Counter::default(),
             reloads: Family::default(),
+            batch: super::batch::BatchMetrics::default(),
             models: RwLock::new(HashMap::new()),
         };
         // Series that exist before anything happens, so dashboards show 0, not nothing.
@@ -469,6 +472,7 @@ impl Metrics {
             "Config reloads (SIGHUP or a changed file) by result: applied, refused",
             self.reloads.clone(),
         );
+        self.batch.register(r);
         r.register_collector(Box::new(self.live.clone()));
     }
 

@@ -1,5 +1,5 @@
 //! Telemetry: logs ([`init`]), Prometheus metrics and the finished-job log line
-//! ([`metrics`]), what is read at scrape time ([`live`]) and the poller of backlog and
+//! ([`metrics`]; provider batches' in [`batch`]), what is read at scrape time ([`live`]) and the poller of backlog and
 //! budget gauges ([`poll`]).
 //!
 //! Logs go to stderr, filtered by `SWITCHYARD_LOG` (or `RUST_LOG`), plain text or JSON
@@ -7,6 +7,7 @@
 //! `switchyard::job` for the line each finished job writes). Spans carry tenant, job id
 //! and priority.
 
+pub mod batch;
 pub mod live;
 pub mod metrics;
 pub mod poll;

@@ -69,6 +69,7 @@ pub(super) async fn park(ctx: &Ctx, s: Scope<'_>, job: &Job, plan: &Plan) -> Par
         .await;
     match parked {
         Ok(Parked::New) => {
+            ctx.metrics.batch.parked(&first.model.provider);
             tracing::info!(provider = %first.model.provider, model = %first.model.name,
                 "parked for a provider batch");
             Park::Parked
