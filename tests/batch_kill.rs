@@ -47,9 +47,10 @@ fn spawn_worker(env: &TestEnv) -> tokio::process::Child {
         .env("SWITCHYARD_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
+    // The model names as the config spells them (the variable names a model by its name).
     for (name, price) in [
-        ("GPT_4O_MINI", ("0.075", "0.30")),
-        ("GEMINI_2_0_FLASH", ("0.05", "0.20")),
+        ("gpt-4o-mini", ("0.075", "0.30")),
+        ("gemini-2.0-flash", ("0.05", "0.20")),
     ] {
         cmd.env(
             format!("SWITCHYARD_MODELS__{name}__BATCH_INPUT_PER_MTOK"),
@@ -192,6 +193,7 @@ async fn kill_9_with_openai_and_gemini_batches_in_flight_loses_nothing_and_charg
         batch_complete_ms: 4000,
         ..FaultProfile::default()
     });
+    env.ensure_streams().await;
     let done = CancellationToken::new();
     let sub = env.subscribe(&format!("{}.results.>", env.prefix)).await;
     let collector = (collect_results(sub, done.clone()), done);
@@ -232,6 +234,7 @@ async fn workers_killed_at_random_moments_of_a_batchs_life_lose_nothing() {
         batch_complete_ms: 1500,
         ..FaultProfile::default()
     });
+    env.ensure_streams().await;
     let done = CancellationToken::new();
     let sub = env.subscribe(&format!("{}.results.>", env.prefix)).await;
     let collector = (collect_results(sub, done.clone()), done);
