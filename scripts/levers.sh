@@ -8,7 +8,9 @@
 # every job and for high priority, under a gpt-4o-mini that is slow on a fraction of
 # calls.
 #
-# Usage: scripts/levers.sh      LEVERS_N (2000) jobs at LEVERS_RATE (200) jobs/s.
+# Usage: scripts/levers.sh      LEVERS_N (2000) jobs at LEVERS_RATE (200) jobs/s;
+#        LEVERS_ONLY=<text>      only the runs whose name contains <text>.
+# A benchmark, not part of scripts/test.sh (tests/levers.rs is #[ignore]d there).
 # Needs NATS JetStream and Postgres (scripts/lib/services.sh starts them when absent).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,5 +18,11 @@ source scripts/lib/services.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/switchyard-target}"
 sy_services_up
 sy_log "levers: ${LEVERS_N:-2000} jobs at ${LEVERS_RATE:-200}/s, commit $(git rev-parse --short HEAD)"
-cargo test --locked --test levers -- --ignored --nocapture levers_figures 2>&1 |
-	grep -E '^(workload|\|)'
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+# The table and each run's money check; the whole output when a run fails.
+if ! cargo test --locked --test levers -- --ignored --nocapture levers_figures >"$log" 2>&1; then
+	grep -vE '^\s*(Compiling|Finished|Running)' "$log" | tail -60
+	exit 1
+fi
+grep -E '^(workload|\||check)' "$log"

@@ -442,3 +442,63 @@ async fn the_official_sdks_drive_the_simulators_batch_apis() {
     run_sdk_check(&env, "batch_sdk_check.py", &ok).await;
     env.cleanup().await;
 }
+
+/// A batch's answer feeds the response cache as a live answer does: a later repeat of
+/// the prompt is answered by the exact cache and a paraphrase by the semantic cache
+/// (built-in embedder), each at no call, saving what the batch line cost.
+#[tokio::test]
+async fn a_batched_answer_is_stored_in_the_response_cache() {
+    let env = TestEnv::new(|c| {
+        batch_config(c);
+        c.cache.enabled = true;
+        c.cache.semantic = true;
+    })
+    .await;
+    env.sim.set_profile(FaultProfile {
+        batch_complete_ms: 300,
+        ..FaultProfile::default()
+    });
+    let (stop, handle) = env.start_worker().await;
+    let ask = |id: &str, prompt: &str| {
+        serde_json::json!({
+            "id": id, "tenant": "acme", "model": "openai/gpt-4o-mini", "temperature": 0,
+            "max_tokens": 64, "messages": [{"role": "user", "content": prompt}],
+        })
+        .to_string()
+    };
+    let prompt = "Write a short product description for a stainless steel water bottle.";
+    let paraphrase = "Write a short description of a stainless steel water bottle product.";
+    env.publish(Priority::Low, "acme", ask("first", prompt))
+        .await;
+    let first = env.result("acme", "first", 60).await;
+    assert_batched(&env, &first).await;
+    let line_cost = rows(&env, "first").await[0].1;
+
+    env.publish(Priority::Low, "acme", ask("repeat", prompt))
+        .await;
+    env.publish(Priority::Low, "acme", ask("reworded", paraphrase))
+        .await;
+    for (id, which) in [("repeat", "exact"), ("reworded", "semantic")] {
+        let r = env.result("acme", id, 30).await;
+        assert_eq!(r.status, Status::Succeeded);
+        assert!(r.cache_hit, "{id}: answered from the cache");
+        assert!(
+            r.route.unwrap().reason.contains(&format!("{which} cache")),
+            "{id}"
+        );
+        assert_eq!(r.output, first.output, "{id}: the batch's answer");
+        assert!(rows(&env, id).await.is_empty(), "{id}: no call");
+        let saved: Option<Decimal> =
+            sqlx::query_scalar("SELECT cache_saved_usd FROM jobs WHERE id = $1")
+                .bind(id)
+                .fetch_one(&env.pool)
+                .await
+                .unwrap();
+        assert_eq!(saved, Some(line_cost), "{id}: saves the batch line's cost");
+    }
+    let stats = env.sim.stats();
+    assert_eq!(stats.count("openai-batch", UPSTREAM, 200), 1, "{stats:?}");
+    assert_eq!(stats.calls("openai", UPSTREAM), 0, "{stats:?}");
+    stop.cancel();
+    handle.await.unwrap().unwrap();
+}

@@ -13,11 +13,17 @@
 //! fraction of calls (lognormal latency, median 80 ms, 84th percentile 480 ms: p95
 //! ~1.5 s, p99 ~5 s); llama answers in 30-60 ms.
 //!
-//! Read from Postgres and the client: provider calls made (the simulator's counts: live
-//! calls plus batch lines), calls avoided (cache hits), spend (sum of cost rows), what
-//! the caches saved (`jobs.cache_saved_usd`), and publish → result p50/p99 for every job
-//! and for high priority alone (measured by the test from its publish to the result on
-//! a core subscription).
+//! Read from the cost rows (every provider call, cross-checked against the simulator's
+//! request counts): completion calls made (live, batch lines, hedges), embedding calls,
+//! spend; from `jobs`: cache hits (calls avoided) and what the caches saved
+//! (`cache_saved_usd`); from the client: publish → result p50/p99 for every job and for
+//! high priority alone (from its publish to the result on a core subscription). The run
+//! fails unless succeeded completion calls + cache hits = jobs (a hedge race's cancelled
+//! call and a failed call, e.g. past the provider's timeout, are the extra calls) and no
+//! `started` row is left. The semantic runs take their embeddings from the simulator's `/v1/embeddings`
+//! (one call per exact-cache miss), except the last, which uses the built-in embedder: a
+//! job with an embedding call is not parked for a provider batch (DESIGN.md), so with an
+//! endpoint the batch lever does nothing for cacheable jobs.
 
 mod common;
 
@@ -28,12 +34,13 @@ use rand::{Rng, SeedableRng};
 use rust_decimal::Decimal;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use switchyard::config::{Config, HedgeConfig};
+use switchyard::config::{Config, EmbeddingsKind, HedgeConfig};
 use switchyard::job::Priority;
 use switchyard::providers::simulator::{FaultProfile, LatencyDist};
 
 const MINI: &str = "gpt-4o-mini-2024-07-18";
 const LLAMA: &str = "meta-llama/Llama-3.1-8B-Instruct";
+const EMBEDDER: &str = "text-embedding-3-small";
 
 struct Job {
     id: String,
@@ -125,6 +132,9 @@ struct Levers {
     semantic: bool,
     batch: bool,
     hedge: bool,
+    /// Semantic cache embeddings from an endpoint (a call per cacheable miss); else the
+    /// built-in embedder (no call).
+    endpoint: bool,
 }
 
 fn configure(c: &mut Config, l: Levers) {
@@ -173,8 +183,40 @@ fn pct(v: &mut [f64], q: f64) -> f64 {
     v[i]
 }
 
-async fn run(l: Levers, jobs: &[Job], rate: usize) -> String {
-    let env = TestEnv::new(|c| configure(c, l)).await;
+/// What one run measured.
+struct Outcome {
+    /// Completion calls the provider answered (live + batch lines), from the cost rows.
+    chat_calls: i64,
+    live: i64,
+    batch_lines: i64,
+    /// Hedges fired: the calls a hedge race cancelled (one a race).
+    hedges: i64,
+    /// Completion calls that failed (a call past the provider's timeout: the slow
+    /// model's tail reaches it about once in 2,000 calls), by outcome.
+    failed: std::collections::BTreeMap<String, i64>,
+    /// Embedding calls (semantic cache, the simulator's `/v1/embeddings`).
+    embed_calls: i64,
+    hits: i64,
+    spent: Decimal,
+    embed_spent: Decimal,
+    cache_saved: Decimal,
+    all: Vec<f64>,
+    high: Vec<f64>,
+}
+
+async fn run(l: Levers, jobs: &[Job], rate: usize) -> Outcome {
+    let mut env = TestEnv::new(|c| configure(c, l)).await;
+    if l.semantic && l.endpoint {
+        // The embeddings come from an endpoint (the simulator's, as OpenAI's): each
+        // cacheable miss pays an embedding call, in the cost rows.
+        let e = &mut env.config.cache.embeddings;
+        e.kind = EmbeddingsKind::Openai;
+        e.name = "openai".into();
+        e.base_url = Some(format!("http://{}/v1", env.sim_addr));
+        e.api_key_env = Some("SY_TEST_OPENAI_KEY".into());
+        e.model = EMBEDDER.into();
+        e.dimensions = Some(256);
+    }
     env.sim.set_profile(slow_provider());
     let mut sub = env.subscribe(&format!("{}.results.>", env.prefix)).await;
     let (stop, handle) = env.start_worker().await;
@@ -210,6 +252,8 @@ async fn run(l: Levers, jobs: &[Job], rate: usize) -> String {
     }
     let seen = reader.await.unwrap();
     assert_eq!(seen.len(), n, "{}: every job has a result", l.name);
+    stop.cancel();
+    handle.await.unwrap().unwrap();
     let mut all = Vec::with_capacity(n);
     let mut high = Vec::new();
     for j in jobs {
@@ -219,34 +263,135 @@ async fn run(l: Levers, jobs: &[Job], rate: usize) -> String {
             high.push(ms);
         }
     }
-    let (spent, saved): (Decimal, Decimal) = sqlx::query_as(
-        "SELECT (SELECT coalesce(sum(cost_usd), 0) FROM cost_rows),
-                (SELECT coalesce(sum(cache_saved_usd), 0) FROM jobs)",
+    // The cost rows: every provider call made, by kind.
+    let rows: Vec<(String, String, Option<String>, Decimal)> =
+        sqlx::query_as("SELECT model, outcome, message, cost_usd FROM cost_rows")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    let mut o = Outcome {
+        chat_calls: 0,
+        live: 0,
+        batch_lines: 0,
+        hedges: 0,
+        failed: Default::default(),
+        embed_calls: 0,
+        hits: 0,
+        spent: Decimal::ZERO,
+        embed_spent: Decimal::ZERO,
+        cache_saved: Decimal::ZERO,
+        all,
+        high,
+    };
+    for (model, outcome, message, cost) in &rows {
+        assert_ne!(outcome, "started", "{}: a call left unfinished", l.name);
+        o.spent += cost;
+        let message = message.as_deref().unwrap_or("");
+        if model == EMBEDDER {
+            o.embed_calls += 1;
+            o.embed_spent += cost;
+        } else if message.starts_with("batch ") {
+            o.batch_lines += 1;
+        } else {
+            o.live += 1;
+        }
+        match (model == EMBEDDER, outcome.as_str()) {
+            (true, _) | (false, "succeeded") => {}
+            // A hedge race ends with one call cancelled (the primary's or the hedge's).
+            (false, "cancelled") => o.hedges += 1,
+            (false, other) => *o.failed.entry(other.to_string()).or_default() += 1,
+        }
+    }
+    o.chat_calls = o.live + o.batch_lines;
+    (o.hits, o.cache_saved) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE cache_hit), coalesce(sum(cache_saved_usd), 0) FROM jobs",
     )
     .fetch_one(&env.pool)
     .await
     .unwrap();
-    let hits: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE cache_hit")
-        .fetch_one(&env.pool)
+    // The provider saw what the rows say: no call unrecorded, none recorded twice (a
+    // call a hedge race cancelled may not have reached it).
+    let stats = env.sim.stats();
+    let sim_live = (stats.calls("openai", MINI) + stats.calls("openai", LLAMA)) as i64;
+    assert!(
+        (o.live - o.hedges..=o.live).contains(&sim_live),
+        "{}: the simulator saw {sim_live} live calls, the cost rows say {} ({} cancelled)",
+        l.name,
+        o.live,
+        o.hedges
+    );
+    assert_eq!(
+        stats.calls("openai-batch", MINI) as i64,
+        o.batch_lines,
+        "{}: batch lines",
+        l.name
+    );
+    assert_eq!(
+        stats.calls("openai", EMBEDDER) as i64,
+        o.embed_calls,
+        "{}: embedding calls",
+        l.name
+    );
+    // Each job is answered once: by one succeeded completion or from a cache.
+    let failed: i64 = o.failed.values().sum();
+    if o.chat_calls - o.hedges - failed + o.hits != n as i64 {
+        let extra: Vec<(String, Vec<String>)> = sqlx::query_as(
+            "SELECT job_id, array_agg(attempt || ' ' || outcome || ' ' || model || ' '
+                     || latency_ms || ' ' || coalesce(message, '') ORDER BY attempt)
+             FROM cost_rows WHERE model <> $1 GROUP BY job_id HAVING count(*) > 1",
+        )
+        .bind(EMBEDDER)
+        .fetch_all(&env.pool)
         .await
         .unwrap();
-    let stats = env.sim.stats();
-    let live = stats.calls("openai", MINI) + stats.calls("openai", LLAMA);
-    let batched = stats.calls("openai-batch", MINI);
-    stop.cancel();
-    handle.await.unwrap().unwrap();
+        eprintln!(
+            "{}: jobs with more than one completion call: {extra:#?}",
+            l.name
+        );
+    }
+    assert_eq!(
+        o.chat_calls - o.hedges - failed + o.hits,
+        n as i64,
+        "{}: answering calls + calls avoided",
+        l.name
+    );
+    o
+}
+
+fn row(name: &str, o: &mut Outcome, off_spent: Decimal) -> String {
+    let saved = off_spent - o.spent;
+    let mut extra: Vec<String> = o.failed.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    if o.hedges > 0 {
+        extra.insert(0, format!("{} hedges", o.hedges));
+    }
+    let hedges = if extra.is_empty() {
+        String::new()
+    } else {
+        format!(" (incl. {})", extra.join(", "))
+    };
     format!(
-        "| {} | {} | {} | {} | {hits} | ${} | ${} | {:.0} / {:.0} | {:.0} / {:.0} |",
-        l.name,
-        live + batched,
-        live,
-        batched,
-        spent.round_dp(6),
+        "| {name} | {}{hedges} | {} | {} | {} | {} | ${} | ${} | ${} ({:.1}%) | {:.0} / {:.0} | {:.0} / {:.0} |",
+        o.chat_calls,
+        o.live,
+        o.batch_lines,
+        o.hits,
+        o.embed_calls,
+        o.spent.round_dp(6),
+        o.cache_saved.round_dp(6),
         saved.round_dp(6),
-        pct(&mut all.clone(), 0.50),
-        pct(&mut all, 0.99),
-        pct(&mut high.clone(), 0.50),
-        pct(&mut high, 0.99),
+        if off_spent.is_zero() {
+            0.0
+        } else {
+            (saved / off_spent * Decimal::ONE_HUNDRED)
+                .round_dp(1)
+                .to_string()
+                .parse::<f64>()
+                .unwrap()
+        },
+        pct(&mut o.all, 0.50),
+        pct(&mut o.all, 0.99),
+        pct(&mut o.high, 0.50),
+        pct(&mut o.high, 0.99),
     )
 }
 
@@ -262,6 +407,7 @@ async fn levers_figures() {
         semantic: false,
         batch: false,
         hedge: false,
+        endpoint: true,
     };
     let runs = [
         off,
@@ -271,7 +417,7 @@ async fn levers_figures() {
             ..off
         },
         Levers {
-            name: "exact + semantic cache",
+            name: "exact + semantic cache (embedding endpoint)",
             exact: true,
             semantic: true,
             ..off
@@ -287,11 +433,20 @@ async fn levers_figures() {
             ..off
         },
         Levers {
-            name: "all on",
+            name: "all on (embedding endpoint)",
             exact: true,
             semantic: true,
             batch: true,
             hedge: true,
+            ..off
+        },
+        Levers {
+            name: "all on (built-in embedder)",
+            exact: true,
+            semantic: true,
+            batch: true,
+            hedge: true,
+            endpoint: false,
         },
     ];
     let low = jobs.iter().filter(|j| j.priority == Priority::Low).count();
@@ -302,9 +457,21 @@ async fn levers_figures() {
         "workload: {n} jobs at {rate}/s, {} distinct prompts, {low} low, {high} high",
         distinct.len()
     );
-    println!("| levers | provider calls | live | batch lines | cache hits (calls avoided) | spent | cache saved | p50 / p99 ms (all) | p50 / p99 ms (high) |");
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for l in runs {
-        println!("{}", run(l, &jobs, rate).await);
+    println!("| levers | completion calls | live | batch lines | cache hits (calls avoided) | embedding calls | spent | cache saved | saved vs all off | p50 / p99 ms (all) | p50 / p99 ms (high) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut off_spent = None;
+    let only = std::env::var("LEVERS_ONLY").unwrap_or_default();
+    for l in runs.into_iter().filter(|l| l.name.contains(only.as_str())) {
+        let mut o = run(l, &jobs, rate).await;
+        let base = *off_spent.get_or_insert(o.spent);
+        println!("{}", row(l.name, &mut o, base));
+        eprintln!(
+            "check {}: spent {} + cache saved {} - embeddings {} = {} (all off spent {base})",
+            l.name,
+            o.spent,
+            o.cache_saved,
+            o.embed_spent,
+            o.spent + o.cache_saved - o.embed_spent
+        );
     }
 }

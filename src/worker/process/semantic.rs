@@ -72,10 +72,7 @@ pub(super) async fn step(
     let mut step = Step::default();
     let cfg = &ctx.cfg.cache.embeddings;
     let vector = match cfg.kind {
-        EmbeddingsKind::Builtin => Some(embed::builtin(
-            &key.prompt,
-            cfg.dimensions.map_or(embed::BUILTIN_DIMS, |d| d as usize),
-        )),
+        EmbeddingsKind::Builtin => Some(builtin(ctx, key)),
         EmbeddingsKind::Openai => {
             let (vector, call) = Box::pin(call_endpoint(ctx, job, key, attempt)).await;
             step.calls.extend(call);
@@ -110,6 +107,37 @@ pub(super) async fn step(
         bands,
     });
     step
+}
+
+fn builtin(ctx: &Ctx, key: &SemanticKey) -> Vec<f32> {
+    let dims = ctx.cfg.cache.embeddings.dimensions;
+    embed::builtin(
+        &key.prompt,
+        dims.map_or(embed::BUILTIN_DIMS, |d| d as usize),
+    )
+}
+
+/// What stores an answer this delivery did not embed for (a provider batch's, the job
+/// parked before any semantic step): its prompt's embedding when the semantic cache
+/// applies and the built-in embedder makes it. With an endpoint embedder, none: that
+/// would be a call of its own (the answer is still stored for the exact cache).
+pub(super) fn builtin_columns(
+    ctx: &Ctx,
+    job: &Job,
+    model: &ModelConfig,
+    max_tokens: u32,
+    cacheable: Option<&Cacheable>,
+) -> Option<SemanticColumns> {
+    if ctx.cfg.cache.embeddings.kind != EmbeddingsKind::Builtin {
+        return None;
+    }
+    let key = semantic_key(&ctx.cfg.cache, job, model, max_tokens, cacheable)?;
+    let q = lsh::quantize(&builtin(ctx, &key));
+    Some(SemanticColumns {
+        shape: key.shape,
+        bands: lsh::band_keys(key.scope, &lsh::signature(&q)),
+        embedding: lsh::to_bytes(&q),
+    })
 }
 
 /// Call the embedding endpoint, its `started` row first. The vector (none on failure)
