@@ -6,19 +6,25 @@
 //!   recorded like any other: a `started` cost row before it, then its final row with
 //!   outcome `embedding` (or `embedding_failed`), priced at
 //!   `cache.embeddings.input_per_mtok`, in the job's `attempts` and cost.
+//! - That call is admitted by the rate limiter of the provider `cache.embeddings.name`
+//!   names (its `rpm` / `tpm`, shared with that provider's completion calls, cluster-wide;
+//!   a name that is no configured provider has no limits), at the job's priority. It
+//!   waits for admission at most `cache.embeddings.timeout_ms`; not admitted by then,
+//!   no call is made and no row written: a miss.
 //! - Anything that fails (the endpoint, Postgres) is a miss, and nothing is stored
 //!   semantically: the job is called as if there were no semantic cache.
 
 use crate::cache::semantic::{semantic_key, SemanticKey};
 use crate::cache::{embed, lsh, Cacheable};
 use crate::config::{EmbeddingsKind, ModelConfig};
-use crate::job::{Attempt, Job, Usage};
+use crate::job::{Attempt, Job, Priority, Usage};
+use crate::ratelimit::{Ask, Permit};
 use crate::store::semantic::{SemanticColumns, SemanticHit, SemanticLookup};
 use crate::store::CallRecord;
 use crate::telemetry::metrics::CacheKind;
 use crate::worker::Ctx;
 use rust_decimal::Decimal;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What the step found and leaves for the rest of the delivery.
 #[derive(Default)]
@@ -58,7 +64,7 @@ pub(super) fn calls(step: &mut Option<Box<Step>>) -> Vec<CallRecord> {
 /// `max_tokens` sent), when the semantic cache applies.
 pub(super) async fn step(
     ctx: &Ctx,
-    job: &Job,
+    (job, priority): (&Job, Priority),
     first: Option<(&ModelConfig, u32)>,
     cacheable: Option<&Cacheable>,
     attempt: u32,
@@ -74,7 +80,8 @@ pub(super) async fn step(
     let vector = match cfg.kind {
         EmbeddingsKind::Builtin => Some(builtin(ctx, key)),
         EmbeddingsKind::Openai => {
-            let (vector, call) = Box::pin(call_endpoint(ctx, job, key, attempt)).await;
+            let call = call_endpoint(ctx, (job, priority), key, attempt);
+            let (vector, call) = Box::pin(call).await;
             step.calls.extend(call);
             vector
         }
@@ -140,15 +147,45 @@ pub(super) fn builtin_columns(
     })
 }
 
-/// Call the embedding endpoint, its `started` row first. The vector (none on failure)
-/// and the call's record (none when the worker is stopping: no call was made).
+/// Admission to the embedding call by its provider's rate limiter, waiting at most the
+/// call's timeout; none: not admitted in time (or the worker is stopping).
+async fn admit(ctx: &Ctx, key: &SemanticKey, priority: Priority) -> Option<Permit> {
+    let cfg = &ctx.cfg.cache.embeddings;
+    let ask = Ask {
+        provider: &cfg.name,
+        model: &cfg.model,
+        // ~4 characters a token, as the completion calls' estimate.
+        tokens: (key.prompt.len() as u64).div_ceil(4).max(1),
+    };
+    let t = Instant::now();
+    let wait = Duration::from_millis(cfg.timeout_ms);
+    let permit = tokio::select! {
+        p = tokio::time::timeout(wait, ctx.limiters.admit(ask, priority)) => p.ok(),
+        _ = ctx.abort.cancelled() => None,
+    };
+    match &permit {
+        Some(_) => ctx
+            .metrics
+            .limiter_waited(&cfg.name, &cfg.model, t.elapsed()),
+        None => tracing::info!(provider = %cfg.name, wait_ms = cfg.timeout_ms,
+            "embedding call not admitted by the rate limiter in time; semantic lookup skipped"),
+    }
+    permit
+}
+
+/// Call the embedding endpoint once its rate limiter admits it, its `started` row first.
+/// The vector (none on failure) and the call's record (none when no call was made: not
+/// admitted in time, or the worker is stopping).
 async fn call_endpoint(
     ctx: &Ctx,
-    job: &Job,
+    (job, priority): (&Job, Priority),
     key: &SemanticKey,
     attempt: u32,
 ) -> (Option<Vec<f32>>, Option<CallRecord>) {
     let cfg = &ctx.cfg.cache.embeddings;
+    let Some(permit) = admit(ctx, key, priority).await else {
+        return (None, None);
+    };
     let record = |outcome: &str,
                   latency_ms: u64,
                   usage: Usage,
@@ -180,15 +217,21 @@ async fn call_endpoint(
     };
     match Box::pin(super::commit(ctx, req)).await {
         Ok(_) => {}
-        Err(super::CommitFailed::Stopping) => return (None, None),
+        Err(super::CommitFailed::Stopping) => {
+            permit.cancel();
+            return (None, None);
+        }
         Err(super::CommitFailed::Refused(e, _)) => {
             tracing::warn!(error = %e, "postgres refused the embedding call's started row");
+            permit.cancel();
             return (None, None);
         }
     }
     let t = Instant::now();
     let answer = crate::providers::embeddings::embed(cfg, &key.prompt).await;
     let latency_ms = t.elapsed().as_millis() as u64;
+    // What the call used (the reservation is kept when it reported nothing).
+    permit.settle(answer.as_ref().ok().map(|e| e.prompt_tokens));
     match answer {
         Ok(e) => {
             let usage = Usage {
