@@ -72,7 +72,7 @@ pub async fn rows(env: &TestEnv, id: &str) -> Vec<(String, Decimal, Usage, Optio
 }
 
 /// The job's one cost row is a batch call at the batch price (half the live price), and
-
+/// its result and row agree with it.
 pub async fn assert_batched_on(env: &TestEnv, r: &JobResult, provider: &str, name: &str) {
     assert_eq!(r.status, Status::Succeeded, "{r:?}");
     assert_eq!(r.provider.as_deref(), Some(provider));

@@ -60,7 +60,7 @@ struct Batch {
     update_time: String,
     end_time: Option<String>,
     /// `(request, metadata)` per inline request.
-    requests: Vec<(Map<String, Value>, Option<Value>)>,
+    requests: Vec<InlineRequest>,
     state: &'static str,
     /// One `{response|error, metadata}` per request, once succeeded.
     output: Option<Vec<Value>>,
@@ -142,11 +142,11 @@ fn operation(b: &Batch) -> Value {
     op
 }
 
+/// One inline request: its `request` object and its `metadata`, if any.
+type InlineRequest = (Map<String, Value>, Option<Value>);
+
 /// Read `inputConfig` into its inline requests.
-fn inline_requests(
-    input: &Value,
-    model: &str,
-) -> Result<Vec<(Map<String, Value>, Option<Value>)>, GErr> {
+fn inline_requests(input: &Value, model: &str) -> Result<Vec<InlineRequest>, GErr> {
     let bad = |m: String| GErr(400, m);
     let Some(obj) = input.as_object() else {
         return Err(bad("batch.input_config: must be an object".into()));
