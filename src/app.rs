@@ -169,6 +169,7 @@ pub async fn run_worker(
             cfg: cfg.clone(),
             batching: batching.clone(),
             publisher: publisher.clone(),
+            metrics: metrics.clone(),
         }
         .run(infra_stop.clone()),
     );

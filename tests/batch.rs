@@ -7,36 +7,18 @@
 
 mod common;
 
+use common::batch::{
+    assert_batched_on, batch_config, count, named_model, rows, run_sdk_check, wait_for,
+};
 use common::{job, TestEnv};
 use rust_decimal::Decimal;
-use std::str::FromStr;
 use std::time::Duration;
-use switchyard::config::Config;
-use switchyard::job::{JobResult, Priority, Status, Usage};
+use switchyard::job::{JobResult, Priority, Status};
 use switchyard::providers::simulator::FaultProfile;
 
 const UPSTREAM: &str = "gpt-4o-mini-2024-07-18";
 
 const HAIKU: &str = "claude-3-5-haiku-20241022";
-
-fn batch_config(c: &mut Config) {
-    c.batch.enabled = true;
-    c.batch.max_jobs = 100;
-    c.batch.max_wait_s = 1;
-    c.batch.poll_interval_s = 1;
-    c.batch.lease_s = 2;
-    for m in &mut c.models {
-        if m.name == "gpt-4o-mini" {
-            // Half of every live price, as OpenAI's batch discount.
-            m.batch_input_per_mtok = Some(Decimal::from_str("0.075").unwrap());
-            m.batch_output_per_mtok = Some(Decimal::from_str("0.30").unwrap());
-        }
-        if m.name == "claude-3-5-haiku" {
-            m.batch_input_per_mtok = Some(Decimal::from_str("0.40").unwrap());
-            m.batch_output_per_mtok = Some(Decimal::from_str("2.00").unwrap());
-        }
-    }
-}
 
 fn pinned(id: &str, extra: &str) -> String {
     job(
@@ -50,98 +32,10 @@ fn model(env: &TestEnv) -> switchyard::config::ModelConfig {
     named_model(env, "gpt-4o-mini")
 }
 
-fn named_model(env: &TestEnv, name: &str) -> switchyard::config::ModelConfig {
-    env.config
-        .models
-        .iter()
-        .find(|m| m.name == name)
-        .unwrap()
-        .clone()
-}
-
-/// Each cost row of a job: (outcome, cost, usage, message).
-async fn rows(env: &TestEnv, id: &str) -> Vec<(String, Decimal, Usage, Option<String>)> {
-    let r: Vec<(String, Decimal, i64, i64, i64, Option<String>)> = sqlx::query_as(
-        "SELECT outcome, cost_usd, input_tokens, cached_input_tokens, output_tokens, message
-           FROM cost_rows WHERE tenant = 'acme' AND job_id = $1 ORDER BY attempt",
-    )
-    .bind(id)
-    .fetch_all(&env.pool)
-    .await
-    .unwrap();
-    r.into_iter()
-        .map(|(o, c, i, ci, out, m)| {
-            (
-                o,
-                c,
-                Usage {
-                    input_tokens: i as u64,
-                    cached_input_tokens: ci as u64,
-                    output_tokens: out as u64,
-                    ..Usage::default()
-                },
-                m,
-            )
-        })
-        .collect()
-}
-
-/// The job's one cost row is a batch call at the batch price (half the live price), and
-/// its result and row agree with it.
+/// The job's one cost row is a gpt-4o-mini batch call at the batch price (half the live
+/// price), and its result and row agree with it.
 async fn assert_batched(env: &TestEnv, r: &JobResult) {
     assert_batched_on(env, r, "openai", "gpt-4o-mini").await;
-}
-
-async fn assert_batched_on(env: &TestEnv, r: &JobResult, provider: &str, name: &str) {
-    assert_eq!(r.status, Status::Succeeded, "{r:?}");
-    assert_eq!(r.provider.as_deref(), Some(provider));
-    assert_eq!(r.model.as_deref(), Some(name));
-    let rows = rows(env, &r.id).await;
-    assert_eq!(rows.len(), 1, "{}: {rows:?}", r.id);
-    let (outcome, cost, usage, message) = &rows[0];
-    assert_eq!(outcome, "succeeded");
-    assert!(
-        message
-            .as_deref()
-            .unwrap_or("")
-            .starts_with("batch sybatch_"),
-        "{message:?}"
-    );
-    let m = named_model(env, name);
-    assert!(usage.input_tokens > 0 && usage.output_tokens > 0);
-    assert_eq!(Some(*cost), switchyard::cost::batch_cost_of(&m, usage));
-    assert_eq!(
-        *cost * Decimal::from(2),
-        switchyard::cost::cost_of(&m, usage)
-    );
-    assert_eq!(r.cost_usd, *cost);
-    assert_eq!(r.attempts.len(), 1);
-    assert_eq!(r.attempts[0].cost_usd, *cost);
-    let job_cost: Decimal =
-        sqlx::query_scalar("SELECT cost_usd FROM jobs WHERE tenant = 'acme' AND id = $1")
-            .bind(&r.id)
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
-    assert_eq!(job_cost, *cost);
-}
-
-async fn wait_for<F, Fut>(secs: u64, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..secs * 10 {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
-}
-
-async fn count(env: &TestEnv, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(&env.pool).await.unwrap()
 }
 
 #[tokio::test]
@@ -540,25 +434,71 @@ async fn batch_figures() {
 /// makes one when the package registry answers; skipped otherwise).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_sdks_drive_the_simulators_batch_apis() {
-    let Ok(python) = std::env::var("SWITCHYARD_SDK_PYTHON") else {
-        eprintln!("skipped: SWITCHYARD_SDK_PYTHON is not set");
-        return;
-    };
     let env = TestEnv::new(|_| {}).await;
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/scripts/lib/batch_sdk_check.py"
-    );
-    let out = tokio::process::Command::new(python)
-        .arg(script)
-        .arg(env.sim_addr.to_string())
-        .output()
-        .await
-        .expect("run the SDK check");
-    let text = String::from_utf8_lossy(&out.stdout);
-    println!("{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{text}");
-    assert!(text.contains("openai SDK batch check: ok"), "{text}");
-    assert!(text.contains("anthropic SDK batch check: ok"), "{text}");
+    let ok = [
+        "openai SDK batch check: ok",
+        "anthropic SDK batch check: ok",
+    ];
+    run_sdk_check(&env, "batch_sdk_check.py", &ok).await;
     env.cleanup().await;
+}
+
+/// A batch's answer feeds the response cache as a live answer does: a later repeat of
+/// the prompt is answered by the exact cache and a paraphrase by the semantic cache
+/// (built-in embedder), each at no call, saving what the batch line cost.
+#[tokio::test]
+async fn a_batched_answer_is_stored_in_the_response_cache() {
+    let env = TestEnv::new(|c| {
+        batch_config(c);
+        c.cache.enabled = true;
+        c.cache.semantic = true;
+    })
+    .await;
+    env.sim.set_profile(FaultProfile {
+        batch_complete_ms: 300,
+        ..FaultProfile::default()
+    });
+    let (stop, handle) = env.start_worker().await;
+    let ask = |id: &str, prompt: &str| {
+        serde_json::json!({
+            "id": id, "tenant": "acme", "model": "openai/gpt-4o-mini", "temperature": 0,
+            "max_tokens": 64, "messages": [{"role": "user", "content": prompt}],
+        })
+        .to_string()
+    };
+    let prompt = "Write a short product description for a stainless steel water bottle.";
+    let paraphrase = "Write a short description of a stainless steel water bottle product.";
+    env.publish(Priority::Low, "acme", ask("first", prompt))
+        .await;
+    let first = env.result("acme", "first", 60).await;
+    assert_batched(&env, &first).await;
+    let line_cost = rows(&env, "first").await[0].1;
+
+    env.publish(Priority::Low, "acme", ask("repeat", prompt))
+        .await;
+    env.publish(Priority::Low, "acme", ask("reworded", paraphrase))
+        .await;
+    for (id, which) in [("repeat", "exact"), ("reworded", "semantic")] {
+        let r = env.result("acme", id, 30).await;
+        assert_eq!(r.status, Status::Succeeded);
+        assert!(r.cache_hit, "{id}: answered from the cache");
+        assert!(
+            r.route.unwrap().reason.contains(&format!("{which} cache")),
+            "{id}"
+        );
+        assert_eq!(r.output, first.output, "{id}: the batch's answer");
+        assert!(rows(&env, id).await.is_empty(), "{id}: no call");
+        let saved: Option<Decimal> =
+            sqlx::query_scalar("SELECT cache_saved_usd FROM jobs WHERE id = $1")
+                .bind(id)
+                .fetch_one(&env.pool)
+                .await
+                .unwrap();
+        assert_eq!(saved, Some(line_cost), "{id}: saves the batch line's cost");
+    }
+    let stats = env.sim.stats();
+    assert_eq!(stats.count("openai-batch", UPSTREAM, 200), 1, "{stats:?}");
+    assert_eq!(stats.calls("openai", UPSTREAM), 0, "{stats:?}");
+    stop.cancel();
+    handle.await.unwrap().unwrap();
 }

@@ -454,6 +454,122 @@ async fn backlog_gauges_follow_the_stream() {
     worker.await.unwrap().unwrap();
 }
 
+/// A provider batch seen on `/metrics`: three low-priority jobs parked and sent in one
+/// OpenAI batch; the polled levels show them parked, then one open batch with an age
+/// while it runs, and once it ends the counters say one batch submitted and completed,
+/// three jobs parked and answered, one duration observed, and the levels are back at 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_metrics_follow_a_batched_job() {
+    let port = free_port();
+    let env = TestEnv::new(|c| {
+        common::batch::batch_config(c);
+        // Parked for 3 s before the batch is gathered: the parked level is seen.
+        c.batch.max_wait_s = 3;
+        c.metrics.addr = format!("127.0.0.1:{port}");
+        c.metrics.poll_ms = 200;
+    })
+    .await;
+    env.sim.set_profile(FaultProfile {
+        batch_complete_ms: 3000,
+        ..FaultProfile::default()
+    });
+    let (stop, worker) = env.start_worker().await;
+    let pinned = r#","model":"openai/gpt-4o-mini""#;
+    for i in 0..3 {
+        let payload = job(&format!("bulk-{i}"), "acme", pinned);
+        env.publish(Priority::Low, "acme", payload).await;
+    }
+    let openai = [("provider", "openai")];
+    // Parked, not in a batch yet (the batch is gathered after max_wait_s).
+    let parked = scrape_until(port, 20, |s| {
+        s.sum("switchyard_batch_parked_jobs", &[]) == 3.0
+    })
+    .await;
+    assert_eq!(
+        parked.one("switchyard_batch_parked_jobs", &[]),
+        3.0,
+        "{}",
+        parked.text
+    );
+    assert_eq!(
+        parked.one("switchyard_batch_jobs_parked_total", &openai),
+        3.0
+    );
+    assert_eq!(
+        parked.sum("switchyard_batches_submitted_total", &openai),
+        0.0
+    );
+    // Sent: one open batch, growing older, nothing parked outside it.
+    let running = scrape_until(port, 30, |s| {
+        s.sum("switchyard_batches_open", &[]) == 1.0
+            && s.sum("switchyard_oldest_open_batch_age_seconds", &[]) > 0.0
+    })
+    .await;
+    assert_eq!(
+        running.one("switchyard_batches_open", &[]),
+        1.0,
+        "{}",
+        running.text
+    );
+    assert!(running.one("switchyard_oldest_open_batch_age_seconds", &[]) > 0.0);
+    assert_eq!(running.one("switchyard_batch_parked_jobs", &[]), 0.0);
+    assert_eq!(
+        running.one("switchyard_batches_submitted_total", &openai),
+        1.0
+    );
+    for i in 0..3 {
+        let r = env.result("acme", &format!("bulk-{i}"), 60).await;
+        assert_eq!(r.status, switchyard::job::Status::Succeeded);
+    }
+    let done = scrape_until(port, 20, |s| {
+        s.sum("switchyard_batches_ended_total", &openai) == 1.0
+            && s.sum("switchyard_batches_open", &[]) == 0.0
+            && s.sum("switchyard_batch_parked_jobs", &[]) == 0.0
+    })
+    .await;
+    let completed = [("provider", "openai"), ("status", "completed")];
+    assert_eq!(
+        done.one("switchyard_batches_ended_total", &completed),
+        1.0,
+        "{}",
+        done.text
+    );
+    assert_eq!(done.one("switchyard_batches_submitted_total", &openai), 1.0);
+    assert_eq!(
+        done.one(
+            "switchyard_batch_jobs_total",
+            &[("provider", "openai"), ("result", "answered")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        done.sum(
+            "switchyard_batch_jobs_total",
+            &[("provider", "openai"), ("result", "live")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        done.types
+            .get("switchyard_batch_duration_seconds")
+            .map(String::as_str),
+        Some("histogram")
+    );
+    assert_eq!(
+        done.one("switchyard_batch_duration_seconds_count", &openai),
+        1.0
+    );
+    assert!(done.one("switchyard_batch_duration_seconds_sum", &openai) > 0.0);
+    assert_eq!(done.one("switchyard_batches_open", &[]), 0.0);
+    assert_eq!(done.one("switchyard_batch_parked_jobs", &[]), 0.0);
+    assert_eq!(
+        done.one("switchyard_oldest_open_batch_age_seconds", &[]),
+        0.0
+    );
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+}
+
 /// The real binary with `SWITCHYARD_LOG_FORMAT=json`: one `switchyard::job` line for the
 /// finished job with its fields, and no prompt or output text (`log_content` is off).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

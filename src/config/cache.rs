@@ -46,7 +46,8 @@ pub struct CacheConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct EmbeddingsConfig {
     pub kind: EmbeddingsKind,
-    /// What the embedding call's cost row names as its provider.
+    /// What the embedding call's cost row names as its provider; when it is a configured
+    /// provider, that provider's rate limits admit the embedding calls.
     pub name: String,
     /// The API root, e.g. `https://api.openai.com/v1` (`/embeddings` is appended).
     pub base_url: Option<String>,

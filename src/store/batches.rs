@@ -562,3 +562,18 @@ pub async fn sweep(pool: &PgPool) -> Result<u64, StoreError> {
 fn big(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
+
+/// What the batch gauges show: jobs parked and not in a batch yet, batches not done, and
+/// the age in seconds of the oldest of those (0 when none).
+pub async fn levels(pool: &PgPool) -> Result<(i64, i64, f64), StoreError> {
+    let row = sqlx::query(
+        "SELECT (SELECT count(*) FROM batch_items WHERE state = 'parked') AS parked,
+                count(*) AS open,
+                coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS age
+           FROM batches WHERE state <> 'done'",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(StoreError::classify)?;
+    Ok((row.get("parked"), row.get("open"), row.get("age")))
+}

@@ -286,6 +286,8 @@ pub struct Metrics {
     reloads: Family<ReloadLabels, Counter>,
     /// Shadow evaluation (`[shadow]`).
     pub shadow: ShadowMetrics,
+    /// Provider batches (`super::batch`).
+    pub batch: super::batch::BatchMetrics,
     /// provider → model → handles; the configured models are made at start.
     models: RwLock<TwoKeys<Arc<ModelMetrics>>>,
 }
@@ -341,6 +343,7 @@ impl Metrics {
             republished: Counter::default(),
             reloads: Family::default(),
             shadow: ShadowMetrics::default(),
+            batch: super::batch::BatchMetrics::default(),
             models: RwLock::new(HashMap::new()),
         };
         // Series that exist before anything happens, so dashboards show 0, not nothing.
@@ -479,6 +482,7 @@ impl Metrics {
             self.reloads.clone(),
         );
         self.shadow.register(r);
+        self.batch.register(r);
         r.register_collector(Box::new(self.live.clone()));
     }
 

@@ -1,7 +1,8 @@
 //! Telemetry: logs ([`init`]), Prometheus metrics and the finished-job log line
-//! ([`metrics`]), what is read at scrape time ([`live`]) and the poller of backlog and
-//! budget gauges ([`poll`]), which reads the JetStream backlog through [`backlog`] (as the
-//! console does), and the metrics per priority and tenant ([`tenants`]).
+//! ([`metrics`]; provider batches' in [`batch`]), what is read at scrape time ([`live`])
+//! and the poller of backlog and budget gauges ([`poll`]), which reads the JetStream
+//! backlog through [`backlog`] (as the console does), and the metrics per priority and
+//! tenant ([`tenants`]).
 //!
 //! Logs go to stderr, filtered by `SWITCHYARD_LOG` (or `RUST_LOG`), plain text or JSON
 //! lines (`SWITCHYARD_LOG_FORMAT=json`, which also names each event's target, e.g.
@@ -9,6 +10,7 @@
 //! and priority.
 
 pub mod backlog;
+pub mod batch;
 pub mod live;
 pub mod metrics;
 pub mod poll;

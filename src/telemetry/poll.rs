@@ -1,7 +1,8 @@
 //! The gauges no event updates: the JetStream backlog per priority (pending, ack pending,
 //! the oldest message's age; with `[scheduling] fair` summed over the priority's tenant
 //! consumers) and per priority and tenant ([`crate::queue::backlog`]), the dead-letter
-//! stream's size, and each budget's level,
+//! stream's size, each budget's level, and the provider batches' (jobs parked, batches
+//! open, the oldest one's age),
 //! read every `metrics.poll_ms` by one small task per worker. Every worker reports the
 //! same backlog: aggregate with `max`, not `sum`.
 
@@ -49,6 +50,12 @@ impl Poller {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(error = %e, "metrics: reading budgets failed"),
                 Err(_) => tracing::debug!("metrics: reading budgets timed out"),
+            }
+            let levels = crate::store::batches::levels(&self.pool);
+            match tokio::time::timeout(ROUND_TIMEOUT, levels).await {
+                Ok(Ok((parked, open, age))) => self.metrics.batch.set_levels(parked, open, age),
+                Ok(Err(e)) => tracing::debug!(error = %e, "metrics: reading batches failed"),
+                Err(_) => tracing::debug!("metrics: reading batches timed out"),
             }
         }
     }

@@ -27,6 +27,7 @@ use crate::providers::ChatRequest;
 use crate::queue::publish::Publisher;
 use crate::store::batches::{self, BatchAnswer, HeldBatch, Item, ItemState, Settle, SettleOutcome};
 use crate::store::StoreError;
+use crate::telemetry::batch::BatchEnd;
 use futures::StreamExt;
 use sqlx::PgPool;
 use std::collections::HashMap;
@@ -79,6 +80,7 @@ pub struct Batcher {
     pub cfg: Arc<Config>,
     pub batching: Arc<Batching>,
     pub publisher: Publisher,
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
 }
 
 impl Batcher {
@@ -171,7 +173,12 @@ impl Batcher {
         let pool = &self.batching.pool;
         let (Some(api), Some(model)) = (self.api(&held.provider), self.upstream(&held.model))
         else {
-            batches::abandon(pool, held, "the provider or model is no longer configured").await?;
+            self.abandon(
+                held,
+                items.len(),
+                "the provider or model is no longer configured",
+            )
+            .await?;
             return self.fan_out(held).await;
         };
         let jobs: Vec<Option<Job>> = items
@@ -179,7 +186,8 @@ impl Batcher {
             .map(|i| serde_json::from_slice(&i.payload).ok())
             .collect();
         if jobs.iter().any(Option::is_none) {
-            batches::abandon(pool, held, "a parked job no longer parses").await?;
+            self.abandon(held, items.len(), "a parked job no longer parses")
+                .await?;
             return self.fan_out(held).await;
         }
         let reqs: Vec<ChatRequest<'_>> = jobs
@@ -190,6 +198,7 @@ impl Batcher {
             .collect();
         match api.submit(&held.id, &reqs).await {
             Ok(pid) => {
+                self.metrics.batch.submitted(&held.provider);
                 tracing::info!(batch = %held.id, provider_batch = %pid, jobs = items.len(),
                     provider = %held.provider, model = %held.model, "provider batch submitted");
                 batches::release(pool, held, "submitted", Some(&pid), None, self.poll_every())
@@ -203,11 +212,20 @@ impl Batcher {
             }
             Err(e) => {
                 tracing::warn!(batch = %held.id, error = %e, "the provider refused the batch; its jobs run live");
-                batches::abandon(pool, held, &format!("the provider refused the batch: {e}"))
-                    .await?;
+                let why = format!("the provider refused the batch: {e}");
+                self.abandon(held, items.len(), &why).await?;
                 self.fan_out(held).await
             }
         }
+    }
+
+    /// Send every job of a batch that was not sent live (and count it as abandoned).
+    async fn abandon(&self, held: &HeldBatch, jobs: usize, why: &str) -> Result<(), StoreError> {
+        if batches::abandon(&self.batching.pool, held, why).await? {
+            let m = &self.metrics.batch;
+            m.ended(&held.provider, BatchEnd::Abandoned, 0.0, 0, jobs as u64);
+        }
+        Ok(())
     }
 
     /// One look at a due batch, by its state.
@@ -344,8 +362,20 @@ impl Batcher {
             tracing::warn!(batch = %held.id, "lost the batch's lease before settling it");
             return Ok(());
         }
-        tracing::info!(batch = %held.id, status, answered, live = settles.len() - answered,
-            "provider batch ended");
+        let end = if held.state == "cancelling" {
+            BatchEnd::Cancelled
+        } else {
+            BatchEnd::of_provider_status(status)
+        };
+        let live = settles.len() - answered;
+        self.metrics.batch.ended(
+            &held.provider,
+            end,
+            latency_ms as f64 / 1000.0,
+            answered as u64,
+            live as u64,
+        );
+        tracing::info!(batch = %held.id, status, answered, live, "provider batch ended");
         self.fan_out(held).await
     }
 

@@ -497,7 +497,13 @@ async fn attempt(
     // state a job waits in for its calls stays small).
     let mut sem: Option<Box<semantic::Step>> = {
         let first = plan.candidates.first().map(|c| (&*c.model, c.max_tokens));
-        let step = semantic::step(ctx, job, first, cacheable.as_ref(), first_attempt);
+        let step = semantic::step(
+            ctx,
+            (job, s.d.priority),
+            first,
+            cacheable.as_ref(),
+            first_attempt,
+        );
         let semantic::Step { hit, calls, store } = Box::pin(step).await;
         if let Some(hit) = hit {
             let route = plan.route.clone();

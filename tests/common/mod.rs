@@ -3,6 +3,8 @@
 //! fails). The provider simulator runs in-process on a free port, so tests read its counters.
 #![allow(dead_code)]
 
+pub mod batch;
+
 use async_nats::jetstream;
 use futures::StreamExt;
 use sqlx::PgPool;

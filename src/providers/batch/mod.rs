@@ -8,6 +8,7 @@
 //! custom ids accept it; Anthropic's allow only `[A-Za-z0-9_-]{1,64}`).
 
 pub mod anthropic;
+pub mod gemini;
 pub mod openai;
 
 use super::{ChatRequest, ChatResponse, FailureClass, ProviderError};
@@ -91,31 +92,32 @@ pub struct BatchApis {
 }
 
 impl BatchApis {
-    /// OpenAI proper and Anthropic have a batch API here; `openai_compatible` servers and
-    /// Gemini are not batched (yet): their jobs stay live.
+    /// OpenAI proper, Anthropic and Gemini have a batch API here; `openai_compatible`
+    /// servers are not batched: their jobs stay live.
     pub fn from_config(config: &Config) -> Result<BatchApis, super::SetupError> {
         let mut by_name: HashMap<String, Arc<dyn BatchApi>> = HashMap::new();
         for p in &config.providers {
+            if p.kind == ProviderKind::OpenaiCompatible {
+                continue;
+            }
             let max = config.limits.max_response_bytes;
-            let api: Arc<dyn BatchApi> = match p.kind {
-                ProviderKind::Openai => Arc::new(
-                    openai::OpenAiBatch::new(p, super::read_key(p)?, max).map_err(|e| {
-                        super::SetupError::Batch {
-                            provider: p.name.clone(),
-                            message: e.to_string(),
-                        }
-                    })?,
-                ),
-                ProviderKind::Anthropic => Arc::new(
-                    anthropic::AnthropicBatch::new(p, super::read_key(p)?, max).map_err(|e| {
-                        super::SetupError::Batch {
-                            provider: p.name.clone(),
-                            message: e.to_string(),
-                        }
-                    })?,
-                ),
-                ProviderKind::Gemini | ProviderKind::OpenaiCompatible => continue,
+            let key = super::read_key(p)?;
+            let made: Result<Arc<dyn BatchApi>, ProviderError> = match p.kind {
+                ProviderKind::Openai => {
+                    openai::OpenAiBatch::new(p, key, max).map(|a| Arc::new(a) as _)
+                }
+                ProviderKind::Anthropic => {
+                    anthropic::AnthropicBatch::new(p, key, max).map(|a| Arc::new(a) as _)
+                }
+                ProviderKind::Gemini => {
+                    gemini::GeminiBatch::new(p, key, max).map(|a| Arc::new(a) as _)
+                }
+                ProviderKind::OpenaiCompatible => continue,
             };
+            let api = made.map_err(|e| super::SetupError::Batch {
+                provider: p.name.clone(),
+                message: e.to_string(),
+            })?;
             by_name.insert(p.name.clone(), api);
         }
         Ok(BatchApis { by_name })

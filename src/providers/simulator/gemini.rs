@@ -1,6 +1,6 @@
 //! Gemini: `POST /v1beta/models/{model}:generateContent` (also under `/v1/`), plus
 //! `:streamGenerateContent` (the whole answer as one chunk; SSE with `?alt=sse`) and
-//! `:countTokens`.
+//! `:countTokens`. `:batchGenerateContent` (v1beta) is Batch Mode (`gemini_batch.rs`).
 //!
 //! The key comes from `x-goog-api-key` or `?key=`. Thinking models (ids containing
 //! `2.5`, `gemini-3` or `thinking`) report `thoughtsTokenCount`, and their thoughts count
@@ -39,7 +39,7 @@ fn status_name(code: u16) -> &'static str {
     }
 }
 
-fn error_body(code: u16, message: &str, details: Option<Value>) -> Value {
+pub(crate) fn error_body(code: u16, message: &str, details: Option<Value>) -> Value {
     let mut e = json!({"code": code, "message": message, "status": status_name(code)});
     if let (Some(d), Some(obj)) = (details, e.as_object_mut()) {
         obj.insert("details".into(), d);
@@ -106,6 +106,29 @@ fn fault_response(call: &Call, fault: &Fault) -> Response {
     }
 }
 
+/// The API key, from `x-goog-api-key` or `?key=`: missing (403) or empty (400) is refused
+/// as Google refuses it.
+pub(crate) fn check_key(
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<(), (GErr, Option<Value>)> {
+    let key = header_str(headers, "x-goog-api-key")
+        .map(str::to_owned)
+        .or_else(|| query.get("key").cloned());
+    match key.as_deref().map(str::trim) {
+        None => Err((GErr(403, "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.".into()), None)),
+        Some("") => {
+            let details = json!([{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
+                "domain": "googleapis.com", "metadata": {"service": "generativelanguage.googleapis.com"}}]);
+            Err((
+                GErr(400, "API key not valid. Please pass a valid API key.".into()),
+                Some(details),
+            ))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
 fn is_thinking_model(model: &str) -> bool {
     model.contains("2.5") || model.contains("gemini-3") || model.contains("thinking")
 }
@@ -118,7 +141,15 @@ pub(crate) async fn generate_v1beta(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    handle(sim, "v1beta", rest, query.ok().map(|q| q.0), headers, body).await
+    let query = query.ok().map(|q| q.0);
+    if let Some(model) = rest
+        .trim_start_matches('/')
+        .strip_suffix(":batchGenerateContent")
+    {
+        let query = query.unwrap_or_default();
+        return super::gemini_batch::create(&sim, model, &query, &headers, &body);
+    }
+    handle(sim, "v1beta", rest, query, headers, body).await
 }
 
 /// `POST /v1/models/{model}:{method}`.
@@ -154,27 +185,8 @@ async fn handle(
         return fault_response(&call, &f);
     }
     let query = query.unwrap_or_default();
-    let key = header_str(&headers, "x-goog-api-key")
-        .map(str::to_owned)
-        .or_else(|| query.get("key").cloned());
-    match key.as_deref().map(str::trim) {
-        None => {
-            let e = GErr(403, "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.".into());
-            return error(&call, &e, None);
-        }
-        Some("") => {
-            let details = json!([{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
-                "domain": "googleapis.com", "metadata": {"service": "generativelanguage.googleapis.com"}}]);
-            return error(
-                &call,
-                &GErr(
-                    400,
-                    "API key not valid. Please pass a valid API key.".into(),
-                ),
-                Some(details),
-            );
-        }
-        Some(_) => {}
+    if let Err((e, details)) = check_key(&headers, &query) {
+        return error(&call, &e, details);
     }
     if !["generateContent", "streamGenerateContent", "countTokens"].contains(&method) {
         let e = GErr(404, format!("models/{model} is not found for API version {version}, or is not supported for {method}. Call ListModels to see the list of available models and their supported methods."));
@@ -289,7 +301,7 @@ fn stream_chunks(out: &Value) -> Vec<Value> {
 }
 
 /// The deterministic `GenerateContentResponse`.
-fn answer(req: &GenRequest, model: &str, seed: u64) -> Value {
+pub(crate) fn answer(req: &GenRequest, model: &str, seed: u64) -> Value {
     let thoughts = if is_thinking_model(model) {
         let dynamic = 256 + seed % 256;
         match req.thinking_budget {

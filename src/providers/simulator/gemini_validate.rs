@@ -170,7 +170,11 @@ fn snake(path: &str) -> String {
 }
 
 /// Copy of `obj` with camelCase keys, refusing keys not in `allowed`.
-fn fields(obj: &Map<String, Value>, allowed: &[&str], path: &str) -> R<Map<String, Value>> {
+pub(crate) fn fields(
+    obj: &Map<String, Value>,
+    allowed: &[&str],
+    path: &str,
+) -> R<Map<String, Value>> {
     let mut out = Map::new();
     for (k, v) in obj {
         let c = camel(k);

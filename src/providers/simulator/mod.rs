@@ -21,6 +21,9 @@
 //! - `POST|GET /v1/messages/batches`, `GET /v1/messages/batches/{id}[/results]`,
 //!   `POST /v1/messages/batches/{id}/cancel` — Anthropic's Message Batches
 //!   (`anthropic_batch.rs`).
+//! - `POST /v1beta/models/{model}:batchGenerateContent`, `GET /v1beta/batches[/{id}]`,
+//!   `POST /v1beta/batches/{id}:cancel`, `DELETE /v1beta/batches/{id}` — Gemini's Batch
+//!   Mode (`gemini_batch.rs`).
 //! - `GET /_sim/stats` — [`Stats`] as JSON; `GET|POST /_sim/profile` — read / replace the
 //!   [`FaultProfile`]; `POST /_sim/reset` — zero the counters and clear the request log;
 //!   `GET /_sim/log?limit=N` — the newest `N` (default 100) [`LogEntry`]s, newest first,
@@ -59,6 +62,7 @@ mod anthropic;
 mod anthropic_batch;
 mod anthropic_validate;
 mod gemini;
+mod gemini_batch;
 mod gemini_validate;
 mod latency;
 mod log;
@@ -109,6 +113,8 @@ pub struct Simulator {
     batches: Arc<openai_batch::Store>,
     /// Anthropic's message batches.
     anthropic_batches: Arc<anthropic_batch::Store>,
+    /// Gemini's batches.
+    gemini_batches: Arc<gemini_batch::Store>,
 }
 
 impl std::fmt::Debug for Simulator {
@@ -349,6 +355,7 @@ impl Simulator {
             conns: Arc::default(),
             batches: Arc::default(),
             anthropic_batches: Arc::default(),
+            gemini_batches: Arc::default(),
         }
     }
 
@@ -383,6 +390,13 @@ impl Simulator {
                 get(anthropic_batch::results),
             )
             .route("/v1beta/models/{*rest}", post(gemini::generate_v1beta))
+            .route("/v1beta/batches", get(gemini_batch::list))
+            .route(
+                "/v1beta/batches/{id}",
+                get(gemini_batch::get)
+                    .post(gemini_batch::post)
+                    .delete(gemini_batch::delete),
+            )
             .route("/v1/models/{*rest}", post(gemini::generate_v1))
             .route("/_sim/stats", get(admin_stats))
             .route(

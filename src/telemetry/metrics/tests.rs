@@ -372,3 +372,48 @@ fn log_content_puts_prompt_and_output_in_the_line() {
     assert_eq!(f["output"], "the secret answer");
     assert_eq!(f["error_kind"], "");
 }
+
+/// The provider-batch families render under the names deploy/check/metrics.txt lists
+/// (counters with `_total`), with the values recorded.
+#[test]
+fn batch_families_render_under_their_exported_names() {
+    use crate::telemetry::batch::BatchEnd;
+    let m = Metrics::default();
+    m.batch.parked("openai");
+    m.batch.parked("openai");
+    m.batch.submitted("openai");
+    m.batch.ended("openai", BatchEnd::Expired, 12.0, 1, 1);
+    m.batch.set_levels(2, 1, 30.5);
+    let text = m.render();
+    for (series, want) in [
+        (
+            r#"switchyard_batch_jobs_parked_total{provider="openai"}"#,
+            2.0,
+        ),
+        (
+            r#"switchyard_batches_submitted_total{provider="openai"}"#,
+            1.0,
+        ),
+        (
+            r#"switchyard_batches_ended_total{provider="openai",status="expired"}"#,
+            1.0,
+        ),
+        (
+            r#"switchyard_batch_jobs_total{provider="openai",result="answered"}"#,
+            1.0,
+        ),
+        (
+            r#"switchyard_batch_jobs_total{provider="openai",result="live"}"#,
+            1.0,
+        ),
+        (
+            r#"switchyard_batch_duration_seconds_count{provider="openai"}"#,
+            1.0,
+        ),
+        ("switchyard_batch_parked_jobs", 2.0),
+        ("switchyard_batches_open", 1.0),
+        ("switchyard_oldest_open_batch_age_seconds", 30.5),
+    ] {
+        assert_eq!(sample(&text, series), Some(want), "{series} in\n{text}");
+    }
+}

@@ -69,6 +69,7 @@ pub(super) async fn park(ctx: &Ctx, s: Scope<'_>, job: &Job, plan: &Plan) -> Par
         .await;
     match parked {
         Ok(Parked::New) => {
+            ctx.metrics.batch.parked(&first.model.provider);
             tracing::info!(provider = %first.model.provider, model = %first.model.name,
                 "parked for a provider batch");
             Park::Parked
@@ -185,12 +186,15 @@ pub(super) async fn answer(
     let Some(a) = item.answer else {
         return Some(Disposition::Retry(Duration::from_secs(1)));
     };
-    let tier = ctx
-        .cfg
-        .models
-        .iter()
-        .find(|m| m.name == item.model)
-        .map_or("", |m| m.tier.as_str());
+    let model = ctx.cfg.models.iter().find(|m| m.name == item.model);
+    let tier = model.map_or("", |m| m.tier.as_str());
+    // The answer feeds the response cache as a live one does (under the key its lookup
+    // used: the same model and max_tokens), so later repeats of a batched prompt hit.
+    let cacheable =
+        model.and_then(|m| crate::cache::cacheable(&ctx.cfg.cache, job, m, item.max_tokens));
+    let semantic = model.and_then(|m| {
+        super::semantic::builtin_columns(ctx, job, m, item.max_tokens, cacheable.as_ref())
+    });
     let route: Option<Route> = item.route.and_then(|r| serde_json::from_value(r).ok());
     let route = route.map(|mut r| {
         r.reason.push_str("; sent in a provider batch");
@@ -205,13 +209,6 @@ pub(super) async fn answer(
         cache_hit: false,
     };
     let result = succeeded(s, job, answer, route, prior);
-    finish(
-        ctx,
-        s,
-        Some(lease),
-        result,
-        Vec::new(),
-        CacheFinal::default(),
-    )
-    .await
+    let cache = CacheFinal::store(cacheable, semantic, &result);
+    finish(ctx, s, Some(lease), result, Vec::new(), cache).await
 }

@@ -6,19 +6,25 @@
 //!   recorded like any other: a `started` cost row before it, then its final row with
 //!   outcome `embedding` (or `embedding_failed`), priced at
 //!   `cache.embeddings.input_per_mtok`, in the job's `attempts` and cost.
+//! - That call is admitted by the rate limiter of the provider `cache.embeddings.name`
+//!   names (its `rpm` / `tpm`, shared with that provider's completion calls, cluster-wide;
+//!   a name that is no configured provider has no limits), at the job's priority. It
+//!   waits for admission at most `cache.embeddings.timeout_ms`; not admitted by then,
+//!   no call is made and no row written: a miss.
 //! - Anything that fails (the endpoint, Postgres) is a miss, and nothing is stored
 //!   semantically: the job is called as if there were no semantic cache.
 
 use crate::cache::semantic::{semantic_key, SemanticKey};
 use crate::cache::{embed, lsh, Cacheable};
 use crate::config::{EmbeddingsKind, ModelConfig};
-use crate::job::{Attempt, Job, Usage};
+use crate::job::{Attempt, Job, Priority, Usage};
+use crate::ratelimit::{Ask, Permit};
 use crate::store::semantic::{SemanticColumns, SemanticHit, SemanticLookup};
 use crate::store::CallRecord;
 use crate::telemetry::metrics::CacheKind;
 use crate::worker::Ctx;
 use rust_decimal::Decimal;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What the step found and leaves for the rest of the delivery.
 #[derive(Default)]
@@ -58,7 +64,7 @@ pub(super) fn calls(step: &mut Option<Box<Step>>) -> Vec<CallRecord> {
 /// `max_tokens` sent), when the semantic cache applies.
 pub(super) async fn step(
     ctx: &Ctx,
-    job: &Job,
+    (job, priority): (&Job, Priority),
     first: Option<(&ModelConfig, u32)>,
     cacheable: Option<&Cacheable>,
     attempt: u32,
@@ -72,12 +78,10 @@ pub(super) async fn step(
     let mut step = Step::default();
     let cfg = &ctx.cfg.cache.embeddings;
     let vector = match cfg.kind {
-        EmbeddingsKind::Builtin => Some(embed::builtin(
-            &key.prompt,
-            cfg.dimensions.map_or(embed::BUILTIN_DIMS, |d| d as usize),
-        )),
+        EmbeddingsKind::Builtin => Some(builtin(ctx, key)),
         EmbeddingsKind::Openai => {
-            let (vector, call) = Box::pin(call_endpoint(ctx, job, key, attempt)).await;
+            let call = call_endpoint(ctx, (job, priority), key, attempt);
+            let (vector, call) = Box::pin(call).await;
             step.calls.extend(call);
             vector
         }
@@ -112,15 +116,76 @@ pub(super) async fn step(
     step
 }
 
-/// Call the embedding endpoint, its `started` row first. The vector (none on failure)
-/// and the call's record (none when the worker is stopping: no call was made).
-async fn call_endpoint(
+fn builtin(ctx: &Ctx, key: &SemanticKey) -> Vec<f32> {
+    let dims = ctx.cfg.cache.embeddings.dimensions;
+    embed::builtin(
+        &key.prompt,
+        dims.map_or(embed::BUILTIN_DIMS, |d| d as usize),
+    )
+}
+
+/// What stores an answer this delivery did not embed for (a provider batch's, the job
+/// parked before any semantic step): its prompt's embedding when the semantic cache
+/// applies and the built-in embedder makes it. With an endpoint embedder, none: that
+/// would be a call of its own (the answer is still stored for the exact cache).
+pub(super) fn builtin_columns(
     ctx: &Ctx,
     job: &Job,
+    model: &ModelConfig,
+    max_tokens: u32,
+    cacheable: Option<&Cacheable>,
+) -> Option<SemanticColumns> {
+    if ctx.cfg.cache.embeddings.kind != EmbeddingsKind::Builtin {
+        return None;
+    }
+    let key = semantic_key(&ctx.cfg.cache, job, model, max_tokens, cacheable)?;
+    let q = lsh::quantize(&builtin(ctx, &key));
+    Some(SemanticColumns {
+        shape: key.shape,
+        bands: lsh::band_keys(key.scope, &lsh::signature(&q)),
+        embedding: lsh::to_bytes(&q),
+    })
+}
+
+/// Admission to the embedding call by its provider's rate limiter, waiting at most the
+/// call's timeout; none: not admitted in time (or the worker is stopping).
+async fn admit(ctx: &Ctx, key: &SemanticKey, priority: Priority) -> Option<Permit> {
+    let cfg = &ctx.cfg.cache.embeddings;
+    let ask = Ask {
+        provider: &cfg.name,
+        model: &cfg.model,
+        // ~4 characters a token, as the completion calls' estimate.
+        tokens: (key.prompt.len() as u64).div_ceil(4).max(1),
+    };
+    let t = Instant::now();
+    let wait = Duration::from_millis(cfg.timeout_ms);
+    let permit = tokio::select! {
+        p = tokio::time::timeout(wait, ctx.limiters.admit(ask, priority)) => p.ok(),
+        _ = ctx.abort.cancelled() => None,
+    };
+    match &permit {
+        Some(_) => ctx
+            .metrics
+            .limiter_waited(&cfg.name, &cfg.model, t.elapsed()),
+        None => tracing::info!(provider = %cfg.name, wait_ms = cfg.timeout_ms,
+            "embedding call not admitted by the rate limiter in time; semantic lookup skipped"),
+    }
+    permit
+}
+
+/// Call the embedding endpoint once its rate limiter admits it, its `started` row first.
+/// The vector (none on failure) and the call's record (none when no call was made: not
+/// admitted in time, or the worker is stopping).
+async fn call_endpoint(
+    ctx: &Ctx,
+    (job, priority): (&Job, Priority),
     key: &SemanticKey,
     attempt: u32,
 ) -> (Option<Vec<f32>>, Option<CallRecord>) {
     let cfg = &ctx.cfg.cache.embeddings;
+    let Some(permit) = admit(ctx, key, priority).await else {
+        return (None, None);
+    };
     let record = |outcome: &str,
                   latency_ms: u64,
                   usage: Usage,
@@ -152,15 +217,21 @@ async fn call_endpoint(
     };
     match Box::pin(super::commit(ctx, req)).await {
         Ok(_) => {}
-        Err(super::CommitFailed::Stopping) => return (None, None),
+        Err(super::CommitFailed::Stopping) => {
+            permit.cancel();
+            return (None, None);
+        }
         Err(super::CommitFailed::Refused(e, _)) => {
             tracing::warn!(error = %e, "postgres refused the embedding call's started row");
+            permit.cancel();
             return (None, None);
         }
     }
     let t = Instant::now();
     let answer = crate::providers::embeddings::embed(cfg, &key.prompt).await;
     let latency_ms = t.elapsed().as_millis() as u64;
+    // What the call used (the reservation is kept when it reported nothing).
+    permit.settle(answer.as_ref().ok().map(|e| e.prompt_tokens));
     match answer {
         Ok(e) => {
             let usage = Usage {
