@@ -417,3 +417,37 @@ fn batch_families_render_under_their_exported_names() {
         assert_eq!(sample(&text, series), Some(want), "{series} in\n{text}");
     }
 }
+
+/// The shadow-evaluation families render under the names deploy/check/metrics.txt lists
+/// (counters with `_total`), with the values recorded.
+#[test]
+fn shadow_families_render_under_their_exported_names() {
+    use super::shadow::EvalResult;
+    let m = Metrics::default();
+    m.shadow
+        .evaluated("extract", "gpt-4o-mini", EvalResult::Agree, Some(0.93));
+    m.shadow
+        .evaluated("extract", "gpt-4o-mini", EvalResult::Disagree, None);
+    m.shadow.dropped("extract", "busy");
+    let text = m.render();
+    for (series, want) in [
+        (
+            r#"switchyard_shadow_evals_total{route="extract",candidate="gpt-4o-mini",result="agree"}"#,
+            1.0,
+        ),
+        (
+            r#"switchyard_shadow_evals_total{route="extract",candidate="gpt-4o-mini",result="disagree"}"#,
+            1.0,
+        ),
+        (
+            r#"switchyard_shadow_similarity_count{route="extract",candidate="gpt-4o-mini"}"#,
+            1.0,
+        ),
+        (
+            r#"switchyard_shadow_dropped_total{route="extract",reason="busy"}"#,
+            1.0,
+        ),
+    ] {
+        assert_eq!(sample(&text, series), Some(want), "{series} in\n{text}");
+    }
+}
