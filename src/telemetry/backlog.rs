@@ -1,6 +1,6 @@
 //! The JetStream backlog as operators read it: per priority, what is pending, what is
-//! held by workers (ack pending) and how old the oldest message is; per tenant, what the
-//! jobs stream holds; the dead-letter stream's size. The metrics poller ([`super::poll`])
+//! held by workers (ack pending) and how old the oldest message is; the dead-letter
+//! stream's size (per tenant: [`crate::queue::backlog`]). The metrics poller ([`super::poll`])
 //! and the console's overview read it the same way, here.
 
 use crate::job::Priority;
@@ -124,29 +124,4 @@ async fn tenant_consumer_sums(
         }
     }
     Ok(sums)
-}
-
-/// Messages the jobs stream holds (pending or held), per (priority, tenant), from the
-/// stream's subjects (no message read), sorted.
-pub async fn per_tenant(
-    js: &jetstream::Context,
-    names: &Names,
-) -> Result<Vec<(String, String, u64)>, async_nats::Error> {
-    let jobs = js.get_stream(names.jobs_stream()).await?;
-    let subjects: Vec<(String, usize)> = jobs
-        .info_with_subjects(format!("{}.jobs.>", names.prefix))
-        .await?
-        .try_collect()
-        .await?;
-    let head = format!("{}.jobs.", names.prefix);
-    let mut out: Vec<(String, String, u64)> = subjects
-        .into_iter()
-        .filter(|(_, n)| *n > 0)
-        .filter_map(|(s, n)| {
-            let (priority, tenant) = s.strip_prefix(&head)?.split_once('.')?;
-            Some((priority.to_string(), tenant.to_string(), n as u64))
-        })
-        .collect();
-    out.sort();
-    Ok(out)
 }

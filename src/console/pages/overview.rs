@@ -42,14 +42,21 @@ pub async fn show(
             esc(&e.to_string())
         )),
     }
-    if let Ok(t) = crate::telemetry::backlog::per_tenant(&c.js, &c.names).await {
+    if let Ok(t) = tenant_backlog(&c).await {
         body.push_str("<h2>Backlog by tenant</h2>");
         let rows: Vec<Vec<String>> = t
             .iter()
-            .map(|(p, tenant, n)| vec![esc(p), esc(tenant), n.to_string()])
+            .map(|b| {
+                vec![
+                    esc(b.priority.as_str()),
+                    esc(&b.tenant),
+                    b.messages.to_string(),
+                    format!("{:.0} s", b.oldest_age_s),
+                ]
+            })
             .collect();
         body.push_str(&html::table(
-            &["priority", "tenant", "jobs waiting or held"],
+            &["priority", "tenant", "jobs waiting or held", "oldest"],
             &rows,
         ));
     }
@@ -114,4 +121,12 @@ pub async fn show(
         &rows,
     ));
     Ok(Html(html::page("Overview", Some(&session), &body)))
+}
+
+/// The backlog per priority and tenant, as `switchyard queue` and the metrics read it.
+async fn tenant_backlog(
+    c: &super::super::Console,
+) -> Result<Vec<crate::queue::backlog::TenantBacklog>, Box<dyn std::error::Error>> {
+    let stream = c.js.get_stream(c.names.jobs_stream()).await?;
+    Ok(crate::queue::backlog::read(&stream, &c.names.prefix).await?)
 }
