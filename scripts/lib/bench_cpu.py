@@ -6,7 +6,8 @@
         utime+stime (/proc/PID/stat) with its command name.
     bench_cpu.py diff BEFORE.json AFTER.json [--name LABEL=PID ...] [--pg-db NAME]
         Prints one JSON object: wall-clock CPU-seconds per group over the interval.
-        Groups: each --name LABEL=PID (that process), "nats-server" and "postgres"
+        Groups: each --name LABEL=PID (that process; "kernel" has the part of its
+        time spent in the kernel, stime), "nats-server" and "postgres"
         (every process with that command name; with --pg-db, only the backends
         connected to database NAME and the server's shared processes (WAL writer,
         checkpointer, background writer, autovacuum ...): the backends of other
@@ -53,13 +54,14 @@ def procs():
         # fields after comm: state(0) ppid(1) ... utime(11) stime(12)
         try:
             ticks = int(rest[11]) + int(rest[12])
+            stime = int(rest[12])
             start = rest[19]
         except (IndexError, ValueError):
             continue
         db = None
         if comm == "postgres":
             db = pg_database(pid)
-        out[pid] = [comm, ticks, start, db]
+        out[pid] = [comm, ticks, start, db, stime]
     return out
 
 
@@ -97,6 +99,7 @@ def diff(a_path, b_path, names, pg_db=None):
     groups["nats-server"] = 0.0
     groups["postgres"] = 0.0
     by_pid = {pid: label for label, pid in names.items()}
+    kernel = {label: 0.0 for label in names}
     others = {}
     for pid, entry in b["procs"].items():
         comm, ticks, start = entry[:3]
@@ -110,6 +113,9 @@ def diff(a_path, b_path, names, pg_db=None):
             continue
         if pid in by_pid:
             groups[by_pid[pid]] += d
+            if len(entry) > 4:
+                was = before[4] if before and before[2] == start and len(before) > 4 else 0
+                kernel[by_pid[pid]] += (entry[4] - was) / HZ
         elif comm == "nats-server":
             groups["nats-server"] += d
         elif comm == "postgres" or comm.startswith("postgres"):
@@ -124,6 +130,7 @@ def diff(a_path, b_path, names, pg_db=None):
     out = {k: round(v, 2) for k, v in groups.items()}
     top = sorted(others.items(), key=lambda kv: -kv[1])[:5]
     out["top_other"] = [[c, round(v, 2)] for c, v in top if v >= 0.05]
+    out["kernel"] = {k: round(v, 2) for k, v in kernel.items()}
     out["busy_cpu_s"] = round(busy, 2)
     out["busy_pct"] = round(100.0 * busy / total, 1) if total > 0 else None
     out["wall_s"] = round(total / cores, 2)

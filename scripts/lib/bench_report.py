@@ -80,6 +80,7 @@ def cmd_run(argv):
         "busy_pct": cpu.get("busy_pct"),
         "wall_s": cpu.get("wall_s"),
         "top_other": cpu.get("top_other"),
+        "kernel_s": (cpu.get("kernel") or {}).get(label),
         "extra": extra,
     }
     with open(runs, "a") as f:
@@ -114,8 +115,11 @@ def line(rec):
     other = ""
     if rec.get("top_other"):
         other = " [other: %s]" % ", ".join("%s %.1f s" % (c, v) for c, v in rec["top_other"])
-    return head + "\n              CPU µs/job: %s (machine busy %.0f%%)%s" % (
-        cpu_text(rec["cpu_us_per_job"], label), rec.get("busy_pct") or 0, other)
+    kernel = ""
+    if rec.get("kernel_s") is not None and rec["cpu_s"].get("proc"):
+        kernel = "; %s in the kernel %.0f%%" % (label, 100.0 * rec["kernel_s"] / rec["cpu_s"]["proc"])
+    return head + "\n              CPU µs/job: %s (machine busy %.0f%%%s)%s" % (
+        cpu_text(rec["cpu_us_per_job"], label), rec.get("busy_pct") or 0, kernel, other)
 
 
 def med(vals):

@@ -6,11 +6,12 @@
 //!
 //! Logs go to stderr, filtered by `SWITCHYARD_LOG` (or `RUST_LOG`), plain text or JSON
 //! lines (`SWITCHYARD_LOG_FORMAT=json`, which also names each event's target, e.g.
-//! `switchyard::job` for the line each finished job writes). Spans carry tenant, job id
-//! and priority.
+//! `switchyard::job` for the line each finished job writes; [`json`] writes them). Spans
+//! carry tenant, job id and priority. Colours only when stderr is a terminal.
 
 pub mod backlog;
 pub mod batch;
+pub mod json;
 pub mod live;
 pub mod metrics;
 pub mod poll;
@@ -28,8 +29,15 @@ pub fn init(default_level: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let _ = if json {
-        builder.json().try_init()
+        builder
+            .fmt_fields(json::JsonFields)
+            .event_format(json::JsonLines)
+            .try_init()
     } else {
-        builder.with_target(false).try_init()
+        use std::io::IsTerminal;
+        builder
+            .with_target(false)
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init()
     };
 }

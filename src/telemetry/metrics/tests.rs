@@ -300,7 +300,8 @@ fn json_lines(f: impl FnOnce()) -> Vec<serde_json::Value> {
     let out = Captured::default();
     let writer = out.clone();
     let subscriber = tracing_subscriber::fmt()
-        .json()
+        .fmt_fields(crate::telemetry::json::JsonFields)
+        .event_format(crate::telemetry::json::JsonLines)
         .with_writer(move || writer.clone())
         .finish();
     tracing::subscriber::with_default(subscriber, f);
