@@ -7,12 +7,11 @@
 
 mod common;
 
-use common::{job, TestEnv};
+use common::{job, serve_console as serve, TestEnv};
 use sha2::{Digest, Sha256};
 use switchyard::config::{ConsoleRole, ConsoleToken};
 use switchyard::job::{ErrorKind, Priority, Status};
 use switchyard::providers::simulator::FaultProfile;
-use tokio_util::sync::CancellationToken;
 
 const HOSTILE: &str = "<script>alert(1)</script>";
 
@@ -21,20 +20,6 @@ fn sha(token: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-struct Served {
-    base: String,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-async fn serve(cfg: switchyard::config::Config) -> Served {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(switchyard::console::serve(cfg, listener, stop.clone()));
-    Served { base, stop, task }
 }
 
 /// GET `path` with an optional bearer token: (status, body).
@@ -402,4 +387,77 @@ async fn console_pages_search_replay_purge_and_auth() {
 
     stop.cancel();
     worker.await.unwrap().unwrap();
+}
+
+/// Breakers live in each worker's memory: the overview shows what the workers' heartbeats
+/// say. A real worker whose model fails opens its breaker; a heartbeat without breakers
+/// (a worker from before they were reported) is listed as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overview_shows_the_breakers_workers_report() {
+    let env = TestEnv::new(|c| {
+        c.worker.max_deliveries = 1;
+        c.health.consecutive_failures = 2;
+        c.health.open_s = 60;
+        c.ratelimit.heartbeat_ms = 200;
+        c.ratelimit.member_timeout_ms = 1000;
+    })
+    .await;
+    let console = serve(env.config.clone()).await;
+    let http = reqwest::Client::new();
+    let (_, page) = get(&http, &console.base, "/", None).await;
+    assert!(page.contains("No worker heard"), "{page}");
+    assert!(page.contains("unknown: no live worker reports"), "{page}");
+
+    env.fail_model("gpt-4o-mini-2024-07-18");
+    let (stop, worker) = env.start_worker().await;
+    let pinned = r#","model":"openai/gpt-4o-mini""#;
+    for id in ["b1", "b2"] {
+        env.publish(Priority::Normal, "acme", job(id, "acme", pinned))
+            .await;
+        let r = env.result("acme", id, 20).await;
+        assert_eq!(r.error.unwrap().kind, ErrorKind::ProvidersExhausted);
+    }
+    // An older worker's heartbeat: no `breakers` field.
+    let old = r#"{"id":"oldworker","limits":{}}"#;
+    let hb = format!("{}.ctl.heartbeat", env.prefix);
+    let mut page = String::new();
+    for _ in 0..100 {
+        env.client.publish(hb.clone(), old.into()).await.unwrap();
+        page = get(&http, &console.base, "/", None).await.1;
+        if page.contains("breaker-open\">open</span> on 1 of 1") && page.contains("oldworker") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let row = page
+        .split("<tr>")
+        .find(|r| r.contains("breaker-open"))
+        .unwrap_or_else(|| panic!("no open breaker: {page}"));
+    assert!(
+        row.contains("<td>openai</td><td>gpt-4o-mini</td>") && row.contains("2 failures in a row"),
+        "{row}"
+    );
+    assert!(row.contains("probed after <time"), "{row}");
+    // The other models are closed on the one live worker that reports; the older worker
+    // is listed, its breakers unknown.
+    assert!(
+        page.contains("<td>openai</td><td>gpt-4o</td><td><span class=\"breaker-closed\">closed</span> on all 1"),
+        "{page}"
+    );
+    assert!(page.contains("not reported (an older worker)"), "{page}");
+
+    // The worker stops: its last heartbeat says so.
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    let mut page = String::new();
+    for _ in 0..50 {
+        page = get(&http, &console.base, "/", None).await.1;
+        if page.contains("stopped") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(page.contains("stopped"), "{page}");
+    console.stop.cancel();
+    console.task.await.unwrap().unwrap();
 }

@@ -4,6 +4,7 @@ pub mod dlq;
 pub mod jobs;
 pub mod overview;
 pub mod spend;
+pub mod workers;
 
 use super::ConsoleError;
 

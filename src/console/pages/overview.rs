@@ -1,5 +1,6 @@
 //! `/`: the backlog per priority and tenant (with the oldest waiting job's age), the last
-//! hour's throughput and failures, and every budget's use.
+//! hour's throughput and failures, the workers heard and their breakers
+//! ([`super::workers`]), and every budget's use.
 
 use super::super::html::{self, esc};
 use super::super::{auth::Session, ConsoleError, Shared};
@@ -90,6 +91,13 @@ pub async fn show(
             .collect();
         body.push_str(&html::table(&["error kind", "failed jobs"], &rows));
     }
+    let now = Utc::now();
+    body.push_str(&super::workers::section(
+        &c.cfg,
+        c.workers.since(),
+        &c.workers.list(now),
+        now,
+    ));
     body.push_str("<h2>Budgets</h2>");
     let budgets = crate::store::budget_admin::budget_status(&c.pool, None, Utc::now()).await?;
     let rows: Vec<Vec<String>> = budgets
