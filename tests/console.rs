@@ -119,6 +119,8 @@ async fn console_pages_search_replay_purge_and_auth() {
     assert_eq!(get(&http, &base, "/", None).await.0, 401);
     assert_eq!(get(&http, &base, "/jobs", Some("op-tokenx")).await.0, 401);
     assert_eq!(get(&http, &base, "/assets/console.css", None).await.0, 200);
+    let (code, js) = get(&http, &base, "/assets/console.js", None).await;
+    assert!(code == 200 && js.contains("data-confirm"), "{js}");
     assert_eq!(get(&http, &base, "/login", None).await.0, 200);
 
     // Overview: backlog per priority, the last hour, budgets.
@@ -248,6 +250,45 @@ async fn console_pages_search_replay_purge_and_auth() {
     assert!(page.contains("0 dead letters match"), "{page}");
     let (code, page) = get(&http, &base, "/dlq?kind=bogus", op).await;
     assert_eq!(code, 400, "{page}");
+    // The list pages: 101 dead letters of another tenant, 100 a page.
+    let mut entry = env.dlq("acme", "d2").await.unwrap();
+    for i in 0..101 {
+        entry.failed_at += chrono::Duration::seconds(1);
+        let subject = env.names().dlq_subject("zeta", &format!("z{i:03}"));
+        let body = serde_json::to_vec(&entry).unwrap();
+        env.js
+            .publish(subject, body.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let (code, page) = get(&http, &base, "/dlq?tenant=zeta", op).await;
+    assert_eq!(code, 200, "{page}");
+    assert!(
+        page.contains("101 dead letters match, oldest first: 1–100 shown (page 1 of 2)"),
+        "{page}"
+    );
+    assert!(page.contains(">z099</a>") && !page.contains(">z100</a>"));
+    assert!(
+        page.contains("href=\"/dlq?tenant=zeta&amp;page=2\">Next page"),
+        "{page}"
+    );
+    let (_, page) = get(&http, &base, "/dlq?tenant=zeta&page=2", op).await;
+    assert!(page.contains("101–101 shown (page 2 of 2)"), "{page}");
+    assert!(page.contains(">z100</a>") && !page.contains(">z099</a>"));
+    assert!(page.contains("Previous page") && !page.contains("Next page"));
+    assert_eq!(get(&http, &base, "/dlq?page=0", op).await.0, 400);
+    let (code, page) = post(
+        &http,
+        format!("{base}/dlq/purge"),
+        ("authorization", "Bearer op-token"),
+        &[("all", "1"), ("tenant", "zeta"), ("confirm", "yes")],
+    )
+    .await;
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("101 dead letters deleted"), "{page}");
+
     let (code, page) = get(&http, &base, "/dlq/acme/d1", op).await;
     assert_eq!(code, 200, "{page}");
     assert!(
@@ -360,6 +401,26 @@ async fn console_pages_search_replay_purge_and_auth() {
         env.dlq("acme", "d1").await.is_none(),
         "its dead letter is gone"
     );
+
+    // Sign out: the POST needs the CSRF token too; then the cookie is cleared.
+    let logout = format!("{base}/logout");
+    let (code, _) = post(&http, logout.clone(), ("cookie", &cookie), &[]).await;
+    assert_eq!(code, 403, "no CSRF token");
+    let body = format!("csrf={csrf}");
+    let r = http
+        .post(&logout)
+        .header("cookie", &cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(r.headers()["location"], "/login");
+    assert!(r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
 
     // Purge d2 (bearer: no CSRF needed), after its confirmation.
     let purge_url = format!("{base}/dlq/purge");
