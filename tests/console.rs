@@ -146,6 +146,12 @@ async fn console_pages_search_replay_purge_and_auth() {
         "{page}"
     );
     assert!(page.contains("providers_exhausted"), "{page}");
+    // The last hour by five minutes: all five jobs ended in the last slice.
+    assert!(
+        page.contains("5–0 min ago: 3 succeeded, 2 failed")
+            && page.contains("60–55 min ago: 0 succeeded, 0 failed"),
+        "{page}"
+    );
 
     // Jobs: search by tenant, status, id prefix; bad input named.
     let (code, page) = get(&http, &base, "/jobs?tenant=acme", op).await;

@@ -104,6 +104,8 @@ async fn console_in_a_browser_overview_search_replay_spend() {
     let env = TestEnv::new(|c| {
         c.worker.max_deliveries = 1;
         c.health.consecutive_failures = 2;
+        // The slow jobs are still running when the test ends: hand them back at once.
+        c.worker.shutdown_grace_s = 1;
         c.ratelimit.heartbeat_ms = 200;
         c.ratelimit.member_timeout_ms = 1000;
         c.console.tokens = vec![ConsoleToken {
@@ -116,7 +118,7 @@ async fn console_in_a_browser_overview_search_replay_spend() {
         }];
     })
     .await;
-    env.sim.set_profile(profile(10_000));
+    env.sim.set_profile(profile(30_000));
     let console = serve(env.config.clone()).await;
     let (stop, worker) = env.start_worker().await;
 
@@ -158,7 +160,7 @@ async fn console_in_a_browser_overview_search_replay_spend() {
     assert!(s.body_text().await.unwrap().contains("sign in first"));
     let token = s.find("input[name=token]", 5).await.unwrap();
     s.type_text(&token, "browser-token").await.unwrap();
-    s.click_on("form.login button").await.unwrap();
+    s.click_to_load("form.login button").await.unwrap();
     s.find("nav", 5).await.unwrap();
     assert_eq!(s.url().await.unwrap(), format!("{base}/"));
 
@@ -186,13 +188,15 @@ async fn console_in_a_browser_overview_search_replay_spend() {
     assert!(!s.text(&t).await.unwrap().contains("UTC"));
 
     // Jobs: search by id with the form, open the job.
-    s.click_on("nav a[href='/jobs']").await.unwrap();
+    s.click_to_load("nav a[href='/jobs']").await.unwrap();
     let id = s.find("form.filters input[name=id]", 5).await.unwrap();
     s.type_text(&id, "quick1").await.unwrap();
-    s.click_on("form.filters button").await.unwrap();
+    s.click_to_load("form.filters button").await.unwrap();
     assert!(s.url().await.unwrap().contains("id=quick1"));
     assert_eq!(count(&s, "a[href='/jobs/acme/dead1']").await, 0);
-    s.click_on("a[href='/jobs/acme/quick1']").await.unwrap();
+    s.click_to_load("a[href='/jobs/acme/quick1']")
+        .await
+        .unwrap();
     let h1 = s.find("h1", 5).await.unwrap();
     assert_eq!(s.text(&h1).await.unwrap(), "Job acme/quick1");
     let text = s.body_text().await.unwrap();
@@ -208,23 +212,27 @@ async fn console_in_a_browser_overview_search_replay_spend() {
 
     // Dead letters: select dead1, replay it on a healthy model, confirm twice (the
     // server's confirmation page, then the browser's dialog).
-    s.click_on("nav a[href='/dlq']").await.unwrap();
+    s.click_to_load("nav a[href='/dlq']").await.unwrap();
     s.click_on("input[name=key][value='acme/dead1']")
         .await
         .unwrap();
     let model = s.find("#selection input[name=model]", 5).await.unwrap();
     s.type_text(&model, "gpt-4.1-nano").await.unwrap();
-    s.click_on("#selection button:not(.danger)").await.unwrap();
+    s.click_to_load("#selection button:not(.danger)")
+        .await
+        .unwrap();
     let text = s.body_text().await.unwrap();
     assert!(
         text.contains("Confirm the replay") && text.contains("would replay acme/dead1"),
         "{text}"
     );
     assert!(env.dlq("acme", "dead1").await.is_some(), "nothing done yet");
+    s.mark().await.unwrap();
     s.click_on("form[data-confirm] button").await.unwrap();
     let asked = s.dialog_text().await.unwrap();
     assert!(asked.to_lowercase().contains("replay"), "{asked}");
     s.accept_dialog().await.unwrap();
+    s.wait_loaded().await.unwrap();
     let text = until_h1(&s, "Replayed").await;
     assert!(text.contains("replayed acme/dead1"), "{text}");
     let text = until_text(&s, &format!("{base}/jobs/acme/dead1"), &["succeeded"], 20).await;
@@ -239,7 +247,7 @@ async fn console_in_a_browser_overview_search_replay_spend() {
     );
 
     // Spend: the chart is drawn with a bar per day.
-    s.click_on("nav a[href='/spend']").await.unwrap();
+    s.click_to_load("nav a[href='/spend']").await.unwrap();
     s.find("svg.chart", 5).await.unwrap();
     assert!(count(&s, "svg.chart rect").await >= 1);
     let drawn = s
@@ -305,6 +313,7 @@ async fn console_screenshots() {
         c.health.consecutive_failures = 3;
         c.health.open_s = 120;
         c.health.max_open_s = 120;
+        c.worker.shutdown_grace_s = 1;
         c.ratelimit.heartbeat_ms = 200;
         c.ratelimit.member_timeout_ms = 1000;
     })
@@ -348,6 +357,17 @@ async fn console_screenshots() {
         assert!(env.result(tenant, &id, 20).await.error.is_some());
     }
     assert!(done >= 50);
+    // Spread over the hour, for its chart (each job and its calls moved back alike).
+    for sql in [
+        "UPDATE cost_rows SET created_at = created_at - make_interval(mins => abs(hashtext(job_id)) % 55)
+          WHERE created_at > now() - interval '5 minutes'",
+        "UPDATE jobs SET created_at = created_at - make_interval(mins => abs(hashtext(id)) % 55),
+                         started_at = started_at - make_interval(mins => abs(hashtext(id)) % 55),
+                         finished_at = finished_at - make_interval(mins => abs(hashtext(id)) % 55)
+          WHERE finished_at > now() - interval '5 minutes'",
+    ] {
+        sqlx::query(sql).execute(&env.pool).await.unwrap();
+    }
     // In flight: the slow provider holds these.
     for i in 0..4 {
         let id = format!("long-{i}");

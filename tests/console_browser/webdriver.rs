@@ -218,6 +218,34 @@ impl Session {
         self.click(&e).await
     }
 
+    /// Mark the page shown now, so that [`Session::wait_loaded`] knows when another one
+    /// has replaced it.
+    pub async fn mark(&self) -> Result<()> {
+        self.script("window.__syOld = true; return null;", json!([]))
+            .await
+            .map(|_| ())
+    }
+
+    /// Wait (up to 10 s) until the page marked by [`Session::mark`] is replaced by a
+    /// loaded one.
+    pub async fn wait_loaded(&self) -> Result<()> {
+        let fresh = "return window.__syOld !== true && document.readyState === 'complete';";
+        for _ in 0..100 {
+            if let Ok(Value::Bool(true)) = self.script(fresh, json!([])).await {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("no new page loaded after 10 s at {}", self.url().await?)
+    }
+
+    /// Click what matches `css` (a link, a submit button) and wait for the page it loads.
+    pub async fn click_to_load(&self, css: &str) -> Result<()> {
+        self.mark().await?;
+        self.click_on(css).await?;
+        self.wait_loaded().await
+    }
+
     pub async fn type_text(&self, e: &Element, text: &str) -> Result<()> {
         self.post(&format!("element/{}/value", e.0), json!({ "text": text }))
             .await
@@ -239,14 +267,17 @@ impl Session {
         self.text(&body).await
     }
 
-    /// The text of a `window.confirm` (or alert) open now.
+    /// The text of a `window.confirm` (or alert), waited for up to 5 s.
     pub async fn dialog_text(&self) -> Result<String> {
-        Ok(self
-            .get("alert/text")
-            .await?
-            .as_str()
-            .unwrap_or_default()
-            .to_string())
+        let mut last = None;
+        for _ in 0..50 {
+            match self.get("alert/text").await {
+                Ok(v) => return Ok(v.as_str().unwrap_or_default().to_string()),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(last.unwrap_or_else(|| anyhow!("no dialog")))
     }
 
     pub async fn accept_dialog(&self) -> Result<()> {
