@@ -212,6 +212,15 @@ async fn console_pages_search_replay_purge_and_auth() {
         page.contains("show_content = false"),
         "output hidden: {page}"
     );
+    assert!(
+        page.contains("Gone: a job's message leaves the jobs stream"),
+        "{page}"
+    );
+    let (_, page) = get(&http, &base, "/jobs/acme/d1", op).await;
+    assert!(
+        page.contains("Kept in <a href=\"/dlq/acme/d1\">its dead letter"),
+        "{page}"
+    );
     assert_eq!(get(&http, &base, "/jobs/acme/nope", op).await.0, 404);
 
     // Keyset paging (the store's search, a page of one at a time): every job once.

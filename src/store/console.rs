@@ -190,6 +190,8 @@ pub struct JobDetail {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The jobs stream's sequence of the message last claimed.
+    pub stream_seq: Option<i64>,
 }
 
 pub async fn job_detail(
@@ -201,7 +203,7 @@ pub async fn job_detail(
         "SELECT tenant, id, feature, user_id, priority, task, requested_model, status, provider,
                 model, input_tokens, cached_input_tokens, output_tokens, cost_usd, error_kind,
                 error_message, output, result, deliveries, cache_hit, created_at, started_at,
-                finished_at
+                finished_at, stream_seq
            FROM jobs WHERE tenant = $1 AND id = $2",
     )
     .bind(tenant)

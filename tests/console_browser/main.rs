@@ -187,6 +187,18 @@ async fn console_in_a_browser_overview_search_replay_spend() {
     let t = s.find("time[datetime]", 5).await.unwrap();
     assert!(!s.text(&t).await.unwrap().contains("UTC"));
 
+    // A running job's page shows its message as received (prompts hidden).
+    s.goto(&format!("{base}/jobs/globex/slow2")).await.unwrap();
+    let text = s.body_text().await.unwrap();
+    assert!(
+        text.contains("running") && text.contains("Still in the jobs stream"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#""id": "slow2""#) && text.contains(r#""messages": "(hidden"#),
+        "{text}"
+    );
+
     // Jobs: search by id with the form, open the job.
     s.click_to_load("nav a[href='/jobs']").await.unwrap();
     let id = s.find("form.filters input[name=id]", 5).await.unwrap();

@@ -99,40 +99,6 @@ impl DlqParams {
     }
 }
 
-/// A job payload with only its routing fields shown (prompts, tools and metadata may
-/// hold personal data): what is shown unless `show_content`.
-fn redact(job: &serde_json::Value) -> serde_json::Value {
-    const SHOWN: [&str; 12] = [
-        "id",
-        "tenant",
-        "feature",
-        "user",
-        "task",
-        "model",
-        "max_tokens",
-        "temperature",
-        "providers",
-        "priority",
-        "deadline",
-        "max_cost_usd",
-    ];
-    match job.as_object() {
-        Some(o) => serde_json::Value::Object(
-            o.iter()
-                .map(|(k, v)| {
-                    let v = if SHOWN.contains(&k.as_str()) {
-                        v.clone()
-                    } else {
-                        serde_json::Value::String(html::HIDDEN.into())
-                    };
-                    (k.clone(), v)
-                })
-                .collect(),
-        ),
-        None => serde_json::Value::String(html::HIDDEN.into()),
-    }
-}
-
 fn filter_form(p: &DlqParams) -> String {
     format!(
         "<form class=\"filters\" method=\"get\" action=\"/dlq\">{}{}{}{}{}{}<button>Filter</button></form>",
@@ -324,15 +290,11 @@ pub async fn show(
         esc(&format!("{tenant}/{id}"))
     ));
     body.push_str("<h2>Job as received</h2>");
-    match &e.job {
-        Some(job) if c.cfg.console.show_content => body.push_str(&html::json_block(job)),
-        Some(job) => body.push_str(&html::json_block(&redact(job))),
-        None if c.cfg.console.show_content => body.push_str(&format!(
-            "<p>Not JSON; base64 of the raw payload:</p><pre class=\"json\">{}</pre>",
-            esc(e.payload_b64.as_deref().unwrap_or(""))
-        )),
-        None => body.push_str(&format!("<p class=\"muted\">{}</p>", esc(html::HIDDEN))),
-    }
+    body.push_str(&super::payload(
+        e.job.as_ref(),
+        e.payload_b64.as_deref(),
+        c.cfg.console.show_content,
+    ));
     Ok(Html(html::page(
         &format!("Dead letter {tenant}/{id}"),
         Some(&session),
