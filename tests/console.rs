@@ -521,6 +521,11 @@ async fn overview_shows_the_breakers_workers_report() {
         "{page}"
     );
     assert!(page.contains("not reported (an older worker)"), "{page}");
+    // The worker says where it runs (in process here: this test's pid).
+    assert!(
+        page.contains(&format!(" pid {}</td>", std::process::id())),
+        "{page}"
+    );
 
     // The worker stops: its last heartbeat says so.
     stop.cancel();

@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 pub struct Seen {
     pub id: String,
     pub heard: DateTime<Utc>,
+    /// Where it runs (`<hostname> pid <pid>`), if it says.
+    pub host: Option<String>,
     /// Its last heartbeat said it was stopping.
     pub leaving: bool,
     /// Its breakers that are not closed; `None` from a worker that does not report them.
@@ -31,6 +33,8 @@ struct Heard {
     id: String,
     #[serde(default)]
     leaving: bool,
+    #[serde(default)]
+    host: Option<String>,
     #[serde(default)]
     breakers: Option<Vec<ReportBreaker>>,
 }
@@ -72,6 +76,7 @@ impl Workers {
             Seen {
                 id: h.id,
                 heard: at,
+                host: h.host,
                 leaving: h.leaving,
                 breakers: h.breakers,
             },
@@ -134,10 +139,15 @@ mod tests {
         assert_eq!(b[0].cool_until_ms, None);
         assert_eq!(l[1].breakers, None);
         // The next heartbeat replaces the last: all closed now, then leaving.
-        w.heard(br#"{"id":"a","limits":{},"breakers":[]}"#, t0);
+        w.heard(
+            br#"{"id":"a","limits":{},"host":"node-1 pid 7","breakers":[]}"#,
+            t0,
+        );
         w.heard(br#"{"id":"b","leaving":true,"limits":{}}"#, t0);
         let l = w.list(t0);
         assert_eq!(l[0].breakers, Some(vec![]));
+        assert_eq!(l[0].host.as_deref(), Some("node-1 pid 7"));
+        assert_eq!(l[1].host, None);
         assert!(l[1].leaving);
         // Unheard for long: forgotten.
         assert!(w

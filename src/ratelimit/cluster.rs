@@ -28,6 +28,10 @@ pub struct Report {
     pub leaving: bool,
     /// Per rate-limited provider.
     pub limits: BTreeMap<String, ReportLimit>,
+    /// Where the worker runs: `<hostname> pid <pid>` (for the console; absent from a
+    /// worker that does not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// The worker's breakers that are open, half-open or cooling down (absent from a
     /// worker that does not report them; empty: all closed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -131,6 +135,17 @@ impl Link {
     }
 }
 
+/// `<hostname> pid <pid>`: where this worker runs, as the console lists it.
+fn host_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "?".into());
+    format!("{host} pid {}", std::process::id())
+}
+
 pub fn heartbeat_subject(prefix: &str) -> String {
     format!("{prefix}.ctl.heartbeat")
 }
@@ -160,6 +175,7 @@ impl Limiters {
             cooldown_subject: cooldown_subject(prefix),
         });
         let me = self.clone();
+        let host = Some(host_name());
         let period = self.inner.timing.heartbeat;
         tracing::info!(worker = %id, "sharing rate limits with the other workers");
         Ok(tokio::spawn(async move {
@@ -171,6 +187,7 @@ impl Limiters {
                     _ = stop.cancelled() => break,
                     _ = tick.tick() => {
                         let mut report = me.tick(Instant::now());
+                        report.host.clone_from(&host);
                         report.breakers = breakers.as_ref().map(|read| read());
                         publish(&client, &heartbeats, &report).await;
                     }
@@ -191,6 +208,7 @@ impl Limiters {
                 }
             }
             let mut report = me.leave(Instant::now());
+            report.host = host;
             report.breakers = breakers.as_ref().map(|read| read());
             publish(&client, &heartbeats, &report).await;
             let _ = client.flush().await;
@@ -265,6 +283,7 @@ impl Limiters {
                 id: st.me.id.clone(),
                 leaving: false,
                 limits,
+                host: None,
                 breakers: None,
             }
         };

@@ -73,6 +73,7 @@ pub fn section(cfg: &Config, since: DateTime<Utc>, heard: &[Seen], now: DateTime
                 };
                 vec![
                     format!("<code>{}</code>", esc(&w.id)),
+                    html::opt(w.host.as_deref()),
                     format!(
                         "{} <span class=\"muted\">{}</span>",
                         html::time(w.heard),
@@ -84,7 +85,7 @@ pub fn section(cfg: &Config, since: DateTime<Utc>, heard: &[Seen], now: DateTime
             })
             .collect();
         out.push_str(&html::table(
-            &["worker", "last heard", "state", "breakers"],
+            &["worker", "host", "last heard", "state", "breakers"],
             &rows,
         ));
     }
