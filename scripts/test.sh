@@ -45,6 +45,22 @@ else
 	fi
 fi
 
+# The console's browser tests (tests/console_browser/) drive Debian's Chromium through
+# chromedriver; installed here when missing. SWITCHYARD_BROWSER_TESTS=1 makes a missing
+# chromedriver fail those tests rather than skip them. SWITCHYARD_SKIP_BROWSER=1 skips them.
+if [[ ${SWITCHYARD_SKIP_BROWSER:-0} != 0 ]]; then
+	sy_log "browser tests: skipped (SWITCHYARD_SKIP_BROWSER=${SWITCHYARD_SKIP_BROWSER})"
+else
+	if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
+		sy__apt_install chromium chromium-driver || {
+			sy_log "browser tests need Debian's chromium and chromium-driver (or SWITCHYARD_SKIP_BROWSER=1)"
+			exit 1
+		}
+	fi
+	export SWITCHYARD_BROWSER_TESTS=1
+	sy_log "browser tests: $(chromium --version 2>/dev/null || echo chromium), $(chromedriver --version 2>/dev/null | cut -d' ' -f1-2)"
+fi
+
 sy_log "tests"
 # Each integration test makes its own stream prefix and database and removes them.
 cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-4}"

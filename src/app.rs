@@ -66,6 +66,15 @@ fn max_waiting_at_limits(cfg: &Config) -> usize {
     }
 }
 
+/// The heartbeat's breakers: those of the registry in use (a reload hands over a new one).
+fn breaker_feed(metrics: Arc<Metrics>) -> crate::ratelimit::BreakerFeed {
+    Box::new(move || {
+        metrics
+            .health()
+            .map_or_else(Vec::new, |h| crate::ratelimit::breaker_report(&h))
+    })
+}
+
 /// Run a worker until `shutdown` is cancelled, then drain: stop pulling, let in-flight
 /// jobs finish within `worker.shutdown_grace_s`, hand the rest back, flush, return.
 /// With `reload`, the config is read again when it is triggered (SIGHUP) or its file
@@ -145,7 +154,12 @@ pub async fn run_worker(
     let limiters = Limiters::new(&cfg);
     let limits_stop = CancellationToken::new();
     let limits_task = limiters
-        .join(client.clone(), &cfg.nats.prefix, limits_stop.clone())
+        .join(
+            client.clone(),
+            &cfg.nats.prefix,
+            limits_stop.clone(),
+            Some(breaker_feed(metrics.clone())),
+        )
         .await
         .context("subscribing to the other workers' heartbeats")?;
     let budgets = Arc::new(crate::budget::Budgets::new(

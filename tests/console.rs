@@ -7,12 +7,11 @@
 
 mod common;
 
-use common::{job, TestEnv};
+use common::{job, serve_console as serve, TestEnv};
 use sha2::{Digest, Sha256};
 use switchyard::config::{ConsoleRole, ConsoleToken};
 use switchyard::job::{ErrorKind, Priority, Status};
 use switchyard::providers::simulator::FaultProfile;
-use tokio_util::sync::CancellationToken;
 
 const HOSTILE: &str = "<script>alert(1)</script>";
 
@@ -21,20 +20,6 @@ fn sha(token: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-struct Served {
-    base: String,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-async fn serve(cfg: switchyard::config::Config) -> Served {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(switchyard::console::serve(cfg, listener, stop.clone()));
-    Served { base, stop, task }
 }
 
 /// GET `path` with an optional bearer token: (status, body).
@@ -134,6 +119,8 @@ async fn console_pages_search_replay_purge_and_auth() {
     assert_eq!(get(&http, &base, "/", None).await.0, 401);
     assert_eq!(get(&http, &base, "/jobs", Some("op-tokenx")).await.0, 401);
     assert_eq!(get(&http, &base, "/assets/console.css", None).await.0, 200);
+    let (code, js) = get(&http, &base, "/assets/console.js", None).await;
+    assert!(code == 200 && js.contains("data-confirm"), "{js}");
     assert_eq!(get(&http, &base, "/login", None).await.0, 200);
 
     // Overview: backlog per priority, the last hour, budgets.
@@ -159,6 +146,12 @@ async fn console_pages_search_replay_purge_and_auth() {
         "{page}"
     );
     assert!(page.contains("providers_exhausted"), "{page}");
+    // The last hour by five minutes: all five jobs ended in the last slice.
+    assert!(
+        page.contains("5–0 min ago: 3 succeeded, 2 failed")
+            && page.contains("60–55 min ago: 0 succeeded, 0 failed"),
+        "{page}"
+    );
 
     // Jobs: search by tenant, status, id prefix; bad input named.
     let (code, page) = get(&http, &base, "/jobs?tenant=acme", op).await;
@@ -219,6 +212,15 @@ async fn console_pages_search_replay_purge_and_auth() {
         page.contains("show_content = false"),
         "output hidden: {page}"
     );
+    assert!(
+        page.contains("Gone: a job's message leaves the jobs stream"),
+        "{page}"
+    );
+    let (_, page) = get(&http, &base, "/jobs/acme/d1", op).await;
+    assert!(
+        page.contains("Kept in <a href=\"/dlq/acme/d1\">its dead letter"),
+        "{page}"
+    );
     assert_eq!(get(&http, &base, "/jobs/acme/nope", op).await.0, 404);
 
     // Keyset paging (the store's search, a page of one at a time): every job once.
@@ -263,6 +265,45 @@ async fn console_pages_search_replay_purge_and_auth() {
     assert!(page.contains("0 dead letters match"), "{page}");
     let (code, page) = get(&http, &base, "/dlq?kind=bogus", op).await;
     assert_eq!(code, 400, "{page}");
+    // The list pages: 101 dead letters of another tenant, 100 a page.
+    let mut entry = env.dlq("acme", "d2").await.unwrap();
+    for i in 0..101 {
+        entry.failed_at += chrono::Duration::seconds(1);
+        let subject = env.names().dlq_subject("zeta", &format!("z{i:03}"));
+        let body = serde_json::to_vec(&entry).unwrap();
+        env.js
+            .publish(subject, body.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let (code, page) = get(&http, &base, "/dlq?tenant=zeta", op).await;
+    assert_eq!(code, 200, "{page}");
+    assert!(
+        page.contains("101 dead letters match, oldest first: 1–100 shown (page 1 of 2)"),
+        "{page}"
+    );
+    assert!(page.contains(">z099</a>") && !page.contains(">z100</a>"));
+    assert!(
+        page.contains("href=\"/dlq?tenant=zeta&amp;page=2\">Next page"),
+        "{page}"
+    );
+    let (_, page) = get(&http, &base, "/dlq?tenant=zeta&page=2", op).await;
+    assert!(page.contains("101–101 shown (page 2 of 2)"), "{page}");
+    assert!(page.contains(">z100</a>") && !page.contains(">z099</a>"));
+    assert!(page.contains("Previous page") && !page.contains("Next page"));
+    assert_eq!(get(&http, &base, "/dlq?page=0", op).await.0, 400);
+    let (code, page) = post(
+        &http,
+        format!("{base}/dlq/purge"),
+        ("authorization", "Bearer op-token"),
+        &[("all", "1"), ("tenant", "zeta"), ("confirm", "yes")],
+    )
+    .await;
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("101 dead letters deleted"), "{page}");
+
     let (code, page) = get(&http, &base, "/dlq/acme/d1", op).await;
     assert_eq!(code, 200, "{page}");
     assert!(
@@ -376,6 +417,26 @@ async fn console_pages_search_replay_purge_and_auth() {
         "its dead letter is gone"
     );
 
+    // Sign out: the POST needs the CSRF token too; then the cookie is cleared.
+    let logout = format!("{base}/logout");
+    let (code, _) = post(&http, logout.clone(), ("cookie", &cookie), &[]).await;
+    assert_eq!(code, 403, "no CSRF token");
+    let body = format!("csrf={csrf}");
+    let r = http
+        .post(&logout)
+        .header("cookie", &cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(r.headers()["location"], "/login");
+    assert!(r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
+
     // Purge d2 (bearer: no CSRF needed), after its confirmation.
     let purge_url = format!("{base}/dlq/purge");
     let bearer = ("authorization", "Bearer op-token");
@@ -402,4 +463,82 @@ async fn console_pages_search_replay_purge_and_auth() {
 
     stop.cancel();
     worker.await.unwrap().unwrap();
+}
+
+/// Breakers live in each worker's memory: the overview shows what the workers' heartbeats
+/// say. A real worker whose model fails opens its breaker; a heartbeat without breakers
+/// (a worker from before they were reported) is listed as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overview_shows_the_breakers_workers_report() {
+    let env = TestEnv::new(|c| {
+        c.worker.max_deliveries = 1;
+        c.health.consecutive_failures = 2;
+        c.health.open_s = 60;
+        c.ratelimit.heartbeat_ms = 200;
+        c.ratelimit.member_timeout_ms = 1000;
+    })
+    .await;
+    let console = serve(env.config.clone()).await;
+    let http = reqwest::Client::new();
+    let (_, page) = get(&http, &console.base, "/", None).await;
+    assert!(page.contains("No worker heard"), "{page}");
+    assert!(page.contains("unknown: no live worker reports"), "{page}");
+
+    env.fail_model("gpt-4o-mini-2024-07-18");
+    let (stop, worker) = env.start_worker().await;
+    let pinned = r#","model":"openai/gpt-4o-mini""#;
+    for id in ["b1", "b2"] {
+        env.publish(Priority::Normal, "acme", job(id, "acme", pinned))
+            .await;
+        let r = env.result("acme", id, 20).await;
+        assert_eq!(r.error.unwrap().kind, ErrorKind::ProvidersExhausted);
+    }
+    // An older worker's heartbeat: no `breakers` field.
+    let old = r#"{"id":"oldworker","limits":{}}"#;
+    let hb = format!("{}.ctl.heartbeat", env.prefix);
+    let mut page = String::new();
+    for _ in 0..100 {
+        env.client.publish(hb.clone(), old.into()).await.unwrap();
+        page = get(&http, &console.base, "/", None).await.1;
+        if page.contains("breaker-open\">open</span> on 1 of 1") && page.contains("oldworker") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let row = page
+        .split("<tr>")
+        .find(|r| r.contains("breaker-open"))
+        .unwrap_or_else(|| panic!("no open breaker: {page}"));
+    assert!(
+        row.contains("<td>openai</td><td>gpt-4o-mini</td>") && row.contains("2 failures in a row"),
+        "{row}"
+    );
+    assert!(row.contains("probed after <time"), "{row}");
+    // The other models are closed on the one live worker that reports; the older worker
+    // is listed, its breakers unknown.
+    assert!(
+        page.contains("<td>openai</td><td>gpt-4o</td><td><span class=\"breaker-closed\">closed</span> on all 1"),
+        "{page}"
+    );
+    assert!(page.contains("not reported (an older worker)"), "{page}");
+    // The worker says where it runs (in process here: this test's pid).
+    assert!(
+        page.contains(&format!(" pid {}</td>", std::process::id())),
+        "{page}"
+    );
+
+    // The worker stops: its last heartbeat says so.
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    let mut page = String::new();
+    for _ in 0..50 {
+        page = get(&http, &console.base, "/", None).await.1;
+        if page.contains("stopped") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(page.contains("stopped"), "{page}");
+    console.stop.cancel();
+    console.task.await.unwrap().unwrap();
 }

@@ -136,7 +136,7 @@ async fn workers_split_the_limit_and_share_cool_downs_over_nats() {
         let client = async_nats::connect(env.config.nats.url.clone())
             .await
             .unwrap();
-        l.join(client, &env.prefix, stop).await.unwrap()
+        l.join(client, &env.prefix, stop, None).await.unwrap()
     }
     let (a, b) = (Limiters::new(&env.config), Limiters::new(&env.config));
     let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());

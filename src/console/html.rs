@@ -69,11 +69,16 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     if rows.is_empty() {
         return "<p class=\"empty\">Nothing here.</p>".into();
     }
-    let mut out = String::from("<table><thead><tr>");
-    for h in headers {
-        let _ = write!(out, "<th>{}</th>", esc(h));
+    let mut out = String::from("<table>");
+    // A table of label / value pairs has no headings: no empty heading row either.
+    if headers.iter().any(|h| !h.is_empty()) {
+        out.push_str("<thead><tr>");
+        for h in headers {
+            let _ = write!(out, "<th>{}</th>", esc(h));
+        }
+        out.push_str("</tr></thead>");
     }
-    out.push_str("</tr></thead><tbody>");
+    out.push_str("<tbody>");
     for r in rows {
         out.push_str("<tr>");
         for c in r {
@@ -175,5 +180,6 @@ mod tests {
         let t = table(&["<h>"], &[vec![esc("<v>")]]);
         assert!(t.contains("<th>&lt;h&gt;</th>") && t.contains("<td>&lt;v&gt;</td>"));
         assert!(table(&["a"], &[]).contains("Nothing here"));
+        assert!(!table(&["", ""], &[vec!["k".into(), "v".into()]]).contains("<thead>"));
     }
 }

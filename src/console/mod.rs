@@ -2,11 +2,13 @@
 //! and NATS — overview (backlog, last hour, budgets), jobs (search, a job's calls), dead
 //! letters (list, show, replay, purge: through the CLI's own `dlq` code) and spend (the
 //! `report costs` numbers, a chart by day, the same CSV/JSON). Assets are compiled in.
+//! The workers and their breakers are heard on the heartbeat subject ([`workers`]).
 //! Who may do what: [`auth`]. Every value rendered goes through [`html::esc`].
 
 pub mod auth;
 pub mod html;
 mod pages;
+pub mod workers;
 
 use crate::config::Config;
 use crate::queue::Names;
@@ -64,6 +66,8 @@ pub struct Console {
     pub pool: PgPool,
     pub js: jetstream::Context,
     pub names: Names,
+    /// The workers heard on `<prefix>.ctl.heartbeat`, with their breakers.
+    pub workers: Arc<workers::Workers>,
 }
 
 type Shared = Arc<Console>;
@@ -106,16 +110,26 @@ pub async fn serve(
     let pool = crate::connect::postgres(&cfg.postgres, 4).await?;
     let client = crate::connect::nats(&cfg.nats, crate::connect::NATS_PATIENCE).await?;
     let auth = Auth::new(&cfg.console);
+    let workers = Arc::new(workers::Workers::new(chrono::Utc::now()));
+    let hush = stop.child_token();
+    let listening = workers
+        .clone()
+        .listen(&client, &cfg.nats.prefix, hush.clone())
+        .await?;
     let console = Console {
         names: Names::new(&cfg.nats.prefix),
         js: jetstream::new(client),
         pool,
         cfg,
+        workers,
     };
     tracing::info!(%addr, auth = auth.enabled(), "console listening");
-    axum::serve(listener, router(console, auth))
+    let served = axum::serve(listener, router(console, auth))
         .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await?;
+        .await;
+    hush.cancel();
+    let _ = listening.await;
+    served?;
     Ok(())
 }
 

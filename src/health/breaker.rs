@@ -165,6 +165,26 @@ pub struct Breaker {
     latency: Histogram,
     /// Transitions into each state, indexed by `State as usize`.
     transitions: [u64; 3],
+    /// When the state last changed, and why (for the heartbeat's breaker notes).
+    changed_at: Instant,
+    reason: String,
+}
+
+/// A breaker as the heartbeat tells it (see [`Breaker::look`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Look {
+    /// The state as seen now (an open breaker whose time is up is half-open).
+    pub state: State,
+    /// Since when it is in its state (the last change; the breaker's creation if none).
+    pub since: Instant,
+    /// Failures in a row counted so far.
+    pub failures: u32,
+    /// Open: when it may be probed.
+    pub open_until: Option<Instant>,
+    /// A 429's cool-down: until when.
+    pub cool_until: Option<Instant>,
+    /// Why it last changed state (empty if it never did).
+    pub reason: String,
 }
 
 impl Breaker {
@@ -182,6 +202,8 @@ impl Breaker {
             ewma_s: None,
             latency: Histogram::new(now),
             transitions: [0; 3],
+            changed_at: now,
+            reason: String::new(),
         }
     }
 
@@ -200,7 +222,11 @@ impl Breaker {
         let mut change = None;
         if self.state == State::Open {
             let waited = self.open_for.as_secs();
-            change = Some(self.set(State::HalfOpen, format!("open for {waited} s: probing")));
+            change = Some(self.set(
+                State::HalfOpen,
+                format!("open for {waited} s: probing"),
+                now,
+            ));
         }
         match self.state {
             State::Closed => (Admit::Go, change),
@@ -243,7 +269,7 @@ impl Breaker {
                 if self.state == State::HalfOpen {
                     self.clear_window();
                     self.open_for = s.open;
-                    return Some(self.set(State::Closed, "probe succeeded".into()));
+                    return Some(self.set(State::Closed, "probe succeeded".into(), now));
                 }
                 None
             }
@@ -258,13 +284,14 @@ impl Breaker {
                         Some(self.set(
                             State::Open,
                             format!("probe failed ({}): open {secs} s", class.as_str()),
+                            now,
                         ))
                     }
                     State::Closed => {
                         let reason = self.trips(s, now)?;
                         self.open_for = s.open;
                         self.open_until = now + self.open_for;
-                        Some(self.set(State::Open, reason))
+                        Some(self.set(State::Open, reason, now))
                     }
                     State::Open => None,
                 }
@@ -311,11 +338,13 @@ impl Breaker {
         }
     }
 
-    fn set(&mut self, to: State, reason: String) -> Transition {
+    fn set(&mut self, to: State, reason: String, now: Instant) -> Transition {
         let from = self.state;
         self.state = to;
         self.probes_out = 0;
         self.transitions[to as usize] += 1;
+        self.changed_at = now;
+        self.reason.clone_from(&reason);
         Transition { from, to, reason }
     }
 
@@ -394,5 +423,24 @@ impl Breaker {
 
     pub fn transitions(&self) -> [u64; 3] {
         self.transitions
+    }
+
+    /// The breaker as the heartbeat tells it, read now. An open breaker whose time is
+    /// up reads half-open since its open period ended.
+    pub fn look(&self, now: Instant) -> Look {
+        let state = self.state(now);
+        let since = if state == self.state {
+            self.changed_at
+        } else {
+            self.open_until
+        };
+        Look {
+            state,
+            since,
+            failures: self.consecutive,
+            open_until: (state == State::Open).then_some(self.open_until),
+            cool_until: self.cool_until.filter(|&c| c > now),
+            reason: self.reason.clone(),
+        }
     }
 }

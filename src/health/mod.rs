@@ -218,6 +218,24 @@ impl Health {
             }
         }
     }
+
+    /// The breakers that are not plainly closed now (open, half-open, or cooling down
+    /// after a 429), in provider then model order: what a heartbeat tells the console.
+    /// Read on the heartbeat's tick, never on a call's path.
+    pub fn unwell(&self, now: Instant) -> Vec<(&str, &str, breaker::Look)> {
+        let mut out = Vec::new();
+        for (provider, models) in &self.entries {
+            for (model, e) in models {
+                let Ok(b) = e.lock() else { continue };
+                let look = b.look(now);
+                drop(b);
+                if look.state != State::Closed || look.cool_until.is_some() {
+                    out.push((provider.as_str(), model.as_str(), look));
+                }
+            }
+        }
+        out
+    }
 }
 
 /// The log line of a state change (its counter is kept with the breaker).

@@ -411,3 +411,49 @@ async fn calls_cut_by_their_hedge_keep_the_tail_in_the_quantile() {
     assert_eq!(ewma, Some(ms(40)));
     h.record_cut("p", "nobody", ms(700));
 }
+
+#[tokio::test(start_paused = true)]
+async fn unwell_lists_the_breakers_a_heartbeat_tells_and_since_when() {
+    let h = health("");
+    assert!(h.unwell(Instant::now()).is_empty(), "all closed: nothing");
+    advance(secs(2)).await;
+    let opened = Instant::now();
+    open(&h, "a");
+    h.record(
+        "p",
+        "b",
+        CallOutcome::Failed {
+            class: FailureClass::RateLimited,
+            retry_after: Some(secs(4)),
+        },
+        Duration::ZERO,
+    );
+    let now = Instant::now();
+    let got = h.unwell(now);
+    let names: Vec<(&str, &str)> = got.iter().map(|(p, m, _)| (*p, *m)).collect();
+    assert_eq!(names, [("p", "a"), ("p", "b")]);
+    let a = &got[0].2;
+    assert_eq!(
+        (a.state, a.since, a.failures, a.open_until),
+        (State::Open, opened, 5, Some(opened + secs(15)))
+    );
+    assert_eq!(a.reason, "5 failures in a row");
+    let b = &got[1].2;
+    assert_eq!(
+        (b.state, b.cool_until),
+        (State::Closed, Some(now + secs(4)))
+    );
+    // The open period over: half-open since it ended (before any call says so); the
+    // cool-down over: b is plainly closed again.
+    advance(secs(15)).await;
+    let got = h.unwell(Instant::now());
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].2.state, got[0].2.since, got[0].2.open_until),
+        (State::HalfOpen, opened + secs(15), None)
+    );
+    // A probe succeeds: closed, and gone from the list.
+    assert_eq!(h.allow("p", "a"), Admit::Probe);
+    ok(&h, "a");
+    assert!(h.unwell(Instant::now()).is_empty());
+}

@@ -4,6 +4,10 @@
 //! (its own included: hearing itself is how it knows the others can hear it). A 429's
 //! cool-down goes out on `<prefix>.ctl.cooldown`. Nothing is stored: a worker that
 //! stops being heard is gone after `ratelimit.member_timeout_ms`.
+//!
+//! The heartbeat also carries the worker's breakers that are not plainly closed
+//! ([`ReportBreaker`], read from [`crate::health`] on the tick, not on a call's path),
+//! for the console's overview; workers ignore them.
 
 use super::window::PeerLog;
 use super::{split, Amount, Limiters, Peer, PeerLimit};
@@ -24,6 +28,67 @@ pub struct Report {
     pub leaving: bool,
     /// Per rate-limited provider.
     pub limits: BTreeMap<String, ReportLimit>,
+    /// Where the worker runs: `<hostname> pid <pid>` (for the console; absent from a
+    /// worker that does not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The worker's breakers that are open, half-open or cooling down (absent from a
+    /// worker that does not report them; empty: all closed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breakers: Option<Vec<ReportBreaker>>,
+}
+
+/// One provider+model breaker that is not plainly closed. Times are Unix ms.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReportBreaker {
+    pub provider: String,
+    pub model: String,
+    /// `open`, `half_open`, or `closed` (then cooling down after a 429).
+    pub state: String,
+    /// When it entered that state.
+    pub since_ms: i64,
+    /// Server-side failures in a row so far.
+    #[serde(default)]
+    pub failures: u32,
+    /// Open: when it may be probed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_until_ms: Option<i64>,
+    /// Cooling down after a 429: until when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cool_until_ms: Option<i64>,
+    /// Why it last changed state.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// Where a worker's heartbeat reads its breakers from.
+pub type BreakerFeed = Box<dyn Fn() -> Vec<ReportBreaker> + Send + Sync>;
+
+/// `health`'s breakers that are not plainly closed, as a heartbeat carries them.
+pub fn breaker_report(health: &crate::health::Health) -> Vec<ReportBreaker> {
+    let (now, wall) = (Instant::now(), chrono::Utc::now().timestamp_millis());
+    let unix = |t: Instant| {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        if t >= now {
+            wall.saturating_add(ms(t - now))
+        } else {
+            wall.saturating_sub(ms(now - t))
+        }
+    };
+    health
+        .unwell(now)
+        .into_iter()
+        .map(|(provider, model, look)| ReportBreaker {
+            provider: provider.to_string(),
+            model: model.to_string(),
+            state: look.state.as_str().to_string(),
+            since_ms: unix(look.since),
+            failures: look.failures,
+            open_until_ms: look.open_until.map(unix),
+            cool_until_ms: look.cool_until.map(unix),
+            reason: look.reason,
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -70,6 +135,17 @@ impl Link {
     }
 }
 
+/// `<hostname> pid <pid>`: where this worker runs, as the console lists it.
+fn host_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "?".into());
+    format!("{host} pid {}", std::process::id())
+}
+
 pub fn heartbeat_subject(prefix: &str) -> String {
     format!("{prefix}.ctl.heartbeat")
 }
@@ -81,12 +157,13 @@ pub fn cooldown_subject(prefix: &str) -> String {
 impl Limiters {
     /// Share the limits with the other workers of `prefix` until `stop` is cancelled,
     /// then announce that this worker leaves. Cancel `stop` only once this worker makes
-    /// no more calls.
+    /// no more calls. Each heartbeat carries what `breakers` reads, when given.
     pub async fn join(
         &self,
         client: async_nats::Client,
         prefix: &str,
         stop: CancellationToken,
+        breakers: Option<BreakerFeed>,
     ) -> Result<JoinHandle<()>, async_nats::SubscribeError> {
         let heartbeats = heartbeat_subject(prefix);
         let mut hb = client.subscribe(heartbeats.clone()).await?;
@@ -98,6 +175,7 @@ impl Limiters {
             cooldown_subject: cooldown_subject(prefix),
         });
         let me = self.clone();
+        let host = Some(host_name());
         let period = self.inner.timing.heartbeat;
         tracing::info!(worker = %id, "sharing rate limits with the other workers");
         Ok(tokio::spawn(async move {
@@ -108,7 +186,9 @@ impl Limiters {
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tick.tick() => {
-                        let report = me.tick(Instant::now());
+                        let mut report = me.tick(Instant::now());
+                        report.host.clone_from(&host);
+                        report.breakers = breakers.as_ref().map(|read| read());
                         publish(&client, &heartbeats, &report).await;
                     }
                     m = hb.next() => match m {
@@ -127,7 +207,9 @@ impl Limiters {
                     },
                 }
             }
-            let report = me.leave(Instant::now());
+            let mut report = me.leave(Instant::now());
+            report.host = host;
+            report.breakers = breakers.as_ref().map(|read| read());
             publish(&client, &heartbeats, &report).await;
             let _ = client.flush().await;
         }))
@@ -201,6 +283,8 @@ impl Limiters {
                 id: st.me.id.clone(),
                 leaving: false,
                 limits,
+                host: None,
+                breakers: None,
             }
         };
         self.inner.changed();

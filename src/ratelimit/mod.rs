@@ -7,7 +7,8 @@
 //!   request reaching the provider). A sliding log, not a bucket: no burst above the
 //!   limit in any window.
 //! - **Shares**: workers announce themselves on `<prefix>.ctl.heartbeat` every
-//!   `ratelimit.heartbeat_ms` ([`cluster`]) with their share and their log. A worker's
+//!   `ratelimit.heartbeat_ms` ([`cluster`]) with their share and their log (and, for
+//!   the console, their breakers that are not closed). A worker's
 //!   share is the limit divided by the live members (the remainder to the lowest ids),
 //!   and it admits only while (a) its own window holds fewer than its share and (b) its
 //!   own window plus, for every other worker, the larger of that worker's share and its
@@ -39,7 +40,7 @@ mod cluster;
 mod tests;
 mod window;
 
-pub use cluster::Report;
+pub use cluster::{breaker_report, heartbeat_subject, BreakerFeed, Report, ReportBreaker};
 
 use crate::config::Config;
 use crate::job::Priority;

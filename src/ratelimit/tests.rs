@@ -515,3 +515,70 @@ async fn try_admit_takes_what_is_free_now_and_never_waits() {
     // What try_admit took counts: p frees up only when the window has passed.
     assert_eq!(admitted_after(&l, ask("m", 1)).await, W);
 }
+
+#[test]
+fn heartbeats_with_and_without_breakers_read_alike() {
+    // A worker that does not report breakers: read as such, and written back the same.
+    let old = r#"{"id":"w1","limits":{"p":{"requests":3,"tokens":0,"log":[[5,1,0]]}}}"#;
+    let r: Report = serde_json::from_str(old).unwrap();
+    assert_eq!(r.breakers, None);
+    assert_eq!(
+        serde_json::to_string(&r).unwrap(),
+        old.replace("{\"id\":\"w1\",", "{\"id\":\"w1\",\"leaving\":false,")
+    );
+    // One that does; fields it does not know are skipped.
+    let new = r#"{"id":"w2","limits":{},"future":1,"breakers":[{"provider":"p","model":"a",
+        "state":"open","since_ms":1700000000000,"failures":5,"open_until_ms":1700000015000,
+        "reason":"5 failures in a row","later":true}]}"#;
+    let r: Report = serde_json::from_str(new).unwrap();
+    let b = &r.breakers.unwrap()[0];
+    assert_eq!(
+        (
+            b.state.as_str(),
+            b.failures,
+            b.open_until_ms,
+            b.cool_until_ms
+        ),
+        ("open", 5, Some(1_700_000_015_000), None)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_heartbeat_carries_the_open_breakers_in_unix_time() {
+    let text = "[[providers]]\nname = \"p\"\nkind = \"openai_compatible\"\nbase_url = \"http://x\"\n\
+        [[models]]\nname = \"a\"\nprovider = \"p\"\nupstream = \"a\"\ntier = \"fast\"\ncontext_window = 1000\n\
+        input_per_mtok = \"1\"\noutput_per_mtok = \"1\"\n";
+    let health =
+        crate::health::Health::new(&FileConfig::from_toml_with_env(text, "t", &[]).unwrap());
+    assert!(breaker_report(&health).is_empty());
+    let fail = crate::health::CallOutcome::Failed {
+        class: crate::providers::FailureClass::ServerError,
+        retry_after: None,
+    };
+    let before = chrono::Utc::now().timestamp_millis();
+    for _ in 0..5 {
+        health.record("p", "a", fail, Duration::ZERO);
+    }
+    let after = chrono::Utc::now().timestamp_millis();
+    let r = breaker_report(&health);
+    assert_eq!(r.len(), 1);
+    let b = &r[0];
+    assert_eq!(
+        (
+            b.provider.as_str(),
+            b.model.as_str(),
+            b.state.as_str(),
+            b.failures
+        ),
+        ("p", "a", "open", 5)
+    );
+    assert!(before <= b.since_ms && b.since_ms <= after, "{b:?}");
+    let open_ms = b.open_until_ms.unwrap() - b.since_ms;
+    assert!(
+        (14_990..=15_010).contains(&open_ms),
+        "open for 15 s: {open_ms}"
+    );
+    // Written as the contract says: no empty optional fields.
+    let json = serde_json::to_value(b).unwrap();
+    assert!(json.get("cool_until_ms").is_none() && json["reason"] == "5 failures in a row");
+}

@@ -1,5 +1,6 @@
 //! What the operator console (`crate::console`) reads from Postgres beyond the reports
-//! and dead-letter queries it shares with the CLI: the last hour's throughput, job search
+//! and dead-letter queries it shares with the CLI: the last hour's throughput (in total and
+//! by five minutes), job search
 //! (keyset-paged, newest first), one job's row and its provider calls (`cost_rows`).
 
 use super::StoreError;
@@ -16,7 +17,12 @@ pub struct Throughput {
     pub running: i64,
     pub failures_by_kind: Vec<(String, i64)>,
     pub cost_usd: Decimal,
+    /// (succeeded, failed) per [`BUCKETS`]th of the time since, oldest first.
+    pub buckets: Vec<(i64, i64)>,
 }
+
+/// How many slices [`throughput`] cuts its span into.
+pub const BUCKETS: usize = 12;
 
 pub async fn throughput(pool: &PgPool, since: DateTime<Utc>) -> Result<Throughput, StoreError> {
     let r = sqlx::query(
@@ -40,12 +46,31 @@ pub async fn throughput(pool: &PgPool, since: DateTime<Utc>) -> Result<Throughpu
     for k in kinds {
         failures_by_kind.push((k.try_get("kind")?, k.try_get("n")?));
     }
+    let slices = sqlx::query(
+        "SELECT least(floor(extract(epoch FROM finished_at - $1)
+                      / greatest(extract(epoch FROM now() - $1), 1) * $2)::int, $2 - 1) AS b,
+                count(*) FILTER (WHERE status = 'succeeded') AS ok,
+                count(*) FILTER (WHERE status = 'failed') AS failed
+           FROM jobs WHERE finished_at >= $1 GROUP BY 1",
+    )
+    .bind(since)
+    .bind(BUCKETS as i32)
+    .fetch_all(pool)
+    .await?;
+    let mut buckets = vec![(0, 0); BUCKETS];
+    for r in slices {
+        let b: i32 = r.try_get("b")?;
+        if let Some(slot) = usize::try_from(b).ok().and_then(|b| buckets.get_mut(b)) {
+            *slot = (r.try_get("ok")?, r.try_get("failed")?);
+        }
+    }
     Ok(Throughput {
         succeeded: r.try_get("succeeded")?,
         failed: r.try_get("failed")?,
         running: r.try_get("running")?,
         failures_by_kind,
         cost_usd: r.try_get("cost_usd")?,
+        buckets,
     })
 }
 
@@ -165,6 +190,8 @@ pub struct JobDetail {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The jobs stream's sequence of the message last claimed.
+    pub stream_seq: Option<i64>,
 }
 
 pub async fn job_detail(
@@ -176,7 +203,7 @@ pub async fn job_detail(
         "SELECT tenant, id, feature, user_id, priority, task, requested_model, status, provider,
                 model, input_tokens, cached_input_tokens, output_tokens, cost_usd, error_kind,
                 error_message, output, result, deliveries, cache_hit, created_at, started_at,
-                finished_at
+                finished_at, stream_seq
            FROM jobs WHERE tenant = $1 AND id = $2",
     )
     .bind(tenant)

@@ -44,13 +44,17 @@ impl Live {
         }
     }
 
-    fn breakers(&self) -> Vec<BreakerRow> {
-        let mut rows = Vec::new();
-        let health = match self.health.read() {
+    /// The registry in use now.
+    pub fn health(&self) -> Option<Arc<Health>> {
+        match self.health.read() {
             Ok(g) => g.clone(),
             Err(e) => e.into_inner().clone(),
-        };
-        if let Some(h) = health {
+        }
+    }
+
+    fn breakers(&self) -> Vec<BreakerRow> {
+        let mut rows = Vec::new();
+        if let Some(h) = self.health() {
             h.for_each(|provider, model, r| {
                 rows.push(BreakerRow {
                     provider: provider.to_string(),

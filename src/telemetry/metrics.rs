@@ -663,6 +663,11 @@ impl Metrics {
         self.live.watch_health(health);
     }
 
+    /// The breaker registry in use now (the last one [`Metrics::watch_health`] was given).
+    pub fn health(&self) -> Option<Arc<Health>> {
+        self.live.health()
+    }
+
     /// The Prometheus text exposition (version 0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(32 * 1024);

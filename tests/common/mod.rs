@@ -329,6 +329,21 @@ impl Drop for TestEnv {
     }
 }
 
+/// An in-process `switchyard console` on a free loopback port.
+pub struct Console {
+    pub base: String,
+    pub stop: CancellationToken,
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+pub async fn serve_console(cfg: Config) -> Console {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(switchyard::console::serve(cfg, listener, stop.clone()));
+    Console { base, stop, task }
+}
+
 pub fn job(id: &str, tenant: &str, extra: &str) -> String {
     format!(
         r#"{{"id":"{id}","tenant":"{tenant}","feature":"test","messages":[{{"role":"user","content":"Say something about {id}"}}]{extra}}}"#

@@ -6,7 +6,7 @@ document.addEventListener("DOMContentLoaded", function () {
     var t = new Date(el.getAttribute("datetime"));
     if (!isNaN(t)) {
       el.title = el.textContent;
-      el.textContent = t.toLocaleString();
+      el.textContent = t.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "medium" });
     }
   });
   document.querySelectorAll("form[data-confirm]").forEach(function (form) {

@@ -18,8 +18,8 @@ use axum::response::Html;
 use axum::Extension;
 use std::collections::BTreeMap;
 
-/// Rows the list shows at most (a purge of everything that matches still takes all).
-const SHOWN_MAX: usize = 500;
+/// Rows a page of the list shows (a purge of everything that matches takes all).
+const PAGE: usize = 100;
 
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct DlqParams {
@@ -29,9 +29,35 @@ pub struct DlqParams {
     pub provider: Option<String>,
     pub since: Option<String>,
     pub until: Option<String>,
+    /// The list's page, from 1.
+    pub page: Option<String>,
 }
 
 impl DlqParams {
+    fn page(&self) -> Result<usize, ConsoleError> {
+        match super::given(&self.page) {
+            None => Ok(1),
+            Some(p) => p.parse::<usize>().ok().filter(|&n| n >= 1).ok_or_else(|| {
+                ConsoleError::BadRequest(format!("page: {p:?} is not a page number"))
+            }),
+        }
+    }
+
+    /// A link to page `n` of the same filters.
+    fn page_link(&self, n: usize) -> String {
+        let n = n.to_string();
+        let q = html::query([
+            ("tenant", self.tenant.as_deref().unwrap_or("")),
+            ("kind", self.kind.as_deref().unwrap_or("")),
+            ("feature", self.feature.as_deref().unwrap_or("")),
+            ("provider", self.provider.as_deref().unwrap_or("")),
+            ("since", self.since.as_deref().unwrap_or("")),
+            ("until", self.until.as_deref().unwrap_or("")),
+            ("page", n.as_str()),
+        ]);
+        format!("/dlq{}", esc(&q))
+    }
+
     fn filters(&self) -> Filters {
         Filters {
             tenant: super::given(&self.tenant),
@@ -50,6 +76,7 @@ impl DlqParams {
             provider: f.get("provider_filter"),
             since: f.get("since"),
             until: f.get("until"),
+            page: None,
         }
     }
 
@@ -69,40 +96,6 @@ impl DlqParams {
                 .map(|v| format!("<input type=\"hidden\" name=\"{k}\" value=\"{}\">", esc(&v)))
         })
         .collect()
-    }
-}
-
-/// A job payload with only its routing fields shown (prompts, tools and metadata may
-/// hold personal data): what is shown unless `show_content`.
-fn redact(job: &serde_json::Value) -> serde_json::Value {
-    const SHOWN: [&str; 12] = [
-        "id",
-        "tenant",
-        "feature",
-        "user",
-        "task",
-        "model",
-        "max_tokens",
-        "temperature",
-        "providers",
-        "priority",
-        "deadline",
-        "max_cost_usd",
-    ];
-    match job.as_object() {
-        Some(o) => serde_json::Value::Object(
-            o.iter()
-                .map(|(k, v)| {
-                    let v = if SHOWN.contains(&k.as_str()) {
-                        v.clone()
-                    } else {
-                        serde_json::Value::String(html::HIDDEN.into())
-                    };
-                    (k.clone(), v)
-                })
-                .collect(),
-        ),
-        None => serde_json::Value::String(html::HIDDEN.into()),
     }
 }
 
@@ -131,10 +124,13 @@ pub async fn list(
     let (dlq, letters) = crate::cli::dlq::matching(&c.cfg, &c.js, c.names.clone(), &filter)
         .await
         .map_err(internal)?;
+    let page = p.page()?;
+    let first = (page - 1).saturating_mul(PAGE);
     let mut body = filter_form(&p);
     let rows: Vec<Vec<String>> = letters
         .iter()
-        .take(SHOWN_MAX)
+        .skip(first)
+        .take(PAGE)
         .map(|d| {
             let (tenant, id) = key_of(&dlq.names, &d.subject);
             let feature = d
@@ -164,11 +160,16 @@ pub async fn list(
             ]
         })
         .collect();
+    let pages = letters.len().div_ceil(PAGE).max(1);
     body.push_str(&format!(
         "<p>{} dead letters match{}.</p><form method=\"post\" action=\"/dlq/replay\" id=\"selection\">{}",
         letters.len(),
-        if letters.len() > SHOWN_MAX {
-            format!(" (the oldest {SHOWN_MAX} shown: narrow the filters to see the others)")
+        if pages > 1 {
+            format!(
+                ", oldest first: {}–{} shown (page {page} of {pages})",
+                (first + 1).min(letters.len()),
+                (first + PAGE).min(letters.len())
+            )
         } else {
             String::new()
         },
@@ -197,6 +198,22 @@ pub async fn list(
         );
     }
     body.push_str("</form>");
+    if pages > 1 {
+        let mut nav = Vec::new();
+        if page > 1 {
+            nav.push(format!(
+                "<a rel=\"prev\" href=\"{}\">← Previous page</a>",
+                p.page_link(page - 1)
+            ));
+        }
+        if page < pages {
+            nav.push(format!(
+                "<a rel=\"next\" href=\"{}\">Next page →</a>",
+                p.page_link(page + 1)
+            ));
+        }
+        body.push_str(&format!("<p>{}</p>", nav.join(" · ")));
+    }
     if !letters.is_empty() {
         body.push_str(&format!(
             "<form method=\"post\" action=\"/dlq/purge\">{}{}<input type=\"hidden\" name=\"all\" value=\"1\">\
@@ -273,15 +290,11 @@ pub async fn show(
         esc(&format!("{tenant}/{id}"))
     ));
     body.push_str("<h2>Job as received</h2>");
-    match &e.job {
-        Some(job) if c.cfg.console.show_content => body.push_str(&html::json_block(job)),
-        Some(job) => body.push_str(&html::json_block(&redact(job))),
-        None if c.cfg.console.show_content => body.push_str(&format!(
-            "<p>Not JSON; base64 of the raw payload:</p><pre class=\"json\">{}</pre>",
-            esc(e.payload_b64.as_deref().unwrap_or(""))
-        )),
-        None => body.push_str(&format!("<p class=\"muted\">{}</p>", esc(html::HIDDEN))),
-    }
+    body.push_str(&super::payload(
+        e.job.as_ref(),
+        e.payload_b64.as_deref(),
+        c.cfg.console.show_content,
+    ));
     Ok(Html(html::page(
         &format!("Dead letter {tenant}/{id}"),
         Some(&session),

@@ -1,8 +1,8 @@
 //! `/jobs`: search by tenant, id (or `prefix*`), feature, status, error kind and time
 //! range, newest first, 50 a page (keyset paging: the next page starts after the last
 //! job shown). `/jobs/{tenant}/{id}`: one job — its route and reason, every provider call
-//! (latency, cost, outcome) and its stored result (content hidden unless
-//! `[console] show_content`).
+//! (latency, cost, outcome), its stored result and its message as received while the jobs
+//! stream still holds it (content hidden unless `[console] show_content`).
 
 use super::super::html::{self, esc, opt, text_input, time};
 use super::super::{auth::Session, ConsoleError, Shared};
@@ -170,6 +170,44 @@ pub async fn search(
     Ok(Html(html::page("Jobs", Some(&session), &body)))
 }
 
+/// The job's message while it is still in the jobs stream (waiting, running, or waiting
+/// for a retry: read by the sequence its last claim stored); a failed job's dead letter
+/// keeps it; a succeeded job's is gone (workers keep no copy).
+async fn received(c: &Shared, j: &crate::store::console::JobDetail) -> String {
+    if j.status == "failed" {
+        return format!(
+            "<p>Kept in <a href=\"/dlq/{}/{}\">its dead letter →</a> (until purged).</p>",
+            esc(&html::seg(&j.tenant)),
+            esc(&html::seg(&j.id))
+        );
+    }
+    let gone =
+        "<p class=\"muted\">Gone: a job's message leaves the jobs stream once the job is done.</p>";
+    let Some(seq) = j.stream_seq.and_then(|s| u64::try_from(s).ok()) else {
+        return gone.into();
+    };
+    let Ok(stream) = c.js.get_stream(c.names.jobs_stream()).await else {
+        return gone.into();
+    };
+    let Ok(m) = stream.get_raw_message(seq).await else {
+        return gone.into();
+    };
+    let job: Option<serde_json::Value> = serde_json::from_slice(&m.payload).ok();
+    // The sequence is the job's own only if the message names it.
+    let ours = job.as_ref().is_some_and(|v| {
+        v.get("id").and_then(|i| i.as_str()) == Some(j.id.as_str())
+            && v.get("tenant").and_then(|t| t.as_str()) == Some(j.tenant.as_str())
+    });
+    if !ours {
+        return gone.into();
+    }
+    format!(
+        "<p class=\"muted\">Still in the jobs stream (sequence {seq}, subject <code>{}</code>).</p>{}",
+        esc(&m.subject),
+        super::payload(job.as_ref(), None, c.cfg.console.show_content)
+    )
+}
+
 pub async fn show(
     State(c): State<Shared>,
     Extension(session): Extension<Session>,
@@ -279,13 +317,8 @@ pub async fn show(
         }
         None => body.push_str("<p class=\"muted\">No result yet.</p>"),
     }
-    if j.status == "failed" {
-        body.push_str(&format!(
-            "<p><a href=\"/dlq/{}/{}\">Its dead letter →</a></p>",
-            esc(&html::seg(&j.tenant)),
-            esc(&html::seg(&j.id))
-        ));
-    }
+    body.push_str("<h2>Job as received</h2>");
+    body.push_str(&received(&c, &j).await);
     Ok(Html(html::page(
         &format!("Job {}/{}", j.tenant, j.id),
         Some(&session),

@@ -61,16 +61,24 @@ async fn lines(
     .await?)
 }
 
-/// Bars of cost per day, heights in exact decimal proportion to the largest day.
+/// Bars of cost per day, heights in exact decimal proportion to the largest day, each
+/// labelled with its cost (two significant digits; the exact sum in its tooltip). Days
+/// between the first and the last without a cost row get an empty bar.
 pub fn chart(days: &[(String, Decimal)]) -> String {
     const H: u32 = 160;
-    const BAR: u32 = 28;
+    const TOP: u32 = 16;
+    const BAR: u32 = 40;
+    const PITCH: u32 = BAR + 16;
+    let days = with_gaps(days);
     let max = days.iter().map(|(_, c)| *c).max().unwrap_or(Decimal::ZERO);
-    let width = (days.len() as u32).max(1) * (BAR + 6) + 10;
+    let width = (days.len() as u32).max(1) * PITCH + 10;
+    let height = TOP + H + 30;
     let mut out = format!(
-        "<svg class=\"chart\" role=\"img\" aria-label=\"cost per day\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{}\" viewBox=\"0 0 {width} {}\">",
-        H + 40,
-        H + 40
+        "<svg class=\"chart\" role=\"img\" aria-label=\"cost per day\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\">\
+         <line x1=\"5\" x2=\"{}\" y1=\"{}\" y2=\"{}\"></line>",
+        width - 5,
+        TOP + H,
+        TOP + H
     );
     for (i, (day, cost)) in days.iter().enumerate() {
         let h = if max > Decimal::ZERO {
@@ -81,18 +89,46 @@ pub fn chart(days: &[(String, Decimal)]) -> String {
         } else {
             0
         };
-        let x = 10 + i as u32 * (BAR + 6);
+        let x = 10 + i as u32 * PITCH;
+        let mid = x + BAR / 2;
+        let short = cost.round_sf(2).unwrap_or(*cost).normalize();
         out.push_str(&format!(
             "<g><title>{} ${}</title><rect x=\"{x}\" y=\"{}\" width=\"{BAR}\" height=\"{h}\"></rect>\
-             <text x=\"{x}\" y=\"{}\">{}</text></g>",
+             <text class=\"value\" x=\"{mid}\" y=\"{}\" text-anchor=\"middle\">${}</text>\
+             <text x=\"{mid}\" y=\"{}\" text-anchor=\"middle\">{}</text></g>",
             esc(day),
             esc(&cost.normalize().to_string()),
-            H + 10 - h,
-            H + 25,
+            TOP + H - h,
+            TOP + H - h - 4,
+            esc(&short.to_string()),
+            TOP + H + 16,
             esc(day.get(5..).unwrap_or(day))
         ));
     }
     out.push_str("</svg>");
+    out
+}
+
+/// `days` (ascending `YYYY-MM-DD`) with a zero for each missing day in between; as given
+/// when a day does not parse.
+fn with_gaps(days: &[(String, Decimal)]) -> Vec<(String, Decimal)> {
+    let parse = |d: &str| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok();
+    let mut out: Vec<(String, Decimal)> = Vec::with_capacity(days.len());
+    for (day, cost) in days {
+        if let (Some((last, _)), Some(this)) = (out.last(), parse(day)) {
+            if let Some(mut d) = parse(last).and_then(|l| l.succ_opt()) {
+                // At most a year of empty bars (the filters bound the range).
+                while d < this && out.len() < 366 {
+                    out.push((d.format("%Y-%m-%d").to_string(), Decimal::ZERO));
+                    d = match d.succ_opt() {
+                        Some(n) => n,
+                        None => break,
+                    };
+                }
+            }
+        }
+        out.push((day.clone(), *cost));
+    }
     out
 }
 
@@ -195,5 +231,19 @@ mod tests {
         assert!(svg.contains("height=\"0\""), "{svg}");
         assert!(!svg.contains("<x>") && svg.contains("&lt;x&gt;"), "{svg}");
         assert!(chart(&[]).starts_with("<svg"));
+    }
+
+    #[test]
+    fn missing_days_get_empty_bars_and_values_are_labelled() {
+        let svg = chart(&[
+            ("2026-12-01".into(), Decimal::new(123_456, 6)),
+            ("2026-12-04".into(), Decimal::ONE),
+        ]);
+        assert_eq!(svg.matches("<rect").count(), 4, "{svg}");
+        assert!(svg.contains(">12-02<") && svg.contains(">12-03<"), "{svg}");
+        assert!(
+            svg.contains(">$0.12<") && svg.contains("$0.123456</title>"),
+            "{svg}"
+        );
     }
 }
