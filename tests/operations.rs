@@ -124,6 +124,29 @@ async fn dead_letters_are_listed_shown_and_replayed_and_costs_reported() {
     let (code, _, err) = env.cli(&["report", "costs", "--by", "planet"]).await;
     assert_ne!(code, 0);
     assert!(err.contains("planet"));
+    // A call under way (its `started` row) is a call, not a failed one.
+    let totals = |out: String| -> (i64, i64) {
+        out.lines().fold((0, 0), |(c, f), l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                c + v["calls"].as_i64().unwrap(),
+                f + v["failed_calls"].as_i64().unwrap(),
+            )
+        })
+    };
+    let (code, out, err) = env.cli(&["report", "costs", "--format", "json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (calls, failed) = totals(out);
+    sqlx::query(
+        "INSERT INTO cost_rows (tenant, job_id, attempt, provider, model, outcome)
+         VALUES ('acme', 'in-flight', 1, 'selfhosted', 'llama-3.1-8b', 'started')",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let (code, out, err) = env.cli(&["report", "costs", "--format", "json"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(totals(out), (calls + 1, failed));
     stop.cancel();
     worker.await.unwrap().unwrap();
 }

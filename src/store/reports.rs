@@ -137,7 +137,7 @@ pub struct CostLine {
 pub async fn costs(pool: &PgPool, q: &CostQuery<'_>) -> Result<Vec<CostLine>, StoreError> {
     let (select, group) = grouping(q, CostDimension::sql);
     let sql = format!(
-        "SELECT {}{} count(*) AS calls, count(*) FILTER (WHERE outcome NOT IN ('succeeded', 'embedding')) AS failed_calls,
+        "SELECT {}{} count(*) AS calls, count(*) FILTER (WHERE outcome NOT IN ('succeeded', 'embedding', 'started')) AS failed_calls,
                 sum(input_tokens)::bigint AS input_tokens, sum(cached_input_tokens)::bigint AS cached_input_tokens,
                 sum(output_tokens)::bigint AS output_tokens, sum(cost_usd) AS cost_usd
            FROM cost_rows
