@@ -5,7 +5,8 @@
 #
 #   e2e       BENCH_N (100000) jobs as a backlog, BENCH_RUNS (3) times for switchyard
 #             (one worker, every feature on: claims/leases, rate limits, a budget,
-#             breakers, metrics; max_in_flight 4000) and as many for the bare loop
+#             breakers, metrics, the JSON log line per job as deployed
+#             (SWITCHYARD_LOG_FORMAT, default json); max_in_flight 4000) and as many for the bare loop
 #             (examples/bench_bare.rs, 4000 in flight), interleaved, against
 #             bench_responder at 0 ms. jobs/s = N / (first publish .. last result) by
 #             the driver's clock (examples/bench_load.rs), publish -> result
@@ -284,6 +285,7 @@ start_worker() { # PREFIX MAX_IN_FLIGHT LOG [WRAPPER ...]
 		SWITCHYARD_WORKER__MAX_IN_FLIGHT="$inflight" \
 		SWITCHYARD_METRICS__ADDR="127.0.0.1:$(sy_free_port)" \
 		NATS_URL="$NATS_URL" DATABASE_URL="$DB_URL" SWITCHYARD_LOG="${SWITCHYARD_LOG:-info}" \
+		SWITCHYARD_LOG_FORMAT="${SWITCHYARD_LOG_FORMAT:-json}" \
 		"${extra[@]}" "$@" "$BIN" worker >"$log" 2>&1 &
 	PID=$!
 	PID_LABEL=worker
