@@ -244,7 +244,7 @@ pub async fn run_worker(
         source: match consumers {
             streams::Consumers::Priority(c) => Source::Priority(c),
             streams::Consumers::Tenant(stream) => {
-                Source::Tenant(Arc::new(Tenants::new(*stream, &cfg)))
+                Source::Tenant(Arc::new(Tenants::new(client.clone(), *stream, &cfg)))
             }
         },
         weights: cfg.worker.priority_weights,

@@ -252,13 +252,49 @@ impl switchyard::queue::scheduler::PullGate for Open {
     }
 }
 
+/// A fair-share scheduler over `stream`'s tenant consumers with `slots` slots, dispatching
+/// into a [`Recorder`], running until the token is cancelled.
+fn run_recording_scheduler(
+    env: &TestEnv,
+    stream: async_nats::jetstream::stream::Stream,
+    slots: usize,
+) -> (
+    std::sync::Arc<Recorder>,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    use switchyard::queue::scheduler::{Scheduler, Source};
+    use switchyard::queue::tenants::Tenants;
+    let recorder = std::sync::Arc::new(Recorder(Default::default()));
+    let (ready_tx, ready) = tokio::sync::watch::channel(true);
+    let scheduler = Scheduler {
+        source: Source::Tenant(std::sync::Arc::new(Tenants::new(
+            env.client.clone(),
+            stream,
+            &env.config,
+        ))),
+        weights: env.config.worker.priority_weights,
+        slots: std::sync::Arc::new(tokio::sync::Semaphore::new(slots)),
+        dispatch: recorder.clone(),
+        ready,
+        gate: std::sync::Arc::new(Open),
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stop_run = stop.clone();
+    let run = tokio::spawn(async move {
+        // The scheduler stops pulling when its readiness sender is gone.
+        let _ready_tx = ready_tx;
+        scheduler.run(stop_run).await;
+    });
+    (recorder, stop, run)
+}
+
 /// Deadlines: a mixed backlog (deadlines in reverse stream order, every third job without
 /// one) pulled in one window by the scheduler from the tenant's consumer on the real
 /// server is dispatched earliest deadline first, the jobs without one after in stream
 /// order. (What happens after dispatch is concurrent: calls start in about that order.)
 #[tokio::test]
 async fn a_mixed_backlog_is_dispatched_earliest_deadline_first() {
-    use switchyard::queue::scheduler::{Scheduler, Source};
     use switchyard::queue::streams::{ensure, Consumers};
     let env = TestEnv::new(|c| c.scheduling.fair = true).await;
     let Consumers::Tenant(stream) = ensure(&env.js, &env.config).await.unwrap() else {
@@ -282,20 +318,7 @@ async fn a_mixed_backlog_is_dispatched_earliest_deadline_first() {
     }
     want.sort_by_key(|(dl, i)| (dl.is_none(), *dl, *i));
     let want: Vec<String> = want.iter().map(|(_, i)| format!("j{i}")).collect();
-    let recorder = std::sync::Arc::new(Recorder(Default::default()));
-    let (_ready_tx, ready) = tokio::sync::watch::channel(true);
-    let scheduler = Scheduler {
-        source: Source::Tenant(std::sync::Arc::new(
-            switchyard::queue::tenants::Tenants::new(*stream, &env.config),
-        )),
-        weights: env.config.worker.priority_weights,
-        slots: std::sync::Arc::new(tokio::sync::Semaphore::new(60)),
-        dispatch: recorder.clone(),
-        ready,
-        gate: std::sync::Arc::new(Open),
-    };
-    let stop = tokio_util::sync::CancellationToken::new();
-    let run = tokio::spawn(scheduler.run(stop.clone()));
+    let (recorder, stop, run) = run_recording_scheduler(&env, *stream, 60);
     for _ in 0..100 {
         if recorder.0.lock().unwrap().len() == 60 {
             break;
@@ -520,4 +543,195 @@ async fn single_tenant_cost_of_fair_share() {
         median(true, 0),
         median(true, 1)
     );
+}
+
+/// The consumers of the jobs stream now.
+async fn consumer_names(env: &TestEnv) -> Vec<String> {
+    use futures::TryStreamExt;
+    let stream = env.js.get_stream(env.names().jobs_stream()).await.unwrap();
+    stream.consumer_names().try_collect().await.unwrap()
+}
+
+/// Publish tenant ant's normal jobs `ids`; returns how many.
+async fn publish_ant(env: &TestEnv, ids: impl Iterator<Item = String>) -> i64 {
+    let mut n = 0;
+    for id in ids {
+        env.publish(Priority::Normal, "ant", job(&id, "ant", PINNED))
+            .await;
+        n += 1;
+    }
+    n
+}
+
+/// Watches the jobs stream's consumers every 20 ms until `stop`: how many times `name`
+/// went away.
+fn count_removals(
+    env: &TestEnv,
+    name: &'static str,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<usize> {
+    let (js, stream_name) = (env.js.clone(), env.names().jobs_stream());
+    tokio::spawn(async move {
+        use futures::TryStreamExt;
+        let (mut removals, mut present) = (0, false);
+        while !stop.is_cancelled() {
+            if let Ok(stream) = js.get_stream(&stream_name).await {
+                if let Ok(names) = stream.consumer_names().try_collect::<Vec<String>>().await {
+                    let now = names.iter().any(|n| n == name);
+                    if present && !now {
+                        removals += 1;
+                    }
+                    present = now;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        removals
+    })
+}
+
+/// A tenant's consumer is removed by the server once no worker has pulled it for
+/// `idle_s` (the workers let it go `idle_s` after its last job), and made again when the
+/// tenant publishes again; across two workers, no job is lost, also when a job is
+/// published while the consumer is being removed: jobs one at a time, each published a
+/// little longer after the previous one finished, so the publishes fall before, during
+/// and after the removal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_tenant_s_consumer_is_removed_and_made_again_without_losing_a_job() {
+    const CONSUMER: &str = "jobs-normal-ant";
+    let env = TestEnv::new(|c| {
+        c.scheduling.fair = true;
+        c.scheduling.discover_ms = 100;
+        c.scheduling.idle_s = 1;
+        c.worker.commit_linger_ms = 1;
+    })
+    .await;
+    env.ensure_streams().await;
+    let workers = [env.start_worker().await, env.start_worker().await];
+    let watching = tokio_util::sync::CancellationToken::new();
+    let watcher = count_removals(&env, CONSUMER, watching.clone());
+    let mut published = 0i64;
+
+    // Jobs, then nothing: the consumer goes.
+    published += publish_ant(&env, (0..10).map(|i| format!("a{i}"))).await;
+    assert_eq!(env.wait_succeeded(published, 30).await, published);
+    assert!(consumer_names(&env).await.iter().any(|n| n == CONSUMER));
+    let idle_since = std::time::Instant::now();
+    let mut gone = false;
+    for _ in 0..300 {
+        if !consumer_names(&env).await.iter().any(|n| n == CONSUMER) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "{CONSUMER} still there after 15 s idle");
+    println!(
+        "{CONSUMER} removed {:.2}s after the last job finished",
+        idle_since.elapsed().as_secs_f64()
+    );
+
+    // The tenant publishes again: the consumer is made again and the jobs run.
+    published += publish_ant(&env, (0..10).map(|i| format!("b{i}"))).await;
+    assert_eq!(env.wait_succeeded(published, 30).await, published);
+    assert!(consumer_names(&env).await.iter().any(|n| n == CONSUMER));
+
+    // One job at a time, each published 1.0 s, 1.2 s, … 3.8 s after the previous one
+    // finished: around the time the consumer is removed.
+    for k in 0..15u64 {
+        published += publish_ant(&env, [format!("c{k}")].into_iter()).await;
+        assert_eq!(
+            env.wait_succeeded(published, 30).await,
+            published,
+            "job c{k} ran"
+        );
+        tokio::time::sleep(Duration::from_millis(1_000 + 200 * k)).await;
+    }
+    assert_eq!(env.wait_jobs_left(0, 10).await, 0, "every job acked");
+    watching.cancel();
+    let removals = watcher.await.unwrap();
+    println!("{CONSUMER} removed {removals} times");
+    assert!(removals >= 2, "removed {removals} times");
+    for (stop, _) in &workers {
+        stop.cancel();
+    }
+    for (_, handle) in workers {
+        handle.await.unwrap().unwrap();
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, published, "one row per job");
+}
+
+/// The race the idle removal opens, made to happen: a tenant's consumer is deleted on the
+/// server while a worker still pulls it (its lane is kept for `idle_s`). The pulls that
+/// find it gone let the lane go, the next discovery makes the consumer again, and the
+/// job published after the deletion (and the one delivered before it, unacked) is
+/// dispatched.
+#[tokio::test]
+async fn a_consumer_deleted_under_a_worker_is_made_again() {
+    use switchyard::queue::streams::{ensure, Consumers};
+    let env = TestEnv::new(|c| {
+        c.scheduling.fair = true;
+        c.scheduling.discover_ms = 100;
+    })
+    .await;
+    let Consumers::Tenant(stream) = ensure(&env.js, &env.config).await.unwrap() else {
+        panic!("fair scheduling makes per-tenant consumers");
+    };
+    let (recorder, stop, run) = run_recording_scheduler(&env, *stream.clone(), 8);
+    let dispatched = |id: &str| recorder.0.lock().unwrap().iter().any(|r| r.0 == id);
+    // Publish `id`; whether it is dispatched within 10 s.
+    let publish_and_wait = |id: &'static str| {
+        let env = &env;
+        async move {
+            env.publish(Priority::Normal, "ant", job(id, "ant", PINNED))
+                .await;
+            for _ in 0..200 {
+                if dispatched(id) {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            false
+        }
+    };
+    assert!(publish_and_wait("before").await);
+    stream.delete_consumer("jobs-normal-ant").await.unwrap();
+    let after = publish_and_wait("after").await;
+    stop.cancel();
+    run.await.unwrap();
+    assert!(after, "the job published after the deletion ran");
+    assert!(consumer_names(&env)
+        .await
+        .iter()
+        .any(|n| n == "jobs-normal-ant"));
+}
+
+/// An idle worker (no tenant's consumer yet) takes the first job as it is published, not
+/// at its next discovery: here discovery is every 60 s, and the job is done in seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_worker_takes_the_first_job_without_waiting_for_discovery() {
+    let env = TestEnv::new(|c| {
+        c.scheduling.fair = true;
+        c.scheduling.discover_ms = 60_000;
+    })
+    .await;
+    env.ensure_streams().await;
+    let (stop, worker) = env.start_worker().await;
+    // Past the worker's discovery at start, which found nothing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t0 = std::time::Instant::now();
+    env.publish(Priority::Normal, "ant", job("first", "ant", PINNED))
+        .await;
+    let r = env.result("ant", "first", 20).await;
+    println!(
+        "first job's result {:.3}s after its publish",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(r.error.is_none(), "{:?}", r.error);
+    stop.cancel();
+    worker.await.unwrap().unwrap();
 }

@@ -2,9 +2,10 @@
 //! delivers a consumer's messages in stream order, so the scheduler reorders what one
 //! pull request brought before dispatching it: jobs with a `deadline` first, earliest
 //! first, then the others in stream order. A payload without the bytes `"deadline"` is
-//! not parsed; otherwise only the `deadline` field is read (the rest of the payload is
-//! skipped without allocating); a payload that does not parse, or whose
-//! deadline is not RFC 3339, counts as having none (the worker fails it on its own).
+//! not parsed (a substring search finds none); otherwise only the `deadline` field is
+//! read (the rest of the payload is skipped without allocating); a payload that does not
+//! parse, or whose deadline is not RFC 3339, counts as having none (the worker fails it
+//! on its own).
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -19,10 +20,10 @@ struct DeadlineOnly<'a> {
 
 /// The job's deadline, if its payload is a JSON object with a valid one.
 pub fn deadline_of(payload: &[u8]) -> Option<DateTime<Utc>> {
-    // Most jobs have none: a byte scan, not a parse.
-    if !payload.windows(KEY.len()).any(|w| w == KEY) {
-        return None;
-    }
+    // Most jobs have none: a substring search (SIMD, memchr's memmem), not a parse. A
+    // byte-by-byte `windows` scan here was ~5,000 instructions a job, 1.6 % of the
+    // worker's (callgrind), the only per-job cost fair share added.
+    memchr::memmem::find(payload, KEY)?;
     let d: DeadlineOnly<'_> = serde_json::from_slice(payload).ok()?;
     DateTime::parse_from_rfc3339(d.deadline?)
         .ok()

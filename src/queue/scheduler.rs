@@ -10,7 +10,10 @@
 //! With `[scheduling] fair` ([`Source::Tenant`]) a priority's slots are shared again
 //! among its tenants' consumers by the same round-robin, weighted per tenant
 //! ([`Tenants`]); a tenant found empty is skipped for the rest of the round. And each
-//! pulled window is dispatched earliest deadline first ([`edf_order`]).
+//! pulled window is dispatched earliest deadline first ([`edf_order`]). A tenant's pull
+//! that fails or goes unanswered before any message (its consumer was deleted) lets the
+//! tenant go until discovery finds it again; an idle worker with no tenant at all waits
+//! on [`Tenants::first_job`] as well.
 
 use super::deadline_order::edf_order;
 use super::tenants::Tenants;
@@ -71,6 +74,8 @@ impl<D: Dispatch> Scheduler<D> {
         let polling: [Arc<AtomicBool>; 3] = Default::default();
         let polls = TaskTracker::new();
         let mut shares = Weighted::new(self.weights);
+        // Fair share, idle: the first job published wakes the scheduler.
+        let mut first_job: Option<async_nats::Subscriber> = None;
         while !stop.is_cancelled() {
             if !*self.ready.borrow_and_update() {
                 tokio::select! {
@@ -146,11 +151,25 @@ impl<D: Dispatch> Scheduler<D> {
             drop(budget);
             let idle_wait = match &self.source {
                 Source::Priority(_) => IDLE_POLL,
-                Source::Tenant(t) => t.discover_every().min(IDLE_POLL),
+                Source::Tenant(t) => {
+                    if !t.is_empty() {
+                        first_job = None;
+                    } else if first_job.is_none() {
+                        first_job = t.first_job().await;
+                        continue;
+                    }
+                    t.discover_every().min(IDLE_POLL)
+                }
             };
             tokio::select! {
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep(idle_wait) => {}
+                _ = next_message(&mut first_job) => {
+                    first_job = None;
+                    if let Source::Tenant(t) = &self.source {
+                        t.discover_soon();
+                    }
+                }
                 _ = stop.cancelled() => break,
             }
         }
@@ -239,7 +258,9 @@ impl<D: Dispatch> Scheduler<D> {
         total
     }
 
-    /// Up to `want` messages from `consumer`; `None` when the pull request failed.
+    /// Up to `want` messages from `consumer`; `None` when the pull request failed, or
+    /// was answered with an error or not at all before any message (the consumer is
+    /// gone: deleted for inactivity).
     async fn pull_from(
         &self,
         consumer: &PullConsumer,
@@ -259,20 +280,25 @@ impl<D: Dispatch> Scheduler<D> {
             }
         };
         let mut n = 0;
+        let mut failed = false;
         // Fair share: the window is dispatched at its end, earliest deadline first.
         let mut held: Vec<Message> = Vec::new();
         let hold = matches!(self.source, Source::Tenant(_)) && want > 1;
-        // A no-wait pull is answered at once, but NATS 2.9 has been seen to leave one
-        // unanswered, and async-nats sets no client deadline without `expires` (which
-        // would make the server wait): bound each wait here so the scheduler never stalls.
-        // Messages the server might still send to the abandoned inbox are redelivered
-        // after the ack wait.
+        // A no-wait pull is answered at once, but NATS 2.9 leaves one unanswered when the
+        // consumer is gone (deleted for inactivity: the account's JetStream API import
+        // still takes the request, so there is no "no responders" either), and async-nats
+        // sets no client deadline without `expires` (which would make the server wait):
+        // bound each wait here so the scheduler never stalls, and call a pull unanswered
+        // before any message failed, so that a tenant's lane is let go and its consumer
+        // made again. Messages the server might still send to the abandoned inbox are
+        // redelivered after the ack wait.
         loop {
             let item = match tokio::time::timeout(FETCH_STALL, batch.next()).await {
                 Ok(Some(item)) => item,
                 Ok(None) => break,
                 Err(_) => {
                     tracing::warn!(priority = %p, got = n, "pull request unanswered; abandoning it");
+                    failed = n == 0;
                     break;
                 }
             };
@@ -287,6 +313,7 @@ impl<D: Dispatch> Scheduler<D> {
                 }
                 Err(e) => {
                     tracing::warn!(priority = %p, error = %e, "pull batch ended with an error");
+                    failed = n == 0;
                     break;
                 }
             }
@@ -300,7 +327,7 @@ impl<D: Dispatch> Scheduler<D> {
                 }
             }
         }
-        Some(n)
+        (!failed).then_some(n)
     }
 
     /// Hand `msg` to the dispatcher with one of `budget`'s slots.
@@ -314,6 +341,16 @@ impl<D: Dispatch> Scheduler<D> {
                     .await;
             }
         }
+    }
+}
+
+/// The next message of `sub`; never when there is none.
+async fn next_message(sub: &mut Option<async_nats::Subscriber>) {
+    match sub {
+        Some(s) => {
+            s.next().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

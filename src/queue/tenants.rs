@@ -12,7 +12,9 @@
 //! worker pulls the same durables and gives each tenant its weighted share of its own
 //! slots, so each tenant's share of the pool is its weighted share. A consumer nobody
 //! pulled for `scheduling.idle_s` is deleted by the server (`inactive_threshold`); a
-//! worker stops pulling a tenant's consumer `idle_s` after it last saw jobs there.
+//! worker stops pulling a tenant's consumer `idle_s` after it last saw jobs there, or as
+//! soon as a pull finds it gone (the scheduler drops the lane; discovery makes it again).
+//! A worker without any tenant's consumer waits on [`Tenants::first_job`] too.
 //!
 //! A subject that is not `<prefix>.jobs.<priority>.<valid tenant>` (a malformed one that
 //! must still end in an `invalid_job` result) gets a consumer named after a hash of the
@@ -58,6 +60,7 @@ struct LaneState {
 
 /// The tenants with jobs waiting, per priority, and their round-robin credit.
 pub struct Tenants {
+    client: async_nats::Client,
     stream: Stream,
     prefix: String,
     ack_wait: Duration,
@@ -76,9 +79,11 @@ pub struct TenantGrant {
 }
 
 impl Tenants {
-    pub fn new(stream: Stream, cfg: &Config) -> Tenants {
+    /// `client`: the connection `stream` was read through (for [`Tenants::first_job`]).
+    pub fn new(client: async_nats::Client, stream: Stream, cfg: &Config) -> Tenants {
         let s = &cfg.scheduling;
         Tenants {
+            client,
             stream,
             prefix: cfg.nats.prefix.clone(),
             ack_wait: Duration::from_secs(cfg.worker.ack_wait_s),
@@ -97,6 +102,43 @@ impl Tenants {
     /// How often tenants are looked for.
     pub fn discover_every(&self) -> Duration {
         self.discover_every
+    }
+
+    /// Whether no priority has any tenant's consumer now (the worker is idle).
+    pub fn is_empty(&self) -> bool {
+        let lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+        lanes.iter().all(Vec::is_empty)
+    }
+
+    /// A core NATS subscription to every jobs subject that ends after its first message:
+    /// an idle worker (no tenant's consumer) waits on it so that the first job after an
+    /// idle spell is pulled at once rather than at the next discovery, `discover_ms`
+    /// later (in a backlog run of one tenant, up to 1 s of the run's wall time). Nothing
+    /// flows through it while the worker has consumers. The next [`Tenants::discover_if_due`]
+    /// runs at once, for a job published before the subscription.
+    pub async fn first_job(&self) -> Option<async_nats::Subscriber> {
+        let subject = format!("{}.jobs.>", self.prefix);
+        let mut sub = match self.client.subscribe(subject).await {
+            Ok(sub) => sub,
+            Err(e) => {
+                tracing::debug!(error = %e, "subscribing to the first job failed");
+                return None;
+            }
+        };
+        if let Err(e) = sub.unsubscribe_after(1).await {
+            tracing::debug!(error = %e, "subscribing to the first job failed");
+            return None;
+        }
+        self.discover_soon();
+        Some(sub)
+    }
+
+    /// Make the next [`Tenants::discover_if_due`] discover.
+    pub fn discover_soon(&self) {
+        *self
+            .last_discovery
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     /// Whether `p` has any tenant's consumer now.

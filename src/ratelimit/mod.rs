@@ -30,8 +30,9 @@
 //! - **Cool-down**: a 429 with a retry delay holds that provider+model on every worker
 //!   (`<prefix>.ctl.cooldown`).
 //! - **Waiting**: a job whose candidates are all at their limit waits for the earliest
-//!   one, in a queue per provider ordered high → normal → low, first come first served
-//!   within a priority. Nothing here fails a job.
+//!   one, in a queue per provider ordered high → normal → low, within a priority the
+//!   earliest `deadline` first (jobs without one after every deadline), first come first
+//!   served among equals ([`Turn`]). Nothing here fails a job.
 //!
 //! Time is tokio's (`tokio::time::Instant`, `sleep`): tests run on a paused clock.
 
@@ -45,6 +46,7 @@ pub use cluster::{breaker_report, heartbeat_subject, BreakerFeed, Report, Report
 use crate::config::Config;
 use crate::job::Priority;
 use crate::providers::ratelimit_headers::{RateReading, Window};
+use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -63,6 +65,36 @@ pub struct Ask<'a> {
     /// The upstream model id (holds and provider readings are per provider+model).
     pub model: &'a str,
     pub tokens: u64,
+}
+
+/// A waiting job's place in a provider's queue: its priority first (high → low), then
+/// its deadline (earliest first; none: after every deadline), then its arrival. A job
+/// without a deadline costs nothing more than its priority did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Turn {
+    priority: Priority,
+    /// Milliseconds since the epoch; `i64::MAX` without a deadline.
+    deadline_ms: i64,
+}
+
+impl Turn {
+    pub fn new(priority: Priority, deadline: Option<DateTime<Utc>>) -> Turn {
+        Turn {
+            priority,
+            deadline_ms: deadline.map_or(i64::MAX, |d| d.timestamp_millis()),
+        }
+    }
+
+    /// The queue's order without the arrival.
+    fn rank(self) -> (usize, i64) {
+        (self.priority.index(), self.deadline_ms)
+    }
+}
+
+impl From<Priority> for Turn {
+    fn from(priority: Priority) -> Turn {
+        Turn::new(priority, None)
+    }
 }
 
 /// Requests and tokens of a limit, a share or a window.
@@ -99,10 +131,10 @@ struct ProviderState {
     share: Amount,
     /// What its last heartbeat told the others it may use.
     announced: Amount,
-    /// Waiting jobs: (priority index, arrival) → how to wake that job. Only the first is
+    /// Waiting jobs: ([`Turn::rank`], arrival) → how to wake that job. Only the first is
     /// woken when capacity may have come back (it wakes the next when it leaves), so a
     /// change costs the same with 10 or 10,000 jobs waiting.
-    queue: BTreeMap<(usize, u64), Arc<Notify>>,
+    queue: BTreeMap<QueueKey, Arc<Notify>>,
 }
 
 impl ProviderState {
@@ -124,6 +156,9 @@ impl ProviderState {
         }
     }
 }
+
+/// (priority index, deadline in ms or `i64::MAX`, arrival).
+type QueueKey = (usize, i64, u64);
 
 /// What another worker last said about one provider.
 struct PeerLimit {
@@ -313,7 +348,7 @@ impl Drop for Permit {
 struct Queued<'a> {
     inner: &'a Inner,
     provider: &'a str,
-    key: (usize, u64),
+    key: QueueKey,
 }
 
 impl Drop for Queued<'_> {
@@ -471,12 +506,13 @@ impl State {
         id
     }
 
-    /// Someone of the same or a higher priority is already waiting for `provider`.
-    fn queued_ahead(&self, provider: &str, priority: Priority) -> bool {
+    /// Someone whose turn is the same or earlier (priority, then deadline) is already
+    /// waiting for `provider`.
+    fn queued_ahead(&self, provider: &str, turn: Turn) -> bool {
         self.providers
             .get(provider)
             .and_then(|p| p.queue.keys().next())
-            .is_some_and(|(prio, _)| *prio <= priority.index())
+            .is_some_and(|&(prio, deadline, _)| (prio, deadline) <= turn.rank())
     }
 
     /// Wake the first job of every provider's queue (a wake-up given while it is not
@@ -652,25 +688,27 @@ impl Limiters {
     }
 
     /// Admit one call to `ask`, waiting as long as it takes (drop the future to give up).
-    pub async fn admit(&self, ask: Ask<'_>, priority: Priority) -> Permit {
+    pub async fn admit(&self, ask: Ask<'_>, turn: impl Into<Turn>) -> Permit {
+        let turn = turn.into();
         loop {
-            if let Some((_, permit)) = self.admit_first(&[ask], priority).await {
+            if let Some((_, permit)) = self.admit_first(&[ask], turn).await {
                 return permit;
             }
         }
     }
 
     /// Admit a call to the first of `asks` (in order) that the limits let go now; when
-    /// none can, wait for the one expected to be free first. Returns its index and the
-    /// permit; `None` only when `asks` is empty. Drop the future to give up.
+    /// none can, wait for the one expected to be free first, in its `turn`. Returns its
+    /// index and the permit; `None` only when `asks` is empty. Drop the future to give up.
     pub async fn admit_first(
         &self,
         asks: &[Ask<'_>],
-        priority: Priority,
+        turn: impl Into<Turn>,
     ) -> Option<(usize, Permit)> {
+        let turn = turn.into();
         let mut waiting: Option<Waiting<'_>> = None;
         loop {
-            let (i, when, held) = match self.scan(asks, priority) {
+            let (i, when, held) = match self.scan(asks, turn) {
                 Ok(admitted) => return Some(admitted),
                 Err(earliest) => earliest?,
             };
@@ -679,7 +717,7 @@ impl Limiters {
                 tokio::time::sleep_until(when).await;
                 continue;
             }
-            if let Some(permit) = self.wait_in_queue(&asks[i], priority).await {
+            if let Some(permit) = self.wait_in_queue(&asks[i], turn).await {
                 return Some((i, permit));
             }
         }
@@ -688,8 +726,12 @@ impl Limiters {
     /// Admit a call to the first of `asks` (in order) that the limits let go right now,
     /// without waiting (a hedge, which is made only when it need not wait). `None`: none
     /// can go now.
-    pub fn try_admit_first(&self, asks: &[Ask<'_>], priority: Priority) -> Option<(usize, Permit)> {
-        self.scan(asks, priority).ok()
+    pub fn try_admit_first(
+        &self,
+        asks: &[Ask<'_>],
+        turn: impl Into<Turn>,
+    ) -> Option<(usize, Permit)> {
+        self.scan(asks, turn.into()).ok()
     }
 
     /// Admit the first of `asks` that may go now, or say which is expected to be free
@@ -698,14 +740,14 @@ impl Limiters {
     fn scan(
         &self,
         asks: &[Ask<'_>],
-        priority: Priority,
+        turn: Turn,
     ) -> Result<(usize, Permit), Option<(usize, Instant, bool)>> {
         let t = self.inner.timing;
         let now = Instant::now();
         let mut earliest: Option<(usize, Instant, bool)> = None;
         let mut st = self.inner.lock();
         for (i, ask) in asks.iter().enumerate() {
-            let found = if st.queued_ahead(ask.provider, priority) {
+            let found = if st.queued_ahead(ask.provider, turn) {
                 Check::Later(now)
             } else {
                 st.check(ask, now, &t)
@@ -729,13 +771,14 @@ impl Limiters {
     /// Wait in `ask.provider`'s queue until this job is first and the limits let it go.
     /// `None`: its model became held meanwhile (the caller waits that out, then asks
     /// again).
-    async fn wait_in_queue(&self, ask: &Ask<'_>, priority: Priority) -> Option<Permit> {
+    async fn wait_in_queue(&self, ask: &Ask<'_>, turn: Turn) -> Option<Permit> {
         let t = self.inner.timing;
         let wake = Arc::new(Notify::new());
         let key = {
             let mut st = self.inner.lock();
             st.seq += 1;
-            let key = (priority.index(), st.seq);
+            let (priority, deadline) = turn.rank();
+            let key = (priority, deadline, st.seq);
             st.providers
                 .get_mut(ask.provider)?
                 .queue

@@ -1,6 +1,6 @@
-//! The limiter on a paused clock: exact sliding windows, waiting in priority order, token
-//! correction, cool-downs, provider readings, and shares between workers whose
-//! heartbeats are passed by hand (no NATS).
+//! The limiter on a paused clock: exact sliding windows, waiting in priority and deadline
+//! order, token correction, cool-downs, provider readings, and shares between workers
+//! whose heartbeats are passed by hand (no NATS).
 
 use super::*;
 use crate::config::FileConfig;
@@ -150,6 +150,81 @@ async fn waiting_jobs_go_high_first_then_in_arrival_order() {
     assert_eq!(order[1].1 - order[0].1, Duration::ZERO);
     assert_eq!(order[2].1 - order[0].1, W);
     assert_eq!(l.waiting(), 0);
+}
+
+/// Within a priority, the earliest deadline waiting goes first, jobs without a deadline
+/// after every deadline, first come first served among equals; priority still comes
+/// first (a high job without a deadline before a normal one with the nearest). A job
+/// that arrives with an earlier deadline than everyone waiting is admitted at once when
+/// there is room, without queueing behind later deadlines.
+#[tokio::test(start_paused = true)]
+async fn waiting_jobs_of_a_priority_go_earliest_deadline_first() {
+    let l = limiters("rpm = 1");
+    now_or_never(&l, ask("m", 1)).await.unwrap().settle(None);
+    let t = chrono::DateTime::parse_from_rfc3339("2026-12-07T12:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let at = move |min: i64| Some(t + chrono::Duration::minutes(min));
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for (name, prio, deadline) in [
+        ("none-1", Priority::Normal, None),
+        ("d30-1", Priority::Normal, at(30)),
+        ("low-d1", Priority::Low, at(1)),
+        ("d10", Priority::Normal, at(10)),
+        ("none-2", Priority::Normal, None),
+        ("high-none", Priority::High, None),
+        ("d30-2", Priority::Normal, at(30)),
+    ] {
+        let (l, order) = (l.clone(), order.clone());
+        tasks.push(tokio::spawn(async move {
+            l.admit(ask("m", 1), Turn::new(prio, deadline))
+                .await
+                .settle(None);
+            order.lock().unwrap().push(name);
+        }));
+        tokio::task::yield_now().await;
+    }
+    tokio::task::yield_now().await;
+    assert_eq!(l.waiting(), 7);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        *order.lock().unwrap(),
+        [
+            "high-none",
+            "d10",
+            "d30-1",
+            "d30-2",
+            "none-1",
+            "none-2",
+            "low-d1"
+        ]
+    );
+    assert_eq!(l.waiting(), 0);
+
+    // With room, a nearer deadline than the queue's goes at once; `queued_ahead` only
+    // holds back a job whose turn is not earlier than the head's.
+    let l = limiters("rpm = 1");
+    now_or_never(&l, ask("m", 1)).await.unwrap().settle(None);
+    let later = {
+        let l = l.clone();
+        tokio::spawn(async move {
+            l.admit(ask("m", 1), Turn::new(Priority::Normal, at(30)))
+                .await
+                .settle(None);
+        })
+    };
+    tokio::task::yield_now().await;
+    {
+        let st = l.inner.lock();
+        assert!(st.queued_ahead("p", Turn::new(Priority::Normal, at(30))));
+        assert!(st.queued_ahead("p", Turn::new(Priority::Normal, None)));
+        assert!(!st.queued_ahead("p", Turn::new(Priority::Normal, at(29))));
+        assert!(!st.queued_ahead("p", Turn::new(Priority::High, None)));
+    }
+    later.await.unwrap();
 }
 
 /// A change wakes the first job waiting, not all of them: with thousands waiting behind

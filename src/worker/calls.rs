@@ -19,7 +19,7 @@ use crate::health::{Admit, CallOutcome};
 use crate::job::Priority;
 use crate::job::{Attempt, Job, Output, Usage};
 use crate::providers::{ChatRequest, ChatResponse, FailureClass, ProviderError};
-use crate::ratelimit::{Ask, Permit};
+use crate::ratelimit::{Ask, Permit, Turn};
 use crate::router::{Candidate, Plan};
 use crate::store::{CallRecord, CommitRequest, JobKey, Lease};
 use crate::telemetry::metrics::CallEvent;
@@ -109,10 +109,10 @@ impl<'a> Chain<'a> {
     ) -> Chain<'a> {
         // ── Rate limits and health (issue 11): each round drops the candidates whose
         // breaker is open or cooling (no call, no cost row: not a failure of the job), then
-        // calls the first one left that the limits let go now, or waits (in priority order)
-        // for the earliest one. A local limit is never a failure; each candidate is called
-        // at most once per delivery. The order is latency-aware when the job asks for a
-        // tier or auto.
+        // calls the first one left that the limits let go now, or waits (in priority, then
+        // deadline order) for the earliest one. A local limit is never a failure; each
+        // candidate is called at most once per delivery. The order is latency-aware when
+        // the job asks for a tier or auto.
         let left: Vec<&Candidate> = ctx
             .health
             .order(&job.model, &plan.candidates)
@@ -301,7 +301,7 @@ impl<'a> Chain<'a> {
         let asks = self.asks();
         let asked = Instant::now();
         let admitted = tokio::select! {
-            a = ctx.limiters.admit_first(&asks, self.priority) => a,
+            a = ctx.limiters.admit_first(&asks, self.turn()) => a,
             _ = ctx.abort.cancelled() => None,
         };
         let waited = asked.elapsed();
@@ -337,7 +337,7 @@ impl<'a> Chain<'a> {
         let ctx = self.ctx;
         let mut admits = self.healthy();
         let asks = self.asks();
-        let Some((i, permit)) = ctx.limiters.try_admit_first(&asks, self.priority) else {
+        let Some((i, permit)) = ctx.limiters.try_admit_first(&asks, self.turn()) else {
             for (c, a) in self.left.iter().zip(admits) {
                 give_back(ctx, &c.model, a);
             }
@@ -383,6 +383,11 @@ impl<'a> Chain<'a> {
             }
         });
         admits
+    }
+
+    /// Its place when it waits at a rate limit: by priority, then earliest deadline.
+    fn turn(&self) -> Turn {
+        Turn::new(self.priority, self.job.deadline)
     }
 
     fn asks(&self) -> Vec<Ask<'a>> {
