@@ -155,13 +155,13 @@ struct SpanValues {
 }
 
 impl SpanValues {
-    fn push(&mut self, field: &Field, value: impl FnOnce(&mut String) -> fmt::Result) {
+    fn push(&mut self, field: &Field, value: Val<'_>) {
         let name = field.name();
         // As theirs: `r#type` is `type`, and a `log` record's metadata fields are left out
         // (those come as debug values).
         let name = name.strip_prefix("r#").unwrap_or(name);
         let start = self.text.len();
-        if value(&mut self.text).is_ok() {
+        if value.write(&mut self.text).is_ok() {
             self.members
                 .push((Name::Static(name), start..self.text.len()));
         } else {
@@ -194,48 +194,29 @@ impl SpanValues {
 
 impl Visit for SpanValues {
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.push(field, |t| float(t, value));
+        self.push(field, Val::F64(value));
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.push(field, |t| {
-            t.push_str(itoa::Buffer::new().format(value));
-            Ok(())
-        });
+        self.push(field, Val::I64(value));
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.push(field, |t| {
-            t.push_str(itoa::Buffer::new().format(value));
-            Ok(())
-        });
+        self.push(field, Val::U64(value));
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.push(field, |t| {
-            t.push_str(if value { "true" } else { "false" });
-            Ok(())
-        });
+        self.push(field, Val::Bool(value));
     }
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.push(field, |t| string(t, value));
+        self.push(field, Val::Str(value));
     }
     fn record_bytes(&mut self, field: &Field, value: &[u8]) {
         // As serde_json writes a byte slice: an array of numbers.
-        self.push(field, |t| {
-            t.push('[');
-            for (i, b) in value.iter().enumerate() {
-                if i > 0 {
-                    t.push(',');
-                }
-                t.push_str(itoa::Buffer::new().format(*b));
-            }
-            t.push(']');
-            Ok(())
-        });
+        self.push(field, Val::Bytes(value));
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         if field.name().starts_with("log.") {
             return;
         }
-        self.push(field, |t| debug_string(t, value));
+        self.push(field, Val::Debug(value));
     }
 }
 
@@ -248,7 +229,7 @@ struct Members<'a, 'w> {
 }
 
 impl Members<'_, '_> {
-    fn member(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+    fn member(&mut self, field: &Field, value: Val<'_>) {
         if self.result.is_err() {
             return;
         }
@@ -260,29 +241,63 @@ impl Members<'_, '_> {
             }
             string(w, field.name())?;
             w.write_char(':')?;
-            value(w)
+            value.write(w)
         })();
     }
 }
 
 impl Visit for Members<'_, '_> {
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.member(field, |w| float(w, value));
+        self.member(field, Val::F64(value));
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.member(field, |w| w.write_str(itoa::Buffer::new().format(value)));
+        self.member(field, Val::I64(value));
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.member(field, |w| w.write_str(itoa::Buffer::new().format(value)));
+        self.member(field, Val::U64(value));
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.member(field, |w| w.write_str(if value { "true" } else { "false" }));
+        self.member(field, Val::Bool(value));
     }
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.member(field, |w| string(w, value));
+        self.member(field, Val::Str(value));
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.member(field, |w| debug_string(w, value));
+        self.member(field, Val::Debug(value));
+    }
+}
+
+/// A field's value, as both visitors write it.
+enum Val<'a> {
+    F64(f64),
+    I64(i64),
+    U64(u64),
+    Bool(bool),
+    Str(&'a str),
+    Bytes(&'a [u8]),
+    Debug(&'a dyn fmt::Debug),
+}
+
+impl Val<'_> {
+    fn write(self, w: &mut impl fmt::Write) -> fmt::Result {
+        match self {
+            Val::F64(v) => float(w, v),
+            Val::I64(v) => w.write_str(itoa::Buffer::new().format(v)),
+            Val::U64(v) => w.write_str(itoa::Buffer::new().format(v)),
+            Val::Bool(v) => w.write_str(if v { "true" } else { "false" }),
+            Val::Str(v) => string(w, v),
+            Val::Bytes(v) => {
+                w.write_char('[')?;
+                for (i, b) in v.iter().enumerate() {
+                    if i > 0 {
+                        w.write_char(',')?;
+                    }
+                    w.write_str(itoa::Buffer::new().format(*b))?;
+                }
+                w.write_char(']')
+            }
+            Val::Debug(v) => debug_string(w, v),
+        }
     }
 }
 
