@@ -14,8 +14,14 @@ const MIN_BURST: usize = 256;
 /// How often the load is looked at.
 const PERIOD: Duration = Duration::from_millis(500);
 
-/// Return free memory to the system; `false` where that is not supported.
+/// Return free memory to the system; `false` where glibc's `malloc_trim` is not
+/// there. The `switchyard` binary allocates with mimalloc (`src/main.rs`): its free
+/// pages are returned by `mi_collect`; glibc's, for whatever still allocates there (and
+/// for tests and examples, which keep the system allocator), by `malloc_trim`.
 pub fn trim() -> bool {
+    // SAFETY: mi_collect walks this thread's heap and the abandoned segments and
+    // releases free pages; it has no preconditions and is thread-safe.
+    unsafe { libmimalloc_sys::mi_collect(true) };
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: malloc_trim only walks and releases the allocator's free lists; it
