@@ -141,7 +141,10 @@ impl<'w> FormatFields<'w> for JsonFields {
     fn format_fields<R: RecordFields>(&self, mut w: Writer<'w>, fields: R) -> fmt::Result {
         let mut values = SpanValues::default();
         fields.record(&mut values);
-        values.write(&mut w)
+        // Into a `String`, then `w` (a `dyn fmt::Write`) in one piece.
+        let mut out = String::with_capacity(values.text.len() + 16 * values.members.len());
+        values.write(&mut out)?;
+        w.write_str(&out)
     }
 
     fn add_fields(
@@ -164,7 +167,7 @@ impl<'w> FormatFields<'w> for JsonFields {
         }
         fields.record(&mut values);
         let mut out = String::new();
-        values.write(&mut Writer::new(&mut out))?;
+        values.write(&mut out)?;
         current.fields = out;
         Ok(())
     }
@@ -206,7 +209,7 @@ impl SpanValues {
         }
     }
 
-    fn write(mut self, w: &mut Writer<'_>) -> fmt::Result {
+    fn write(mut self, w: &mut String) -> fmt::Result {
         // Sorted by name; of equal names the last recorded wins (a stable sort keeps them
         // in order, and only the last of each run is written).
         self.members.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));

@@ -564,8 +564,8 @@ impl Metrics {
         };
         tracing::info!(
             target: "switchyard::job",
-            id = %r.id,
-            tenant = %r.tenant,
+            id = r.id.as_str(),
+            tenant = r.tenant.as_str(),
             feature = r.feature.as_deref().unwrap_or(""),
             priority,
             provider = r.provider.as_deref().unwrap_or(""),

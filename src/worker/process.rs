@@ -66,8 +66,15 @@ pub(super) async fn process(ctx: &Ctx, d: Delivery, msg: &async_nats::Message) -
     }
     match &parsed {
         Ok(p) => {
-            let span = tracing::info_span!("job", tenant = %p.job.tenant, id = %p.job.id,
-                priority = %d.priority, delivery = d.delivered);
+            // Fields as `&str`, not `%` (Display goes through `fmt::write`): the span is
+            // made for every job.
+            let span = tracing::info_span!(
+                "job",
+                tenant = p.job.tenant.as_str(),
+                id = p.job.id.as_str(),
+                priority = d.priority.as_str(),
+                delivery = d.delivered
+            );
             run(ctx, d, msg, &p.job, &p.envelope).instrument(span).await
         }
         Err(f) => {
