@@ -432,6 +432,9 @@ WITH c AS (
                      provider, model, input_tokens, cached_input_tokens, output_tokens,
                      cost_usd, error_kind, error_message, result, lease_token, stream_seq,
                      cache_hit, cache_saved_usd, cache_source)
+             -- Keeps this subquery from being merged into the INSERT, which would parse
+             -- `result` twice (once for each of the two expressions that read it).
+             OFFSET 0
            ) AS x
     ON CONFLICT (tenant, id) DO UPDATE
        SET status = EXCLUDED.status, provider = EXCLUDED.provider, model = EXCLUDED.model,
