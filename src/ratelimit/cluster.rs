@@ -13,7 +13,7 @@ use super::window::PeerLog;
 use super::{split, Amount, Limiters, Peer, PeerLimit};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -322,7 +322,7 @@ impl Limiters {
                 }
                 return;
             }
-            let limits: HashMap<String, PeerLimit> = r
+            let limits: foldhash::HashMap<String, PeerLimit> = r
                 .limits
                 .into_iter()
                 .map(|(name, l)| {

@@ -23,9 +23,9 @@ pub use rules::variant_bucket;
 use crate::config::{Config, HedgeConfig, ModelConfig, ProviderKind, RuleHedge, Tier};
 use crate::cost;
 use crate::job::{ErrorBody, ErrorKind, Job, Priority, Route};
+use foldhash::{HashMap, HashMapExt, HashSet};
 use rules::{Rule, Target};
 use rust_decimal::Decimal;
-use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 

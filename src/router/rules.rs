@@ -2,7 +2,6 @@
 
 use crate::config::{RouteRule, RuleHedge, Tier};
 use crate::job::{Job, Task};
-use std::collections::HashMap;
 
 /// A configured rule with its models resolved to indexes.
 #[derive(Debug)]
@@ -29,7 +28,11 @@ pub(super) enum Target {
 
 impl Rule {
     /// `None` when a model is unknown (config validation refuses that before we get here).
-    pub fn new(index: usize, r: &RouteRule, by_name: &HashMap<String, usize>) -> Option<Rule> {
+    pub fn new(
+        index: usize,
+        r: &RouteRule,
+        by_name: &foldhash::HashMap<String, usize>,
+    ) -> Option<Rule> {
         let target = if let Some(t) = r.tier {
             Target::Tier(t)
         } else if let Some(m) = &r.model {
