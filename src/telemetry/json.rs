@@ -46,22 +46,22 @@ where
         // handed over in one piece: written straight into `w` (a `dyn fmt::Write`), each
         // of its ~100 pieces was a call through a vtable (callgrind: ~16,500 instructions
         // for the finished-job line).
-        LINE.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut buf) => {
-                buf.clear();
-                line(ctx, &mut buf, event)?;
-                let r = w.write_str(&buf);
-                if buf.capacity() > MAX_KEPT {
-                    *buf = String::with_capacity(LINE_CAPACITY);
-                }
-                r
+        LINE.with(|cell| {
+            let mut kept = cell.try_borrow_mut();
+            // A buffer of its own only if formatting a value logged a line of its own on
+            // this thread (the kept one is in use then); `String::new` allocates nothing.
+            let mut own = String::new();
+            let buf = match kept.as_deref_mut() {
+                Ok(b) => b,
+                Err(_) => &mut own,
+            };
+            buf.clear();
+            line(ctx, buf, event)?;
+            let r = w.write_str(buf);
+            if buf.capacity() > MAX_KEPT {
+                *buf = String::with_capacity(LINE_CAPACITY);
             }
-            // Only if formatting a value logged a line of its own on this thread.
-            Err(_) => {
-                let mut buf = String::with_capacity(LINE_CAPACITY);
-                line(ctx, &mut buf, event)?;
-                w.write_str(&buf)
-            }
+            r
         })
     }
 }
